@@ -1,0 +1,1 @@
+"""The xsearch command line."""

@@ -1,0 +1,1 @@
+"""The batch indexer: folders of media -> embeddings in the store -> FAISS indices."""

@@ -1,0 +1,41 @@
+"""xsearch: cross-modal vector search over media collections (ImageBind + LanceDB + FAISS).
+
+Heavy modules (torch, lancedb, faiss) load on first use of the names that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from xsearch.errors import CheckpointError, DecodeError, QueryError, SearchIndexError, StoreError, XsearchError
+from xsearch.modalities import Modality, Tower
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Encoder": "xsearch.encoder",
+    "create_model": "xsearch.model",
+    "load_pretrained": "xsearch.model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xsearch' has no attribute {name!r}")
+
+
+__all__ = [
+    "CheckpointError",
+    "DecodeError",
+    "Encoder",
+    "Modality",
+    "QueryError",
+    "SearchIndexError",
+    "StoreError",
+    "Tower",
+    "XsearchError",
+    "__version__",
+    "create_model",
+    "load_pretrained",
+]

@@ -1,0 +1,37 @@
+"""The one place for xsearch's exceptions.
+
+Every error a user can cause (a bad file, a wrong checkpoint, a query that cannot be answered) is an
+``XsearchError`` with a message a person can act on: it names the file or input and says what is wrong.
+The CLI prints ``str(error)`` and exits; it never shows a traceback unless asked to.
+"""
+
+from __future__ import annotations
+
+
+class XsearchError(Exception):
+    """Base class of every error xsearch raises on purpose."""
+
+
+class CheckpointError(XsearchError):
+    """A checkpoint is missing, truncated, of the wrong architecture, or failed its checksum."""
+
+
+class DecodeError(XsearchError):
+    """A media file could not be read or decoded into model input."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class StoreError(XsearchError):
+    """The database cannot be opened or written as asked (wrong model id, bad schema, ...)."""
+
+
+class SearchIndexError(XsearchError):
+    """A FAISS index is missing, corrupt or does not match the store."""
+
+
+class QueryError(XsearchError):
+    """A query cannot be built or answered (zero vector, unknown item, bad weight...)."""

@@ -1,0 +1,181 @@
+"""Checkpoint loading: local path, ``$XSEARCH_CHECKPOINT``, or a verified download into the cache.
+
+One straight line: resolve the file -> ``torch.load(weights_only=True)`` -> check keys and shapes with a
+readable error -> ``load_state_dict(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from xsearch.errors import CheckpointError
+from xsearch.model.config import get_config
+from xsearch.model.imagebind import ImageBind, create_model
+from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None = None, *, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` through a ``.part`` file, with a progress bar and a sha256 check.
+
+    The file appears at ``dest`` only once complete and verified, so an interrupted download never
+    leaves a truncated checkpoint behind. The sha256 of the result is recorded in ``dest.sha256``.
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        part.unlink(missing_ok=True)
+        raise CheckpointError(f"{url}: download failed ({exc})") from None
+    actual = digest.hexdigest()
+    if sha256 is not None and actual != sha256.lower():
+        part.unlink(missing_ok=True)
+        raise CheckpointError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the file was discarded")
+    os.replace(part, dest)
+    dest.with_name(dest.name + ".sha256").write_text(actual + "\n")
+    return dest
+
+
+def _verify_recorded_sha256(path: Path) -> None:
+    record = path.with_name(path.name + ".sha256")
+    if record.exists():
+        expected = record.read_text().strip()
+        if sha256_file(path) != expected:
+            raise CheckpointError(
+                f"{path}: sha256 differs from the one recorded at download ({record}); "
+                "the file is damaged: delete it to download again"
+            )
+
+
+def resolve_checkpoint(
+    checkpoint: str | os.PathLike | None = None,
+    weights: str = "imagebind_huge",
+    *,
+    download_missing: bool = True,
+    url: str | None = None,
+) -> Path:
+    """Find the checkpoint file: ``checkpoint`` if given, else ``$XSEARCH_CHECKPOINT``, else the cache
+    (``$XSEARCH_HOME/checkpoints``), downloading it there on first use."""
+    explicit = checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        return path
+    entry: PretrainedWeights = PRETRAINED[weights]
+    path = checkpoint_dir() / entry.filename
+    if path.is_file():
+        _verify_recorded_sha256(path)
+        return path
+    if not download_missing:
+        raise CheckpointError(
+            f"{path}: checkpoint not found; pass --checkpoint FILE, set XSEARCH_CHECKPOINT, or allow the download"
+        )
+    log.warning("Downloading %s to %s. %s", entry.url, path, entry.license)
+    return download(url or entry.url, path, entry.sha256)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``torch.load`` with every failure turned into a one-line ``CheckpointError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state_dict of tensors")
+    return state
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise a readable ``CheckpointError`` unless ``state`` has exactly the model's keys and shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if len(missing) == len(expected):
+        raise CheckpointError(f"{path}: not an ImageBind checkpoint (none of the expected keys, e.g. {missing[0]!r})")
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} keys missing (e.g. {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
+        raise CheckpointError(f"{path}: does not match ImageBind '{model.cfg.name}': " + ", ".join(parts))
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: wrong shape for {key!r}: {tuple(state[key].shape)} in the file, "
+                f"{tuple(tensor.shape)} in ImageBind '{model.cfg.name}' (a checkpoint of another size?)"
+            )
+
+
+def load_checkpoint(path: str | os.PathLike, architecture: str = "imagebind_huge") -> ImageBind:
+    """Build ``architecture`` and load ``path`` into it with ``strict=True``."""
+    state = read_state_dict(path)
+    model = create_model(get_config(architecture), device="meta")
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True, assign=True)
+    # Buffers that are not in the state_dict would stay on "meta"; there are none, but make it loud.
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"{path}: left uninitialised: {leftover[:3]}")
+    return model.eval()
+
+
+def load_pretrained(
+    checkpoint: str | os.PathLike | None = None, weights: str = "imagebind_huge", **resolve_kwargs
+) -> ImageBind:
+    """The pretrained model: resolve the checkpoint (path, env, cache or download), then load it strictly.
+
+    Example
+    -------
+    >>> from xsearch.model import load_pretrained
+    >>> model = load_pretrained("~/models/imagebind_huge.pth")  # doctest: +SKIP
+    """
+    path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
+    return load_checkpoint(path, PRETRAINED[weights].architecture)
+
+
+def save_checkpoint(model: ImageBind, path: str | os.PathLike) -> Path:
+    """Write ``model.state_dict()`` (official key names) to ``path`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    shutil.move(tmp, path)
+    return path
