@@ -6,7 +6,7 @@ Heavy imports (torch, lancedb, faiss) happen inside the commands so that ``xsear
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,7 +30,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
@@ -47,11 +47,11 @@ def fail(error: XsearchError, code: int = 2) -> None:
 def embed(
     paths: Annotated[list[str], typer.Argument(help="Media files to embed.")],
     checkpoint: Annotated[
-        Optional[str], typer.Option(envvar="XSEARCH_CHECKPOINT", help="ImageBind checkpoint file.")
+        str | None, typer.Option(envvar="XSEARCH_CHECKPOINT", help="ImageBind checkpoint file.")
     ] = None,
     model: Annotated[str, typer.Option(help="Architecture for --checkpoint.")] = "imagebind_huge",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    as_: Annotated[Optional[str], typer.Option("--as", help="Modality of all PATHS (depth, thermal, imu...).")] = None,
+    as_: Annotated[str | None, typer.Option("--as", help="Modality of all PATHS (depth, thermal, imu...).")] = None,
 ) -> None:
     """Embed files and print one JSON line per file (path, modality, 1024-d vector)."""
     import json

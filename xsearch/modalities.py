@@ -47,7 +47,7 @@ class Modality(str, enum.Enum):
         return Tower(self.value)
 
     @classmethod
-    def parse(cls, value: "str | Modality") -> "Modality":
+    def parse(cls, value: str | Modality) -> Modality:
         """``Modality`` from its name, with an error listing the valid names."""
         if isinstance(value, Modality):
             return value
@@ -70,7 +70,7 @@ EXTENSIONS: dict[Modality, frozenset[str]] = {
 }
 
 
-def modality_from_extension(path: "str | Path") -> Modality | None:
+def modality_from_extension(path: str | Path) -> Modality | None:
     """The modality an extension suggests (image, video, audio, text), or ``None`` when unknown.
 
     ``.npy``/``.csv`` return ``None`` here: they are IMU only when the caller says so.
@@ -80,3 +80,15 @@ def modality_from_extension(path: "str | Path") -> Modality | None:
         if suffix in EXTENSIONS[modality]:
             return modality
     return None
+
+
+def as_tower(value: Tower | Modality | str) -> Tower:
+    """The tower for a tower, a modality, or either's name (``"image"`` -> ``Tower.VISION``)."""
+    if isinstance(value, Tower):
+        return value
+    if isinstance(value, Modality):
+        return value.tower
+    name = str(value).strip().lower()
+    if name in Tower._value2member_map_:
+        return Tower(name)
+    return Modality.parse(name).tower

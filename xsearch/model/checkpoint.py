@@ -159,9 +159,15 @@ def load_checkpoint(path: str | os.PathLike, architecture: str = "imagebind_huge
 
 
 def load_pretrained(
-    checkpoint: str | os.PathLike | None = None, weights: str = "imagebind_huge", **resolve_kwargs
+    checkpoint: str | os.PathLike | None = None,
+    weights: str = "imagebind_huge",
+    architecture: str | None = None,
+    **resolve_kwargs,
 ) -> ImageBind:
     """The pretrained model: resolve the checkpoint (path, env, cache or download), then load it strictly.
+
+    ``architecture`` defaults to the one of ``weights``; name another (``tiny_test``) for a checkpoint of
+    that size.
 
     Example
     -------
@@ -169,7 +175,7 @@ def load_pretrained(
     >>> model = load_pretrained("~/models/imagebind_huge.pth")  # doctest: +SKIP
     """
     path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
-    return load_checkpoint(path, PRETRAINED[weights].architecture)
+    return load_checkpoint(path, architecture or PRETRAINED[weights].architecture)
 
 
 def save_checkpoint(model: ImageBind, path: str | os.PathLike) -> Path:

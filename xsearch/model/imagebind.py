@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xsearch.modalities import Tower
 from xsearch.model.config import ImageBindCfg, get_config
 from xsearch.model.towers import (
     ImuTokenizer,
@@ -22,7 +23,6 @@ from xsearch.model.towers import (
     postprocessor,
 )
 from xsearch.model.transformer import Transformer
-from xsearch.modalities import Tower
 
 
 def _build_preprocessor(cfg: ImageBindCfg, tower: Tower) -> nn.Module:

@@ -34,7 +34,6 @@ class ImageCfg:
     jpeg_draft: bool = False
 
 
-
 def _open(source, cfg: ImageCfg) -> Image.Image:
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     try:

@@ -1,0 +1,160 @@
+"""Checkpoint loading: strict, with one-line errors naming the file; verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+
+from xsearch.errors import CheckpointError
+from xsearch.model import create_model, load_checkpoint, load_pretrained, save_checkpoint
+from xsearch.model.checkpoint import download, resolve_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(4)
+    model = create_model("tiny_test")
+    path = save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+    return model, path
+
+
+def test_roundtrip_is_exact(tiny_checkpoint):
+    model, path = tiny_checkpoint
+    loaded = load_checkpoint(path, "tiny_test")
+    x = torch.randn(1, 3, 1, 128, 204)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.embed("audio", x), model.embed("audio", x), rtol=0, atol=0)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path / "nope.pth", "tiny_test")
+    assert "nope.pth" in _one_line(exc) and "not found" in str(exc.value)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pth", "tiny_test")
+
+
+def test_truncated_file(tiny_checkpoint, tmp_path):
+    data = tiny_checkpoint[1].read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path / "cut.pth", "tiny_test")
+    assert "cut.pth" in _one_line(exc) and "truncated or corrupt" in str(exc.value)
+
+
+def test_random_bytes(tmp_path):
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path / "noise.pth", "tiny_test")
+    assert "noise.pth" in _one_line(exc)
+
+
+def test_not_imagebind(tmp_path):
+    torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "linear.pth")
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path / "linear.pth", "tiny_test")
+    assert "not an ImageBind checkpoint" in _one_line(exc)
+
+
+def test_checkpoint_of_another_size(tiny_checkpoint):
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tiny_checkpoint[1], "imagebind_huge")
+    assert "does not match ImageBind 'imagebind_huge'" in _one_line(exc) and "keys missing" in str(exc.value)
+
+
+def test_wrong_shape(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint[1], weights_only=True)
+    state["modality_preprocessors.imu.pos_embed"] = torch.zeros(1, 100, 32)
+    torch.save(state, tmp_path / "reshaped.pth")
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path / "reshaped.pth", "tiny_test")
+    assert "wrong shape for 'modality_preprocessors.imu.pos_embed': (1, 100, 32)" in _one_line(exc)
+
+
+def test_missing_keys(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint[1], weights_only=True)
+    del state["modality_heads.imu.3.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"1 keys missing .*modality_heads\.imu\.3\.weight"):
+        load_checkpoint(tmp_path / "partial.pth", "tiny_test")
+
+
+def test_env_var_and_explicit_path(tiny_checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setenv("XSEARCH_CHECKPOINT", str(tiny_checkpoint[1]))
+    assert resolve_checkpoint() == tiny_checkpoint[1]
+    assert load_pretrained(architecture="tiny_test").cfg.name == "tiny_test"
+    monkeypatch.setenv("XSEARCH_CHECKPOINT", str(tmp_path / "gone.pth"))
+    with pytest.raises(CheckpointError, match="gone.pth: checkpoint file not found"):
+        resolve_checkpoint()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path``."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_sha256(tiny_checkpoint, http_server, tmp_path_factory):
+    root, url = http_server
+    data = tiny_checkpoint[1].read_bytes()
+    (root / "tiny.pth").write_bytes(data)
+    good = hashlib.sha256(data).hexdigest()
+    dest = tmp_path_factory.mktemp("cache") / "tiny.pth"
+    assert download(f"{url}/tiny.pth", dest, good, progress=False) == dest
+    assert dest.read_bytes() == data
+    assert dest.with_name("tiny.pth.sha256").read_text().strip() == good
+    assert load_checkpoint(dest, "tiny_test").cfg.name == "tiny_test"
+
+    bad = tmp_path_factory.mktemp("cache2") / "tiny.pth"
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        download(f"{url}/tiny.pth", bad, "0" * 64, progress=False)
+    assert not bad.exists() and not bad.with_name("tiny.pth.part").exists()
+
+
+def test_download_failure_is_clear(http_server, tmp_path):
+    _, url = http_server
+    with pytest.raises(CheckpointError, match="download failed"):
+        download(f"{url}/missing.pth", tmp_path / "x.pth", progress=False)
+
+
+def test_cache_download_on_first_use(tiny_checkpoint, http_server, monkeypatch, tmp_path, caplog):
+    """No checkpoint given: download into $XSEARCH_HOME/checkpoints, stating the licence; a damaged
+    cached file is detected against the recorded sha256."""
+    root, url = http_server
+    (root / "weights.pth").write_bytes(tiny_checkpoint[1].read_bytes())
+    home = tmp_path / "home"
+    monkeypatch.setenv("XSEARCH_HOME", str(home))
+    monkeypatch.delenv("XSEARCH_CHECKPOINT", raising=False)
+    with caplog.at_level("WARNING"):
+        path = resolve_checkpoint(url=f"{url}/weights.pth")
+    assert path == home / "checkpoints" / "imagebind_huge.pth" and path.is_file()
+    assert "CC-BY-NC 4.0" in caplog.text
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        resolve_checkpoint()

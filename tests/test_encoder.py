@@ -1,0 +1,73 @@
+"""Encoder: unit float32 vectors for every modality; files grouped by modality, bad files reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from media import gradient_image, tone, write_imu, write_map, write_video, write_wav
+
+from xsearch.encoder import Encoder
+from xsearch.modalities import Modality
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model):
+    return Encoder(tiny_model, device="cpu")
+
+
+def test_encode_text_unit_vectors(encoder):
+    out = encoder.encode_text(["a dog", "rain on a roof", "a dog"])
+    assert out.dtype == torch.float32 and out.shape == (3, 1024)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(out[0], out[2])
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_clip_inputs_are_averaged_then_normalised(encoder, tiny_model):
+    clips = torch.randn(2, 3, 1, 128, 204)
+    with torch.no_grad():
+        per_clip = torch.nn.functional.normalize(tiny_model.embed("audio", clips.flatten(0, 1)), dim=-1)
+    expected = torch.nn.functional.normalize(per_clip.view(2, 3, -1).mean(1), dim=-1)
+    torch.testing.assert_close(encoder.encode("audio", clips), expected)
+
+
+def test_encode_files_mixed(encoder, tmp_path):
+    files = [
+        gradient_image(tmp_path / "a.jpg"),
+        write_wav(tmp_path / "b.wav", tone(2.5, 16000), 16000),
+        write_video(tmp_path / "c.mp4", seconds=2.0),
+        tmp_path / "broken.png",
+        gradient_image(tmp_path / "d.png", seed=3),
+        tmp_path / "notes.xyz",
+    ]
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    (tmp_path / "notes.xyz").write_text("?")
+    results = encoder.encode_files(files, batch_size=1)
+    assert [r.path for r in results] == [str(f) for f in files]
+    assert [r.modality for r in results] == [
+        Modality.IMAGE,
+        Modality.AUDIO,
+        Modality.VIDEO,
+        Modality.IMAGE,
+        Modality.IMAGE,
+        None,
+    ]
+    ok = [r for r in results if r.error is None]
+    assert len(ok) == 4
+    for r in ok:
+        assert r.embedding.shape == (1024,) and abs(np.linalg.norm(r.embedding) - 1) < 1e-5
+    assert "broken.png" in results[3].error and "unknown file type" in results[5].error
+    # The same image embedded alone gives the same vector as in a batch.
+    alone = encoder.encode_files([files[0]])[0].embedding
+    np.testing.assert_allclose(alone, results[0].embedding, atol=1e-6)
+
+
+def test_encode_files_with_explicit_modality(encoder, tmp_path):
+    maps = [write_map(tmp_path / "m.png"), write_map(tmp_path / "n.npy")]
+    depth = encoder.encode_files(maps, modality="depth")
+    thermal = encoder.encode_files(maps, modality="thermal")
+    assert all(r.error is None for r in depth + thermal)
+    assert not np.allclose(depth[0].embedding, thermal[0].embedding)
+    imu = encoder.encode_files([write_imu(tmp_path / "i.npy")], modality="imu")[0]
+    assert imu.error is None and imu.modality is Modality.IMU

@@ -1,0 +1,31 @@
+"""PyAV helpers shared by the audio and video decoders: opening a container with readable errors."""
+
+from __future__ import annotations
+
+import os
+
+import av
+
+from xsearch.errors import DecodeError
+
+
+def open_container(path: str | os.PathLike) -> av.container.InputContainer:
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise DecodeError(name, "is a directory")
+    try:
+        if os.path.getsize(name) == 0:
+            raise DecodeError(name, "file is empty (0 bytes)")
+        return av.open(name, mode="r", metadata_errors="ignore")
+    except FileNotFoundError:
+        raise DecodeError(name, "file not found") from None
+    except PermissionError:
+        raise DecodeError(name, "permission denied") from None
+    except av.FFmpegError as exc:
+        raise DecodeError(name, f"not a readable media file ({describe(exc)})") from None
+
+
+def describe(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = text.strip().splitlines()[0] if text and text.strip() else type(exc).__name__
+    return text

@@ -1,0 +1,110 @@
+"""Depth and thermal maps: single-channel file -> ``[1, 224, 224]``.
+
+Sources: 8- or 16-bit PNG/TIFF (scaled by the type's range to [0, 1]), float TIFF, or ``.npy`` arrays
+(``H x W`` or ``1 x H x W``; integer arrays scaled by their type's range, float arrays used as they are).
+Colour images are converted to luminance. Then: shorter side to 224 (bicubic), centre crop, and the
+modality's normalisation.
+
+Depth is expected as *disparity* (inverse depth), as ImageBind was trained on: its default normalisation
+is Omnivore's disparity mean/std (0.0418, 0.0295) and applies to disparity in those units; maps from
+other sources embed, but less faithfully. Thermal maps are used in [0, 1] without normalisation: Meta
+published no thermal loader, and users of the reference report better LLVIP accuracy without one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xsearch.errors import DecodeError
+from xsearch.preprocess.image import _open
+
+
+@dataclass(frozen=True)
+class SingleChannelCfg:
+    size: int = 224
+    mean: float = 0.0
+    std: float = 1.0
+    max_megapixels: float = 178.0
+
+
+DEPTH = SingleChannelCfg(mean=0.0418, std=0.0295)
+THERMAL = SingleChannelCfg()
+
+
+def _scale_integer(array: np.ndarray) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    return array.astype(np.float32)
+
+
+def load_single_channel(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL) -> np.ndarray:
+    """A map as ``float32 H x W``."""
+    name = os.fspath(path)
+    if name.lower().endswith(".npy"):
+        try:
+            array = np.load(name, allow_pickle=False)
+        except FileNotFoundError:
+            raise DecodeError(name, "file not found") from None
+        except PermissionError:
+            raise DecodeError(name, "permission denied") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise DecodeError(name, f"not a readable .npy array ({exc})") from None
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+            array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
+        if array.ndim != 2:
+            raise DecodeError(name, f"expected a 2-D map, got an array of shape {array.shape}")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise DecodeError(name, f"expected a numeric array, got dtype {array.dtype}")
+        array = _scale_integer(array)
+    else:
+        from xsearch.preprocess.image import ImageCfg
+
+        image = _open(path, ImageCfg(max_megapixels=cfg.max_megapixels))
+        try:
+            image.load()
+            if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
+                image = image.convert("L")
+            array = np.asarray(image)
+            if image.mode.startswith("I;16"):
+                array = array.astype(np.uint16)
+            elif image.mode == "I" and array.max(initial=0) <= 65535 and array.min(initial=0) >= 0:
+                array = array.astype(np.uint16)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DecodeError(name, f"image data is corrupt or truncated ({exc})") from None
+        array = _scale_integer(array)
+    if array.size == 0:
+        raise DecodeError(name, "map has no pixels")
+    if not np.isfinite(array).all():
+        raise DecodeError(name, "map contains NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def map_to_tensor(array: np.ndarray, cfg: SingleChannelCfg) -> torch.Tensor:
+    """``H x W`` float map -> ``[1, size, size]``: shorter side to ``size`` (bicubic), centre crop, normalise."""
+    x = torch.from_numpy(array)[None, None]
+    h, w = array.shape
+    if w <= h:
+        new_w, new_h = cfg.size, max(int(cfg.size * h / w), cfg.size)
+    else:
+        new_w, new_h = max(int(cfg.size * w / h), cfg.size), cfg.size
+    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    top, left = int(round((new_h - cfg.size) / 2.0)), int(round((new_w - cfg.size) / 2.0))
+    x = x[0, :, top : top + cfg.size, left : left + cfg.size]
+    return (x - cfg.mean) / cfg.std
+
+
+def preprocess_depth(path: str | os.PathLike, cfg: SingleChannelCfg = DEPTH) -> torch.Tensor:
+    """Disparity map file -> ``[1, 224, 224]``."""
+    return map_to_tensor(load_single_channel(path, cfg), cfg)
+
+
+def preprocess_thermal(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL) -> torch.Tensor:
+    """Thermal image file -> ``[1, 224, 224]``."""
+    return map_to_tensor(load_single_channel(path, cfg), cfg)

@@ -1,0 +1,148 @@
+"""Video: file -> ``[15, 3, 2, 224, 224]`` (5 clips x 3 spatial crops, 2 frames each).
+
+As the reference: 5 clips of 2 s at evenly spaced starts (``i * (duration - 2) / 5``); in each clip, the
+first and last frame with ``start <= t < end``; frames scaled to [0, 1], shorter side to 224 (bilinear),
+CLIP mean/std, then 3 crops along the longer side (start, centre, end). The model averages the 15
+embeddings. Only the frames around each clip are decoded (a seek per clip), so a two-hour film costs about
+as much as a short one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xsearch.errors import DecodeError
+from xsearch.preprocess._av import describe, open_container
+from xsearch.preprocess.audio import clip_starts
+from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD
+
+
+@dataclass(frozen=True)
+class VideoCfg:
+    size: int = 224
+    clip_seconds: int = 2
+    clips: int = 5
+    frames_per_clip: int = 2
+    spatial_crops: int = 3
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    max_pixels_per_frame: int = 8192 * 8192
+
+
+def _duration(stream, container) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _frame_time(frame, stream) -> float | None:
+    if frame.pts is None:
+        return None
+    start = stream.start_time or 0
+    return float((frame.pts - start) * stream.time_base)
+
+
+def _clip_frames(container, stream, start: float, end: float, count: int) -> list[np.ndarray]:
+    """``count`` frames evenly spread over ``[start, end)`` (the first and last for ``count == 2``)."""
+    offset = int(start / stream.time_base) + (stream.start_time or 0) if stream.time_base else 0
+    container.seek(max(offset, 0), stream=stream, backward=True, any_frame=False)
+    inside: list = []
+    before = None
+    for frame in container.decode(stream):
+        t = _frame_time(frame, stream)
+        if t is None:
+            continue
+        if t >= end:
+            break
+        if t >= start:
+            inside.append(frame)
+        else:
+            before = frame
+    if not inside:
+        # The clip holds no frame (a stream sparser than 2 s, or a short video): use the nearest earlier one.
+        inside = [before] if before is not None else []
+    if not inside:
+        return []
+    picks = torch.linspace(0, len(inside) - 1, count).long().tolist()
+    return [inside[i].to_ndarray(format="rgb24") for i in picks]
+
+
+def short_side_scale(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """``[C, T, H, W]`` -> shorter side ``size``, bilinear (pytorchvideo's ``short_side_scale``)."""
+    _, _, h, w = clip.shape
+    if w < h:
+        new_h, new_w = int(math.floor(h / w * size)), size
+    else:
+        new_h, new_w = size, int(math.floor(w / h * size))
+    return F.interpolate(clip, size=(new_h, new_w), mode="bilinear", align_corners=False)
+
+
+def spatial_crops(clip: torch.Tensor, size: int, count: int = 3) -> list[torch.Tensor]:
+    """Crops at the start, centre and end of the longer side of ``[C, T, H, W]``."""
+    h, w = clip.shape[-2:]
+    y, x = int(math.ceil((h - size) / 2)), int(math.ceil((w - size) / 2))
+    if count == 1:
+        return [clip[..., y : y + size, x : x + size]]
+    crops = []
+    for position in (0, 1, 2):
+        if h > w:
+            yy = {0: 0, 1: y, 2: h - size}[position]
+            crops.append(clip[..., yy : yy + size, x : x + size])
+        else:
+            xx = {0: 0, 1: x, 2: w - size}[position]
+            crops.append(clip[..., y : y + size, xx : xx + size])
+    return crops
+
+
+def frames_to_clips(clip_frames: list[list[np.ndarray]], cfg: VideoCfg = VideoCfg()) -> torch.Tensor:
+    """Per clip, a list of ``H x W x 3`` uint8 frames -> ``[clips * crops, 3, T, size, size]``."""
+    mean = torch.tensor(cfg.mean).view(3, 1, 1, 1)
+    std = torch.tensor(cfg.std).view(3, 1, 1, 1)
+    out = []
+    for frames in clip_frames:
+        clip = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 255.0  # C, T, H, W
+        clip = (short_side_scale(clip, cfg.size) - mean) / std
+        out.extend(spatial_crops(clip, cfg.size, cfg.spatial_crops))
+    return torch.stack(out)
+
+
+def decode_clip_frames(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> list[list[np.ndarray]]:
+    """The RGB frames of each clip, decoded with one seek per clip."""
+    name = os.fspath(path)
+    with open_container(path) as container:
+        if not container.streams.video:
+            raise DecodeError(name, "no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        ctx = stream.codec_context
+        if ctx.width and ctx.height and ctx.width * ctx.height > cfg.max_pixels_per_frame:
+            raise DecodeError(name, f"video frames are {ctx.width}x{ctx.height}, too large")
+        duration = _duration(stream, container)
+        if duration is None:
+            raise DecodeError(name, "video duration is unknown")
+        clips = []
+        try:
+            for start in clip_starts(duration, cfg.clip_seconds, cfg.clips):
+                frames = _clip_frames(
+                    container, stream, float(start), float(start + cfg.clip_seconds), cfg.frames_per_clip
+                )
+                if not frames:
+                    raise DecodeError(name, f"no decodable frame near {float(start):.2f} s")
+                clips.append(frames)
+        except av.FFmpegError as exc:
+            raise DecodeError(name, f"video data is corrupt ({describe(exc)})") from None
+    return clips
+
+
+def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> torch.Tensor:
+    """Video file -> ``[15, 3, 2, 224, 224]`` float32 model input."""
+    return frames_to_clips(decode_clip_frames(path, cfg), cfg)
