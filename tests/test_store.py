@@ -1,0 +1,159 @@
+"""The LanceDB store: schema, model-id guard, upserts, crash safety under SIGKILL, concurrent readers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from xsearch.errors import StoreError
+from xsearch.store import ItemRecord, Store, embeddings_to_numpy
+
+
+def unit(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, 1024)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def records(n: int, prefix: str = "f", seed: int = 0, modality: str = "image") -> list[ItemRecord]:
+    vectors = unit(n, seed)
+    return [
+        ItemRecord(f"{prefix}{i}.jpg", modality, vectors[i], sha256=f"{i:064x}", size=i, mtime=1.5 * i)
+        for i in range(n)
+    ]
+
+
+def test_add_and_read_back(tmp_path):
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    recs = records(5)
+    recs[0].metadata = {"width": 640, "height": 480}
+    store.add_items(recs)
+    store.add_items(records(3, prefix="g", seed=1, modality="audio"))
+    assert store.count() == 8 and store.count("audio") == 3
+    ids, vectors = store.vectors([0, 4, 7])
+    assert list(ids) == [0, 4, 7]
+    np.testing.assert_array_equal(vectors[:2], unit(5)[[0, 4]])
+    row = store.scan(["uri", "width", "height", "model_id"], "id = 0").to_pylist()[0]
+    assert row == {"uri": "f0.jpg", "width": 640, "height": 480, "model_id": "tiny_test"}
+
+
+def test_readable_without_xsearch(tmp_path):
+    Store.open(tmp_path / "db", model_id="tiny_test").add_items(records(4))
+    table = lancedb.connect(str(tmp_path / "db")).open_table("items").to_arrow()
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 1024)
+    assert embeddings_to_numpy(table["embedding"]).shape == (4, 1024)
+    frame = lancedb.connect(str(tmp_path / "db")).open_table("items").to_pandas()
+    assert sorted(frame["uri"]) == [f"f{i}.jpg" for i in range(4)]
+
+
+def test_model_id_mismatch_is_refused(tmp_path):
+    Store.open(tmp_path / "db", model_id="imagebind_huge").add_items(records(1))
+    with pytest.raises(StoreError, match="holds embeddings of model 'imagebind_huge', not 'tiny_test'"):
+        Store.open(tmp_path / "db", model_id="tiny_test")
+    assert Store.open(tmp_path / "db").model_id == "imagebind_huge"
+
+
+def test_missing_database(tmp_path):
+    with pytest.raises(StoreError, match="no xsearch database"):
+        Store.open(tmp_path / "nothing", create=False)
+
+
+def test_bad_vectors_are_refused_before_writing(tmp_path):
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    bad = records(3)
+    bad[1].embedding = np.full(1024, np.nan, np.float32)
+    with pytest.raises(StoreError, match="f1.jpg: embedding contains NaN"):
+        store.add_items(bad)
+    assert store.count() == 0
+    with pytest.raises(StoreError, match="512 values, expected 1024"):
+        store.add_items([ItemRecord("x.jpg", "image", np.ones(512, np.float32))])
+
+
+def test_upsert_keeps_ids_and_replaces_rows(tmp_path):
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(records(3))
+    changed = records(2, seed=9)  # f0, f1 with new vectors
+    changed.append(ItemRecord("new.jpg", "image", unit(1, 5)[0]))
+    store.upsert_items(changed)
+    rows = {r["uri"]: r["id"] for r in store.scan(["uri", "id"]).to_pylist()}
+    assert rows == {"f0.jpg": 0, "f1.jpg": 1, "f2.jpg": 2, "new.jpg": 3}
+    np.testing.assert_array_equal(store.vectors([0])[1][0], unit(2, 9)[0])
+
+
+def test_delete_by_uri_and_id(tmp_path):
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(records(5))
+    store.delete_items(uris=["f1.jpg"], ids=[3])
+    assert sorted(store.ids()) == [0, 2, 4]
+
+
+def test_errors_table(tmp_path):
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.record_errors([("bad.jpg", "image", "decode", "bad.jpg: truncated"), ("x.wav", "audio", "decode", "m")])
+    store.record_errors([("bad.jpg", "image", "decode", "bad.jpg: still truncated")])
+    rows = {r["uri"]: r["message"] for r in store.error_rows().to_pylist()}
+    assert rows == {"bad.jpg": "bad.jpg: still truncated", "x.wav": "m"}
+    store.clear_errors(["x.wav"])
+    assert store.error_rows().num_rows == 1
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from xsearch.store import ItemRecord, Store
+    store = Store.open(sys.argv[1], model_id="tiny_test")
+    batch = int(sys.argv[2])
+    rng = np.random.default_rng(batch)
+    print("ready", flush=True)
+    while True:
+        vectors = rng.standard_normal((50, 1024)).astype(np.float32)
+        store.add_items([ItemRecord(f"b{batch}/{i}", "image", vectors[i]) for i in range(50)])
+        batch += 1
+    """
+)
+
+
+def _batches(store: Store) -> dict[str, int]:
+    uris = store.scan(["uri"])["uri"].to_pylist()
+    counts: dict[str, int] = {}
+    for uri in uris:
+        counts[uri.split("/")[0]] = counts.get(uri.split("/")[0], 0) + 1
+    return counts
+
+
+def test_sigkill_mid_write_never_half_writes(tmp_path):
+    """Kill a writer with SIGKILL at random moments, 6 times; check every batch is whole, nothing committed
+    is lost, and a reader in this process sees only whole batches while the writer runs."""
+    db = tmp_path / "db"
+    Store.open(db, model_id="tiny_test")
+    rng = np.random.default_rng(0)
+    committed = 0
+    next_batch = 0
+    for _ in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), str(next_batch * 1000)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert proc.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + rng.uniform(0.3, 1.5)
+        reader = Store.open(db)
+        while time.monotonic() < deadline:  # concurrent reads while the writer appends
+            assert all(n == 50 for n in _batches(reader).values())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        next_batch += 1
+        store = Store.open(db)
+        counts = _batches(store)
+        assert all(n == 50 for n in counts.values()), counts
+        assert sum(counts.values()) >= committed
+        committed = sum(counts.values())
+    assert committed > 0

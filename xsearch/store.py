@@ -1,0 +1,330 @@
+"""The LanceDB store: the source of truth for what is indexed.
+
+Tables (plain Lance tables, readable with ``lancedb``, ``pyarrow`` or pandas without xsearch):
+
+- ``items``: one row per indexed file: stable ``id``, ``uri``, ``modality``, ``sha256``, ``size``, ``mtime``,
+  ``model_id``, ``embedding`` (``fixed_size_list<float32, 1024>``), ``indexed_at`` and optional metadata
+  (``width``, ``height``, ``duration``, ``sample_rate``, ``thumbnail``).
+- ``errors``: files that could not be indexed (``uri``, ``modality``, ``stage``, ``message``, ``at``).
+- ``meta``: one row naming the model whose embeddings the database holds, and the schema version.
+
+Every write is one Lance commit (a new table version written after its data files), so a writer killed at
+any moment leaves the previous version intact and readers never see half a batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from xsearch.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+EMBED_DIM = 1024
+ITEMS, ERRORS, META = "items", "errors", "meta"
+
+
+def items_schema(dim: int = EMBED_DIM) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("modality", pa.string(), nullable=False),
+            pa.field("sha256", pa.string()),
+            pa.field("size", pa.int64()),
+            pa.field("mtime", pa.float64()),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("duration", pa.float64()),
+            pa.field("sample_rate", pa.int32()),
+            pa.field("thumbnail", pa.binary()),
+        ]
+    )
+
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("modality", pa.string()),
+        pa.field("stage", pa.string()),  # scan / read / decode / encode
+        pa.field("message", pa.string()),
+        pa.field("at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+META_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("embed_dim", pa.int32(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class ItemRecord:
+    """One file's row in ``items`` (``id`` is assigned by the store when ``None``)."""
+
+    uri: str
+    modality: str
+    embedding: np.ndarray
+    sha256: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    id: int | None = None
+    metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate, thumbnail
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _sql_string(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _in_list(column: str, values: Iterable) -> str:
+    values = list(values)
+    if values and isinstance(values[0], str):
+        return f"{column} IN ({', '.join(_sql_string(v) for v in values)})"
+    return f"{column} IN ({', '.join(str(int(v)) for v in values)})"
+
+
+class Store:
+    """An xsearch database directory.
+
+    Example
+    -------
+    >>> store = Store.open("my.db", model_id="imagebind_huge")  # doctest: +SKIP
+    >>> store.add_items([ItemRecord("a.jpg", "image", vector)])  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, db, model_id: str, embed_dim: int):
+        self.path = path
+        self._db = db
+        self.model_id = model_id
+        self.embed_dim = embed_dim
+
+    # ---- opening -------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, model_id: str | None = None, *, create: bool = True) -> Store:
+        """Open (or create) the database at ``path``.
+
+        ``model_id`` must match the model that wrote the existing embeddings; embeddings of different
+        models live in different spaces and are never mixed. ``None`` accepts whatever the database holds.
+        """
+        import lancedb
+
+        path = Path(path)
+        exists = (path / f"{META}.lance").exists()
+        if not exists and not create:
+            raise StoreError(f"{path}: no xsearch database here (index some files first)")
+        if not exists and model_id is None:
+            raise StoreError(f"{path}: a new database needs a model id")
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path}: exists and is not a directory")
+        db = lancedb.connect(str(path))
+        if exists:
+            meta = db.open_table(META).to_arrow().to_pylist()
+            if not meta:
+                raise StoreError(f"{path}: the meta table is empty; the database is damaged")
+            stored = meta[0]
+            if stored["schema_version"] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: database schema version {stored['schema_version']}, this xsearch reads "
+                    f"version {SCHEMA_VERSION}; re-index into a new directory"
+                )
+            if model_id is not None and stored["model_id"] != model_id:
+                raise StoreError(
+                    f"{path}: holds embeddings of model '{stored['model_id']}', not '{model_id}'; "
+                    "embeddings of different models cannot be mixed (use another --db)"
+                )
+            store = cls(path, db, stored["model_id"], int(stored["embed_dim"]))
+        else:
+            embed_dim = EMBED_DIM
+            store = cls(path, db, model_id, embed_dim)
+            # Items and errors first, meta last: a database is complete once its meta table exists.
+            db.create_table(ITEMS, schema=items_schema(embed_dim), exist_ok=True)
+            db.create_table(ERRORS, schema=ERRORS_SCHEMA, exist_ok=True)
+            meta = pa.table(
+                {"model_id": [model_id], "embed_dim": [embed_dim], "schema_version": [SCHEMA_VERSION]},
+                schema=META_SCHEMA,
+            )
+            db.create_table(META, data=meta)
+        return store
+
+    # ---- tables ----------------------------------------------------------------------------------------
+
+    def items(self):
+        """The ``items`` LanceTable at its latest version."""
+        return self._db.open_table(ITEMS)
+
+    def errors(self):
+        return self._db.open_table(ERRORS)
+
+    @property
+    def version(self) -> int:
+        """The ``items`` table version: what an index built from the store records as covered."""
+        return self.items().version
+
+    def count(self, modality: str | None = None) -> int:
+        return self.items().count_rows(f"modality = {_sql_string(modality)}" if modality else None)
+
+    def scan(self, columns: Sequence[str], where: str | None = None, version: int | None = None) -> pa.Table:
+        """Columns of ``items`` (optionally filtered with a Lance SQL predicate) as an Arrow table."""
+        dataset = self.items().to_lance()
+        if version is not None:
+            dataset = dataset.checkout_version(version)
+        try:
+            return dataset.to_table(columns=list(columns), filter=where)
+        except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
+            raise StoreError(f"bad filter {where!r}: {str(exc).splitlines()[0]}") from None
+
+    def ids(self, modality: str | None = None, version: int | None = None) -> np.ndarray:
+        where = f"modality = {_sql_string(modality)}" if modality else None
+        return self.scan(["id"], where, version=version)["id"].to_numpy()
+
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
+        if len(ids) == 0:
+            return np.empty(0, np.int64), np.empty((0, self.embed_dim), np.float32)
+        table = self.scan(["id", "embedding"], _in_list("id", np.unique(ids)))
+        order = np.argsort(table["id"].to_numpy())
+        found = table["id"].to_numpy()[order]
+        return found, embeddings_to_numpy(table["embedding"])[order]
+
+    def lookup_uris(self, uris: Sequence[str]) -> pa.Table:
+        """Rows (without embeddings) for the given uris."""
+        columns = ["id", "uri", "modality", "sha256", "size", "mtime"]
+        if not uris:
+            return pa.table({c: [] for c in columns})
+        return self.scan(columns, _in_list("uri", uris))
+
+    # ---- writes ----------------------------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        table = self.items()
+        if table.count_rows() == 0:
+            return 0
+        ids = self.scan(["id"])["id"]
+        return int(pc.max(ids).as_py()) + 1
+
+    def _to_arrow(self, records: Sequence[ItemRecord]) -> pa.Table:
+        next_id = self._next_id()
+        rows = {name: [] for name in items_schema(self.embed_dim).names}
+        now = _now()
+        flat = np.empty((len(records), self.embed_dim), dtype=np.float32)
+        for i, rec in enumerate(records):
+            vector = np.asarray(rec.embedding, dtype=np.float32).reshape(-1)
+            if vector.shape[0] != self.embed_dim:
+                raise StoreError(f"{rec.uri}: embedding has {vector.shape[0]} values, expected {self.embed_dim}")
+            if not np.isfinite(vector).all():
+                raise StoreError(f"{rec.uri}: embedding contains NaN or infinite values")
+            flat[i] = vector
+            if rec.id is None:
+                rec.id, next_id = next_id, next_id + 1
+            rows["id"].append(rec.id)
+            rows["uri"].append(rec.uri)
+            rows["modality"].append(str(rec.modality))
+            rows["sha256"].append(rec.sha256)
+            rows["size"].append(rec.size)
+            rows["mtime"].append(rec.mtime)
+            rows["model_id"].append(self.model_id)
+            rows["indexed_at"].append(now)
+            for key in ("width", "height", "duration", "sample_rate", "thumbnail"):
+                rows[key].append(rec.metadata.get(key))
+        schema = items_schema(self.embed_dim)
+        arrays = []
+        for f in schema:
+            if f.name == "embedding":
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), self.embed_dim))
+            else:
+                arrays.append(pa.array(rows[f.name], type=f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def add_items(self, records: Sequence[ItemRecord]) -> int:
+        """Append ``records`` in one commit; returns the new table version."""
+        if not records:
+            return self.version
+        table = self.items()
+        table.add(self._to_arrow(records))
+        return table.version
+
+    def upsert_items(self, records: Sequence[ItemRecord]) -> int:
+        """Insert new uris and replace the rows of known ones, in one commit (ids of replaced uris are kept).
+
+        Example: a file that changed on disk is re-embedded and its row replaced, atomically.
+        """
+        if not records:
+            return self.version
+        known = self.lookup_uris([r.uri for r in records])
+        known_ids = dict(zip(known["uri"].to_pylist(), known["id"].to_pylist()))
+        for rec in records:
+            if rec.uri in known_ids:
+                rec.id = known_ids[rec.uri]
+        table = self.items()
+        (
+            table.merge_insert("uri")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(self._to_arrow(records))
+        )
+        return table.version
+
+    def delete_items(self, *, ids: Sequence[int] = (), uris: Sequence[str] = ()) -> int:
+        """Delete rows by id and/or uri in one commit; returns the new table version."""
+        clauses = []
+        if len(ids):
+            clauses.append(_in_list("id", ids))
+        if len(uris):
+            clauses.append(_in_list("uri", uris))
+        table = self.items()
+        if clauses:
+            table.delete(" OR ".join(clauses))
+        return table.version
+
+    def record_errors(self, errors: Sequence[tuple[str, str | None, str, str]]) -> None:
+        """Replace the error rows of these uris with ``(uri, modality, stage, message)``, one commit."""
+        if not errors:
+            return
+        now = _now()
+        data = pa.table(
+            {
+                "uri": [e[0] for e in errors],
+                "modality": [e[1] for e in errors],
+                "stage": [e[2] for e in errors],
+                "message": [e[3] for e in errors],
+                "at": [now] * len(errors),
+            },
+            schema=ERRORS_SCHEMA,
+        )
+        self.errors().merge_insert("uri").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    def clear_errors(self, uris: Sequence[str]) -> None:
+        if uris:
+            self.errors().delete(_in_list("uri", uris))
+
+    def error_rows(self) -> pa.Table:
+        return self.errors().to_arrow()
+
+
+def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A ``fixed_size_list<float32, d>`` column -> ``float32 [n, d]`` without a Python loop."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
