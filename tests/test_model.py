@@ -90,6 +90,7 @@ def test_parity_detects_a_changed_weight(tiny_pair):
 
 def test_outputs_are_scaled_unit_vectors(tiny_model):
     x = sample_inputs(batch=2)
+    x["audio"] = x["audio"][:, 0]  # one clip each: a mean over clips is shorter than the scale
     with torch.no_grad():
         out = tiny_model(x)
     norms = {k: v.norm(dim=-1) for k, v in out.items()}

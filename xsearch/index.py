@@ -33,7 +33,7 @@ class IndexCfg:
     flat_threshold: int = 50_000  # exact search below this many vectors
     nlist: int | None = None  # IVF lists; None: about 4 * sqrt(N)
     pq_bytes_per_dim: float = 1 / 16  # PQ code size: d/8 sub-quantisers of 4 bits = d/16 bytes
-    refine_factor: int = 10  # candidates re-ranked exactly: k * refine_factor
+    refine_factor: int = 20  # candidates re-ranked exactly: k * refine_factor
     nprobe: int | None = None  # lists visited per query; None: nlist / 16, at least 16
     train_size: int = 100_000  # training sample (at most)
     use_gpu: bool | None = None  # None: when faiss sees a GPU
@@ -63,6 +63,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+_RERANK_CHUNK = 32  # queries re-ranked together (bounds the [q, candidates, d] float32 gather)
 
 
 class VectorIndex:
@@ -161,12 +164,20 @@ class VectorIndex:
             return scores, out_ids
         candidates = min(len(self.ids), k_eff * self.cfg.refine_factor)
         _, cand = self.index.search(queries, candidates)
-        for row, ids in enumerate(cand):
-            ids = ids[ids >= 0]
-            positions = np.searchsorted(self.ids, ids)
-            exact = self.vectors[positions].astype(np.float32) @ queries[row]
-            top = np.argsort(-exact)[:k_eff]
-            scores[row, : len(top)], out_ids[row, : len(top)] = exact[top], ids[top]
+        for start in range(0, len(queries), _RERANK_CHUNK):
+            block = cand[start : start + _RERANK_CHUNK]
+            valid = block >= 0
+            positions = np.searchsorted(self.ids, np.where(valid, block, self.ids[0]))
+            # Exact scores of all candidates of a block of queries at once: [q, c, d] @ [q, d] -> [q, c].
+            exact = np.einsum(
+                "qcd,qd->qc", self.vectors[positions].astype(np.float32), queries[start : start + _RERANK_CHUNK]
+            )
+            exact[~valid] = -np.inf
+            top = np.argsort(-exact, axis=1)[:, :k_eff]
+            top_scores = np.take_along_axis(exact, top, 1)
+            top_ids = np.where(np.isfinite(top_scores), np.take_along_axis(block, top, 1), -1)
+            scores[start : start + len(block), :k_eff] = top_scores
+            out_ids[start : start + len(block), :k_eff] = top_ids
         return scores, out_ids
 
     # ---- files -----------------------------------------------------------------------------------------
