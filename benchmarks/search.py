@@ -65,7 +65,7 @@ def run(n: int, n_queries: int, k: int, report) -> None:
         1.0,
         db_t.element_size() * base.shape[1],
     )
-    del db_t
+    db_t = q_t = None  # free the exact baseline's copy before building indices
 
     configs = [
         ("faiss flat cpu", IndexCfg(flat_threshold=n + 1, use_gpu=False)),
@@ -74,14 +74,13 @@ def run(n: int, n_queries: int, k: int, report) -> None:
     if gpu_available():
         configs.append(("faiss ivfpq gpu-trained + rerank", IndexCfg(flat_threshold=0, use_gpu=True)))
     for name, cfg in configs:
-        index, build_s = timed(lambda: VectorIndex.build(np.arange(n), base, cfg))
+        index, build_s = timed(lambda cfg=cfg: VectorIndex.build(np.arange(n), base, cfg))
         index.search(queries[:8], k)
-        (_, ids), batch_s = timed(lambda: index.search(queries, k))
-        p50, p99 = latencies(lambda q: index.search(q, k), queries)
+        (_, ids), batch_s = timed(lambda index=index: index.search(queries, k))
+        p50, p99 = latencies(lambda q, index=index: index.search(q, k), queries)
         code_bytes = index.index.sa_code_size() if hasattr(index.index, "sa_code_size") else 0
         per_vector = (code_bytes or base.shape[1] * 4) + 8 + (0 if index.kind == "flat" else 2 * base.shape[1])
         report(n, f"{name} ({index.kind})", build_s, n_queries / batch_s, p50, p99, recall_at_k(ids, truth), per_vector)
-        del index
 
 
 def main() -> None:

@@ -251,3 +251,11 @@ def test_missing_and_unreadable(tmp_path):
         preprocess_file(tmp_path / "gone.jpg", "image")
     with pytest.raises(DecodeError, match="gone.mp4: file not found"):
         preprocess_file(tmp_path / "gone.mp4", "video")
+
+
+def test_directory_given_as_file(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(DecodeError, match="folder.jpg: is a directory"):
+        preprocess_file(tmp_path / "folder.jpg", "image")
+    with pytest.raises(DecodeError, match="folder.jpg: is a directory"):
+        preprocess_file(tmp_path / "folder.jpg", "text")

@@ -24,6 +24,19 @@ class DecodeError(XsearchError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    # The OS errors every reader turns into the same plain words.
+    OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError)
+
+    @classmethod
+    def from_os_error(cls, path, exc: OSError) -> DecodeError:
+        if isinstance(exc, FileNotFoundError):
+            return cls(path, "file not found")
+        if isinstance(exc, PermissionError):
+            return cls(path, "permission denied")
+        if isinstance(exc, IsADirectoryError):
+            return cls(path, "is a directory")
+        return cls(path, str(exc) or type(exc).__name__)
+
 
 class StoreError(XsearchError):
     """The database cannot be opened or written as asked (wrong model id, bad schema, ...)."""

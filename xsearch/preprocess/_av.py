@@ -17,10 +17,8 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
         if os.path.getsize(name) == 0:
             raise DecodeError(name, "file is empty (0 bytes)")
         return av.open(name, mode="r", metadata_errors="ignore")
-    except FileNotFoundError:
-        raise DecodeError(name, "file not found") from None
-    except PermissionError:
-        raise DecodeError(name, "permission denied") from None
+    except DecodeError.OS_ERRORS as exc:
+        raise DecodeError.from_os_error(name, exc) from None
     except av.FFmpegError as exc:
         raise DecodeError(name, f"not a readable media file ({describe(exc)})") from None
 

@@ -42,12 +42,8 @@ def _open(source, cfg: ImageCfg) -> Image.Image:
             image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DecodeError(name, "image is too large to decode safely (decompression bomb?)") from None
-    except FileNotFoundError:
-        raise DecodeError(name, "file not found") from None
-    except PermissionError:
-        raise DecodeError(name, "permission denied") from None
-    except IsADirectoryError:
-        raise DecodeError(name, "is a directory") from None
+    except DecodeError.OS_ERRORS as exc:
+        raise DecodeError.from_os_error(name, exc) from None
     except (Image.UnidentifiedImageError, OSError, ValueError) as exc:
         raise DecodeError(name, f"not a readable image ({_reason(exc)})") from None
     width, height = image.size

@@ -54,10 +54,8 @@ def load_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> np.ndarray:
             array = _read_csv(name)
         else:
             array = np.load(name, allow_pickle=False)
-    except FileNotFoundError:
-        raise DecodeError(name, "file not found") from None
-    except PermissionError:
-        raise DecodeError(name, "permission denied") from None
+    except DecodeError.OS_ERRORS as exc:
+        raise DecodeError.from_os_error(name, exc) from None
     except UnicodeDecodeError:
         raise DecodeError(name, "CSV is not UTF-8 text") from None
     except (ValueError, OSError, EOFError) as exc:

@@ -50,10 +50,8 @@ def load_single_channel(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL
     if name.lower().endswith(".npy"):
         try:
             array = np.load(name, allow_pickle=False)
-        except FileNotFoundError:
-            raise DecodeError(name, "file not found") from None
-        except PermissionError:
-            raise DecodeError(name, "permission denied") from None
+        except DecodeError.OS_ERRORS as exc:
+            raise DecodeError.from_os_error(name, exc) from None
         except (ValueError, OSError, EOFError) as exc:
             raise DecodeError(name, f"not a readable .npy array ({exc})") from None
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):

@@ -143,12 +143,8 @@ def read_text_file(path: str | os.PathLike, cfg: TextCfg = TextCfg()) -> str:
         if size > cfg.max_file_bytes:
             raise DecodeError(name, f"text file is {size} bytes, above the {cfg.max_file_bytes} byte limit")
         raw = open(path, "rb").read()
-    except FileNotFoundError:
-        raise DecodeError(name, "file not found") from None
-    except PermissionError:
-        raise DecodeError(name, "permission denied") from None
-    except IsADirectoryError:
-        raise DecodeError(name, "is a directory") from None
+    except DecodeError.OS_ERRORS as exc:
+        raise DecodeError.from_os_error(name, exc) from None
     if b"\x00" in raw:
         raise DecodeError(name, "not text (contains NUL bytes)")
     try:
