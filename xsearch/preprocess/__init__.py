@@ -15,7 +15,7 @@ from xsearch.modalities import Modality
 from xsearch.preprocess.audio import AudioCfg, preprocess_audio
 from xsearch.preprocess.image import ImageCfg, preprocess_image
 from xsearch.preprocess.imu import ImuCfg, preprocess_imu
-from xsearch.preprocess.single_channel import DEPTH, THERMAL, SingleChannelCfg, load_single_channel, map_to_tensor
+from xsearch.preprocess.single_channel import DEPTH, THERMAL, SingleChannelCfg, preprocess_depth, preprocess_thermal
 from xsearch.preprocess.text import TextCfg, get_tokenizer, preprocess_text, preprocess_text_file
 from xsearch.preprocess.video import VideoCfg, preprocess_video
 
@@ -45,9 +45,9 @@ def preprocess_file(
     if modality is Modality.AUDIO:
         return preprocess_audio(path, cfg.audio)
     if modality is Modality.DEPTH:
-        return map_to_tensor(load_single_channel(path, cfg.depth), cfg.depth)
+        return preprocess_depth(path, cfg.depth)
     if modality is Modality.THERMAL:
-        return map_to_tensor(load_single_channel(path, cfg.thermal), cfg.thermal)
+        return preprocess_thermal(path, cfg.thermal)
     if modality is Modality.IMU:
         return preprocess_imu(path, cfg.imu)
     raise ValueError(f"no preprocessing for {modality}")

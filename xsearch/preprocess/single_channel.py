@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from xsearch.errors import DecodeError
-from xsearch.preprocess.image import _open
+from xsearch.preprocess.image import ImageCfg, _open
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,9 @@ THERMAL = SingleChannelCfg()
 
 
 def _scale_integer(array: np.ndarray) -> np.ndarray:
+    """Integer maps -> [0, 1] by their type's range; float (and boolean) maps as they are."""
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
     return array.astype(np.float32)
 
 
@@ -62,8 +61,6 @@ def load_single_channel(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL
             raise DecodeError(name, f"expected a numeric array, got dtype {array.dtype}")
         array = _scale_integer(array)
     else:
-        from xsearch.preprocess.image import ImageCfg
-
         image = _open(path, ImageCfg(max_megapixels=cfg.max_megapixels))
         try:
             image.load()
