@@ -96,6 +96,20 @@ def test_stale_index_is_topped_up_and_pruned(data, tmp_path):
     assert len(indices.fresh("audio")) == 20
 
 
+def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
+    """An upsert keeps a file's id but changes its vector: the top-up must replace it in the index."""
+    vectors, queries, _ = data
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(_records(vectors[:200], "a"))
+    indices = IndexSet(store)
+    indices.fresh("image")
+    store.upsert_items([ItemRecord("a7", "image", queries[0])])  # same uri, same id 7, new vector
+    refreshed = indices.fresh("image")
+    assert len(refreshed) == 200
+    scores, ids = refreshed.search(queries[:1], 1)
+    assert ids[0, 0] == 7 and scores[0, 0] > 0.99
+
+
 def test_flat_index_outgrowing_threshold_is_rebuilt(data, tmp_path):
     vectors, _, _ = data
     store = Store.open(tmp_path / "db", model_id="tiny_test")

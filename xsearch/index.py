@@ -251,7 +251,13 @@ class IndexSet:
         return index
 
     def _save(self, index: VectorIndex, modality: str, version: int) -> None:
-        covers = {"table_version": version, "model_id": self.store.model_id, "modality": str(modality)}
+        covers = {
+            "table_version": version,
+            "model_id": self.store.model_id,
+            "modality": str(modality),
+            # Rows re-embedded in place keep their id; their newer ``indexed_at`` is how a top-up finds them.
+            "indexed_until": self.store.last_indexed_at(version),
+        }
         index.save(self.directory(modality), covers)
 
     def fresh(self, modality: str) -> VectorIndex:
@@ -272,6 +278,11 @@ class IndexSet:
         current = self.store.ids(modality, version=version)
         added = np.setdiff1d(current, index.ids)
         removed = np.setdiff1d(index.ids, current)
+        if meta.get("indexed_until") is None:
+            return self.build(modality)
+        updated = np.intersect1d(self.store.ids_indexed_after(meta["indexed_until"], modality, version), index.ids)
+        removed = np.union1d(removed, updated)
+        added = np.union1d(added, updated)
         outgrown = index.kind == "flat" and len(current) >= self.cfg.flat_threshold
         if outgrown or len(removed) > len(index.ids) // 2:
             log.info("%s index: rebuilding (%d added, %d removed)", modality, len(added), len(removed))

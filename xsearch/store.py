@@ -198,6 +198,19 @@ class Store:
         where = f"modality = {_sql_string(modality)}" if modality else None
         return self.scan(["id"], where, version=version)["id"].to_numpy()
 
+    def last_indexed_at(self, version: int | None = None) -> str | None:
+        """The newest ``indexed_at`` (ISO, UTC) at ``version``: what an index records as covered."""
+        column = self.scan(["indexed_at"], version=version)["indexed_at"]
+        newest = pc.max(column).as_py() if len(column) else None
+        return newest.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f") if newest else None
+
+    def ids_indexed_after(self, moment: str, modality: str | None = None, version: int | None = None) -> np.ndarray:
+        """Ids whose row was (re)written after ``moment`` (as returned by ``last_indexed_at``)."""
+        where = f"indexed_at > TIMESTAMP {_sql_string(moment)}"
+        if modality:
+            where += f" AND modality = {_sql_string(modality)}"
+        return self.scan(["id"], where, version=version)["id"].to_numpy()
+
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
         if len(ids) == 0:
