@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from media import gradient_image, tone, write_imu, write_map, write_video, write_wav
 
 from xsearch.encoder import Encoder
 from xsearch.modalities import Modality
+
+from media import gradient_image, tone, write_imu, write_map, write_video, write_wav
 
 
 @pytest.fixture(scope="module")

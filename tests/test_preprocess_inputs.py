@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
 from PIL import Image
 
 from xsearch.errors import DecodeError
 from xsearch.preprocess import preprocess_file
 from xsearch.preprocess.image import ImageCfg, load_image, preprocess_image
+
+from media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
 
 
 def _finite(x: torch.Tensor) -> bool:

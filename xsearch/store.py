@@ -298,6 +298,20 @@ class Store:
         )
         return table.version
 
+    def update_file_stats(self, stats: dict[str, tuple[int, float]]) -> int:
+        """Set ``(size, mtime)`` of known uris whose bytes did not change (touched or copied), in one commit."""
+        if not stats:
+            return self.version
+        rows = self.scan(items_schema(self.embed_dim).names, _in_list("uri", list(stats)))
+        uris = rows["uri"].to_pylist()
+        size = pa.array([stats[u][0] for u in uris], pa.int64())
+        mtime = pa.array([stats[u][1] for u in uris], pa.float64())
+        rows = rows.set_column(rows.schema.get_field_index("size"), "size", size)
+        rows = rows.set_column(rows.schema.get_field_index("mtime"), "mtime", mtime)
+        table = self.items()
+        table.merge_insert("uri").when_matched_update_all().execute(rows)
+        return table.version
+
     def delete_items(self, *, ids: Sequence[int] = (), uris: Sequence[str] = ()) -> int:
         """Delete rows by id and/or uri in one commit; returns the new table version."""
         clauses = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -40,8 +41,10 @@ def _open(source, cfg: ImageCfg) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DecodeError(name, "image is too large to decode safely (decompression bomb?)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"declares {int(pixels.group(1)) / 1e6:.0f} MP, " if pixels else ""
+        raise DecodeError(name, f"image {size}too large to decode safely (decompression bomb?)") from None
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except (Image.UnidentifiedImageError, OSError, ValueError) as exc:

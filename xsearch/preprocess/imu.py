@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from xsearch.errors import DecodeError
+from xsearch.preprocess._npy import load_npy
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def load_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> np.ndarray:
         if name.lower().endswith(".csv"):
             array = _read_csv(name)
         else:
-            array = np.load(name, allow_pickle=False)
+            array = load_npy(name)
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except UnicodeDecodeError:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from xsearch.errors import DecodeError
+from xsearch.preprocess._npy import load_npy
 from xsearch.preprocess.image import ImageCfg, _open
 
 
@@ -47,12 +48,7 @@ def load_single_channel(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL
     """A map as ``float32 H x W``."""
     name = os.fspath(path)
     if name.lower().endswith(".npy"):
-        try:
-            array = np.load(name, allow_pickle=False)
-        except DecodeError.OS_ERRORS as exc:
-            raise DecodeError.from_os_error(name, exc) from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise DecodeError(name, f"not a readable .npy array ({exc})") from None
+        array = load_npy(name)
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.ndim != 2:

@@ -23,6 +23,8 @@ from xsearch.preprocess._av import describe, open_container
 from xsearch.preprocess.audio import clip_starts
 from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD
 
+NO_VIDEO_STREAM = "no video stream"
+
 
 @dataclass(frozen=True)
 class VideoCfg:
@@ -117,10 +119,15 @@ def frames_to_clips(clip_frames: list[list[np.ndarray]], cfg: VideoCfg = VideoCf
 
 def decode_clip_frames(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> list[list[np.ndarray]]:
     """The RGB frames of each clip, decoded with one seek per clip."""
+    return decode_video(path, cfg)[0]
+
+
+def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[list[list[np.ndarray]], float]:
+    """``(frames of each clip, duration in seconds)``, decoded with one seek per clip."""
     name = os.fspath(path)
     with open_container(path) as container:
         if not container.streams.video:
-            raise DecodeError(name, "no video stream")
+            raise DecodeError(name, NO_VIDEO_STREAM)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         ctx = stream.codec_context
@@ -140,7 +147,7 @@ def decode_clip_frames(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> l
                 clips.append(frames)
         except av.FFmpegError as exc:
             raise DecodeError(name, f"video data is corrupt ({describe(exc)})") from None
-    return clips
+    return clips, float(duration)
 
 
 def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> torch.Tensor:

@@ -1,0 +1,25 @@
+"""``xsearch embed``: files -> JSON lines of embeddings."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from cli.app import CheckpointOpt, DeviceOpt, ModelOpt, app, handled_errors, load_encoder
+
+
+@app.command()
+def embed(
+    paths: Annotated[list[str], typer.Argument(help="Media files to embed.")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = "imagebind_huge",
+    device: DeviceOpt = "auto",
+    as_: Annotated[str | None, typer.Option("--as", help="Modality of all PATHS (depth, thermal, imu...).")] = None,
+) -> None:
+    """Embed files and print one JSON line per file (path, modality, 1024-d vector)."""
+    with handled_errors():
+        encoder = load_encoder(checkpoint, model, device)
+        for result in encoder.encode_files(paths, modality=as_):
+            typer.echo(json.dumps({"path": result.path, "modality": str(result.modality), **result.as_json()}))

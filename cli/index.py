@@ -1,0 +1,140 @@
+"""``xsearch index``: folders -> database, incrementally, with a summary and a distinct exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+
+from cli.app import (
+    EXIT_INTERRUPTED,
+    EXIT_SOME_FAILED,
+    CheckpointOpt,
+    DbOpt,
+    DeviceOpt,
+    ModelOpt,
+    app,
+    fail,
+    handled_errors,
+    load_encoder,
+)
+from xsearch.modalities import Modality
+
+SHOWN_FAILURES = 10
+
+
+def parse_assignments(values: list[str], paths: list[str]) -> tuple[dict[str, Modality], list[str]]:
+    """``--as MODALITY`` (all PATHS) and ``--as MODALITY=PATH`` -> {absolute path: modality}, extra roots."""
+    assigned: dict[str, Modality] = {}
+    extra_roots: list[str] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        try:
+            modality = Modality.parse(name)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--as") from None
+        targets = [path] if sep else paths
+        if sep and not path:
+            raise typer.BadParameter(f"{value!r}: expected MODALITY=PATH", param_hint="--as")
+        for target in targets:
+            assigned[os.path.abspath(target)] = modality
+        if sep:
+            extra_roots.append(path)
+    return assigned, extra_roots
+
+
+def parse_modalities(value: str | None) -> frozenset[Modality] | None:
+    if not value:
+        return None
+    try:
+        return frozenset(Modality.parse(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--modalities") from None
+
+
+@app.command()
+def index(
+    paths: Annotated[list[str] | None, typer.Argument(help="Folders or files to index.")] = None,
+    db: DbOpt = ...,
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = "imagebind_huge",
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = 16,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: cores - 1, max 8).")] = None,
+    modalities: Annotated[str | None, typer.Option(help="Only these, e.g. image,audio.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Skip paths or names matching this glob.")] = None,
+    follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links to files and folders.")] = False,
+    as_: Annotated[
+        list[str] | None,
+        typer.Option("--as", help="MODALITY for all PATHS, or MODALITY=PATH for one folder (depth=scans/)."),
+    ] = None,
+    prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = False,
+    update_index: Annotated[bool, typer.Option(help="Update the FAISS indices after the run.")] = True,
+    commit_every: Annotated[int, typer.Option(min=1, help="Files per database commit.")] = 256,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+) -> None:
+    """Index media files: scan, decode in parallel, embed in batches, store, update the search indices.
+
+    Re-running skips unchanged files, re-embeds changed ones and retries earlier failures. Depth, thermal
+    and IMU files are recognised by a folder named depth/thermal/imu, a stem ending _depth/_thermal/_imu,
+    or --as. Exit code 3 means the run finished but some files failed (listed in the errors table).
+    """
+    paths = list(paths or [])
+    assigned, extra_roots = parse_assignments(as_ or [], paths)
+    roots = paths + [r for r in extra_roots if r not in paths]
+    if not roots:
+        fail("nothing to index: give folders or files (PATHS or --as MODALITY=PATH)")
+    with handled_errors():
+        from indexer.pipeline import Indexer, IndexerCfg
+        from indexer.scan import ScanOptions
+        from xsearch.store import Store
+
+        encoder = load_encoder(checkpoint, model, device)
+        store = Store.open(db, model_id=encoder.model_id)
+        cfg = IndexerCfg(
+            batch_size=batch_size,
+            workers=workers,
+            commit_every=commit_every,
+            prune=prune,
+            update_index=update_index,
+            progress=not (quiet or json_),
+        )
+        options = ScanOptions(
+            modalities=parse_modalities(modalities),
+            exclude=tuple(exclude or ()),
+            follow_symlinks=follow_symlinks,
+            assigned=assigned,
+        )
+        report = Indexer(store, encoder, cfg).run(roots, options)
+    if json_:
+        typer.echo(json.dumps(report.as_json(), indent=1))
+    elif not quiet:
+        print_summary(report)
+    if report.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if report.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def print_summary(report) -> None:
+    parts = [f"{report.indexed} new", f"{report.updated} updated", f"{report.unchanged} unchanged"]
+    parts.append(f"{report.failed} failed")
+    if report.pruned:
+        parts.append(f"{report.pruned} pruned")
+    rate = f", {report.files_per_second:.1f} files/s" if report.indexed + report.updated else ""
+    typer.echo(f"{report.db}: {', '.join(parts)} in {report.seconds:.1f} s{rate}")
+    if report.by_modality:
+        typer.echo("  embedded: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_modality.items())))
+    if report.indexes:
+        kinds = ", ".join(f"{m} {i['count']} ({i['kind']})" for m, i in report.indexes.items())
+        typer.echo(f"  indices: {kinds}")
+    if report.interrupted:
+        typer.echo("  interrupted: what was embedded is saved; run the same command again to continue")
+    for failure in report.failures[:SHOWN_FAILURES]:
+        typer.echo(f"  failed: {failure.uri}: {failure.message}")
+    hidden = len(report.failures) - SHOWN_FAILURES
+    if hidden > 0:
+        typer.echo(f"  ... and {hidden} more (xsearch errors --db {report.db})")

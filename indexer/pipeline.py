@@ -1,0 +1,320 @@
+"""The batch indexer: scan -> plan -> parallel decode -> batched encode -> store commits -> index update.
+
+- Decoding runs in ``DataLoader`` worker processes, out of order (``in_order=False``): one slow file holds
+  up only itself, never the batch the encoder is waiting for.
+- Encoding takes per-modality batches; the workers keep decoding while the model runs.
+- Results are committed to the store every ``commit_every`` files (one Lance commit each, upserting on the
+  file's uri), so a run killed at any moment loses at most the uncommitted files and a re-run ends with
+  exactly one row per file.
+- Incremental: a file whose size and mtime match its row is skipped; one that differs is hashed and
+  re-embedded only when its bytes changed. Earlier failures are retried on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer.scan import Candidate, Rejected, Scanner, ScanOptions
+from indexer.work import Outcome, PrepareDataset, Task
+from xsearch.encoder import Encoder
+from xsearch.index import IndexSet
+from xsearch.modalities import Modality
+from xsearch.store import ItemRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class IndexerCfg:
+    batch_size: int = 16
+    workers: int | None = None  # decode processes; None: one per core but one, at most 8; 0: in-process
+    commit_every: int = 256  # files per store commit
+    commit_seconds: float = 30.0  # ... or sooner when this long has passed since the last one
+    prune: bool = False  # delete rows of files under the scanned roots that no longer exist
+    update_index: bool = True
+    progress: bool = True  # tqdm bars on stderr
+
+
+@dataclass
+class Failure:
+    uri: str
+    stage: str
+    message: str
+
+
+@dataclass
+class RunReport:
+    """What a run did; ``as_json()`` is the ``--json`` output."""
+
+    db: str
+    model_id: str
+    scanned: int = 0
+    indexed: int = 0  # new files embedded
+    updated: int = 0  # known files whose content changed, re-embedded
+    unchanged: int = 0  # skipped (same size and mtime, or same bytes)
+    failed: int = 0
+    pruned: int = 0
+    ignored: int = 0  # not media, or symlinks when not following them
+    excluded: int = 0  # --exclude / --modalities
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    by_modality: dict[str, int] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    indexes: dict[str, dict] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def files_per_second(self) -> float:
+        done = self.indexed + self.updated
+        return done / self.seconds if self.seconds else 0.0
+
+    def as_json(self) -> dict:
+        out = asdict(self)
+        out["files_per_second"] = round(self.files_per_second, 2)
+        out["seconds"] = round(self.seconds, 3)
+        out["embed_seconds"] = round(self.embed_seconds, 3)
+        return out
+
+
+class Indexer:
+    """Indexes folders into a store with an encoder.
+
+    Example
+    -------
+    >>> indexer = Indexer(Store.open("media.db", model_id=encoder.model_id), encoder)  # doctest: +SKIP
+    >>> report = indexer.run(["~/Pictures"])  # doctest: +SKIP
+    """
+
+    def __init__(self, store: Store, encoder: Encoder, cfg: IndexerCfg = IndexerCfg()):
+        if store.model_id != encoder.model_id:
+            raise ValueError(f"store holds {store.model_id} embeddings, encoder is {encoder.model_id}")
+        self.store = store
+        self.encoder = encoder
+        self.cfg = cfg
+
+    # ---- stages ----------------------------------------------------------------------------------------
+
+    def _scan(self, roots: list[str], options: ScanOptions, report: RunReport):
+        scanner = Scanner(options)
+        candidates: list[Candidate] = []
+        rejected: list[Rejected] = []
+        with tqdm(desc="scan", unit=" files", disable=not self.cfg.progress, leave=False) as bar:
+            for found in scanner.scan(roots):
+                if isinstance(found, Candidate):
+                    candidates.append(found)
+                    bar.update()
+                else:
+                    rejected.append(found)
+        report.scanned = len(candidates)
+        report.ignored, report.excluded = scanner.stats.ignored, scanner.stats.excluded
+        return candidates, rejected, scanner.stats.unlisted_dirs
+
+    def _plan(self, candidates: list[Candidate], report: RunReport) -> tuple[list[Task], list[str]]:
+        """Tasks for new and changed files; the uris of those skipped as unchanged."""
+        known = self.store.scan(["uri", "modality", "size", "mtime", "sha256"]).to_pylist()
+        rows = {row["uri"]: row for row in known}
+        tasks, unchanged = [], []
+        for c in candidates:
+            row = rows.get(c.path)
+            if row is None or row["modality"] != c.modality.value:
+                tasks.append(Task(c.path, c.modality, c.size, c.mtime))
+            elif row["size"] == c.size and row["mtime"] == c.mtime:
+                unchanged.append(c.path)
+            else:
+                tasks.append(Task(c.path, c.modality, c.size, c.mtime, known_sha256=row["sha256"]))
+        report.unchanged = len(unchanged)
+        return tasks, unchanged
+
+    def _loader(self, tasks: list[Task]) -> torch.utils.data.DataLoader:
+        workers = default_workers() if self.cfg.workers is None else self.cfg.workers
+        workers = min(workers, len(tasks))
+        extra = {}
+        if workers:
+            # Workers come from a fork server, not a fork of this process: lance and the encoder's threads
+            # are not fork-safe. Preloading the decode modules there makes each worker start in milliseconds.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["indexer.work"])
+            extra = {"prefetch_factor": 4, "in_order": False, "multiprocessing_context": context}
+        return torch.utils.data.DataLoader(
+            PrepareDataset(tasks, self.encoder.preprocess),
+            batch_size=None,  # one Outcome per file; batches are formed per modality below
+            shuffle=False,
+            num_workers=workers,
+            **extra,
+        )
+
+    # ---- run -------------------------------------------------------------------------------------------
+
+    def run(self, roots: list[str], options: ScanOptions | None = None) -> RunReport:
+        started = time.perf_counter()
+        report = RunReport(db=str(self.store.path), model_id=self.store.model_id)
+        candidates, rejected, unlisted = self._scan(roots, options or ScanOptions(), report)
+        tasks, unchanged = self._plan(candidates, report)
+        batch = _Batcher(self, report)
+        batch.fail_scan(rejected)
+        batch.clear_stale_errors(unchanged)
+        try:
+            if tasks:
+                with tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar:
+                    for outcome in self._loader(tasks):
+                        batch.take(outcome)
+                        bar.update()
+                        if report.failed:
+                            bar.set_postfix(failed=report.failed, refresh=False)
+            batch.flush()
+        except KeyboardInterrupt:
+            report.interrupted = True
+            batch.flush()  # keep what was embedded; the re-run continues from there
+        if self.cfg.prune and not report.interrupted:
+            report.pruned = self._prune(roots, {c.path for c in candidates}, unlisted)
+        if self.cfg.update_index and not report.interrupted:
+            report.indexes = self.update_indexes()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _prune(self, roots: list[str], seen: set[str], unlisted: list[str]) -> int:
+        """Delete rows (and error rows) of files under ``roots`` that are gone from disk.
+
+        Only files that no longer exist are pruned: a file skipped by ``--exclude`` or ``--modalities``, or
+        under a folder that could not be listed this time, keeps its row.
+        """
+        prefixes = tuple(os.path.abspath(r).rstrip(os.sep) + os.sep for r in roots)
+        tops = {os.path.abspath(r) for r in roots}
+        blocked = tuple(d.rstrip(os.sep) + os.sep for d in unlisted)
+
+        def gone(uri: str) -> bool:
+            under = uri in tops or uri.startswith(prefixes)
+            return under and uri not in seen and not uri.startswith(blocked) and not os.path.lexists(uri)
+
+        items = [u for u in self.store.scan(["uri"])["uri"].to_pylist() if gone(u)]
+        errors = [u for u in self.store.error_rows()["uri"].to_pylist() if gone(u)]
+        if items:
+            self.store.delete_items(uris=items)
+        self.store.clear_errors(errors)
+        return len(items)
+
+    def update_indexes(self) -> dict[str, dict]:
+        """Bring every modality's FAISS index up to date with the store."""
+        indices = IndexSet(self.store)
+        modalities = set(self.store.scan(["modality"])["modality"].unique().to_pylist())
+        if indices.root.exists():
+            on_disk = [p.name for p in indices.root.iterdir() if p.is_dir()]
+            modalities |= {name for name in on_disk if not name.endswith((".tmp", ".old"))}
+        out = {}
+        for modality in sorted(modalities):
+            index = indices.fresh(modality)
+            out[modality] = {"kind": index.kind, "count": len(index)}
+        return out
+
+
+class _Batcher:
+    """Collects outcomes into per-modality encoder batches and encoded rows into store commits."""
+
+    def __init__(self, indexer: Indexer, report: RunReport):
+        self.indexer = indexer
+        self.store = indexer.store
+        self.cfg = indexer.cfg
+        self.report = report
+        self.waiting: dict[Modality, list[Outcome]] = defaultdict(list)
+        self.records: list[tuple[ItemRecord, bool]] = []  # (row, is an update of a known file)
+        self.restat: list[Outcome] = []
+        self.errors: list[tuple[str, str | None, str, str]] = []
+        self.cleared: list[str] = []
+        self.last_commit = time.monotonic()
+        self.by_modality: Counter = Counter()
+
+    def fail_scan(self, rejected: list[Rejected]) -> None:
+        for r in rejected:
+            self._error(r.uri, r.modality, "scan", r.message)
+
+    def clear_stale_errors(self, unchanged: list[str]) -> None:
+        """A file indexed by an earlier run that was killed before clearing its error row."""
+        errors = set(self.store.error_rows()["uri"].to_pylist())
+        self.cleared.extend(u for u in unchanged if u in errors)
+
+    def _error(self, uri: str, modality: str | None, stage: str, message: str) -> None:
+        self.errors.append((uri, modality, stage, message))
+        self.report.failed += 1
+        self.report.failures.append(Failure(uri, stage, message))
+
+    def take(self, outcome: Outcome) -> None:
+        task = outcome.task
+        if outcome.error is not None:
+            self._error(task.path, outcome.modality.value, outcome.stage, outcome.error)
+        elif outcome.unchanged:
+            self.restat.append(outcome)
+            self.report.unchanged += 1
+        else:
+            queue = self.waiting[outcome.modality]
+            queue.append(outcome)
+            if len(queue) >= self.cfg.batch_size:
+                self._encode(outcome.modality)
+        due = time.monotonic() - self.last_commit > self.cfg.commit_seconds
+        if len(self.records) + len(self.restat) + len(self.errors) >= self.cfg.commit_every or due:
+            self._commit()
+
+    def _encode(self, modality: Modality) -> None:
+        outcomes, self.waiting[modality] = self.waiting[modality], []
+        if not outcomes:
+            return
+        started = time.perf_counter()
+        try:
+            vectors = self.indexer.encoder.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
+        except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
+            if len(outcomes) == 1:
+                self._error(outcomes[0].task.path, modality.value, "encode", f"the model failed ({exc})")
+                return
+            log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
+            for outcome in outcomes:
+                self.waiting[modality] = [outcome]
+                self._encode(modality)
+            return
+        self.report.embed_seconds += time.perf_counter() - started
+        for outcome, vector in zip(outcomes, vectors):
+            task = outcome.task
+            if not np.isfinite(vector).all():
+                self._error(task.path, modality.value, "encode", "the model produced NaN for this file")
+                continue
+            record = ItemRecord(
+                task.path, modality.value, vector, outcome.sha256, task.size, task.mtime, metadata=outcome.metadata
+            )
+            self.records.append((record, task.known_sha256 is not None))
+            outcome.tensor = None  # free the decoded input now
+
+    def flush(self) -> None:
+        for modality in list(self.waiting):
+            self._encode(modality)
+        self._commit()
+
+    def _commit(self) -> None:
+        """One upsert of embedded rows, then the error table; both keyed on uri, so replaying is harmless."""
+        store = self.store
+        if self.records:
+            store.upsert_items([r for r, _ in self.records])
+        if self.restat:
+            store.update_file_stats({o.task.path: (o.task.size, o.task.mtime) for o in self.restat})
+        done = [r.uri for r, _ in self.records] + [o.task.path for o in self.restat] + self.cleared
+        store.clear_errors(done)
+        store.record_errors(self.errors)
+        for record, is_update in self.records:
+            self.by_modality[record.modality] += 1
+            if is_update:
+                self.report.updated += 1
+            else:
+                self.report.indexed += 1
+        self.report.by_modality = dict(self.by_modality)
+        self.records, self.restat, self.errors, self.cleared = [], [], [], []
+        self.last_commit = time.monotonic()

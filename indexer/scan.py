@@ -1,0 +1,199 @@
+"""The scan stage: folders -> the files to index, each with the modality it is indexed as.
+
+How a file's modality is decided, first rule that applies:
+
+1. ``--as MODALITY PATH``: every file at or under ``PATH`` is ``MODALITY`` (the way to index depth,
+   thermal and IMU collections, whose files look like ordinary images and arrays);
+2. naming convention: a folder called ``depth``, ``thermal`` or ``imu`` anywhere in the path, or a file stem
+   ending in ``_depth``, ``_thermal`` or ``_imu`` (``room1_depth.png``);
+3. the extension: image, video, audio and ``.txt`` text files (``xsearch.modalities.EXTENSIONS``);
+4. a file without any extension whose first bytes are an image, video or audio signature.
+
+Everything else is ignored (counted, not an error). Nothing here reads whole files: the workers hash and
+decode, and check that the content matches the modality (``indexer.sniff``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from indexer.sniff import HEAD_BYTES, sniff
+from xsearch.modalities import Modality, modality_from_extension
+
+CONVENTION_MODALITIES = (Modality.DEPTH, Modality.THERMAL, Modality.IMU)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file the scan found and the modality it will be indexed as."""
+
+    path: str
+    modality: Modality
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A path the scan could not use, with the reason (becomes an ``errors`` row)."""
+
+    uri: str
+    message: str
+    modality: str | None = None
+
+
+@dataclass
+class ScanOptions:
+    modalities: frozenset[Modality] | None = None  # None: all
+    exclude: tuple[str, ...] = ()  # globs matched against the full path and the file name
+    follow_symlinks: bool = False
+    assigned: dict[str, Modality] = field(default_factory=dict)  # absolute path -> modality (--as)
+
+
+@dataclass
+class ScanStats:
+    files: int = 0
+    ignored: int = 0
+    excluded: int = 0
+    unlisted_dirs: list[str] = field(default_factory=list)  # folders that could not be listed: never pruned
+
+
+def printable(path: str) -> str:
+    """A path as text that can be stored and shown, even when the name is not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _convention(path: str) -> Modality | None:
+    parts = [p.lower() for p in path.split(os.sep)]
+    stem = os.path.splitext(parts[-1])[0]
+    for modality in CONVENTION_MODALITIES:
+        if modality.value in parts[:-1] or stem.endswith(f"_{modality.value}"):
+            return modality
+    return None
+
+
+def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
+    best = None
+    for root, modality in assigned.items():
+        if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+            if best is None or len(root) > len(best[0]):
+                best = (root, modality)
+    return best[1] if best else None
+
+
+def _sniff_extensionless(path: str) -> Modality | None:
+    try:
+        with open(path, "rb") as handle:
+            found = sniff(handle.read(HEAD_BYTES))
+    except OSError:
+        return None
+    if found and found.family in ("image", "video", "audio"):
+        return Modality(found.family)
+    return None
+
+
+def decide_modality(path: str, options: ScanOptions) -> Modality | None:
+    """The modality ``path`` is indexed as under the rules above, or ``None`` to ignore it."""
+    modality = _assigned(path, options.assigned) or _convention(path) or modality_from_extension(path)
+    if modality is None and not os.path.splitext(os.path.basename(path))[1]:
+        modality = _sniff_extensionless(path)
+    return modality
+
+
+class Scanner:
+    """Walks roots depth-first, yielding ``Candidate`` and ``Rejected`` items; counts go to ``stats``."""
+
+    def __init__(self, options: ScanOptions):
+        self.options = options
+        self.stats = ScanStats()
+        self._seen_dirs: set[tuple[int, int]] = set()
+
+    def _excluded(self, path: str) -> bool:
+        name = os.path.basename(path)
+        return any(fnmatch.fnmatch(path, g) or fnmatch.fnmatch(name, g) for g in self.options.exclude)
+
+    def scan(self, roots: list[str]) -> Iterator[Candidate | Rejected]:
+        for root in roots:
+            root = os.path.abspath(root)
+            if not os.path.lexists(root):
+                yield Rejected(printable(root), "no such file or folder")
+                continue
+            if os.path.isdir(root):
+                yield from self._walk(root)
+            else:
+                yield from self._file(root, top_level=True)
+
+    def _walk(self, directory: str) -> Iterator[Candidate | Rejected]:
+        try:
+            info = os.stat(directory)
+        except OSError as exc:
+            yield Rejected(printable(directory), f"cannot open folder ({exc.strerror or exc})")
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in self._seen_dirs:
+            yield Rejected(printable(directory), "symbolic link loop: this folder was already scanned (skipped)")
+            return
+        self._seen_dirs.add(key)
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.stats.unlisted_dirs.append(directory)
+            yield Rejected(printable(directory), f"cannot list folder ({exc.strerror or exc})")
+            return
+        for entry in entries:
+            if self._excluded(entry.path):
+                self.stats.excluded += 1
+                continue
+            if entry.is_symlink() and not self.options.follow_symlinks:
+                self.stats.ignored += 1
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False  # a link loop: ``_file`` stats it again and names the problem
+            if is_dir:
+                yield from self._walk(entry.path)
+            else:
+                yield from self._file(entry.path)
+
+    def _file(self, path: str, top_level: bool = False) -> Iterator[Candidate | Rejected]:
+        try:
+            info = os.stat(path)  # follows a symlink: a loop or a dangling link fails here
+        except OSError as exc:
+            if os.path.islink(path):
+                reason = "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+            else:
+                reason = exc.strerror or str(exc)
+            yield Rejected(printable(path), reason)
+            return
+        if not stat.S_ISREG(info.st_mode):  # a named pipe or device would block or never end
+            yield Rejected(printable(path), "not a regular file (a named pipe, socket or device)")
+            return
+        modality = decide_modality(path, self.options)
+        if modality is None:
+            self.stats.ignored += 1
+            if top_level:
+                yield Rejected(printable(path), "unknown file type (use --as MODALITY PATH to name it)")
+            return
+        if self.options.modalities is not None and modality not in self.options.modalities:
+            self.stats.excluded += 1
+            return
+        if not _valid_utf8(path):
+            yield Rejected(printable(path), "file name is not valid UTF-8; rename the file to index it", modality.value)
+            return
+        self.stats.files += 1
+        yield Candidate(path, modality, info.st_size, info.st_mtime)

@@ -1,0 +1,117 @@
+"""Content sniffing: what a file is, from its first bytes, whatever its name says.
+
+Used to catch files whose extension lies (a ``.jpg`` that is text) before a decoder gives a cryptic
+message, while letting harmless mismatches through (a ``.jpg`` that is a PNG decodes fine as an image).
+Only signatures that are unambiguous are listed; anything else is ``None`` and left to the decoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    family: str  # image, video, audio, array, text
+    format: str  # as a person would say it: "a PNG image", "an MP4 video", "text"
+
+
+def _ftyp(head: bytes) -> Sniffed | None:
+    if head[4:8] != b"ftyp":
+        return None
+    brand = head[8:12]
+    if brand in (b"M4A ", b"M4B ", b"M4P ", b"F4A "):
+        return Sniffed("audio", "M4A audio")
+    if brand in (b"heic", b"heix", b"mif1", b"avif"):
+        return Sniffed("image", "a HEIF/AVIF image")
+    if brand == b"qt  ":
+        return Sniffed("video", "a QuickTime video")
+    return Sniffed("video", "an MP4 video")
+
+
+def _riff(head: bytes) -> Sniffed | None:
+    if head[:4] != b"RIFF":
+        return None
+    kind = head[8:12]
+    return {
+        b"WAVE": Sniffed("audio", "WAV audio"),
+        b"WEBP": Sniffed("image", "a WebP image"),
+        b"AVI ": Sniffed("video", "an AVI video"),
+    }.get(kind)
+
+
+_PREFIXES: list[tuple[bytes, Sniffed]] = [
+    (b"\xff\xd8\xff", Sniffed("image", "a JPEG image")),
+    (b"\x89PNG\r\n\x1a\n", Sniffed("image", "a PNG image")),
+    (b"GIF87a", Sniffed("image", "a GIF image")),
+    (b"GIF89a", Sniffed("image", "a GIF image")),
+    (b"II*\x00", Sniffed("image", "a TIFF image")),
+    (b"MM\x00*", Sniffed("image", "a TIFF image")),
+    (b"BM", Sniffed("image", "a BMP image")),
+    (b"fLaC", Sniffed("audio", "FLAC audio")),
+    (b"OggS", Sniffed("audio", "Ogg audio")),
+    (b"ID3", Sniffed("audio", "MP3 audio")),
+    (b"\x1aE\xdf\xa3", Sniffed("video", "a Matroska/WebM video")),
+    (b"\x93NUMPY", Sniffed("array", "a NumPy array")),
+    (b"%PDF", Sniffed("document", "a PDF document")),
+    (b"PK\x03\x04", Sniffed("document", "a ZIP archive")),
+    (b"\x1f\x8b", Sniffed("document", "a gzip archive")),
+    (b"\x7fELF", Sniffed("document", "an executable")),
+]
+
+
+def _is_mpeg_audio_frame(head: bytes) -> bool:
+    # 11 sync bits, a valid MPEG version and layer (MP3 without an ID3 tag; ADTS AAC has layer bits 00).
+    return len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x18) != 0x08
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut by the end of the sample is still text.
+        if exc.start < len(head) - 3:
+            return False
+    return True
+
+
+def sniff(head: bytes) -> Sniffed | None:
+    """The family of a file from its first ``HEAD_BYTES`` bytes, or ``None`` when not recognised."""
+    for found in (_ftyp(head), _riff(head)):
+        if found:
+            return found
+    for prefix, found in _PREFIXES:
+        if head.startswith(prefix):
+            return found
+    if _is_mpeg_audio_frame(head):
+        return Sniffed("audio", "MPEG audio")
+    if _looks_like_text(head):
+        return Sniffed("text", "text")
+    return None
+
+
+# Which sniffed families each modality accepts. Audio inside a video container (an .mp4 with only sound)
+# is common, so audio accepts video containers; the decoder then says whether an audio stream exists.
+ACCEPTS: dict[str, frozenset[str]] = {
+    "image": frozenset({"image"}),
+    "depth": frozenset({"image", "array"}),
+    "thermal": frozenset({"image", "array"}),
+    "video": frozenset({"video"}),
+    "audio": frozenset({"audio", "video"}),
+    "text": frozenset({"text"}),
+    "imu": frozenset({"array", "text"}),
+}
+
+
+def content_mismatch(modality: str, head: bytes) -> str | None:
+    """Why a file's content cannot be ``modality``, or ``None`` when it may be (or cannot be told)."""
+    found = sniff(head)
+    if found is None:
+        return None  # the decoder says what is wrong, if anything (e.g. text that is not UTF-8)
+    if found.family in ACCEPTS[modality]:
+        return None
+    return f"the file is named as {modality} but its content is {found.format}"

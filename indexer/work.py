@@ -1,0 +1,119 @@
+"""The decode stage, run in worker processes: one file -> hash, content check, model input and metadata.
+
+``prepare`` never raises for a bad file: the outcome carries the reason, so one broken file costs one
+``errors`` row and nothing else. ``PrepareDataset`` wraps it for a ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from indexer.sniff import HEAD_BYTES, content_mismatch, sniff
+from xsearch.errors import DecodeError
+from xsearch.modalities import Modality
+from xsearch.preprocess import PreprocessCfg, preprocess_with_metadata
+from xsearch.preprocess.video import NO_VIDEO_STREAM
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Task:
+    """A file to (re)index. ``known_sha256`` is set when the store has the file under other size/mtime."""
+
+    path: str
+    modality: Modality
+    size: int
+    mtime: float
+    known_sha256: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What a worker made of a task: model input, or ``unchanged``, or an error with its stage."""
+
+    task: Task
+    modality: Modality  # the task's, unless the content says otherwise (a video file with only sound)
+    sha256: str | None = None
+    tensor: torch.Tensor | None = None
+    metadata: dict = field(default_factory=dict)
+    unchanged: bool = False
+    error: str | None = None
+    stage: str | None = None  # read / decode
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.unchanged
+
+
+def _read_head_and_hash(path: str) -> tuple[bytes, str]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+        digest.update(head)
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return head, digest.hexdigest()
+
+
+def prepare(task: Task, cfg: PreprocessCfg = PreprocessCfg()) -> Outcome:
+    outcome = Outcome(task, task.modality)
+    try:
+        head, outcome.sha256 = _read_head_and_hash(task.path)
+    except FileNotFoundError:
+        return _failed(outcome, "read", "file not found (deleted or moved after the scan?)")
+    except OSError as exc:
+        return _failed(outcome, "read", DecodeError.from_os_error(task.path, exc).reason)
+    if not head:
+        return _failed(outcome, "read", "file is empty (0 bytes)")
+    if task.known_sha256 is not None and task.known_sha256 == outcome.sha256:
+        outcome.unchanged = True  # touched or copied, same bytes: keep the stored embedding
+        return outcome
+    found = sniff(head)
+    if outcome.modality is Modality.VIDEO and found is not None and found.family == "audio":
+        outcome.modality = Modality.AUDIO  # an .mp4/.mkv that holds only sound is indexed as audio
+    mismatch = content_mismatch(outcome.modality.value, head)
+    if mismatch:
+        return _failed(outcome, "decode", mismatch)
+    try:
+        try:
+            prepared = preprocess_with_metadata(task.path, outcome.modality, cfg)
+        except DecodeError as exc:
+            if outcome.modality is not Modality.VIDEO or exc.reason != NO_VIDEO_STREAM:
+                raise
+            outcome.modality = Modality.AUDIO
+            prepared = preprocess_with_metadata(task.path, outcome.modality, cfg)
+    except DecodeError as exc:
+        return _failed(outcome, "decode", exc.reason)
+    except MemoryError:
+        return _failed(outcome, "decode", "out of memory while decoding")
+    except Exception as exc:  # a decoder bug on a hostile file must cost one file, not the run
+        log.debug("unexpected error decoding %s", task.path, exc_info=True)
+        return _failed(outcome, "decode", f"could not decode ({type(exc).__name__}: {str(exc)[:200]})")
+    outcome.tensor, outcome.metadata = prepared.tensor, prepared.metadata
+    return outcome
+
+
+def _failed(outcome: Outcome, stage: str, reason: str) -> Outcome:
+    outcome.stage, outcome.error = stage, reason
+    return outcome
+
+
+class PrepareDataset(torch.utils.data.Dataset):
+    """Map-style dataset over tasks; with ``batch_size=None`` the loader yields one ``Outcome`` per file."""
+
+    def __init__(self, tasks: list[Task], cfg: PreprocessCfg = PreprocessCfg()):
+        self.tasks = tasks
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: int) -> Outcome:
+        return prepare(self.tasks[index], self.cfg)

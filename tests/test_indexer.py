@@ -1,0 +1,353 @@
+"""The batch indexer end to end through the CLI, with the tiny random model on CPU: a mixed corpus, incremental
+re-runs, kill-and-resume, and a corpus of bad and odd files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import EXIT_SOME_FAILED
+from cli.main import app
+from indexer.scan import Candidate, Rejected, Scanner, ScanOptions
+from indexer.sniff import content_mismatch, sniff
+from indexer.work import Task, prepare
+from xsearch.index import IndexSet
+from xsearch.modalities import Modality
+from xsearch.store import Store
+
+from corpus import bad_corpus, good_corpus
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model):
+    from xsearch.model import save_checkpoint
+
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+def index(db, *args, checkpoint, workers=1):
+    argv = ["index", *map(str, args), "--db", str(db), "--checkpoint", str(checkpoint), "--model", "tiny_test"]
+    result = runner.invoke(app, [*argv, "--workers", str(workers), "--json"])
+    assert "Traceback" not in result.output, result.output
+    report = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+    return result, report
+
+
+def rows(db) -> dict[str, dict]:
+    table = Store.open(db, create=False).scan(["id", "uri", "modality", "sha256", "width", "duration", "thumbnail"])
+    out = {}
+    for row in table.to_pylist():
+        assert row["uri"] not in out, f"two rows for {row['uri']}"
+        out[row["uri"]] = row
+    return out
+
+
+def error_rows(db) -> dict[str, dict]:
+    return {r["uri"]: r for r in Store.open(db, create=False).error_rows().to_pylist()}
+
+
+# ---- the whole pipeline -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, checkpoint):
+    root = tmp_path_factory.mktemp("collection")
+    files = good_corpus(root)
+    db = root.parent / (root.name + ".db")
+    result, report = index(db, root, checkpoint=checkpoint)
+    return root, files, db, result, report
+
+
+def test_mixed_corpus_is_indexed_by_modality(indexed):
+    root, files, db, result, report = indexed
+    assert result.exit_code == 0, result.output
+    stored = rows(db)
+    assert {Path(u): r["modality"] for u, r in stored.items()} == {p.resolve(): m for p, m in files.items()}
+    assert report["indexed"] == len(files) and report["failed"] == 0
+    assert report["ignored"] == 2  # README.md and .DS_Store
+    counts = {m: sum(1 for v in files.values() if v == m) for m in set(files.values())}
+    assert report["by_modality"] == counts
+    assert {m: i["count"] for m, i in report["indexes"].items()} == counts
+    assert error_rows(db) == {}
+
+
+def test_rows_carry_hash_metadata_and_thumbnails(indexed):
+    root, files, db, _, _ = indexed
+    stored = rows(db)
+    import hashlib
+
+    photo = str(root / "photos" / "img1.jpg")
+    assert stored[photo]["sha256"] == hashlib.sha256(Path(photo).read_bytes()).hexdigest()
+    assert stored[photo]["width"] == 220 and stored[photo]["thumbnail"][:3] == b"\xff\xd8\xff"
+    assert stored[str(root / "clips" / "pan.mp4")]["thumbnail"][:3] == b"\xff\xd8\xff"
+    assert stored[str(root / "scans" / "depth" / "room1.png")]["thumbnail"] is not None
+    assert stored[str(root / "sounds" / "a440.wav")]["duration"] == pytest.approx(2.5, abs=0.01)
+
+
+def test_index_search_finds_each_stored_item(indexed):
+    _, _, db, _, _ = indexed
+    store = Store.open(db, create=False)
+    index = IndexSet(store).fresh("image")
+    ids, vectors = store.vectors(store.ids("image"))
+    _, found = index.search(vectors, 1)
+    assert list(found[:, 0]) == list(ids)
+
+
+def test_rerun_is_incremental(tmp_path, checkpoint):
+    root = tmp_path / "c"
+    root.mkdir()
+    files = good_corpus(root)
+    db = tmp_path / "db"
+    first, report = index(db, root, checkpoint=checkpoint)
+    assert first.exit_code == 0 and report["indexed"] == len(files)
+    before = rows(db)
+
+    again, report = index(db, root, checkpoint=checkpoint)
+    assert again.exit_code == 0 and report["indexed"] == report["updated"] == 0
+    assert report["unchanged"] == len(files)
+    assert Store.open(db, create=False).errors().count_rows() == 0
+
+    touched = root / "photos" / "img0.jpg"
+    os.utime(touched, (time.time() + 5, time.time() + 5))  # new mtime, same bytes: hashed, not re-embedded
+    changed = root / "photos" / "img1.jpg"
+    from media import gradient_image
+
+    gradient_image(changed, seed=42)  # new bytes: re-embedded in place
+    deleted = root / "sounds" / "beep.mp3"
+    deleted.unlink()
+    _, report = index(db, root, "--prune", checkpoint=checkpoint)
+    assert (report["indexed"], report["updated"], report["pruned"]) == (0, 1, 1)
+    assert report["unchanged"] == len(files) - 2
+    after = rows(db)
+    assert str(deleted) not in after and len(after) == len(files) - 1
+    assert after[str(changed)]["id"] == before[str(changed)]["id"]
+    assert after[str(changed)]["sha256"] != before[str(changed)]["sha256"]
+    store = Store.open(db, create=False)
+    mtime = store.scan(["mtime"], f"uri = '{touched}'")["mtime"][0].as_py()
+    assert mtime == pytest.approx(touched.stat().st_mtime)
+    assert report["indexes"]["audio"]["count"] == 3
+
+
+def test_earlier_failures_are_retried(tmp_path, checkpoint):
+    root = tmp_path / "c"
+    root.mkdir()
+    broken = root / "later.jpg"
+    broken.write_bytes(b"")
+    db = tmp_path / "db"
+    result, report = index(db, root, checkpoint=checkpoint)
+    assert result.exit_code == EXIT_SOME_FAILED and str(broken) in error_rows(db)
+    from media import gradient_image
+
+    gradient_image(broken)
+    result, report = index(db, root, checkpoint=checkpoint)
+    assert result.exit_code == 0 and report["indexed"] == 1
+    assert error_rows(db) == {} and str(broken) in rows(db)
+
+
+def test_unchanged_file_with_a_stale_error_row_is_cleared(tmp_path, checkpoint):
+    """A run killed between committing a file's row and clearing its old error leaves both; the next run
+    must clear the error row."""
+    root = tmp_path / "c"
+    root.mkdir()
+    from media import gradient_image
+
+    photo = gradient_image(root / "a.jpg")
+    db = tmp_path / "db"
+    index(db, root, checkpoint=checkpoint)
+    Store.open(db, create=False).record_errors([(str(photo), "image", "decode", "stale")])
+    result, _ = index(db, root, checkpoint=checkpoint)
+    assert result.exit_code == 0 and error_rows(db) == {}
+
+
+# ---- kill and resume ------------------------------------------------------------------------------------------
+
+
+def test_killed_runs_resume_to_exactly_one_row_per_file(tmp_path, checkpoint):
+    root = tmp_path / "c"
+    root.mkdir()
+    files = good_corpus(root)
+    db = tmp_path / "db"
+    xsearch = str(Path(sys.executable).parent / "xsearch")  # the installed console script
+    argv = [xsearch, "index", str(root), "--db", str(db), "--checkpoint", str(checkpoint)]
+    argv += ["--model", "tiny_test", "--workers", "0", "--commit-every", "2", "--batch-size", "2", "--quiet"]
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(6):
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 7.0))  # model load takes ~2 s: kill during scan, embed, commits, indexing
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 3  # the test must actually interrupt runs
+    final = subprocess.run(argv[:-1] + ["--json"], capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    stored = rows(db)  # asserts no uri twice
+    assert {Path(u) for u in stored} == {p.resolve() for p in files}
+    store = Store.open(db, create=False)
+    assert store.count() == len(files) and store.errors().count_rows() == 0
+    for modality in {m for m in files.values()}:
+        status = IndexSet(store).status(modality)
+        assert status["fresh"] and status["count"] == sum(1 for m in files.values() if m == modality)
+
+
+# ---- bad and odd input -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory, checkpoint):
+    root = tmp_path_factory.mktemp("bad")
+    bad, odd = bad_corpus(root)
+    db = root.parent / (root.name + ".db")
+    argv = ["index", str(root), "--db", str(db), "--checkpoint", str(checkpoint), "--model", "tiny_test"]
+    result = runner.invoke(app, [*argv, "--workers", "2", "--follow-symlinks"])
+    return root, bad, odd, db, result
+
+
+def test_bad_corpus_is_large_enough(bad_run):
+    _, bad, odd, _, _ = bad_run
+    assert len(bad) + len(odd) >= 25 and len(bad) >= 20
+
+
+def test_each_bad_file_is_one_readable_error_row(bad_run):
+    root, bad, _, db, result = bad_run
+    errors = error_rows(db)
+    for path, words in bad.items():
+        uri = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        assert uri in errors, f"no error row for {path.name!r}"
+        assert words.lower() in errors[uri]["message"].lower(), (path.name, errors[uri]["message"])
+    assert len(errors) == len(bad), sorted(set(errors) - {str(p) for p in bad})
+
+
+def test_every_good_and_odd_file_is_indexed(bad_run):
+    _, _, odd, db, _ = bad_run
+    stored = rows(db)
+    assert {u: r["modality"] for u, r in stored.items()} == {str(p): m for p, m in odd.items()}
+
+
+def test_bad_run_finishes_with_summary_and_distinct_exit_code(bad_run):
+    _, bad, odd, _, result = bad_run
+    assert result.exit_code == EXIT_SOME_FAILED
+    assert "Traceback" not in result.output
+    assert f"{len(odd)} new" in result.stdout and f"{len(bad)} failed" in result.stdout
+    assert result.stdout.count("failed: ") == 10 and f"and {len(bad) - 10} more" in result.stdout
+
+
+def test_errors_command_lists_failures(bad_run):
+    _, bad, _, db, _ = bad_run
+    result = runner.invoke(app, ["errors", "--db", str(db), "--json"])
+    assert result.exit_code == 0
+    assert len([json.loads(line) for line in result.stdout.splitlines()]) == len(bad)
+
+
+def test_file_deleted_between_scan_and_decode(tmp_path, tiny_model, monkeypatch):
+    from indexer.pipeline import Indexer, IndexerCfg
+    from xsearch.encoder import Encoder
+
+    from media import gradient_image
+
+    for i in range(3):
+        gradient_image(tmp_path / f"{i}.jpg", seed=i)
+    encoder = Encoder(tiny_model, device="cpu")
+    indexer = Indexer(Store.open(tmp_path / "db", model_id="tiny_test"), encoder, IndexerCfg(workers=0, progress=False))
+    plan = Indexer._plan
+
+    def plan_then_delete(self, candidates, report):
+        planned = plan(self, candidates, report)
+        os.remove(tmp_path / "1.jpg")
+        return planned
+
+    monkeypatch.setattr(Indexer, "_plan", plan_then_delete)
+    report = indexer.run([str(tmp_path)])
+    assert (report.indexed, report.failed) == (2, 1)
+    assert "deleted or moved after the scan" in report.failures[0].message
+
+
+def test_unreadable_file_message(tmp_path, monkeypatch):
+    """Root (as in CI) reads files whatever their mode, so the permission case is checked by raising it."""
+    photo = tmp_path / "locked.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", denied)
+    outcome = prepare(Task(str(photo), Modality.IMAGE, 3, 0.0))
+    assert (outcome.stage, outcome.error) == ("read", "permission denied")
+
+
+# ---- scan rules and sniffing --------------------------------------------------------------------------------------
+
+
+def test_modality_rules(tmp_path):
+    from media import gradient_image, write_imu
+
+    (tmp_path / "Depth").mkdir()
+    (tmp_path / "mixed").mkdir()
+    gradient_image(tmp_path / "Depth" / "a.png")
+    gradient_image(tmp_path / "mixed" / "b_thermal.png")
+    gradient_image(tmp_path / "mixed" / "c.png")
+    write_imu(tmp_path / "mixed" / "d.npy")
+    write_imu(tmp_path / "mixed" / "e_imu.npy")
+    options = ScanOptions(assigned={str(tmp_path / "mixed" / "c.png"): Modality.DEPTH})
+    found = {Path(c.path).name: c.modality.value for c in Scanner(options).scan([str(tmp_path)])}
+    assert found == {"a.png": "depth", "b_thermal.png": "thermal", "c.png": "depth", "e_imu.npy": "imu"}
+
+    only_images = ScanOptions(modalities=frozenset({Modality.IMAGE}), exclude=("b_*",))
+    scanner = Scanner(only_images)
+    found = [c for c in scanner.scan([str(tmp_path)]) if isinstance(c, Candidate)]
+    assert [Path(c.path).name for c in found] == ["c.png"]  # not assigned to depth in this scan
+    assert scanner.stats.excluded == 3 and scanner.stats.ignored == 1  # d.npy: an array with no convention
+
+
+def test_missing_root_is_an_error_row(tmp_path):
+    found = list(Scanner(ScanOptions()).scan([str(tmp_path / "nope")]))
+    assert isinstance(found[0], Rejected) and "no such file" in found[0].message
+
+
+@pytest.mark.parametrize(
+    "head, family",
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "image"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image"),
+        (b"\x00\x00\x00\x20ftypisom\x00\x00", "video"),
+        (b"\x00\x00\x00\x20ftypM4A \x00\x00", "audio"),
+        (b"ID3\x04\x00", "audio"),
+        (b"\xff\xfb\x90\x64", "audio"),
+        (b"\x1aE\xdf\xa3\x9fB\x86", "video"),
+        (b"hello world", "text"),
+        ("caf\u00e9".encode()[:4], "text"),  # a multi-byte character cut by the sample end
+    ],
+)
+def test_sniff(head, family):
+    assert sniff(head).family == family
+
+
+def test_content_mismatch_messages():
+    assert content_mismatch("image", b"\x89PNG\r\n\x1a\n") is None  # a .jpg that is a PNG is fine
+    assert "content is text" in content_mismatch("image", b"plain words")
+    assert content_mismatch("audio", b"\x00\x00\x00\x20ftypisom") is None  # sound in an MP4 container
+    assert "a PNG image" in content_mismatch("text", b"\x89PNG\r\n\x1a\n")
+    assert content_mismatch("text", b"caf\xe9") is None  # not UTF-8: left to the decoder's clearer message
+
+
+def test_cli_argument_errors(tmp_path):
+    result = runner.invoke(app, ["index", str(tmp_path), "--db", str(tmp_path / "db"), "--as", "smell=x"])
+    assert result.exit_code == 2 and "unknown modality 'smell'" in result.output
+    result = runner.invoke(app, ["index", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "nothing to index" in result.output
+    result = runner.invoke(app, ["index", str(tmp_path), "--db", str(tmp_path / "db"), "--checkpoint", "/nope.pt"])
+    assert result.exit_code == 2 and "/nope.pt" in result.output and "Traceback" not in result.output
