@@ -64,7 +64,7 @@ def handled_errors() -> Iterator[None]:
     """Domain errors -> one line and ``EXIT_ERROR``; anything else -> a short note (traceback with --debug)."""
     try:
         yield
-    except (typer.Exit, typer.Abort):
+    except (typer.Exit, typer.Abort, typer.BadParameter):  # typer reports usage errors itself (exit 2)
         raise
     except XsearchError as error:
         if _State.debug:

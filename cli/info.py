@@ -25,3 +25,25 @@ def errors(
             typer.echo(json.dumps({k: row[k] for k in ("uri", "modality", "stage", "message")}))
         else:
             typer.echo(f"{row['uri']}: {row['message']} [{row['stage']}]")
+
+
+@app.command()
+def info(
+    db: DbOpt = ...,
+    json_: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+) -> None:
+    """What a database holds: items per modality, model, index kind and freshness, errors, size."""
+    with handled_errors():
+        from xsearch.query import Engine
+
+        facts = Engine.open(db).info()
+    if json_:
+        typer.echo(json.dumps(facts, indent=1))
+        return
+    typer.echo(f"database  {facts['db']} ({facts['bytes'] / 1e6:.1f} MB)")
+    typer.echo(f"model     {facts['model_id']}")
+    typer.echo(f"items     {facts['items']}  (errors: {facts['errors']}, see `xsearch errors`)")
+    for modality, count in facts["by_modality"].items():
+        index = facts["indices"][modality]
+        state = "missing" if index["kind"] is None else f"{index['kind']}, {'fresh' if index['fresh'] else 'stale'}"
+        typer.echo(f"  {modality:<8} {count:>8}  index: {state}")

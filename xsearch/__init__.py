@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Encoder": "xsearch.encoder",
+    "Engine": "xsearch.query",
+    "Query": "xsearch.query",
     "create_model": "xsearch.model",
     "load_pretrained": "xsearch.model",
 }
@@ -29,7 +31,9 @@ __all__ = [
     "CheckpointError",
     "DecodeError",
     "Encoder",
+    "Engine",
     "Modality",
+    "Query",
     "QueryError",
     "SearchIndexError",
     "StoreError",

@@ -92,14 +92,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
 def _in_list(column: str, values: Iterable) -> str:
     values = list(values)
     if values and isinstance(values[0], str):
-        return f"{column} IN ({', '.join(_sql_string(v) for v in values)})"
+        return f"{column} IN ({', '.join(sql_string(v) for v in values)})"
     return f"{column} IN ({', '.join(str(int(v)) for v in values)})"
 
 
@@ -182,7 +182,7 @@ class Store:
         return self.items().version
 
     def count(self, modality: str | None = None) -> int:
-        return self.items().count_rows(f"modality = {_sql_string(modality)}" if modality else None)
+        return self.items().count_rows(f"modality = {sql_string(modality)}" if modality else None)
 
     def scan(self, columns: Sequence[str], where: str | None = None, version: int | None = None) -> pa.Table:
         """Columns of ``items`` (optionally filtered with a Lance SQL predicate) as an Arrow table."""
@@ -195,7 +195,7 @@ class Store:
             raise StoreError(f"bad filter {where!r}: {str(exc).splitlines()[0]}") from None
 
     def ids(self, modality: str | None = None, version: int | None = None) -> np.ndarray:
-        where = f"modality = {_sql_string(modality)}" if modality else None
+        where = f"modality = {sql_string(modality)}" if modality else None
         return self.scan(["id"], where, version=version)["id"].to_numpy()
 
     def last_indexed_at(self, version: int | None = None) -> str | None:
@@ -206,9 +206,9 @@ class Store:
 
     def ids_indexed_after(self, moment: str, modality: str | None = None, version: int | None = None) -> np.ndarray:
         """Ids whose row was (re)written after ``moment`` (as returned by ``last_indexed_at``)."""
-        where = f"indexed_at > TIMESTAMP {_sql_string(moment)}"
+        where = f"indexed_at > TIMESTAMP {sql_string(moment)}"
         if modality:
-            where += f" AND modality = {_sql_string(modality)}"
+            where += f" AND modality = {sql_string(modality)}"
         return self.scan(["id"], where, version=version)["id"].to_numpy()
 
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

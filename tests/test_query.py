@@ -1,0 +1,304 @@
+"""The query layer: embedding arithmetic is exact, filters and targets behave, results serialise; the CLI's
+search / classify / info; and the HTML contact sheet rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.main import app
+from cli.search import split_weight
+from xsearch.errors import QueryError
+from xsearch.query import Engine, Query, combine
+from xsearch.store import ItemRecord, Store
+
+from media import gradient_image, tone, write_wav
+
+runner = CliRunner()
+DIM = 1024
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    return {name: unit(rng.standard_normal(DIM)) for name in "abcdefghij"}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, vectors):
+    """A store of known vectors: images a-f (width 100 * i), audio g-j. No model anywhere."""
+    store = Store.open(tmp_path_factory.mktemp("q") / "db", model_id="tiny_test")
+    records = []
+    for i, (name, v) in enumerate(vectors.items()):
+        modality = "image" if name <= "f" else "audio"
+        folder = "holiday" if name in "ab" else "work"
+        records.append(ItemRecord(f"/media/{folder}/{name}.x", modality, v, metadata={"width": 100 * (i + 1)}))
+    store.add_items(records)
+    return Engine(store)
+
+
+def ids_of(engine, names):
+    table = engine.store.scan(["id", "uri"])
+    by_uri = dict(zip(table["uri"].to_pylist(), table["id"].to_pylist()))
+    return [by_uri[u] for n in names for u in by_uri if u.endswith(f"/{n}.x")]
+
+
+def test_item_query_finds_itself_first(engine, vectors):
+    results = engine.search(Query.item("/media/work/c.x"), target="image", k=3)
+    assert results[0].uri == "/media/work/c.x" and results[0].score == pytest.approx(1.0, abs=1e-3)
+    assert [r.rank for r in results] == [1, 2, 3] and results[0].score >= results[1].score >= results[2].score
+
+
+def test_sum_of_two_items_ranks_both_above_the_rest(engine):
+    a, b = ids_of(engine, "ab")
+    results = engine.search(Query.item(a) + Query.item(b), target="all", k=10)
+    assert {r.id for r in results[:2]} == {a, b}
+    assert results[0].score == pytest.approx(results[1].score, abs=1e-3)  # equal weights: a tie
+    assert results[2].score < results[1].score - 0.3
+
+
+def test_weighted_combination_is_exact(engine, vectors):
+    query = Query.item("/media/work/c.x") * 2 - Query.vector(vectors["d"]) + 0.5 * Query.vector(vectors["g"])
+    expected = unit(2 * vectors["c"] - vectors["d"] + 0.5 * vectors["g"])
+    np.testing.assert_allclose(engine.embed(query), expected, atol=1e-6)
+    results = engine.search(query, target="image,audio", k=10)
+    for r in results:
+        assert r.score == pytest.approx(float(vectors[r.uri[-3]] @ expected), abs=2e-3)
+
+
+def test_combine_rejects_zero_and_nan():
+    v = unit(np.ones(DIM))
+    with pytest.raises(QueryError, match="cancel out"):
+        combine(np.stack([v, v]), [1.0, -1.0])
+    with pytest.raises(QueryError, match="not finite"):
+        combine(np.stack([v, np.full(DIM, np.nan)]), [1.0, 1.0])
+    with pytest.raises(QueryError, match="finite number"):
+        Query.item(1, weight=float("inf"))
+
+
+def test_query_errors(engine, vectors):
+    with pytest.raises(QueryError, match="cancel out"):
+        engine.search(Query.item("/media/work/c.x") - Query.item("/media/work/c.x"))
+    with pytest.raises(QueryError, match="no indexed item"):
+        engine.search(Query.item("/nowhere.jpg"))
+    with pytest.raises(QueryError, match="expected 1024"):
+        engine.search(Query.vector(np.ones(10)))
+    with pytest.raises(QueryError, match="unknown modality"):
+        engine.search(Query.vector(vectors["a"]), target="smell")
+    with pytest.raises(QueryError, match="empty"):
+        Query.text("   ")
+
+
+def test_targets_filters_and_glob(engine, vectors):
+    query = Query.vector(vectors["a"])
+    assert {r.modality for r in engine.search(query, target="audio", k=10)} == {"audio"}
+    assert len(engine.search(query, k=100)) == 10  # all targets, fewer items than k
+    wide = engine.search(query, target="image", k=10, where="width >= 300")
+    assert {r.uri[-3] for r in wide} == {"c", "d", "e", "f"}
+    holiday = engine.search(query, k=10, path="*/holiday/*")
+    assert [r.uri for r in holiday] == ["/media/holiday/a.x", "/media/holiday/b.x"]
+    assert engine.search(query, k=5, where="width > 100000") == []
+
+
+def test_results_to_arrow_and_pandas(engine, vectors):
+    results = engine.search(Query.vector(vectors["e"]), target="image", k=4)
+    table = results.to_arrow()
+    assert table.column_names == [
+        "rank",
+        "score",
+        "id",
+        "uri",
+        "modality",
+        "width",
+        "height",
+        "duration",
+        "sample_rate",
+    ]
+    assert table["uri"][0].as_py() == "/media/work/e.x" and table["width"][0].as_py() == 500
+    frame = results.to_pandas()
+    assert list(frame["rank"]) == [1, 2, 3, 4]
+
+
+def test_model_mismatch_is_refused(engine, tiny_model):
+    from xsearch.encoder import Encoder
+
+    other = Encoder(tiny_model, device="cpu")
+    other.model_id = "imagebind_huge"
+    with pytest.raises(QueryError, match="another space"):
+        Engine(engine.store, encoder=other)
+
+
+def test_file_and_text_terms_use_the_encoder(tmp_path, tiny_model):
+    from xsearch.encoder import Encoder
+
+    encoder = Encoder(tiny_model, device="cpu")
+    photo = gradient_image(tmp_path / "p.jpg")
+    engine = Engine(Store.open(tmp_path / "db", model_id="tiny_test"), encoder=encoder)
+    got = engine.embed(Query.image(photo) * 0.7 + Query.text("a dog") * 0.3)
+    image_v = encoder.encode_files([photo])[0].embedding
+    text_v = encoder.encode_text(["a dog"]).numpy()[0]
+    np.testing.assert_allclose(got, unit(0.7 * image_v + 0.3 * text_v), atol=1e-5)
+    with pytest.raises(QueryError, match="missing.wav"):
+        engine.embed(Query.audio(tmp_path / "missing.wav"))
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("rain.wav", ("rain.wav", 1.0)),
+        ("rain.wav:0.4", ("rain.wav", 0.4)),
+        ("bird.jpg:-1.5", ("bird.jpg", -1.5)),
+        ("a dog: at noon", ("a dog: at noon", 1.0)),
+        ("ratio 3:2:1", ("ratio 3:2", 1.0)),
+        (":5", (":5", 1.0)),
+    ],
+)
+def test_split_weight(value, expected):
+    assert split_weight(value, "--x") == expected
+
+
+def _solid(path, colour, size=(256, 192)):
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def indexed_db(tmp_path_factory, tiny_model):
+    """A small indexed collection (tiny model): strongly coloured photos, a sound, a caption."""
+    from indexer.pipeline import Indexer, IndexerCfg
+    from xsearch.encoder import Encoder
+    from xsearch.model import save_checkpoint
+
+    root = tmp_path_factory.mktemp("media")
+    _solid(root / "red.jpg", (230, 20, 20))
+    _solid(root / "blue.png", (20, 40, 230))
+    gradient_image(root / "gradient.jpg")
+    write_wav(root / "tone.wav", tone(2.0, 16000), 16000)
+    (root / "caption.txt").write_text("waves breaking on rocks")
+    db = root.parent / "media.db"
+    encoder = Encoder(tiny_model, device="cpu")
+    report = Indexer(Store.open(db, model_id="tiny_test"), encoder, IndexerCfg(workers=0, progress=False)).run([root])
+    assert report.indexed == 5
+    checkpoint = save_checkpoint(tiny_model, root.parent / "tiny.pt")
+    return root, db, checkpoint
+
+
+def test_cli_search_json_schema(indexed_db):
+    root, db, checkpoint = indexed_db
+    args = ["search", "--db", str(db), "--image", f"{root / 'red.jpg'}:0.6", "--audio", f"{root / 'tone.wav'}:0.4"]
+    result = runner.invoke(app, [*args, "--target", "image", "-k", "3", "--checkpoint", str(checkpoint), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out) == {"query", "targets", "results"} and out["targets"] == ["image"]
+    assert [t["weight"] for t in out["query"]] == [0.6, 0.4]
+    assert [t["modality"] for t in out["query"]] == ["image", "audio"]
+    assert len(out["results"]) == 3
+    for rank, r in enumerate(out["results"], start=1):
+        assert set(r) == {"rank", "score", "id", "uri", "modality", "metadata"}
+        assert r["rank"] == rank and r["modality"] == "image" and -1.0 <= r["score"] <= 1.0
+
+
+def test_cli_item_search_needs_no_checkpoint(indexed_db):
+    root, db, _ = indexed_db
+    result = runner.invoke(app, ["search", "--db", str(db), "--item", str(root / "blue.png"), "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert str(root / "blue.png") in result.stdout and "1.0000" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", "x.jpg:inf"], "not a finite number"),
+        ([], "give at least one input"),
+        (["--item", "/not/indexed.jpg"], "no indexed item"),
+        (["--item", "1", "--target", "smell"], "unknown modality"),
+        (["--item", "1", "--where", "no_such_column > 3"], "bad filter"),
+        (["--item", "1", "-k", "0"], "greater than or equal to 1"),
+    ],
+)
+def test_cli_search_errors(indexed_db, args, message):
+    _, db, _ = indexed_db
+    result = runner.invoke(app, ["search", "--db", str(db), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_cli_missing_database(tmp_path):
+    result = runner.invoke(app, ["search", "--db", str(tmp_path / "nope"), "--item", "1"])
+    assert result.exit_code == 2 and "no xsearch database" in result.output
+
+
+def test_cli_classify(indexed_db, tmp_path):
+    _, db, checkpoint = indexed_db
+    labels = "dog,cat,rain,waves"
+    args = ["classify", "--db", str(db), "--labels", labels, "--checkpoint", str(checkpoint), "--json"]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "labels.csv")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 5 and all(r["label"] in labels.split(",") for r in rows)
+    assert all(0.25 <= r["score"] <= 1.0 for r in rows)  # the best of 4 softmax probabilities
+    assert (tmp_path / "labels.csv").read_text().count("\n") == 6
+    audio = runner.invoke(app, [*args, "--target", "audio"])
+    assert [json.loads(line)["modality"] for line in audio.stdout.splitlines()] == ["audio"]
+    assert runner.invoke(app, [*args[:4], "--labels", "dog"]).exit_code == 2
+
+
+def test_cli_info(indexed_db):
+    _, db, _ = indexed_db
+    result = runner.invoke(app, ["info", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["by_modality"] == {"image": 3, "text": 1, "audio": 1} and facts["model_id"] == "tiny_test"
+    assert facts["indices"]["image"]["fresh"] and facts["indices"]["image"]["kind"] == "flat"
+    assert facts["bytes"] > 0
+
+
+# ---- contact sheet ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sheet(indexed_db, tmp_path_factory):
+    root, db, checkpoint = indexed_db
+    out = tmp_path_factory.mktemp("html") / "results.html"
+    args = ["search", "--db", str(db), "--item", str(root / "red.jpg"), "--audio", f"{root / 'tone.wav'}:0.2"]
+    result = runner.invoke(app, [*args, "--checkpoint", str(checkpoint), "-k", "5", "--html", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_contact_sheet_is_self_contained(sheet, indexed_db):
+    root, _, _ = indexed_db
+    page = sheet.read_text()
+    assert page.count("data:image/jpeg;base64,") == 4  # query item + 3 image results
+    assert page.count("data:audio/wav;base64,") == 2  # query sound + the audio result
+    assert "waves breaking on rocks" in page  # the caption result
+    assert f'src="{root}' not in page and "file://" not in page  # nothing links to the originals
+    assert sheet.stat().st_size < 1_000_000
+
+
+def test_contact_sheet_renders_in_chromium(sheet, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (README: apt-get install chromium) - cannot render")
+    shot = tmp_path / "shot.png"
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1000"]
+    subprocess.run([*command, f"--screenshot={shot}", sheet.as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 70) & (pixels[..., 2] < 70)
+    blue = (pixels[..., 2] > 180) & (pixels[..., 0] < 70) & (pixels[..., 1] < 90)
+    # The red photo shows twice (query card and first result), each thumbnail 192 x 144 pixels.
+    assert red.sum() > 2 * 0.8 * 192 * 144
+    assert blue.sum() > 0.8 * 192 * 144
