@@ -88,6 +88,5 @@ DbOpt = Annotated[str, typer.Option("--db", envvar="XSEARCH_DB", help="Database 
 
 def load_encoder(checkpoint: str | None, model: str, device: str):
     from xsearch.encoder import Encoder
-    from xsearch.model import load_pretrained
 
-    return Encoder(load_pretrained(checkpoint, architecture=model), device=device)
+    return Encoder.from_pretrained(checkpoint, model, device)

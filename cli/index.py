@@ -20,7 +20,7 @@ from cli.app import (
     handled_errors,
     load_encoder,
 )
-from xsearch.modalities import Modality
+from xsearch.modalities import Modality, parse_modalities
 
 SHOWN_FAILURES = 10
 
@@ -45,11 +45,11 @@ def parse_assignments(values: list[str], paths: list[str]) -> tuple[dict[str, Mo
     return assigned, extra_roots
 
 
-def parse_modalities(value: str | None) -> frozenset[Modality] | None:
+def modality_filter(value: str | None) -> frozenset[Modality] | None:
     if not value:
         return None
     try:
-        return frozenset(Modality.parse(v) for v in value.split(",") if v.strip())
+        return frozenset(parse_modalities(value))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--modalities") from None
 
@@ -103,7 +103,7 @@ def index(
             progress=not (quiet or json_),
         )
         options = ScanOptions(
-            modalities=parse_modalities(modalities),
+            modalities=modality_filter(modalities),
             exclude=tuple(exclude or ()),
             follow_symlinks=follow_symlinks,
             assigned=assigned,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.scan import Candidate, Rejected, Scanner, ScanOptions
+from indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
 from indexer.work import Outcome, PrepareDataset, Task
 from xsearch.encoder import Encoder
 from xsearch.index import IndexSet
@@ -191,13 +191,12 @@ class Indexer:
         Only files that no longer exist are pruned: a file skipped by ``--exclude`` or ``--modalities``, or
         under a folder that could not be listed this time, keeps its row.
         """
-        prefixes = tuple(os.path.abspath(r).rstrip(os.sep) + os.sep for r in roots)
-        tops = {os.path.abspath(r) for r in roots}
-        blocked = tuple(d.rstrip(os.sep) + os.sep for d in unlisted)
+        roots = [os.path.abspath(r) for r in roots]
 
         def gone(uri: str) -> bool:
-            under = uri in tops or uri.startswith(prefixes)
-            return under and uri not in seen and not uri.startswith(blocked) and not os.path.lexists(uri)
+            if uri in seen or not any(is_under(uri, r) for r in roots) or any(is_under(uri, d) for d in unlisted):
+                return False
+            return not os.path.lexists(uri)
 
         items = [u for u in self.store.scan(["uri"])["uri"].to_pylist() if gone(u)]
         errors = [u for u in self.store.error_rows()["uri"].to_pylist() if gone(u)]
@@ -209,7 +208,7 @@ class Indexer:
     def update_indexes(self) -> dict[str, dict]:
         """Bring every modality's FAISS index up to date with the store."""
         indices = IndexSet(self.store)
-        modalities = set(self.store.scan(["modality"])["modality"].unique().to_pylist())
+        modalities = self.store.modalities()
         if indices.root.exists():
             on_disk = [p.name for p in indices.root.iterdir() if p.is_dir()]
             modalities |= {name for name in on_disk if not name.endswith((".tmp", ".old"))}

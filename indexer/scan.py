@@ -85,10 +85,15 @@ def _convention(path: str) -> Modality | None:
     return None
 
 
+def is_under(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or inside it (both absolute)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
     best = None
     for root, modality in assigned.items():
-        if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+        if is_under(path, root):
             if best is None or len(root) > len(best[0]):
                 best = (root, modality)
     return best[1] if best else None

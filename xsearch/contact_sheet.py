@@ -16,8 +16,8 @@ import wave
 import numpy as np
 
 from xsearch.errors import DecodeError
-from xsearch.query import Results, Term
-from xsearch.store import sql_string
+from xsearch.query import Results, Term, item_where
+from xsearch.store import in_list
 
 AUDIO_PREVIEW_SECONDS = 8.0
 AUDIO_PREVIEW_RATE = 16000
@@ -111,10 +111,8 @@ def _card(preview: str, lines: list[str]) -> str:
 
 
 def _item_card(term: Term, store) -> str:
-    key = term.value
-    where = f"id = {int(key)}" if str(key).isdigit() else f"uri = {sql_string(os.path.abspath(str(key)))}"
-    rows = store.scan(["uri", "modality", "thumbnail"], where).to_pylist()
-    lines = [f"stored item, weight {term.weight:g}", html.escape(str(key))]
+    rows = store.scan(["uri", "modality", "thumbnail"], item_where(term.value)).to_pylist()
+    lines = [f"stored item, weight {term.weight:g}", html.escape(str(term.value))]
     if not rows:
         return _card('<div class="missing">not in the database</div>', lines)
     row = rows[0]
@@ -138,7 +136,7 @@ def render(results: Results, store) -> str:
     ids = [r.id for r in results]
     thumbs = {}
     if ids:
-        table = store.scan(["id", "thumbnail"], f"id IN ({', '.join(map(str, ids))})")
+        table = store.scan(["id", "thumbnail"], in_list("id", ids))
         thumbs = dict(zip(table["id"].to_pylist(), table["thumbnail"].to_pylist()))
     query_cards = "".join(_term_card(t, store) for t in results.query.terms) if results.query else ""
     result_cards = []

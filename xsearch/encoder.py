@@ -72,6 +72,15 @@ class Encoder:
         self.preprocess = preprocess
         self.model_id = model.cfg.name
 
+    @classmethod
+    def from_pretrained(
+        cls, checkpoint: str | os.PathLike | None = None, architecture: str | None = None, device: str = "auto"
+    ) -> Encoder:
+        """An encoder around ``load_pretrained(checkpoint, architecture=...)`` (path, env, cache or download)."""
+        from xsearch.model import load_pretrained
+
+        return cls(load_pretrained(checkpoint, architecture=architecture), device=device)
+
     @property
     def embed_dim(self) -> int:
         return self.model.cfg.embed_dim

@@ -275,11 +275,11 @@ class IndexSet:
             return self.build(modality)
         if meta.get("table_version") == version:
             return index
+        if meta.get("indexed_until") is None:  # written before re-embedded rows were tracked
+            return self.build(modality)
         current = self.store.ids(modality, version=version)
         added = np.setdiff1d(current, index.ids)
         removed = np.setdiff1d(index.ids, current)
-        if meta.get("indexed_until") is None:
-            return self.build(modality)
         updated = np.intersect1d(self.store.ids_indexed_after(meta["indexed_until"], modality, version), index.ids)
         removed = np.union1d(removed, updated)
         added = np.union1d(added, updated)

@@ -70,6 +70,12 @@ EXTENSIONS: dict[Modality, frozenset[str]] = {
 }
 
 
+def parse_modalities(value: str | list) -> list[Modality]:
+    """``"image, audio"`` (or a list of names) -> modalities, in order; ``ValueError`` names a bad one."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    return [Modality.parse(str(name).strip()) for name in names if str(name).strip()]
+
+
 def modality_from_extension(path: str | Path) -> Modality | None:
     """The modality an extension suggests (image, video, audio, text), or ``None`` when unknown.
 

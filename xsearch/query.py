@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from xsearch.errors import QueryError
-from xsearch.modalities import Modality
+from xsearch.modalities import Modality, parse_modalities
+from xsearch.store import in_list, sql_string
 
-FILE_MODALITIES = (Modality.IMAGE, Modality.VIDEO, Modality.AUDIO, Modality.DEPTH, Modality.THERMAL, Modality.IMU)
 RESULT_COLUMNS = ["id", "uri", "modality", "width", "height", "duration", "sample_rate"]
 # With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
 EXACT_FILTER_LIMIT = 200_000
@@ -181,6 +181,19 @@ class Results(list):
         }
 
 
+def item_where(key: int | str) -> str:
+    """The ``items`` predicate for a stored item named by id, or by uri as given or made absolute."""
+    if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
+        return f"id = {int(key)}"
+    uris = {str(key), os.path.abspath(str(key))}
+    return " OR ".join(f"uri = {sql_string(u)}" for u in sorted(uris))
+
+
+def modality_where(modality: str, where: str | None = None) -> str:
+    """``modality = ...`` and, when given, the user's predicate."""
+    return f"modality = {sql_string(modality)}" + (f" AND ({where})" if where else "")
+
+
 def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of unit vectors, re-normalised; a zero or non-finite result is a ``QueryError``."""
     units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -205,6 +218,7 @@ class Engine:
 
         self.store = store
         self.indices = IndexSet(store)
+        self._loaded: dict[str, tuple[int, object]] = {}  # modality -> (store version, VectorIndex)
         self._encoder = encoder
         self._checkpoint, self._architecture, self._device = checkpoint, architecture, device
         if encoder is not None:
@@ -227,25 +241,19 @@ class Engine:
     def encoder(self):
         if self._encoder is None:
             from xsearch.encoder import Encoder
-            from xsearch.model import load_pretrained
 
             architecture = self._architecture or self.store.model_id
-            model = load_pretrained(self._checkpoint, architecture=architecture)
-            self._check_model(model.cfg.name)
-            self._encoder = Encoder(model, device=self._device)
+            encoder = Encoder.from_pretrained(self._checkpoint, architecture, self._device)
+            self._check_model(encoder.model_id)
+            self._encoder = encoder
         return self._encoder
 
     # ---- embedding ------------------------------------------------------------------------------------
 
     def _item_vector(self, key: int | str) -> np.ndarray:
-        from xsearch.store import embeddings_to_numpy, sql_string
+        from xsearch.store import embeddings_to_numpy
 
-        if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
-            where = f"id = {int(key)}"
-        else:
-            uris = {str(key), os.path.abspath(str(key))}
-            where = " OR ".join(f"uri = {sql_string(u)}" for u in sorted(uris))
-        table = self.store.scan(["embedding"], where)
+        table = self.store.scan(["embedding"], item_where(key))
         if table.num_rows == 0:
             raise QueryError(f"no indexed item {key!r} in {self.store.path}")
         return embeddings_to_numpy(table["embedding"])[0]
@@ -273,15 +281,14 @@ class Engine:
 
     def modalities(self) -> list[str]:
         """The modalities the database holds, in a stable order."""
-        present = set(self.store.scan(["modality"])["modality"].unique().to_pylist())
+        present = self.store.modalities()
         return [m.value for m in Modality if m.value in present]
 
     def _targets(self, target) -> list[str]:
         if target is None or target == "all":
             return self.modalities()
-        names = target.split(",") if isinstance(target, str) else list(target)
         try:
-            return [Modality.parse(str(n).strip()).value for n in names if str(n).strip()]
+            return [m.value for m in parse_modalities(target)]
         except ValueError as exc:
             raise QueryError(f"target: {exc}") from None
 
@@ -311,8 +318,7 @@ class Engine:
     def _allowed_ids(self, modality: str, where: str | None, path: str | None) -> np.ndarray | None:
         if where is None and path is None:
             return None
-        clause = f"modality = '{modality}'" + (f" AND ({where})" if where else "")
-        table = self.store.scan(["id", "uri"], clause)
+        table = self.store.scan(["id", "uri"], modality_where(modality, where))
         ids = table["id"].to_numpy()
         if path is not None:
             keep = [fnmatch.fnmatch(u, path) for u in table["uri"].to_pylist()]
@@ -328,7 +334,7 @@ class Engine:
             scores = vectors @ vector[0]
             top = np.argsort(-scores)[:k]
             return [(float(scores[i]), int(ids[i])) for i in top]
-        index = self.indices.fresh(modality)
+        index = self._index(modality)
         if len(index) == 0:
             return []
         fetch = k if allowed is None else min(len(index), k * 20)
@@ -337,11 +343,19 @@ class Engine:
         keep &= ids[0] >= 0
         return [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])][:k]
 
+    def _index(self, modality: str):
+        """The modality's FAISS index, kept in memory while the store's version is unchanged."""
+        version = self.store.version
+        cached = self._loaded.get(modality)
+        if cached is None or cached[0] != version:
+            cached = self._loaded[modality] = (version, self.indices.fresh(modality))
+        return cached[1]
+
     def _results(self, hits: list[tuple[float, int]]) -> list[Result]:
         if not hits:
             return []
         ids = [i for _, i in hits]
-        rows = {r["id"]: r for r in self.store.scan(RESULT_COLUMNS, f"id IN ({', '.join(map(str, ids))})").to_pylist()}
+        rows = {r["id"]: r for r in self.store.scan(RESULT_COLUMNS, in_list("id", ids)).to_pylist()}
         results = []
         for rank, (score, item_id) in enumerate(hits, start=1):
             row = rows[item_id]
@@ -363,8 +377,7 @@ class Engine:
 
         tables = []
         for modality in self._targets(target):
-            clause = f"modality = '{modality}'" + (f" AND ({where})" if where else "")
-            table = self.store.scan(["id", "uri", "modality", "embedding"], clause)
+            table = self.store.scan(["id", "uri", "modality", "embedding"], modality_where(modality, where))
             if table.num_rows == 0:
                 continue
             logits = embeddings_to_numpy(table["embedding"]) @ label_vectors.T * 100.0

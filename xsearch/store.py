@@ -96,7 +96,7 @@ def sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _in_list(column: str, values: Iterable) -> str:
+def in_list(column: str, values: Iterable) -> str:
     values = list(values)
     if values and isinstance(values[0], str):
         return f"{column} IN ({', '.join(sql_string(v) for v in values)})"
@@ -194,6 +194,10 @@ class Store:
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
             raise StoreError(f"bad filter {where!r}: {str(exc).splitlines()[0]}") from None
 
+    def modalities(self) -> set[str]:
+        """The modalities that have rows."""
+        return set(self.scan(["modality"])["modality"].unique().to_pylist())
+
     def ids(self, modality: str | None = None, version: int | None = None) -> np.ndarray:
         where = f"modality = {sql_string(modality)}" if modality else None
         return self.scan(["id"], where, version=version)["id"].to_numpy()
@@ -215,7 +219,7 @@ class Store:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
         if len(ids) == 0:
             return np.empty(0, np.int64), np.empty((0, self.embed_dim), np.float32)
-        table = self.scan(["id", "embedding"], _in_list("id", np.unique(ids)))
+        table = self.scan(["id", "embedding"], in_list("id", np.unique(ids)))
         order = np.argsort(table["id"].to_numpy())
         found = table["id"].to_numpy()[order]
         return found, embeddings_to_numpy(table["embedding"])[order]
@@ -225,7 +229,7 @@ class Store:
         columns = ["id", "uri", "modality", "sha256", "size", "mtime"]
         if not uris:
             return pa.table({c: [] for c in columns})
-        return self.scan(columns, _in_list("uri", uris))
+        return self.scan(columns, in_list("uri", uris))
 
     # ---- writes ----------------------------------------------------------------------------------------
 
@@ -302,7 +306,7 @@ class Store:
         """Set ``(size, mtime)`` of known uris whose bytes did not change (touched or copied), in one commit."""
         if not stats:
             return self.version
-        rows = self.scan(items_schema(self.embed_dim).names, _in_list("uri", list(stats)))
+        rows = self.scan(items_schema(self.embed_dim).names, in_list("uri", list(stats)))
         uris = rows["uri"].to_pylist()
         size = pa.array([stats[u][0] for u in uris], pa.int64())
         mtime = pa.array([stats[u][1] for u in uris], pa.float64())
@@ -316,9 +320,9 @@ class Store:
         """Delete rows by id and/or uri in one commit; returns the new table version."""
         clauses = []
         if len(ids):
-            clauses.append(_in_list("id", ids))
+            clauses.append(in_list("id", ids))
         if len(uris):
-            clauses.append(_in_list("uri", uris))
+            clauses.append(in_list("uri", uris))
         table = self.items()
         if clauses:
             table.delete(" OR ".join(clauses))
@@ -343,7 +347,7 @@ class Store:
 
     def clear_errors(self, uris: Sequence[str]) -> None:
         if uris:
-            self.errors().delete(_in_list("uri", uris))
+            self.errors().delete(in_list("uri", uris))
 
     def error_rows(self) -> pa.Table:
         return self.errors().to_arrow()

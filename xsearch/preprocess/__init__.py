@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from xsearch.modalities import Modality
-from xsearch.preprocess.audio import AudioCfg, decode_audio, preprocess_audio, waveform_to_clips
-from xsearch.preprocess.image import ImageCfg, image_to_tensor, load_image, preprocess_image
+from xsearch.preprocess.audio import AudioCfg, decode_audio, waveform_to_clips
+from xsearch.preprocess.image import ImageCfg, image_to_tensor, load_image
 from xsearch.preprocess.imu import ImuCfg, preprocess_imu
 from xsearch.preprocess.single_channel import (
     DEPTH,
@@ -21,11 +21,9 @@ from xsearch.preprocess.single_channel import (
     SingleChannelCfg,
     load_single_channel,
     map_to_tensor,
-    preprocess_depth,
-    preprocess_thermal,
 )
 from xsearch.preprocess.text import TextCfg, get_tokenizer, preprocess_text, preprocess_text_file
-from xsearch.preprocess.video import VideoCfg, decode_video, frames_to_clips, preprocess_video
+from xsearch.preprocess.video import VideoCfg, decode_video, frames_to_clips
 
 
 @dataclass(frozen=True)
@@ -43,22 +41,7 @@ def preprocess_file(
     path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg = PreprocessCfg()
 ) -> torch.Tensor:
     """Decode and preprocess one file as ``modality``; raises ``DecodeError`` naming the file on failure."""
-    modality = Modality.parse(modality)
-    if modality is Modality.IMAGE:
-        return preprocess_image(path, cfg.image)
-    if modality is Modality.VIDEO:
-        return preprocess_video(path, cfg.video)
-    if modality is Modality.TEXT:
-        return preprocess_text_file(path, cfg.text)
-    if modality is Modality.AUDIO:
-        return preprocess_audio(path, cfg.audio)
-    if modality is Modality.DEPTH:
-        return preprocess_depth(path, cfg.depth)
-    if modality is Modality.THERMAL:
-        return preprocess_thermal(path, cfg.thermal)
-    if modality is Modality.IMU:
-        return preprocess_imu(path, cfg.imu)
-    raise ValueError(f"no preprocessing for {modality}")
+    return preprocess_with_metadata(path, modality, cfg, thumbnail=False).tensor
 
 
 @dataclass
@@ -72,7 +55,8 @@ class Preprocessed:
 def preprocess_with_metadata(
     path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg = PreprocessCfg(), thumbnail: bool = True
 ) -> Preprocessed:
-    """``preprocess_file`` that also keeps the size, duration and a thumbnail from the pixels it decoded."""
+    """Model input for ``path`` as ``modality``, with the size, duration and (when ``thumbnail``) a preview
+    made from the pixels already decoded. The one place that maps a modality to its preprocessing."""
     from xsearch import thumbnails
 
     modality = Modality.parse(modality)
@@ -100,7 +84,11 @@ def preprocess_with_metadata(
         if thumbnail:
             meta["thumbnail"] = thumbnails.map_thumbnail(array)
         return Preprocessed(map_to_tensor(array, map_cfg), meta)
-    return Preprocessed(preprocess_file(path, modality, cfg))
+    if modality is Modality.TEXT:
+        return Preprocessed(preprocess_text_file(path, cfg.text))
+    if modality is Modality.IMU:
+        return Preprocessed(preprocess_imu(path, cfg.imu))
+    raise ValueError(f"no preprocessing for {modality}")
 
 
 __all__ = [

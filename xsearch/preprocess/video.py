@@ -117,11 +117,6 @@ def frames_to_clips(clip_frames: list[list[np.ndarray]], cfg: VideoCfg = VideoCf
     return torch.stack(out)
 
 
-def decode_clip_frames(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> list[list[np.ndarray]]:
-    """The RGB frames of each clip, decoded with one seek per clip."""
-    return decode_video(path, cfg)[0]
-
-
 def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[list[list[np.ndarray]], float]:
     """``(frames of each clip, duration in seconds)``, decoded with one seek per clip."""
     name = os.fspath(path)
@@ -152,4 +147,4 @@ def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[l
 
 def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> torch.Tensor:
     """Video file -> ``[15, 3, 2, 224, 224]`` float32 model input."""
-    return frames_to_clips(decode_clip_frames(path, cfg), cfg)
+    return frames_to_clips(decode_video(path, cfg)[0], cfg)
