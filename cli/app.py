@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from xsearch import __version__
-from xsearch.errors import XsearchError
+from xsearch.errors import UsageError, XsearchError
 
 # Exit codes: distinct so that scripts can tell "some files failed" from "nothing could be done".
 EXIT_ERROR = 2  # bad arguments, unreadable database or checkpoint: nothing was done
@@ -53,6 +53,19 @@ def main(
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
 
 
+# How each library argument is spelt on the command line (``UsageError.argument`` -> flag).
+FLAGS = {
+    "assign": "--as",
+    "device": "--device",
+    "k": "-k",
+    "labels": "--labels",
+    "modalities": "--modalities",
+    "model": "--model",
+    "paths": "PATHS",
+    "target": "--target",
+}
+
+
 def fail(message: str | XsearchError, code: int = EXIT_ERROR) -> None:
     """Print an error to stderr and exit with ``code`` (never a traceback)."""
     typer.echo(f"error: {message}", err=True)
@@ -66,6 +79,11 @@ def handled_errors() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, typer.BadParameter):  # typer reports usage errors itself (exit 2)
         raise
+    except UsageError as error:
+        if _State.debug:
+            raise
+        flag = FLAGS.get(error.argument or "")
+        fail(f"{flag}: {error}" if flag else error)
     except XsearchError as error:
         if _State.debug:
             raise
@@ -81,12 +99,14 @@ def handled_errors() -> Iterator[None]:
 CheckpointOpt = Annotated[
     str | None, typer.Option(envvar="XSEARCH_CHECKPOINT", help="ImageBind checkpoint file (default: cached download).")
 ]
-ModelOpt = Annotated[str, typer.Option(help="Architecture of --checkpoint.")]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Architecture of --checkpoint (default: the database's, else imagebind_huge).")
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 DbOpt = Annotated[str, typer.Option("--db", envvar="XSEARCH_DB", help="Database directory.")]
 
 
-def load_encoder(checkpoint: str | None, model: str, device: str):
-    from xsearch.encoder import Encoder
+def open_collection(db: str, checkpoint: str | None = None, model: str | None = None, device: str = "auto"):
+    from xsearch.collection import Collection
 
-    return Encoder.from_pretrained(checkpoint, model, device)
+    return Collection.open(db, checkpoint=checkpoint, model=model, device=device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated
 
 import typer
@@ -18,40 +17,23 @@ from cli.app import (
     app,
     fail,
     handled_errors,
-    load_encoder,
+    open_collection,
 )
-from xsearch.modalities import Modality, parse_modalities
 
 SHOWN_FAILURES = 10
 
 
-def parse_assignments(values: list[str], paths: list[str]) -> tuple[dict[str, Modality], list[str]]:
-    """``--as MODALITY`` (all PATHS) and ``--as MODALITY=PATH`` -> {absolute path: modality}, extra roots."""
-    assigned: dict[str, Modality] = {}
-    extra_roots: list[str] = []
+def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:
+    """``--as MODALITY`` (all PATHS) and ``--as MODALITY=PATH`` -> {path: modality name}; the library
+    checks the names."""
+    assigned: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
-        try:
-            modality = Modality.parse(name)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--as") from None
-        targets = [path] if sep else paths
         if sep and not path:
             raise typer.BadParameter(f"{value!r}: expected MODALITY=PATH", param_hint="--as")
-        for target in targets:
-            assigned[os.path.abspath(target)] = modality
-        if sep:
-            extra_roots.append(path)
-    return assigned, extra_roots
-
-
-def modality_filter(value: str | None) -> frozenset[Modality] | None:
-    if not value:
-        return None
-    try:
-        return frozenset(parse_modalities(value))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--modalities") from None
+        for target in [path] if sep else paths:
+            assigned[target] = name
+    return assigned
 
 
 @app.command()
@@ -59,7 +41,7 @@ def index(
     paths: Annotated[list[str] | None, typer.Argument(help="Folders or files to index.")] = None,
     db: DbOpt = ...,
     checkpoint: CheckpointOpt = None,
-    model: ModelOpt = "imagebind_huge",
+    model: ModelOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = 16,
     workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: cores - 1, max 8).")] = None,
@@ -83,32 +65,24 @@ def index(
     or --as. Exit code 3 means the run finished but some files failed (listed in the errors table).
     """
     paths = list(paths or [])
-    assigned, extra_roots = parse_assignments(as_ or [], paths)
-    roots = paths + [r for r in extra_roots if r not in paths]
-    if not roots:
+    assign = parse_assignments(as_ or [], paths)
+    if not paths and not assign:
         fail("nothing to index: give folders or files (PATHS or --as MODALITY=PATH)")
     with handled_errors():
-        from indexer.pipeline import Indexer, IndexerCfg
-        from indexer.scan import ScanOptions
-        from xsearch.store import Store
-
-        encoder = load_encoder(checkpoint, model, device)
-        store = Store.open(db, model_id=encoder.model_id)
-        cfg = IndexerCfg(
+        collection = open_collection(db, checkpoint, model, device)
+        report = collection.index(
+            paths,
+            assign=assign,
+            modalities=modalities,
+            exclude=exclude or (),
+            follow_symlinks=follow_symlinks,
+            prune=prune,
+            update_index=update_index,
             batch_size=batch_size,
             workers=workers,
             commit_every=commit_every,
-            prune=prune,
-            update_index=update_index,
             progress=not (quiet or json_),
         )
-        options = ScanOptions(
-            modalities=modality_filter(modalities),
-            exclude=tuple(exclude or ()),
-            follow_symlinks=follow_symlinks,
-            assigned=assigned,
-        )
-        report = Indexer(store, encoder, cfg).run(roots, options)
     if json_:
         typer.echo(json.dumps(report.as_json(), indent=1))
     elif not quiet:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import DbOpt, app, handled_errors
+from cli.app import DbOpt, app, handled_errors, open_collection
 
 
 @app.command()
@@ -17,9 +17,7 @@ def errors(
 ) -> None:
     """List the files that could not be indexed, with the reason (retried on the next `xsearch index`)."""
     with handled_errors():
-        from xsearch.store import Store
-
-        rows = Store.open(db, create=False).error_rows().sort_by("uri").to_pylist()
+        rows = open_collection(db).errors().to_pylist()
     for row in rows:
         if json_:
             typer.echo(json.dumps({k: row[k] for k in ("uri", "modality", "stage", "message")}))
@@ -34,9 +32,7 @@ def info(
 ) -> None:
     """What a database holds: items per modality, model, index kind and freshness, errors, size."""
     with handled_errors():
-        from xsearch.query import Engine
-
-        facts = Engine.open(db).info()
+        facts = open_collection(db).info()
     if json_:
         typer.echo(json.dumps(facts, indent=1))
         return

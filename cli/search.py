@@ -1,17 +1,23 @@
-"""``xsearch search`` and ``xsearch classify``: composed cross-modal queries and zero-shot labels."""
+"""``xsearch search`` and ``xsearch classify``: composed cross-modal queries and zero-shot labels.
+
+``search`` has one input option per modality of the modality table (``--image``, ``--audio``, ``--text``...),
+made from the table when this module loads, plus ``--item`` for stored items.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from typing import Annotated
 
 import typer
 
-from cli.app import CheckpointOpt, DbOpt, DeviceOpt, app, fail, handled_errors
-from xsearch.errors import QueryError
+from cli.app import CheckpointOpt, DbOpt, DeviceOpt, app, fail, handled_errors, open_collection
+from xsearch.errors import QueryError, UsageError
+from xsearch.modalities import REGISTRY, Modality
 
-InputOpt = Annotated[list[str] | None, typer.Option(help="FILE[:WEIGHT], repeatable.")]
+ITEM = "item"
 
 
 def split_weight(value: str, option: str) -> tuple[str, float]:
@@ -31,26 +37,22 @@ def split_weight(value: str, option: str) -> tuple[str, float]:
     return value, 1.0
 
 
-def build_query(inputs: dict[str, list[str]]):
-    """{option: [values]} -> one ``Query`` summing every input with its weight."""
+def build_query(inputs: dict[str, list[str] | None]):
+    """{option name: [values]} -> one ``Query`` summing every input with its weight."""
     from xsearch.query import Query
 
-    terms = []
+    parts = []
     for option, values in inputs.items():
         for value in values or []:
             target, weight = split_weight(value, f"--{option}")
-            if option == "text":
-                terms.append(Query.text(target, weight))
-            elif option == "item":
-                terms.append(Query.item(int(target) if target.isdigit() else target, weight))
+            if option == ITEM:
+                parts.append(Query.item(int(target) if target.isdigit() else target, weight))
             else:
-                terms.append(Query.file(target, option, weight))
-    if not terms:
-        raise QueryError("give at least one input: --image, --audio, --text, --video, --item ...")
-    query = terms[0]
-    for term in terms[1:]:
-        query = query + term
-    return query
+                parts.append(Query.input(option, target, weight))
+    if not parts:
+        names = ", ".join(f"--{m.value}" for m in Modality)
+        raise UsageError(f"give at least one input: {names} or --{ITEM}")
+    return Query.sum(parts)
 
 
 def print_table(results) -> None:
@@ -59,20 +61,11 @@ def print_table(results) -> None:
         return
     typer.echo(f"{'rank':>4}  {'score':>7}  {'modality':<8}  uri")
     for r in results:
-        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {r.modality:<8}  {r.uri}")
+        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {r.modality.value:<8}  {r.uri}")
 
 
-@app.command()
-def search(
+def _search(
     db: DbOpt = ...,
-    image: InputOpt = None,
-    video: InputOpt = None,
-    audio: InputOpt = None,
-    text: Annotated[list[str] | None, typer.Option(help='"TEXT"[:WEIGHT], repeatable.')] = None,
-    depth: InputOpt = None,
-    thermal: InputOpt = None,
-    imu: InputOpt = None,
-    item: Annotated[list[str] | None, typer.Option(help="Indexed file (path or id)[:WEIGHT]: no model run.")] = None,
     target: Annotated[str, typer.Option(help="Modalities to search: image,audio,... or all.")] = "all",
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of results.")] = 10,
     where: Annotated[str | None, typer.Option(help='Lance SQL filter on items, e.g. "width >= 1000".')] = None,
@@ -82,29 +75,58 @@ def search(
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
+    **inputs: list[str] | None,
 ) -> None:
     """Search with any mix of inputs; several inputs are added with their weights (default 1).
 
     Example: xsearch search --db media.db --image bird.jpg:0.6 --audio waves.wav:0.4 --target image
     """
-    inputs = {"image": image, "video": video, "audio": audio, "text": text, "depth": depth}
-    inputs.update({"thermal": thermal, "imu": imu, "item": item})
     with handled_errors():
-        from xsearch.query import Engine
-
         query = build_query(inputs)
-        engine = Engine.open(db, checkpoint=checkpoint, architecture=model, device=device)
-        results = engine.search(query, target=target, k=k, where=where, path=path)
+        collection = open_collection(db, checkpoint, model, device)
+        results = collection.search(query, target=target, k=k, where=where, path=path)
         if html:
             from xsearch.contact_sheet import write_contact_sheet
 
-            write_contact_sheet(results, engine.store, html)
+            write_contact_sheet(results, html, database=str(collection.path))
     if json_:
         typer.echo(json.dumps(results.as_json(), indent=1))
     else:
         print_table(results)
         if html:
             typer.echo(f"contact sheet: {html}")
+
+
+def _input_parameters() -> list[inspect.Parameter]:
+    """One repeatable option per modality in the table, then ``--item``."""
+    params = []
+    for spec in REGISTRY.values():
+        shape = '"TEXT"[:WEIGHT]' if spec.query_input == "text" else "FILE[:WEIGHT]"
+        option = typer.Option(f"--{spec.name}", help=f"{spec.help or spec.name}: {shape}, repeatable.")
+        params.append(_option(spec.name, option))
+    item_help = "Indexed file (path or id)[:WEIGHT]: its stored embedding, no model run."
+    params.append(_option(ITEM, typer.Option(f"--{ITEM}", help=item_help)))
+    return params
+
+
+def _option(name: str, option) -> inspect.Parameter:
+    annotation = Annotated[list[str] | None, option]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def _with_input_options(function):
+    """``function(**inputs)`` with the table's input options in its signature, for typer to read."""
+    signature = inspect.signature(function, eval_str=True)
+    fixed = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD
+    ]
+    params = _input_parameters() + fixed
+    function.__signature__ = signature.replace(parameters=params)
+    function.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return function
+
+
+search = app.command(name="search")(_with_input_options(_search))
 
 
 @app.command()
@@ -123,10 +145,7 @@ def classify(
     if output and not output.endswith((".csv", ".parquet")):
         fail(f"--output {output}: expected a .csv or .parquet file name")
     with handled_errors():
-        from xsearch.query import Engine
-
-        engine = Engine.open(db, checkpoint=checkpoint, architecture=model, device=device)
-        report = engine.classify(labels.split(","), target=target, where=where)
+        report = open_collection(db, checkpoint, model, device).classify(labels.split(","), target=target, where=where)
         if output:
             import pyarrow.csv
             import pyarrow.parquet

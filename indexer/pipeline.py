@@ -26,6 +26,7 @@ from tqdm import tqdm
 from indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
 from indexer.work import Outcome, PrepareDataset, Task
 from xsearch.encoder import Encoder
+from xsearch.errors import StoreError
 from xsearch.index import IndexSet
 from xsearch.modalities import Modality
 from xsearch.store import ItemRecord, Store
@@ -100,7 +101,9 @@ class Indexer:
 
     def __init__(self, store: Store, encoder: Encoder, cfg: IndexerCfg = IndexerCfg()):
         if store.model_id != encoder.model_id:
-            raise ValueError(f"store holds {store.model_id} embeddings, encoder is {encoder.model_id}")
+            raise StoreError(
+                f"{store.path} holds embeddings of model '{store.model_id}', the encoder is '{encoder.model_id}'"
+            )
         self.store = store
         self.encoder = encoder
         self.cfg = cfg
@@ -129,7 +132,8 @@ class Indexer:
         tasks, unchanged = [], []
         for c in candidates:
             row = rows.get(c.path)
-            if row is None or row["modality"] != c.modality.value:
+            fallback = c.modality.spec.fallback  # a video file indexed as audio (no picture) is still known
+            if row is None or row["modality"] not in (c.modality.value, fallback and fallback.value):
                 tasks.append(Task(c.path, c.modality, c.size, c.mtime))
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
@@ -208,14 +212,13 @@ class Indexer:
     def update_indexes(self) -> dict[str, dict]:
         """Bring every modality's FAISS index up to date with the store."""
         indices = IndexSet(self.store)
-        modalities = self.store.modalities()
-        if indices.root.exists():
-            on_disk = [p.name for p in indices.root.iterdir() if p.is_dir()]
-            modalities |= {name for name in on_disk if not name.endswith((".tmp", ".old"))}
+        modalities = set(self.store.modalities())
+        if indices.root.exists():  # an index whose last rows were pruned must be emptied too
+            modalities |= {Modality(p.name) for p in indices.root.iterdir() if p.is_dir() and p.name in Modality}
         out = {}
         for modality in sorted(modalities):
             index = indices.fresh(modality)
-            out[modality] = {"kind": index.kind, "count": len(index)}
+            out[modality.value] = {"kind": index.kind, "count": len(index)}
         return out
 
 
@@ -244,15 +247,15 @@ class _Batcher:
         errors = set(self.store.error_rows()["uri"].to_pylist())
         self.cleared.extend(u for u in unchanged if u in errors)
 
-    def _error(self, uri: str, modality: str | None, stage: str, message: str) -> None:
-        self.errors.append((uri, modality, stage, message))
+    def _error(self, uri: str, modality: Modality | None, stage: str, message: str) -> None:
+        self.errors.append((uri, modality.value if modality else None, stage, message))
         self.report.failed += 1
         self.report.failures.append(Failure(uri, stage, message))
 
     def take(self, outcome: Outcome) -> None:
         task = outcome.task
         if outcome.error is not None:
-            self._error(task.path, outcome.modality.value, outcome.stage, outcome.error)
+            self._error(task.path, outcome.modality, outcome.stage, outcome.error)
         elif outcome.unchanged:
             self.restat.append(outcome)
             self.report.unchanged += 1
@@ -274,7 +277,7 @@ class _Batcher:
             vectors = self.indexer.encoder.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
         except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
             if len(outcomes) == 1:
-                self._error(outcomes[0].task.path, modality.value, "encode", f"the model failed ({exc})")
+                self._error(outcomes[0].task.path, modality, "encode", f"the model failed ({exc})")
                 return
             log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
             for outcome in outcomes:
@@ -285,10 +288,10 @@ class _Batcher:
         for outcome, vector in zip(outcomes, vectors):
             task = outcome.task
             if not np.isfinite(vector).all():
-                self._error(task.path, modality.value, "encode", "the model produced NaN for this file")
+                self._error(task.path, modality, "encode", "the model produced NaN for this file")
                 continue
             record = ItemRecord(
-                task.path, modality.value, vector, outcome.sha256, task.size, task.mtime, metadata=outcome.metadata
+                task.path, modality, vector, outcome.sha256, task.size, task.mtime, metadata=outcome.metadata
             )
             self.records.append((record, task.known_sha256 is not None))
             outcome.tensor = None  # free the decoded input now
@@ -309,7 +312,7 @@ class _Batcher:
         store.clear_errors(done)
         store.record_errors(self.errors)
         for record, is_update in self.records:
-            self.by_modality[record.modality] += 1
+            self.by_modality[record.modality.value] += 1
             if is_update:
                 self.report.updated += 1
             else:

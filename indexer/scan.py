@@ -1,13 +1,14 @@
 """The scan stage: folders -> the files to index, each with the modality it is indexed as.
 
-How a file's modality is decided, first rule that applies:
+How a file's modality is decided, first rule that applies (the rules' data is the modality table,
+``xsearch.modalities``):
 
-1. ``--as MODALITY PATH``: every file at or under ``PATH`` is ``MODALITY`` (the way to index depth,
-   thermal and IMU collections, whose files look like ordinary images and arrays);
-2. naming convention: a folder called ``depth``, ``thermal`` or ``imu`` anywhere in the path, or a file stem
-   ending in ``_depth``, ``_thermal`` or ``_imu`` (``room1_depth.png``);
-3. the extension: image, video, audio and ``.txt`` text files (``xsearch.modalities.EXTENSIONS``);
-4. a file without any extension whose first bytes are an image, video or audio signature.
+1. an assignment (``--as MODALITY=PATH``): every file at or under ``PATH`` is ``MODALITY`` (the way to
+   index depth, thermal and IMU collections, whose files look like ordinary images and arrays);
+2. naming convention, for the modalities whose entry has ``convention``: a folder called ``depth``,
+   ``thermal`` or ``imu`` anywhere in the path, or a file stem ending in ``_depth`` (``room1_depth.png``);
+3. the extension (each entry's ``extensions``: image, video, audio, ``.txt``);
+4. a file without any extension whose first bytes are of a family an entry is ``sniffed_from``.
 
 Everything else is ignored (counted, not an error). Nothing here reads whole files: the workers hash and
 decode, and check that the content matches the modality (``indexer.sniff``).
@@ -22,10 +23,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from indexer.sniff import HEAD_BYTES, sniff
-from xsearch.modalities import Modality, modality_from_extension
-
-CONVENTION_MODALITIES = (Modality.DEPTH, Modality.THERMAL, Modality.IMU)
+from xsearch.modalities import Modality, modality_from_convention, modality_from_extension, modality_from_family
+from xsearch.sniff import HEAD_BYTES, sniff
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Rejected:
 
     uri: str
     message: str
-    modality: str | None = None
+    modality: Modality | None = None
 
 
 @dataclass
@@ -76,15 +75,6 @@ def _valid_utf8(path: str) -> bool:
         return False
 
 
-def _convention(path: str) -> Modality | None:
-    parts = [p.lower() for p in path.split(os.sep)]
-    stem = os.path.splitext(parts[-1])[0]
-    for modality in CONVENTION_MODALITIES:
-        if modality.value in parts[:-1] or stem.endswith(f"_{modality.value}"):
-            return modality
-    return None
-
-
 def is_under(path: str, root: str) -> bool:
     """Whether ``path`` is ``root`` or inside it (both absolute)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
@@ -105,14 +95,12 @@ def _sniff_extensionless(path: str) -> Modality | None:
             found = sniff(handle.read(HEAD_BYTES))
     except OSError:
         return None
-    if found and found.family in ("image", "video", "audio"):
-        return Modality(found.family)
-    return None
+    return modality_from_family(found.family if found else None)
 
 
 def decide_modality(path: str, options: ScanOptions) -> Modality | None:
     """The modality ``path`` is indexed as under the rules above, or ``None`` to ignore it."""
-    modality = _assigned(path, options.assigned) or _convention(path) or modality_from_extension(path)
+    modality = _assigned(path, options.assigned) or modality_from_convention(path) or modality_from_extension(path)
     if modality is None and not os.path.splitext(os.path.basename(path))[1]:
         modality = _sniff_extensionless(path)
     return modality
@@ -192,13 +180,13 @@ class Scanner:
         if modality is None:
             self.stats.ignored += 1
             if top_level:
-                yield Rejected(printable(path), "unknown file type (use --as MODALITY PATH to name it)")
+                yield Rejected(printable(path), "unknown file type (assign it a modality to index it)")
             return
         if self.options.modalities is not None and modality not in self.options.modalities:
             self.stats.excluded += 1
             return
         if not _valid_utf8(path):
-            yield Rejected(printable(path), "file name is not valid UTF-8; rename the file to index it", modality.value)
+            yield Rejected(printable(path), "file name is not valid UTF-8; rename the file to index it", modality)
             return
         self.stats.files += 1
         yield Candidate(path, modality, info.st_size, info.st_mtime)

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from indexer.sniff import HEAD_BYTES, content_mismatch, sniff
-from xsearch.errors import DecodeError
-from xsearch.modalities import Modality
+from xsearch.errors import DecodeError, NoStreamError
+from xsearch.modalities import Modality, modality_from_family
 from xsearch.preprocess import PreprocessCfg, preprocess_with_metadata
-from xsearch.preprocess.video import NO_VIDEO_STREAM
+from xsearch.sniff import HEAD_BYTES, content_mismatch, sniff
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class Outcome:
     """What a worker made of a task: model input, or ``unchanged``, or an error with its stage."""
 
     task: Task
-    modality: Modality  # the task's, unless the content says otherwise (a video file with only sound)
+    modality: Modality  # the task's, unless the content is its fallback's (a video file with only sound)
     sha256: str | None = None
     tensor: torch.Tensor | None = None
     metadata: dict = field(default_factory=dict)
@@ -62,7 +61,8 @@ def _read_head_and_hash(path: str) -> tuple[bytes, str]:
     return head, digest.hexdigest()
 
 
-def prepare(task: Task, cfg: PreprocessCfg = PreprocessCfg()) -> Outcome:
+def prepare(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
+    cfg = cfg if cfg is not None else PreprocessCfg()
     outcome = Outcome(task, task.modality)
     try:
         head, outcome.sha256 = _read_head_and_hash(task.path)
@@ -76,18 +76,20 @@ def prepare(task: Task, cfg: PreprocessCfg = PreprocessCfg()) -> Outcome:
         outcome.unchanged = True  # touched or copied, same bytes: keep the stored embedding
         return outcome
     found = sniff(head)
-    if outcome.modality is Modality.VIDEO and found is not None and found.family == "audio":
-        outcome.modality = Modality.AUDIO  # an .mp4/.mkv that holds only sound is indexed as audio
-    mismatch = content_mismatch(outcome.modality.value, head)
+    fallback = outcome.modality.spec.fallback
+    if fallback is not None and found is not None and modality_from_family(found.family) is fallback:
+        outcome.modality = fallback  # e.g. an .mp4/.mkv that holds only sound is indexed as audio
+    mismatch = content_mismatch(outcome.modality, head)
     if mismatch:
         return _failed(outcome, "decode", mismatch)
     try:
         try:
             prepared = preprocess_with_metadata(task.path, outcome.modality, cfg)
-        except DecodeError as exc:
-            if outcome.modality is not Modality.VIDEO or exc.reason != NO_VIDEO_STREAM:
+        except NoStreamError:
+            fallback = outcome.modality.spec.fallback
+            if fallback is None:
                 raise
-            outcome.modality = Modality.AUDIO
+            outcome.modality = fallback  # a container without the stream asked for: try its fallback's
             prepared = preprocess_with_metadata(task.path, outcome.modality, cfg)
     except DecodeError as exc:
         return _failed(outcome, "decode", exc.reason)
@@ -108,7 +110,7 @@ def _failed(outcome: Outcome, stage: str, reason: str) -> Outcome:
 class PrepareDataset(torch.utils.data.Dataset):
     """Map-style dataset over tasks; with ``batch_size=None`` the loader yields one ``Outcome`` per file."""
 
-    def __init__(self, tasks: list[Task], cfg: PreprocessCfg = PreprocessCfg()):
+    def __init__(self, tasks: list[Task], cfg: PreprocessCfg):
         self.tasks = tasks
         self.cfg = cfg
 

@@ -7,7 +7,8 @@ import pytest
 
 from xsearch.index import IndexCfg, IndexSet, VectorIndex
 from xsearch.store import ItemRecord, Store
-from xsearch.synthetic import clustered_embeddings, exact_top_k, recall_at_k
+
+from synthetic import clustered_embeddings, exact_top_k, recall_at_k
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from cli.app import EXIT_SOME_FAILED
 from cli.main import app
 from indexer.scan import Candidate, Rejected, Scanner, ScanOptions
-from indexer.sniff import content_mismatch, sniff
 from indexer.work import Task, prepare
 from xsearch.index import IndexSet
 from xsearch.modalities import Modality
-from xsearch.store import Store
+from xsearch.sniff import content_mismatch, sniff
+from xsearch.store import ItemFilter, Store
 
 from corpus import bad_corpus, good_corpus
 
@@ -134,7 +134,7 @@ def test_rerun_is_incremental(tmp_path, checkpoint):
     assert after[str(changed)]["id"] == before[str(changed)]["id"]
     assert after[str(changed)]["sha256"] != before[str(changed)]["sha256"]
     store = Store.open(db, create=False)
-    mtime = store.scan(["mtime"], f"uri = '{touched}'")["mtime"][0].as_py()
+    mtime = store.scan(["mtime"], ItemFilter(uris=[str(touched)]))["mtime"][0].as_py()
     assert mtime == pytest.approx(touched.stat().st_mtime)
     assert report["indexes"]["audio"]["count"] == 3
 

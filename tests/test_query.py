@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.search import split_weight
-from xsearch.errors import QueryError
+from xsearch.errors import QueryError, UsageError
 from xsearch.query import Engine, Query, combine
 from xsearch.store import ItemRecord, Store
 
@@ -94,8 +94,9 @@ def test_query_errors(engine, vectors):
         engine.search(Query.item("/nowhere.jpg"))
     with pytest.raises(QueryError, match="expected 1024"):
         engine.search(Query.vector(np.ones(10)))
-    with pytest.raises(QueryError, match="unknown modality"):
+    with pytest.raises(UsageError, match="unknown modality") as raised:
         engine.search(Query.vector(vectors["a"]), target="smell")
+    assert raised.value.argument == "target"
     with pytest.raises(QueryError, match="empty"):
         Query.text("   ")
 

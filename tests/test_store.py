@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from xsearch.errors import StoreError
-from xsearch.store import ItemRecord, Store, embeddings_to_numpy
+from xsearch.store import ItemFilter, ItemRecord, Store, embeddings_to_numpy
 
 
 def unit(n: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +41,7 @@ def test_add_and_read_back(tmp_path):
     ids, vectors = store.vectors([0, 4, 7])
     assert list(ids) == [0, 4, 7]
     np.testing.assert_array_equal(vectors[:2], unit(5)[[0, 4]])
-    row = store.scan(["uri", "width", "height", "model_id"], "id = 0").to_pylist()[0]
+    row = store.scan(["uri", "width", "height", "model_id"], ItemFilter(ids=[0])).to_pylist()[0]
     assert row == {"uri": "f0.jpg", "width": 640, "height": 480, "model_id": "tiny_test"}
 
 

@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import importlib
 
-from xsearch.errors import CheckpointError, DecodeError, QueryError, SearchIndexError, StoreError, XsearchError
+from xsearch.errors import (
+    CheckpointError,
+    DecodeError,
+    NoStreamError,
+    QueryError,
+    SearchIndexError,
+    StoreError,
+    UsageError,
+    XsearchError,
+)
 from xsearch.modalities import Modality, Tower
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Collection": "xsearch.collection",
     "Encoder": "xsearch.encoder",
     "Engine": "xsearch.query",
     "Query": "xsearch.query",
@@ -29,15 +39,18 @@ def __getattr__(name: str):
 
 __all__ = [
     "CheckpointError",
+    "Collection",
     "DecodeError",
     "Encoder",
     "Engine",
     "Modality",
+    "NoStreamError",
     "Query",
     "QueryError",
     "SearchIndexError",
     "StoreError",
     "Tower",
+    "UsageError",
     "XsearchError",
     "__version__",
     "create_model",

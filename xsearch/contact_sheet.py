@@ -1,8 +1,10 @@
 """A self-contained HTML contact sheet of a search: the query inputs and the results, with previews.
 
-Previews are small: stored thumbnails (made at index time) for images, video and depth/thermal; short
-16 kHz mono WAV excerpts for audio players; the first lines of text files. Everything is inlined as data
-URIs, so the page can be mailed or archived; no original file is read whole into it.
+Previews are small and chosen by each modality's ``preview`` in the modality table: stored thumbnails
+(made at index time, or while a query input was decoded for the model) for images, video and
+depth/thermal; short 16 kHz mono WAV excerpts for audio players; the first lines of text files. Everything
+is inlined as data URIs, so the page can be mailed or archived; no original file is read whole into it.
+The page is drawn from a ``Results`` alone: it runs no query and decodes no input for the model again.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import wave
 import numpy as np
 
 from xsearch.errors import DecodeError
-from xsearch.query import Results, Term, item_where
-from xsearch.store import in_list
+from xsearch.modalities import Modality, Preview
+from xsearch.query import QueryInput, Results, TextTerm
 
 AUDIO_PREVIEW_SECONDS = 8.0
 AUDIO_PREVIEW_RATE = 16000
@@ -67,16 +69,6 @@ def audio_preview(path: str, seconds: float = AUDIO_PREVIEW_SECONDS) -> bytes:
     return buffer.getvalue()
 
 
-def file_thumbnail(path: str, modality: str) -> bytes | None:
-    """A thumbnail made on demand (query inputs, items indexed without one)."""
-    from xsearch.preprocess import preprocess_with_metadata
-
-    try:
-        return preprocess_with_metadata(path, modality).metadata.get("thumbnail")
-    except DecodeError:
-        return None
-
-
 def _text_preview(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -85,23 +77,21 @@ def _text_preview(path: str) -> str:
         return ""
 
 
-def _preview(path: str | None, modality: str, thumbnail: bytes | None, text: str | None = None) -> str:
-    """The HTML for one card's preview."""
-    if text is not None:
-        return f"<pre>{html.escape(text)}</pre>"
-    if modality in ("image", "video", "depth", "thermal"):
-        thumbnail = thumbnail or (file_thumbnail(path, modality) if path and os.path.exists(path) else None)
-        if thumbnail:
-            return f'<img alt="{html.escape(modality)}" src="{_data_uri("image/jpeg", thumbnail)}">'
-    if modality == "audio" and path and os.path.exists(path):
+def _preview(modality: Modality | None, path: str | None, thumbnail: bytes | None) -> str:
+    """The HTML for one card's preview, as the modality table says the modality is shown."""
+    kind = modality.spec.preview if modality is not None else None
+    exists = path is not None and os.path.exists(path)
+    if kind is Preview.THUMBNAIL and thumbnail:
+        return f'<img alt="{html.escape(modality.value)}" src="{_data_uri("image/jpeg", thumbnail)}">'
+    if kind is Preview.AUDIO and exists:
         try:
             return f'<audio controls src="{_data_uri("audio/wav", audio_preview(path))}"></audio>'
         except DecodeError:
             pass
-    if modality == "text" and path and os.path.exists(path):
+    if kind is Preview.TEXT and exists:
         return f"<pre>{html.escape(_text_preview(path))}</pre>"
-    if modality == "imu":
-        return '<div class="missing">IMU recording</div>'
+    if kind is Preview.LABEL:
+        return f'<div class="missing">{html.escape(modality.spec.help or modality.value)}</div>'
     return '<div class="missing">no preview (file missing or unreadable)</div>'
 
 
@@ -110,44 +100,34 @@ def _card(preview: str, lines: list[str]) -> str:
     return f'<div class="card">{preview}<div class="meta">{meta}</div></div>'
 
 
-def _item_card(term: Term, store) -> str:
-    rows = store.scan(["uri", "modality", "thumbnail"], item_where(term.value)).to_pylist()
-    lines = [f"stored item, weight {term.weight:g}", html.escape(str(term.value))]
-    if not rows:
-        return _card('<div class="missing">not in the database</div>', lines)
-    row = rows[0]
-    return _card(_preview(row["uri"], row["modality"], row["thumbnail"]), lines)
+def _input_card(given: QueryInput) -> str:
+    """A query input as the engine embedded it: its own description, and a preview of what it was."""
+    term = given.term
+    described = term.describe()
+    head = f"{html.escape(str(given.modality or term.kind))} {html.escape(term.kind)}, weight {term.weight:g}"
+    if isinstance(term, TextTerm):
+        return _card(f"<pre>{html.escape(term.text)}</pre>", [head])
+    if given.modality is None:  # a raw vector: nothing to show but its description
+        return _card('<div class="missing">vector</div>', [head, html.escape(str(described["value"]))])
+    return _card(_preview(given.modality, given.uri, given.thumbnail), [head, html.escape(str(described["value"]))])
 
 
-def _term_card(term: Term, store) -> str:
-    if term.kind == "item":
-        return _item_card(term, store)
-    weight = f"weight {term.weight:g}"
-    if term.kind == "text":
-        return _card(_preview(None, "text", None, text=str(term.value)), [f"text, {weight}"])
-    if term.kind == "file":
-        name = html.escape(str(term.value))
-        return _card(_preview(str(term.value), term.modality.value, None), [f"{term.modality.value}, {weight}", name])
-    return _card('<div class="missing"></div>', [f"vector {html.escape(str(term.describe()['value']))}", weight])
-
-
-def render(results: Results, store) -> str:
+def render(results: Results, database: str = "") -> str:
     """The page as a string."""
-    ids = [r.id for r in results]
-    thumbs = {}
-    if ids:
-        table = store.scan(["id", "thumbnail"], in_list("id", ids))
-        thumbs = dict(zip(table["id"].to_pylist(), table["thumbnail"].to_pylist()))
-    query_cards = "".join(_term_card(t, store) for t in results.query.terms) if results.query else ""
+    thumbnails = results.thumbnails()
+    query_cards = "".join(_input_card(given) for given in results.inputs)
     result_cards = []
     for r in results:
-        lines = [f'#{r.rank} <span class="score">{r.score:.3f}</span> {html.escape(r.modality)}', html.escape(r.uri)]
-        result_cards.append(_card(_preview(r.uri, r.modality, thumbs.get(r.id)), lines))
-    targets = ", ".join(results.targets) or "all"
+        lines = [
+            f'#{r.rank} <span class="score">{r.score:.3f}</span> {html.escape(r.modality.value)}',
+            html.escape(r.uri),
+        ]
+        result_cards.append(_card(_preview(r.modality, r.uri, thumbnails.get(r.id)), lines))
+    targets = ", ".join(t.value for t in results.targets) or "all"
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>xsearch results</title>"
         f"<style>{_STYLE}</style></head><body>"
-        f"<h1>xsearch: {len(results)} results</h1><div class='meta'>database {html.escape(str(store.path))}, "
+        f"<h1>xsearch: {len(results)} results</h1><div class='meta'>database {html.escape(str(database))}, "
         f"targets: {html.escape(targets)}</div>"
         f"<h2>Query</h2><div class='grid' id='query'>{query_cards}</div>"
         f"<h2>Results</h2><div class='grid' id='results'>{''.join(result_cards)}</div>"
@@ -155,11 +135,11 @@ def render(results: Results, store) -> str:
     )
 
 
-def write_contact_sheet(results: Results, store, path: str | os.PathLike) -> str:
+def write_contact_sheet(results: Results, path: str | os.PathLike, database: str = "") -> str:
     """Write the page to ``path`` atomically; returns the path."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render(results, store))
+        handle.write(render(results, database))
     os.replace(tmp, path)
     return path

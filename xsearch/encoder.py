@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xsearch.errors import DecodeError, XsearchError
+from xsearch.errors import DecodeError, UsageError
 from xsearch.modalities import Modality, Tower, as_tower, modality_from_extension
 from xsearch.model.imagebind import ImageBind
-from xsearch.preprocess import PreprocessCfg, get_tokenizer, preprocess_file
+from xsearch.preprocess import PreprocessCfg, Preprocessed, get_tokenizer, preprocess_with_metadata
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {str(device)!r} (expected auto, cpu or cuda)", argument="device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise XsearchError("--device cuda was asked for, but no CUDA GPU is available")
+        raise UsageError("device 'cuda' was asked for, but no CUDA GPU is available", argument="device")
     return device
 
 
@@ -41,6 +44,7 @@ class EncodedFile:
     modality: Modality | None
     embedding: np.ndarray | None = None
     error: str | None = None
+    thumbnail: bytes | None = None  # only when asked for (query inputs shown on a results page)
 
     def as_json(self) -> dict:
         if self.embedding is None:
@@ -64,12 +68,13 @@ class Encoder:
         model: ImageBind,
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
-        preprocess: PreprocessCfg = PreprocessCfg(),
+        preprocess: PreprocessCfg | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.preprocess = preprocess
+        # Input shapes belong to the model: its config makes the preprocessing config.
+        self.preprocess = preprocess if preprocess is not None else PreprocessCfg.for_model(model.cfg)
         self.model_id = model.cfg.name
 
     @classmethod
@@ -79,6 +84,7 @@ class Encoder:
         """An encoder around ``load_pretrained(checkpoint, architecture=...)`` (path, env, cache or download)."""
         from xsearch.model import load_pretrained
 
+        device = resolve_device(device)  # a bad device fails before the checkpoint is read
         return cls(load_pretrained(checkpoint, architecture=architecture), device=device)
 
     @property
@@ -98,25 +104,36 @@ class Encoder:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.encode(Modality.TEXT, get_tokenizer(self.preprocess.text.context_length)(list(texts)))
 
-    def encode_files(self, paths, modality: Modality | str | None = None, batch_size: int = 16) -> list[EncodedFile]:
+    def prepare(self, path: str | os.PathLike, modality: Modality | str, thumbnail: bool = False) -> Preprocessed:
+        """``path`` decoded and preprocessed as ``modality`` for this model (``DecodeError`` on failure)."""
+        return preprocess_with_metadata(path, modality, self.preprocess, thumbnail=thumbnail)
+
+    def encode_files(
+        self, paths, modality: Modality | str | None = None, batch_size: int = 16, thumbnails: bool = False
+    ) -> list[EncodedFile]:
         """Embed files, grouped by modality (from ``modality`` or the extension), in input order.
 
         A file that cannot be decoded gets an ``EncodedFile`` with ``error`` set; the others are embedded.
+        With ``thumbnails``, each result also carries the preview made from the pixels it decoded.
         """
+        modality = Modality(modality) if modality else None
         results: list[EncodedFile] = []
         pending: dict[Modality, list[tuple[int, torch.Tensor]]] = defaultdict(list)
         for path in paths:
             path = os.fspath(path)
-            kind = Modality.parse(modality) if modality else modality_from_extension(path)
+            kind = modality or modality_from_extension(path)
             result = EncodedFile(path, kind)
             results.append(result)
             if kind is None:
-                result.error = f"{path}: unknown file type (use --as to name the modality)"
+                result.error = f"{path}: unknown file type (name its modality)"
                 continue
             try:
-                pending[kind].append((len(results) - 1, preprocess_file(path, kind, self.preprocess)))
+                prepared = self.prepare(path, kind, thumbnail=thumbnails)
             except DecodeError as exc:
                 result.error = str(exc)
+                continue
+            result.thumbnail = prepared.metadata.get("thumbnail")
+            pending[kind].append((len(results) - 1, prepared.tensor))
         for kind, items in pending.items():
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]

@@ -48,3 +48,23 @@ class SearchIndexError(XsearchError):
 
 class QueryError(XsearchError):
     """A query cannot be built or answered (zero vector, unknown item, bad weight...)."""
+
+
+class UsageError(XsearchError):
+    """An argument the caller got wrong (an unknown modality or model name, a bad option value).
+
+    Raised before anything is loaded or written. ``argument`` names the parameter (``"target"``,
+    ``"modalities"``...) so that a front end can point at its own spelling of it (the CLI's ``--target``).
+    """
+
+    def __init__(self, message: str, argument: str | None = None):
+        self.argument = argument
+        super().__init__(message)
+
+    def for_argument(self, argument: str) -> UsageError:
+        """The same error, attributed to ``argument`` (keeps an attribution made closer to the source)."""
+        return self if self.argument else UsageError(str(self), argument)
+
+
+class NoStreamError(DecodeError):
+    """A container holds no stream of the kind asked for (a video file with only sound, say)."""

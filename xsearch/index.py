@@ -8,7 +8,9 @@ vectors kept beside the index (inner product of unit vectors = cosine).
 
 An index directory records the ``items`` table version it covers. ``IndexSet.fresh`` compares that with
 the store: new rows are added, deleted rows removed, and a flat index that outgrew the threshold is
-rebuilt, so a stale index is never served silently.
+rebuilt, so a stale index is never served silently. Only a writer (``persist=True``, the indexer) saves
+the result; a search tops up a copy in memory and leaves the database untouched, so read-only databases
+can be searched and a search beside a running ``xsearch index`` writes nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from xsearch.errors import SearchIndexError
+from xsearch.modalities import Modality
+from xsearch.store import ItemFilter, embeddings_to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +233,10 @@ class IndexSet:
         self.cfg = cfg
         self.root = Path(store.path) / "faiss"
 
-    def directory(self, modality: str) -> Path:
+    def directory(self, modality: Modality) -> Path:
         return self.root / str(modality)
 
-    def status(self, modality: str) -> dict:
+    def status(self, modality: Modality) -> dict:
         """What is on disk for ``modality``: kind, count, covered version, and whether it is fresh."""
         meta_path = self.directory(modality) / "meta.json"
         if not meta_path.exists():
@@ -241,16 +245,15 @@ class IndexSet:
         fresh = meta.get("table_version") == self.store.version and meta.get("model_id") == self.store.model_id
         return {"modality": str(modality), "exists": True, "fresh": fresh, **meta}
 
-    def build(self, modality: str) -> VectorIndex:
+    def build(self, modality: Modality, persist: bool = True) -> VectorIndex:
         version = self.store.version
-        table = self.store.scan(["id", "embedding"], f"modality = '{modality}'", version=version)
-        from xsearch.store import embeddings_to_numpy
-
+        table = self.store.scan(["id", "embedding"], ItemFilter(modality=modality), version=version)
         index = VectorIndex.build(table["id"].to_numpy(), embeddings_to_numpy(table["embedding"]), self.cfg)
-        self._save(index, modality, version)
+        if persist:
+            self._save(index, modality, version)
         return index
 
-    def _save(self, index: VectorIndex, modality: str, version: int) -> None:
+    def _save(self, index: VectorIndex, modality: Modality, version: int) -> None:
         covers = {
             "table_version": version,
             "model_id": self.store.model_id,
@@ -260,23 +263,28 @@ class IndexSet:
         }
         index.save(self.directory(modality), covers)
 
-    def fresh(self, modality: str) -> VectorIndex:
-        """The index for ``modality``, brought up to date with the store first (add / remove / rebuild)."""
+    def fresh(self, modality: Modality, persist: bool = True) -> VectorIndex:
+        """The index for ``modality``, brought up to date with the store first (add / remove / rebuild).
+
+        ``persist=False`` (searches) brings it up to date in memory only and writes nothing.
+        """
         directory = self.directory(modality)
         if not (directory / "meta.json").exists():
-            return self.build(modality)
+            if not persist:
+                log.info("%s index: none on disk; built in memory for this search", modality)
+            return self.build(modality, persist)
         try:
             index, meta = VectorIndex.load(directory, self.cfg)
         except SearchIndexError as exc:
-            log.warning("%s; rebuilding", exc)
-            return self.build(modality)
+            log.warning("%s; rebuilding%s", exc, "" if persist else " in memory (run xsearch index to repair)")
+            return self.build(modality, persist)
         version = self.store.version
         if meta.get("model_id") != self.store.model_id:
-            return self.build(modality)
+            return self.build(modality, persist)
         if meta.get("table_version") == version:
             return index
         if meta.get("indexed_until") is None:  # written before re-embedded rows were tracked
-            return self.build(modality)
+            return self.build(modality, persist)
         current = self.store.ids(modality, version=version)
         added = np.setdiff1d(current, index.ids)
         removed = np.setdiff1d(index.ids, current)
@@ -286,12 +294,14 @@ class IndexSet:
         outgrown = index.kind == "flat" and len(current) >= self.cfg.flat_threshold
         if outgrown or len(removed) > len(index.ids) // 2:
             log.info("%s index: rebuilding (%d added, %d removed)", modality, len(added), len(removed))
-            return self.build(modality)
+            return self.build(modality, persist)
         index.vectors = np.array(index.vectors)  # from the read-only memory map to a writable copy
         index.remove(removed)
         if len(added):
             found, vectors = self.store.vectors(added)
             index.add(found, vectors)
-        log.info("%s index: topped up (%d added, %d removed)", modality, len(added), len(removed))
-        self._save(index, modality, version)
+        where = "saved" if persist else "in memory only; xsearch index saves it"
+        log.info("%s index: topped up (%d added, %d removed; %s)", modality, len(added), len(removed), where)
+        if persist:
+            self._save(index, modality, version)
         return index

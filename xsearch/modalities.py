@@ -1,14 +1,27 @@
-"""Modalities and towers.
+"""The modality table: everything xsearch knows about a modality, in one entry.
 
 A *modality* is what a user indexes and searches (``image``, ``video``, ``audio``...). A *tower* is the
 ImageBind encoder that embeds it; its value is the key the official checkpoint uses (``vision`` serves both
-images and videos). Everything else in xsearch names modalities and towers through these two enums.
+images and videos). Each modality has one ``ModalitySpec`` in ``REGISTRY``: its tower, the extensions that
+name it, whether folder/stem conventions name it, the content families its files may hold, its
+preprocessing (function and config), how a results page previews it, and what to try when a file holds
+no stream of it. The scanner, the content check, preprocessing, the encoder, the query constructors, the
+contact sheet and the CLI's options all read this table; adding a modality is one ``register`` call.
+
+This module stays light (no torch, no decoders): preprocessing functions are named as ``"module:function"``
+and imported on first use, so ``xsearch --help`` does not pay for them.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from xsearch.errors import UsageError
 
 
 class Tower(str, enum.Enum):
@@ -25,66 +38,302 @@ class Tower(str, enum.Enum):
         return self.value
 
 
-class Modality(str, enum.Enum):
-    """What an indexed item or a query input is."""
+class Family(str, enum.Enum):
+    """What a file's first bytes say it is (``xsearch.sniff``), whatever its name says."""
 
     IMAGE = "image"
     VIDEO = "video"
-    TEXT = "text"
     AUDIO = "audio"
-    DEPTH = "depth"
-    THERMAL = "thermal"
-    IMU = "imu"
+    ARRAY = "array"
+    TEXT = "text"
+    DOCUMENT = "document"  # PDF, archives, executables: never media
 
-    def __str__(self) -> str:
-        return self.value
+
+class Preview(str, enum.Enum):
+    """How a results page shows an item of a modality."""
+
+    THUMBNAIL = "thumbnail"  # a JPEG made at index time from the decoded pixels
+    AUDIO = "audio"  # a short audio player
+    TEXT = "text"  # the first lines
+    LABEL = "label"  # a caption only (IMU recordings)
+
+
+class _ModalityType(type):
+    """Lets ``for m in Modality`` and ``len(Modality)`` walk the registered modalities, enum-style."""
+
+    def __iter__(cls) -> Iterator[Modality]:
+        return iter(list(REGISTRY))
+
+    def __len__(cls) -> int:
+        return len(REGISTRY)
+
+    def __contains__(cls, value) -> bool:
+        return str(value) in _BY_NAME
+
+
+class Modality(str, metaclass=_ModalityType):
+    """What an indexed item or a query input is: an open enumeration over ``REGISTRY``.
+
+    Behaves like a ``str`` enum (``Modality.IMAGE``, ``Modality("image")``, ``.value``, iteration, ``is``
+    comparisons) but can grow: ``register`` adds a member. ``Modality("smell")`` raises ``UsageError``.
+    """
+
+    IMAGE: Modality
+    VIDEO: Modality
+    TEXT: Modality
+    AUDIO: Modality
+    DEPTH: Modality
+    THERMAL: Modality
+    IMU: Modality
+
+    def __new__(cls, value) -> Modality:
+        if isinstance(value, Modality):
+            return value
+        name = str(value).strip().lower()
+        try:
+            return _BY_NAME[name]
+        except KeyError:
+            names = ", ".join(_BY_NAME)
+            raise UsageError(f"unknown modality {str(value)!r} (expected one of: {names})") from None
+
+    @classmethod
+    def _define(cls, name: str) -> Modality:
+        member = str.__new__(cls, name)
+        _BY_NAME[name] = member
+        return member
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def name(self) -> str:
+        return self.value.upper()
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return REGISTRY[self]
 
     @property
     def tower(self) -> Tower:
         """The encoder that embeds this modality."""
-        if self in (Modality.IMAGE, Modality.VIDEO):
-            return Tower.VISION
-        return Tower(self.value)
+        return self.spec.tower
 
     @classmethod
     def parse(cls, value: str | Modality) -> Modality:
-        """``Modality`` from its name, with an error listing the valid names."""
-        if isinstance(value, Modality):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            names = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown modality {value!r} (expected one of: {names})") from None
+        """``Modality`` from its name; ``UsageError`` lists the valid names."""
+        return cls(value)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Modality.{self.name}"
+
+    def __reduce__(self):
+        return (Modality, (self.value,))  # unpickles to the registered member (worker processes)
+
+    __hash__ = str.__hash__
 
 
-# Extensions recognised without content sniffing. Depth, thermal and IMU files share extensions with images
-# and arrays, so they are never guessed from the extension alone: the indexer assigns them by folder
-# convention or an explicit option.
-EXTENSIONS: dict[Modality, frozenset[str]] = {
-    Modality.IMAGE: frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}),
-    Modality.VIDEO: frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}),
-    Modality.AUDIO: frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac"}),
-    Modality.TEXT: frozenset({".txt"}),
-    Modality.IMU: frozenset({".npy", ".csv"}),
-}
+_BY_NAME: dict[str, Modality] = {}
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality's rules, preprocessing and presentation.
+
+    ``preprocess`` is ``fn(path, cfg, thumbnail) -> Preprocessed`` (or ``"module:function"`` naming it);
+    ``make_cfg`` is ``fn(model_cfg) -> cfg``, so input shapes come from the model's config; ``cfg_type``
+    is the config's class (``"module:Class"`` or the class).
+    """
+
+    modality: Modality
+    tower: Tower
+    preprocess: Callable | str
+    make_cfg: Callable | str
+    extensions: frozenset[str] = frozenset()  # recognised by extension alone
+    convention: bool = False  # a folder named like the modality, or a stem ending _<modality>, names it
+    accepts: frozenset[Family] = frozenset()  # content families its files may hold
+    sniffed_from: Family | None = None  # an extensionless file of this family is indexed as this modality
+    preview: Preview = Preview.LABEL
+    fallback: Modality | None = None  # when a file holds no stream of this modality (NoStreamError)
+    query_input: str = "file"  # how a query names an input: a "file" path, or the "text" itself
+    help: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.modality.value
+
+    def preprocess_fn(self) -> Callable:
+        return _resolve(self.preprocess)
+
+    def cfg_for(self, model_cfg):
+        return _resolve(self.make_cfg)(model_cfg)
+
+
+def _resolve(target: Callable | str) -> Callable:
+    if callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    found = importlib.import_module(module)
+    for part in attr.split("."):  # "ImageCfg.for_model"
+        found = getattr(found, part)
+    return found
+
+
+REGISTRY: dict[Modality, ModalitySpec] = {}
+
+
+def register(spec: ModalitySpec, *, replace: bool = False) -> ModalitySpec:
+    """Add a modality to the table (``Modality.define`` its name first); returns the spec."""
+    if spec.modality in REGISTRY and not replace:
+        raise UsageError(f"modality {spec.name!r} is already registered")
+    REGISTRY[spec.modality] = spec
+    return spec
+
+
+def unregister(modality: Modality) -> None:
+    """Remove a modality that ``register`` added (tests, plug-ins that unload)."""
+    REGISTRY.pop(modality, None)
+    _BY_NAME.pop(modality.value, None)
+
+
+def define(name: str) -> Modality:
+    """A new ``Modality`` member named ``name`` (lower case, a word); register its spec next."""
+    name = name.strip().lower()
+    if not name.isidentifier():
+        raise UsageError(f"modality name {name!r} must be a single word")
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    return Modality._define(name)
+
+
+for _name in ("image", "video", "text", "audio", "depth", "thermal", "imu"):
+    setattr(Modality, _name.upper(), define(_name))
+
+_P = "xsearch.preprocess"
+_IMAGE_EXT = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+_MAP_FAMILIES = frozenset({Family.IMAGE, Family.ARRAY})
+
+for _spec in (
+    ModalitySpec(
+        Modality.IMAGE,
+        Tower.VISION,
+        f"{_P}.image:prepare",
+        f"{_P}.image:ImageCfg.for_model",
+        extensions=_IMAGE_EXT,
+        accepts=frozenset({Family.IMAGE}),
+        sniffed_from=Family.IMAGE,
+        preview=Preview.THUMBNAIL,
+        help="image file",
+    ),
+    ModalitySpec(
+        Modality.VIDEO,
+        Tower.VISION,
+        f"{_P}.video:prepare",
+        f"{_P}.video:VideoCfg.for_model",
+        extensions=frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}),
+        accepts=frozenset({Family.VIDEO}),
+        sniffed_from=Family.VIDEO,
+        preview=Preview.THUMBNAIL,
+        fallback=Modality.AUDIO,
+        help="video file",
+    ),
+    ModalitySpec(
+        Modality.TEXT,
+        Tower.TEXT,
+        f"{_P}.text:prepare",
+        f"{_P}.text:TextCfg.for_model",
+        extensions=frozenset({".txt"}),
+        accepts=frozenset({Family.TEXT}),
+        preview=Preview.TEXT,
+        query_input="text",
+        help="text",
+    ),
+    ModalitySpec(
+        # Sound inside a video container (an .mp4 with only sound) is common: audio accepts video families,
+        # and the decoder says whether an audio stream exists.
+        Modality.AUDIO,
+        Tower.AUDIO,
+        f"{_P}.audio:prepare",
+        f"{_P}.audio:AudioCfg.for_model",
+        extensions=frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac"}),
+        accepts=frozenset({Family.AUDIO, Family.VIDEO}),
+        sniffed_from=Family.AUDIO,
+        preview=Preview.AUDIO,
+        help="audio file",
+    ),
+    # Depth, thermal and IMU files share extensions with images and arrays: never guessed from the extension,
+    # only from a naming convention or an explicit assignment.
+    ModalitySpec(
+        Modality.DEPTH,
+        Tower.DEPTH,
+        f"{_P}.single_channel:prepare_depth",
+        f"{_P}.single_channel:depth_cfg",
+        convention=True,
+        accepts=_MAP_FAMILIES,
+        preview=Preview.THUMBNAIL,
+        help="depth (disparity) map",
+    ),
+    ModalitySpec(
+        Modality.THERMAL,
+        Tower.THERMAL,
+        f"{_P}.single_channel:prepare_thermal",
+        f"{_P}.single_channel:thermal_cfg",
+        convention=True,
+        accepts=_MAP_FAMILIES,
+        preview=Preview.THUMBNAIL,
+        help="thermal image",
+    ),
+    ModalitySpec(
+        Modality.IMU,
+        Tower.IMU,
+        f"{_P}.imu:prepare",
+        f"{_P}.imu:ImuCfg.for_model",
+        convention=True,
+        accepts=frozenset({Family.ARRAY, Family.TEXT}),
+        help="IMU recording (.npy, .csv)",
+    ),
+):
+    register(_spec)
+
+
+def spec(modality: Modality | str) -> ModalitySpec:
+    """The table entry of ``modality`` (or its name)."""
+    return REGISTRY[Modality(modality)]
 
 
 def parse_modalities(value: str | list) -> list[Modality]:
-    """``"image, audio"`` (or a list of names) -> modalities, in order; ``ValueError`` names a bad one."""
+    """``"image, audio"`` (or a list of names) -> modalities, in order; ``UsageError`` names a bad one."""
     names = value.split(",") if isinstance(value, str) else list(value)
-    return [Modality.parse(str(name).strip()) for name in names if str(name).strip()]
+    return [Modality(str(name).strip()) for name in names if str(name).strip()]
 
 
-def modality_from_extension(path: str | Path) -> Modality | None:
-    """The modality an extension suggests (image, video, audio, text), or ``None`` when unknown.
-
-    ``.npy``/``.csv`` return ``None`` here: they are IMU only when the caller says so.
-    """
+def modality_from_extension(path: str | os.PathLike) -> Modality | None:
+    """The modality an extension names on its own (image, video, audio, text), or ``None``."""
     suffix = Path(path).suffix.lower()
-    for modality in (Modality.IMAGE, Modality.VIDEO, Modality.AUDIO, Modality.TEXT):
-        if suffix in EXTENSIONS[modality]:
-            return modality
+    for entry in REGISTRY.values():
+        if suffix in entry.extensions:
+            return entry.modality
+    return None
+
+
+def modality_from_convention(path: str) -> Modality | None:
+    """A folder named like a convention modality, or a stem ending ``_<modality>`` (``room1_depth.png``)."""
+    parts = [p.lower() for p in path.split(os.sep)]
+    stem = os.path.splitext(parts[-1])[0]
+    for entry in REGISTRY.values():
+        if entry.convention and (entry.name in parts[:-1] or stem.endswith(f"_{entry.name}")):
+            return entry.modality
+    return None
+
+
+def modality_from_family(family: Family | None) -> Modality | None:
+    """The modality an extensionless file of ``family`` is indexed as, or ``None``."""
+    for entry in REGISTRY.values():
+        if family is not None and entry.sniffed_from is family:
+            return entry.modality
     return None
 
 
@@ -97,4 +346,25 @@ def as_tower(value: Tower | Modality | str) -> Tower:
     name = str(value).strip().lower()
     if name in Tower._value2member_map_:
         return Tower(name)
-    return Modality.parse(name).tower
+    return Modality(name).tower
+
+
+__all__ = [
+    "REGISTRY",
+    "Family",
+    "Modality",
+    "ModalitySpec",
+    "Preview",
+    "Tower",
+    "as_tower",
+    "define",
+    "modality_from_convention",
+    "modality_from_extension",
+    "modality_from_family",
+    "parse_modalities",
+    "register",
+    "spec",
+    "unregister",
+]
+
+del _name, _spec

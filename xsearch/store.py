@@ -10,6 +10,8 @@ Tables (plain Lance tables, readable with ``lancedb``, ``pyarrow`` or pandas wit
 
 Every write is one Lance commit (a new table version written after its data files), so a writer killed at
 any moment leaves the previous version intact and readers never see half a batch.
+
+Rows are selected with ``ItemFilter``: the one place in xsearch where filter SQL is written (and quoted).
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xsearch.errors import StoreError
+from xsearch.modalities import Modality
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-EMBED_DIM = 1024
 ITEMS, ERRORS, META = "items", "errors", "meta"
 
 
-def items_schema(dim: int = EMBED_DIM) -> pa.Schema:
+def items_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
@@ -79,7 +81,7 @@ class ItemRecord:
     """One file's row in ``items`` (``id`` is assigned by the store when ``None``)."""
 
     uri: str
-    modality: str
+    modality: Modality
     embedding: np.ndarray
     sha256: str | None = None
     size: int | None = None
@@ -92,15 +94,63 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def sql_string(value: str) -> str:
+# ---- filters: the only SQL text in xsearch ------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def in_list(column: str, values: Iterable) -> str:
+def _in(column: str, values: Iterable) -> str:
     values = list(values)
-    if values and isinstance(values[0], str):
-        return f"{column} IN ({', '.join(sql_string(v) for v in values)})"
+    if not values:
+        return "false"
+    if isinstance(values[0], str):
+        return f"{column} IN ({', '.join(_quote(v) for v in values)})"
     return f"{column} IN ({', '.join(str(int(v)) for v in values)})"
+
+
+def _and(clauses: Iterable[str | None]) -> str | None:
+    clauses = [c for c in clauses if c]
+    return " AND ".join(f"({c})" for c in clauses) if clauses else None
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Which ``items`` rows: every field given must hold (``None`` fields are ignored).
+
+    ``where`` is a caller's own Lance SQL predicate (``"width >= 1024"``), kept in parentheses; everything
+    else is built and quoted here, so no other module writes SQL.
+
+    Example
+    -------
+    >>> ItemFilter(modality=Modality.IMAGE, uris=["it's.jpg"]).sql()
+    "(modality = 'image') AND (uri IN ('it''s.jpg'))"
+    """
+
+    modality: Modality | None = None
+    ids: Sequence[int] | None = None
+    uris: Sequence[str] | None = None
+    indexed_after: str | None = None  # as returned by ``Store.last_indexed_at``
+    where: str | None = None
+
+    @classmethod
+    def item(cls, key: int | str) -> ItemFilter:
+        """One stored item named by id, or by uri as given or made absolute."""
+        if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
+            return cls(ids=[int(key)])
+        return cls(uris=sorted({str(key), os.path.abspath(str(key))}))
+
+    def sql(self) -> str | None:
+        return _and(
+            [
+                f"modality = {_quote(self.modality)}" if self.modality is not None else None,
+                _in("id", self.ids) if self.ids is not None else None,
+                _in("uri", self.uris) if self.uris is not None else None,
+                f"indexed_at > TIMESTAMP {_quote(self.indexed_after)}" if self.indexed_after else None,
+                self.where,
+            ]
+        )
 
 
 class Store:
@@ -121,11 +171,15 @@ class Store:
     # ---- opening -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model_id: str | None = None, *, create: bool = True) -> Store:
+    def open(
+        cls, path: str | os.PathLike, model_id: str | None = None, *, embed_dim: int | None = None, create: bool = True
+    ) -> Store:
         """Open (or create) the database at ``path``.
 
         ``model_id`` must match the model that wrote the existing embeddings; embeddings of different
         models live in different spaces and are never mixed. ``None`` accepts whatever the database holds.
+        A new database takes ``embed_dim`` from the encoder that will fill it (``Encoder.embed_dim``); when
+        not given, from the architecture named ``model_id``.
         """
         import lancedb
 
@@ -151,11 +205,11 @@ class Store:
             if model_id is not None and stored["model_id"] != model_id:
                 raise StoreError(
                     f"{path}: holds embeddings of model '{stored['model_id']}', not '{model_id}'; "
-                    "embeddings of different models cannot be mixed (use another --db)"
+                    "embeddings of different models cannot be mixed (use another database)"
                 )
             store = cls(path, db, stored["model_id"], int(stored["embed_dim"]))
         else:
-            embed_dim = EMBED_DIM
+            embed_dim = embed_dim or _architecture_width(model_id)
             store = cls(path, db, model_id, embed_dim)
             # Items and errors first, meta last: a database is complete once its meta table exists.
             db.create_table(ITEMS, schema=items_schema(embed_dim), exist_ok=True)
@@ -181,26 +235,43 @@ class Store:
         """The ``items`` table version: what an index built from the store records as covered."""
         return self.items().version
 
-    def count(self, modality: str | None = None) -> int:
-        return self.items().count_rows(f"modality = {sql_string(modality)}" if modality else None)
+    def count(self, modality: Modality | None = None) -> int:
+        return self.items().count_rows(ItemFilter(modality=modality).sql())
 
-    def scan(self, columns: Sequence[str], where: str | None = None, version: int | None = None) -> pa.Table:
-        """Columns of ``items`` (optionally filtered with a Lance SQL predicate) as an Arrow table."""
+    def scan(self, columns: Sequence[str], where: ItemFilter | None = None, version: int | None = None) -> pa.Table:
+        """Columns of ``items`` (the rows ``where`` selects, all when ``None``) as an Arrow table."""
         dataset = self.items().to_lance()
         if version is not None:
             dataset = dataset.checkout_version(version)
+        sql = where.sql() if where is not None else None
         try:
-            return dataset.to_table(columns=list(columns), filter=where)
+            return dataset.to_table(columns=list(columns), filter=sql)
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
-            raise StoreError(f"bad filter {where!r}: {str(exc).splitlines()[0]}") from None
+            shown = where.where if where is not None and where.where else sql
+            raise StoreError(f"bad filter {shown!r}: {str(exc).splitlines()[0]}") from None
 
-    def modalities(self) -> set[str]:
-        """The modalities that have rows."""
-        return set(self.scan(["modality"])["modality"].unique().to_pylist())
+    def modalities(self) -> list[Modality]:
+        """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
+        names = set(self.scan(["modality"])["modality"].unique().to_pylist())
+        unknown = names - {m.value for m in Modality}
+        if unknown:
+            log.warning("%s: rows of unregistered modalities %s are not searched", self.path, sorted(unknown))
+        return [m for m in Modality if m.value in names]
 
-    def ids(self, modality: str | None = None, version: int | None = None) -> np.ndarray:
-        where = f"modality = {sql_string(modality)}" if modality else None
-        return self.scan(["id"], where, version=version)["id"].to_numpy()
+    def ids(self, modality: Modality | None = None, version: int | None = None) -> np.ndarray:
+        return self.scan(["id"], ItemFilter(modality=modality), version=version)["id"].to_numpy()
+
+    def lookup(self, key: int | str, columns: Sequence[str]) -> dict | None:
+        """One stored item's ``columns`` by id or uri, or ``None`` when it is not indexed."""
+        rows = self.scan(columns, ItemFilter.item(key)).to_pylist()
+        return rows[0] if rows else None
+
+    def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
+        """``{id: row}`` of ``columns`` for the ids that exist."""
+        if len(ids) == 0:
+            return {}
+        table = self.scan(["id", *[c for c in columns if c != "id"]], ItemFilter(ids=list(ids)))
+        return {row["id"]: row for row in table.to_pylist()}
 
     def last_indexed_at(self, version: int | None = None) -> str | None:
         """The newest ``indexed_at`` (ISO, UTC) at ``version``: what an index records as covered."""
@@ -208,18 +279,18 @@ class Store:
         newest = pc.max(column).as_py() if len(column) else None
         return newest.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f") if newest else None
 
-    def ids_indexed_after(self, moment: str, modality: str | None = None, version: int | None = None) -> np.ndarray:
+    def ids_indexed_after(
+        self, moment: str, modality: Modality | None = None, version: int | None = None
+    ) -> np.ndarray:
         """Ids whose row was (re)written after ``moment`` (as returned by ``last_indexed_at``)."""
-        where = f"indexed_at > TIMESTAMP {sql_string(moment)}"
-        if modality:
-            where += f" AND modality = {sql_string(modality)}"
+        where = ItemFilter(modality=modality, indexed_after=moment)
         return self.scan(["id"], where, version=version)["id"].to_numpy()
 
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
         if len(ids) == 0:
             return np.empty(0, np.int64), np.empty((0, self.embed_dim), np.float32)
-        table = self.scan(["id", "embedding"], in_list("id", np.unique(ids)))
+        table = self.scan(["id", "embedding"], ItemFilter(ids=np.unique(ids)))
         order = np.argsort(table["id"].to_numpy())
         found = table["id"].to_numpy()[order]
         return found, embeddings_to_numpy(table["embedding"])[order]
@@ -229,7 +300,7 @@ class Store:
         columns = ["id", "uri", "modality", "sha256", "size", "mtime"]
         if not uris:
             return pa.table({c: [] for c in columns})
-        return self.scan(columns, in_list("uri", uris))
+        return self.scan(columns, ItemFilter(uris=list(uris)))
 
     # ---- writes ----------------------------------------------------------------------------------------
 
@@ -306,7 +377,7 @@ class Store:
         """Set ``(size, mtime)`` of known uris whose bytes did not change (touched or copied), in one commit."""
         if not stats:
             return self.version
-        rows = self.scan(items_schema(self.embed_dim).names, in_list("uri", list(stats)))
+        rows = self.scan(items_schema(self.embed_dim).names, ItemFilter(uris=list(stats)))
         uris = rows["uri"].to_pylist()
         size = pa.array([stats[u][0] for u in uris], pa.int64())
         mtime = pa.array([stats[u][1] for u in uris], pa.float64())
@@ -320,12 +391,12 @@ class Store:
         """Delete rows by id and/or uri in one commit; returns the new table version."""
         clauses = []
         if len(ids):
-            clauses.append(in_list("id", ids))
+            clauses.append(_in("id", ids))
         if len(uris):
-            clauses.append(in_list("uri", uris))
+            clauses.append(_in("uri", uris))
         table = self.items()
         if clauses:
-            table.delete(" OR ".join(clauses))
+            table.delete(" OR ".join(f"({c})" for c in clauses))
         return table.version
 
     def record_errors(self, errors: Sequence[tuple[str, str | None, str, str]]) -> None:
@@ -347,10 +418,18 @@ class Store:
 
     def clear_errors(self, uris: Sequence[str]) -> None:
         if uris:
-            self.errors().delete(in_list("uri", uris))
+            self.errors().delete(_in("uri", uris))
 
     def error_rows(self) -> pa.Table:
         return self.errors().to_arrow()
+
+
+def _architecture_width(model_id: str) -> int:
+    from xsearch.model.config import CONFIGS
+
+    if model_id not in CONFIGS:
+        raise StoreError(f"model {model_id!r} is not a known architecture: give the new database's embed_dim")
+    return CONFIGS[model_id].embed_dim
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from xsearch.errors import CheckpointError
+from xsearch.errors import CheckpointError, UsageError
 from xsearch.model.config import get_config
 from xsearch.model.imagebind import ImageBind, create_model
 from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir
@@ -98,7 +98,7 @@ def resolve_checkpoint(
         return path
     if not download_missing:
         raise CheckpointError(
-            f"{path}: checkpoint not found; pass --checkpoint FILE, set XSEARCH_CHECKPOINT, or allow the download"
+            f"{path}: checkpoint not found; give a checkpoint file, set XSEARCH_CHECKPOINT, or allow the download"
         )
     log.warning("Downloading %s to %s. %s", entry.url, path, entry.license)
     return download(url or entry.url, path, entry.sha256)
@@ -174,8 +174,12 @@ def load_pretrained(
     >>> from xsearch.model import load_pretrained
     >>> model = load_pretrained("~/models/imagebind_huge.pth")  # doctest: +SKIP
     """
+    if weights not in PRETRAINED:
+        raise UsageError(f"unknown weights {weights!r} (known: {', '.join(PRETRAINED)})", argument="weights")
+    architecture = architecture or PRETRAINED[weights].architecture
+    get_config(architecture)  # an unknown name fails before any file is read or downloaded
     path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
-    return load_checkpoint(path, architecture or PRETRAINED[weights].architecture)
+    return load_checkpoint(path, architecture)
 
 
 def save_checkpoint(model: ImageBind, path: str | os.PathLike) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from xsearch.errors import UsageError
 from xsearch.modalities import Tower
 
 
@@ -104,7 +105,8 @@ CONFIGS: dict[str, ImageBindCfg] = {cfg.name: cfg for cfg in (IMAGEBIND_HUGE, TI
 
 
 def get_config(name: str) -> ImageBindCfg:
+    """The architecture called ``name``; ``UsageError`` (argument ``model``) lists the known ones."""
     try:
         return CONFIGS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r} (known: {', '.join(CONFIGS)})") from None
+        raise UsageError(f"unknown model {name!r} (known: {', '.join(CONFIGS)})", argument="model") from None

@@ -1,94 +1,86 @@
 """Preprocessing: one module per modality, each a pure function ``file -> model-ready tensor``.
 
-``preprocess_file(path, modality)`` dispatches; ``PreprocessCfg`` gathers the per-modality configs whose
-defaults are the constants that belong to the official ImageBind weights.
+Which function runs for which modality is the modality table's business (``xsearch.modalities``); this
+package holds the functions and ``PreprocessCfg``, the per-modality configs of one model. Input shapes come
+from the model's config (``PreprocessCfg.for_model(model.cfg)``, the open_clip pattern); the other
+constants (CLIP mean/std, fbank normalisation) are the ones the official weights were trained with.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import torch
 
-from xsearch.modalities import Modality
-from xsearch.preprocess.audio import AudioCfg, decode_audio, waveform_to_clips
-from xsearch.preprocess.image import ImageCfg, image_to_tensor, load_image
-from xsearch.preprocess.imu import ImuCfg, preprocess_imu
-from xsearch.preprocess.single_channel import (
-    DEPTH,
-    THERMAL,
-    SingleChannelCfg,
-    load_single_channel,
-    map_to_tensor,
-)
-from xsearch.preprocess.text import TextCfg, get_tokenizer, preprocess_text, preprocess_text_file
-from xsearch.preprocess.video import VideoCfg, decode_video, frames_to_clips
+from xsearch.modalities import REGISTRY, Modality
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
+from xsearch.preprocess.audio import AudioCfg
+from xsearch.preprocess.image import ImageCfg
+from xsearch.preprocess.imu import ImuCfg
+from xsearch.preprocess.prepared import Preprocessed
+from xsearch.preprocess.single_channel import SingleChannelCfg
+from xsearch.preprocess.text import TextCfg, get_tokenizer, preprocess_text
+from xsearch.preprocess.video import VideoCfg
 
 
-@dataclass(frozen=True)
-class PreprocessCfg:
-    image: ImageCfg = field(default_factory=ImageCfg)
-    video: VideoCfg = field(default_factory=VideoCfg)
-    text: TextCfg = field(default_factory=TextCfg)
-    audio: AudioCfg = field(default_factory=AudioCfg)
-    depth: SingleChannelCfg = DEPTH
-    thermal: SingleChannelCfg = THERMAL
-    imu: ImuCfg = field(default_factory=ImuCfg)
+class PreprocessCfg(Mapping):
+    """The preprocessing configs of one model, one per registered modality: ``cfg[Modality.AUDIO]`` or
+    ``cfg.audio``.
 
+    Example
+    -------
+    >>> cfg = PreprocessCfg.for_model(IMAGEBIND_HUGE)
+    >>> cfg.image.size, cfg.text.context_length
+    (224, 77)
+    """
 
-def preprocess_file(
-    path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg = PreprocessCfg()
-) -> torch.Tensor:
-    """Decode and preprocess one file as ``modality``; raises ``DecodeError`` naming the file on failure."""
-    return preprocess_with_metadata(path, modality, cfg, thumbnail=False).tensor
+    def __init__(self, model: ImageBindCfg = IMAGEBIND_HUGE, overrides: Mapping | None = None):
+        self.model = model
+        self._cfgs = {m: s.cfg_for(model) for m, s in REGISTRY.items()}
+        self._cfgs.update({Modality(k): v for k, v in (overrides or {}).items()})
 
+    @classmethod
+    def for_model(cls, model: ImageBindCfg, **overrides) -> PreprocessCfg:
+        """Configs whose input shapes are ``model``'s; ``overrides`` replace whole configs by modality name."""
+        return cls(model, overrides)
 
-@dataclass
-class Preprocessed:
-    """Model input for one file plus what a results page shows about it (``items`` metadata columns)."""
+    def __getitem__(self, modality: Modality | str):
+        modality = Modality(modality)
+        if modality not in self._cfgs:  # registered after this config was made
+            self._cfgs[modality] = modality.spec.cfg_for(self.model)
+        return self._cfgs[modality]
 
-    tensor: torch.Tensor
-    metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate, thumbnail (JPEG)
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
+
+    def __iter__(self):
+        return iter(self._cfgs)
+
+    def __len__(self) -> int:
+        return len(self._cfgs)
+
+    def __reduce__(self):  # worker processes get the same configs
+        return (PreprocessCfg, (self.model, dict(self._cfgs)))
 
 
 def preprocess_with_metadata(
-    path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg = PreprocessCfg(), thumbnail: bool = True
+    path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg | None = None, thumbnail: bool = True
 ) -> Preprocessed:
     """Model input for ``path`` as ``modality``, with the size, duration and (when ``thumbnail``) a preview
-    made from the pixels already decoded. The one place that maps a modality to its preprocessing."""
-    from xsearch import thumbnails
+    made from the pixels already decoded. Raises ``DecodeError`` naming the file on failure."""
+    modality = Modality(modality)
+    cfg = cfg if cfg is not None else PreprocessCfg()
+    return modality.spec.preprocess_fn()(path, cfg[modality], thumbnail)
 
-    modality = Modality.parse(modality)
-    if modality is Modality.IMAGE:
-        image = load_image(path, cfg.image)
-        meta = {"width": image.width, "height": image.height}
-        if thumbnail:
-            meta["thumbnail"] = thumbnails.jpeg_thumbnail(image)
-        return Preprocessed(image_to_tensor(image, cfg.image), meta)
-    if modality is Modality.VIDEO:
-        clips, duration = decode_video(path, cfg.video)
-        first = clips[0][0]
-        meta = {"width": first.shape[1], "height": first.shape[0], "duration": duration}
-        if thumbnail:
-            meta["thumbnail"] = thumbnails.frame_thumbnail(clips[len(clips) // 2][0])
-        return Preprocessed(frames_to_clips(clips, cfg.video), meta)
-    if modality is Modality.AUDIO:
-        waveform, rate = decode_audio(path, cfg.audio)
-        meta = {"duration": waveform.shape[-1] / rate, "sample_rate": rate}
-        return Preprocessed(waveform_to_clips(waveform, rate, cfg.audio), meta)
-    if modality in (Modality.DEPTH, Modality.THERMAL):
-        map_cfg = cfg.depth if modality is Modality.DEPTH else cfg.thermal
-        array = load_single_channel(path, map_cfg)
-        meta = {"width": array.shape[1], "height": array.shape[0]}
-        if thumbnail:
-            meta["thumbnail"] = thumbnails.map_thumbnail(array)
-        return Preprocessed(map_to_tensor(array, map_cfg), meta)
-    if modality is Modality.TEXT:
-        return Preprocessed(preprocess_text_file(path, cfg.text))
-    if modality is Modality.IMU:
-        return Preprocessed(preprocess_imu(path, cfg.imu))
-    raise ValueError(f"no preprocessing for {modality}")
+
+def preprocess_file(
+    path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg | None = None
+) -> torch.Tensor:
+    """Decode and preprocess one file as ``modality``; raises ``DecodeError`` naming the file on failure."""
+    return preprocess_with_metadata(path, modality, cfg, thumbnail=False).tensor
 
 
 __all__ = [
@@ -102,6 +94,6 @@ __all__ = [
     "VideoCfg",
     "get_tokenizer",
     "preprocess_file",
-    "preprocess_with_metadata",
     "preprocess_text",
+    "preprocess_with_metadata",
 ]

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torchaudio
 
-from xsearch.errors import DecodeError
+from xsearch.errors import DecodeError, NoStreamError
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._av import describe, open_container
+from xsearch.preprocess.prepared import Preprocessed
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,17 @@ class AudioCfg:
     sample_rate: int = 16000
     clip_seconds: int = 2
     clips: int = 3
-    mel_bins: int = 128
-    target_frames: int = 204
+    mel_bins: int = IMAGEBIND_HUGE.audio_mel_bins
+    target_frames: int = IMAGEBIND_HUGE.audio_target_len
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     mean: float = -4.268
     std: float = 9.138
     max_seconds: float = 4 * 3600.0  # longer files are refused: decoding them whole would take gigabytes
+
+    @classmethod
+    def for_model(cls, model: ImageBindCfg) -> AudioCfg:
+        return cls(mel_bins=model.audio_mel_bins, target_frames=model.audio_target_len)
 
 
 def decode_audio(path: str | os.PathLike, cfg: AudioCfg = AudioCfg()) -> tuple[torch.Tensor, int]:
@@ -42,7 +48,7 @@ def decode_audio(path: str | os.PathLike, cfg: AudioCfg = AudioCfg()) -> tuple[t
     name = os.fspath(path)
     with open_container(path) as container:
         if not container.streams.audio:
-            raise DecodeError(name, "no audio stream")
+            raise NoStreamError(name, "no audio stream")
         stream = container.streams.audio[0]
         rate = stream.sample_rate or stream.codec_context.sample_rate
         if not rate:
@@ -127,3 +133,10 @@ def preprocess_audio(path: str | os.PathLike, cfg: AudioCfg = AudioCfg()) -> tor
     """Audio file -> ``[3, 1, 128, 204]`` float32 model input (3 clips of 2 s)."""
     waveform, rate = decode_audio(path, cfg)
     return waveform_to_clips(waveform, rate, cfg)
+
+
+def prepare(path, cfg: AudioCfg, thumbnail: bool = True) -> Preprocessed:
+    """Model input, duration and sample rate (audio has no thumbnail)."""
+    waveform, rate = decode_audio(path, cfg)
+    meta = {"duration": waveform.shape[-1] / rate, "sample_rate": rate}
+    return Preprocessed(waveform_to_clips(waveform, rate, cfg), meta)

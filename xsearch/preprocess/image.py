@@ -19,6 +19,8 @@ import torch
 from PIL import Image, ImageOps
 
 from xsearch.errors import DecodeError
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
+from xsearch.preprocess.prepared import Preprocessed
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -26,13 +28,17 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class ImageCfg:
-    size: int = 224
+    size: int = IMAGEBIND_HUGE.image_size
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     max_megapixels: float = 178.0  # the header's width x height above this is refused before decoding
     # JPEG DCT-domain downscaling while decoding: several times faster on large photos, but not bit-equal
     # to the reference pipeline (which decodes at full size), hence off by default.
     jpeg_draft: bool = False
+
+    @classmethod
+    def for_model(cls, model: ImageBindCfg) -> ImageCfg:
+        return cls(size=model.image_size)
 
 
 def _open(source, cfg: ImageCfg) -> Image.Image:
@@ -136,3 +142,14 @@ def preprocess_image(source, cfg: ImageCfg = ImageCfg()) -> torch.Tensor:
     torch.Size([3, 224, 224])
     """
     return image_to_tensor(load_image(source, cfg), cfg)
+
+
+def prepare(path, cfg: ImageCfg, thumbnail: bool = True) -> Preprocessed:
+    """Model input, size and (when ``thumbnail``) a preview made from the pixels already decoded."""
+    from xsearch import thumbnails
+
+    image = load_image(path, cfg)
+    meta = {"width": image.width, "height": image.height}
+    if thumbnail:
+        meta["thumbnail"] = thumbnails.jpeg_thumbnail(image)
+    return Preprocessed(image_to_tensor(image, cfg), meta)

@@ -15,14 +15,20 @@ import numpy as np
 import torch
 
 from xsearch.errors import DecodeError
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._npy import load_npy
+from xsearch.preprocess.prepared import Preprocessed
 
 
 @dataclass(frozen=True)
 class ImuCfg:
-    channels: int = 6
-    length: int = 2000
+    channels: int = IMAGEBIND_HUGE.imu_channels
+    length: int = IMAGEBIND_HUGE.imu_length
     max_file_bytes: int = 256 << 20
+
+    @classmethod
+    def for_model(cls, model: ImageBindCfg) -> ImuCfg:
+        return cls(channels=model.imu_channels, length=model.imu_length)
 
 
 def _read_csv(name: str) -> np.ndarray:
@@ -86,3 +92,7 @@ def fit_length(array: np.ndarray, length: int) -> np.ndarray:
 def preprocess_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> torch.Tensor:
     """IMU file -> ``[6, 2000]`` float32."""
     return torch.from_numpy(np.ascontiguousarray(fit_length(load_imu(path, cfg), cfg.length)))
+
+
+def prepare(path, cfg: ImuCfg, thumbnail: bool = True) -> Preprocessed:
+    return Preprocessed(preprocess_imu(path, cfg))

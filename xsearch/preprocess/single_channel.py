@@ -14,20 +14,22 @@ published no thermal loader, and users of the reference report better LLVIP accu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xsearch.errors import DecodeError
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._npy import load_npy
 from xsearch.preprocess.image import ImageCfg, _open
+from xsearch.preprocess.prepared import Preprocessed
 
 
 @dataclass(frozen=True)
 class SingleChannelCfg:
-    size: int = 224
+    size: int = IMAGEBIND_HUGE.image_size
     mean: float = 0.0
     std: float = 1.0
     max_megapixels: float = 178.0
@@ -99,3 +101,31 @@ def preprocess_depth(path: str | os.PathLike, cfg: SingleChannelCfg = DEPTH) -> 
 def preprocess_thermal(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL) -> torch.Tensor:
     """Thermal image file -> ``[1, 224, 224]``."""
     return map_to_tensor(load_single_channel(path, cfg), cfg)
+
+
+def depth_cfg(model: ImageBindCfg) -> SingleChannelCfg:
+    return replace(DEPTH, size=model.image_size)
+
+
+def thermal_cfg(model: ImageBindCfg) -> SingleChannelCfg:
+    return replace(THERMAL, size=model.image_size)
+
+
+def _prepare_map(path, cfg: SingleChannelCfg, thumbnail: bool) -> Preprocessed:
+    from xsearch import thumbnails
+
+    array = load_single_channel(path, cfg)
+    meta = {"width": array.shape[1], "height": array.shape[0]}
+    if thumbnail:
+        meta["thumbnail"] = thumbnails.map_thumbnail(array)
+    return Preprocessed(map_to_tensor(array, cfg), meta)
+
+
+def prepare_depth(path, cfg: SingleChannelCfg = DEPTH, thumbnail: bool = True) -> Preprocessed:
+    """Depth map -> model input, size and a false-colour preview."""
+    return _prepare_map(path, cfg, thumbnail)
+
+
+def prepare_thermal(path, cfg: SingleChannelCfg = THERMAL, thumbnail: bool = True) -> Preprocessed:
+    """Thermal image -> model input, size and a false-colour preview."""
+    return _prepare_map(path, cfg, thumbnail)

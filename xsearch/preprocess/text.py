@@ -19,6 +19,8 @@ import regex
 import torch
 
 from xsearch.errors import DecodeError
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
+from xsearch.preprocess.prepared import Preprocessed
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -32,8 +34,12 @@ _SPLIT = regex.compile(
 
 @dataclass(frozen=True)
 class TextCfg:
-    context_length: int = 77
+    context_length: int = IMAGEBIND_HUGE.context_length
     max_file_bytes: int = 1 << 20  # a .txt larger than this is refused rather than read whole
+
+    @classmethod
+    def for_model(cls, model: ImageBindCfg) -> TextCfg:
+        return cls(context_length=model.context_length)
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,7 +64,9 @@ def _clean(text: str) -> str:
 class Tokenizer:
     """CLIP BPE tokenizer. ``tokenizer(["a dog", "rain"])`` -> ``LongTensor[2, 77]``."""
 
-    def __init__(self, context_length: int = 77, merges_path: str | os.PathLike | None = None):
+    def __init__(
+        self, context_length: int = IMAGEBIND_HUGE.context_length, merges_path: str | os.PathLike | None = None
+    ):
         self.context_length = context_length
         if merges_path is None:
             data = resources.files("xsearch.preprocess").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
@@ -130,7 +138,7 @@ class Tokenizer:
 
 
 @functools.lru_cache(maxsize=4)
-def get_tokenizer(context_length: int = 77) -> Tokenizer:
+def get_tokenizer(context_length: int = IMAGEBIND_HUGE.context_length) -> Tokenizer:
     """A shared tokenizer (building one reads the merges file, ~0.3 s)."""
     return Tokenizer(context_length)
 
@@ -163,3 +171,8 @@ def preprocess_text(text: str, cfg: TextCfg = TextCfg()) -> torch.Tensor:
 
 def preprocess_text_file(path: str | os.PathLike, cfg: TextCfg = TextCfg()) -> torch.Tensor:
     return preprocess_text(read_text_file(path, cfg), cfg)
+
+
+def prepare(path, cfg: TextCfg, thumbnail: bool = True) -> Preprocessed:
+    """A ``.txt`` file -> token ids (the page previews text from the file itself)."""
+    return Preprocessed(preprocess_text_file(path, cfg))

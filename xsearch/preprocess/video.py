@@ -18,24 +18,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xsearch.errors import DecodeError
+from xsearch.errors import DecodeError, NoStreamError
+from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._av import describe, open_container
 from xsearch.preprocess.audio import clip_starts
 from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD
-
-NO_VIDEO_STREAM = "no video stream"
+from xsearch.preprocess.prepared import Preprocessed
 
 
 @dataclass(frozen=True)
 class VideoCfg:
-    size: int = 224
+    size: int = IMAGEBIND_HUGE.image_size
     clip_seconds: int = 2
     clips: int = 5
-    frames_per_clip: int = 2
+    frames_per_clip: int = IMAGEBIND_HUGE.video_frames
     spatial_crops: int = 3
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     max_pixels_per_frame: int = 8192 * 8192
+
+    @classmethod
+    def for_model(cls, model: ImageBindCfg) -> VideoCfg:
+        return cls(size=model.image_size, frames_per_clip=model.video_frames)
 
 
 def _duration(stream, container) -> float | None:
@@ -122,7 +126,7 @@ def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[l
     name = os.fspath(path)
     with open_container(path) as container:
         if not container.streams.video:
-            raise DecodeError(name, NO_VIDEO_STREAM)
+            raise NoStreamError(name, "no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         ctx = stream.codec_context
@@ -148,3 +152,15 @@ def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[l
 def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> torch.Tensor:
     """Video file -> ``[15, 3, 2, 224, 224]`` float32 model input."""
     return frames_to_clips(decode_video(path, cfg)[0], cfg)
+
+
+def prepare(path, cfg: VideoCfg, thumbnail: bool = True) -> Preprocessed:
+    """Model input, frame size, duration and (when ``thumbnail``) the middle clip's first frame as preview."""
+    from xsearch import thumbnails
+
+    clips, duration = decode_video(path, cfg)
+    first = clips[0][0]
+    meta = {"width": first.shape[1], "height": first.shape[0], "duration": duration}
+    if thumbnail:
+        meta["thumbnail"] = thumbnails.frame_thumbnail(clips[len(clips) // 2][0])
+    return Preprocessed(frames_to_clips(clips, cfg), meta)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xsearch.modalities import Family, Modality
+
 HEAD_BYTES = 64
 
 
 @dataclass(frozen=True)
 class Sniffed:
-    family: str  # image, video, audio, array, text
+    family: Family
     format: str  # as a person would say it: "a PNG image", "an MP4 video", "text"
 
 
@@ -23,12 +25,12 @@ def _ftyp(head: bytes) -> Sniffed | None:
         return None
     brand = head[8:12]
     if brand in (b"M4A ", b"M4B ", b"M4P ", b"F4A "):
-        return Sniffed("audio", "M4A audio")
+        return Sniffed(Family.AUDIO, "M4A audio")
     if brand in (b"heic", b"heix", b"mif1", b"avif"):
-        return Sniffed("image", "a HEIF/AVIF image")
+        return Sniffed(Family.IMAGE, "a HEIF/AVIF image")
     if brand == b"qt  ":
-        return Sniffed("video", "a QuickTime video")
-    return Sniffed("video", "an MP4 video")
+        return Sniffed(Family.VIDEO, "a QuickTime video")
+    return Sniffed(Family.VIDEO, "an MP4 video")
 
 
 def _riff(head: bytes) -> Sniffed | None:
@@ -36,29 +38,29 @@ def _riff(head: bytes) -> Sniffed | None:
         return None
     kind = head[8:12]
     return {
-        b"WAVE": Sniffed("audio", "WAV audio"),
-        b"WEBP": Sniffed("image", "a WebP image"),
-        b"AVI ": Sniffed("video", "an AVI video"),
+        b"WAVE": Sniffed(Family.AUDIO, "WAV audio"),
+        b"WEBP": Sniffed(Family.IMAGE, "a WebP image"),
+        b"AVI ": Sniffed(Family.VIDEO, "an AVI video"),
     }.get(kind)
 
 
 _PREFIXES: list[tuple[bytes, Sniffed]] = [
-    (b"\xff\xd8\xff", Sniffed("image", "a JPEG image")),
-    (b"\x89PNG\r\n\x1a\n", Sniffed("image", "a PNG image")),
-    (b"GIF87a", Sniffed("image", "a GIF image")),
-    (b"GIF89a", Sniffed("image", "a GIF image")),
-    (b"II*\x00", Sniffed("image", "a TIFF image")),
-    (b"MM\x00*", Sniffed("image", "a TIFF image")),
-    (b"BM", Sniffed("image", "a BMP image")),
-    (b"fLaC", Sniffed("audio", "FLAC audio")),
-    (b"OggS", Sniffed("audio", "Ogg audio")),
-    (b"ID3", Sniffed("audio", "MP3 audio")),
-    (b"\x1aE\xdf\xa3", Sniffed("video", "a Matroska/WebM video")),
-    (b"\x93NUMPY", Sniffed("array", "a NumPy array")),
-    (b"%PDF", Sniffed("document", "a PDF document")),
-    (b"PK\x03\x04", Sniffed("document", "a ZIP archive")),
-    (b"\x1f\x8b", Sniffed("document", "a gzip archive")),
-    (b"\x7fELF", Sniffed("document", "an executable")),
+    (b"\xff\xd8\xff", Sniffed(Family.IMAGE, "a JPEG image")),
+    (b"\x89PNG\r\n\x1a\n", Sniffed(Family.IMAGE, "a PNG image")),
+    (b"GIF87a", Sniffed(Family.IMAGE, "a GIF image")),
+    (b"GIF89a", Sniffed(Family.IMAGE, "a GIF image")),
+    (b"II*\x00", Sniffed(Family.IMAGE, "a TIFF image")),
+    (b"MM\x00*", Sniffed(Family.IMAGE, "a TIFF image")),
+    (b"BM", Sniffed(Family.IMAGE, "a BMP image")),
+    (b"fLaC", Sniffed(Family.AUDIO, "FLAC audio")),
+    (b"OggS", Sniffed(Family.AUDIO, "Ogg audio")),
+    (b"ID3", Sniffed(Family.AUDIO, "MP3 audio")),
+    (b"\x1aE\xdf\xa3", Sniffed(Family.VIDEO, "a Matroska/WebM video")),
+    (b"\x93NUMPY", Sniffed(Family.ARRAY, "a NumPy array")),
+    (b"%PDF", Sniffed(Family.DOCUMENT, "a PDF document")),
+    (b"PK\x03\x04", Sniffed(Family.DOCUMENT, "a ZIP archive")),
+    (b"\x1f\x8b", Sniffed(Family.DOCUMENT, "a gzip archive")),
+    (b"\x7fELF", Sniffed(Family.DOCUMENT, "an executable")),
 ]
 
 
@@ -88,30 +90,18 @@ def sniff(head: bytes) -> Sniffed | None:
         if head.startswith(prefix):
             return found
     if _is_mpeg_audio_frame(head):
-        return Sniffed("audio", "MPEG audio")
+        return Sniffed(Family.AUDIO, "MPEG audio")
     if _looks_like_text(head):
-        return Sniffed("text", "text")
+        return Sniffed(Family.TEXT, "text")
     return None
 
 
-# Which sniffed families each modality accepts. Audio inside a video container (an .mp4 with only sound)
-# is common, so audio accepts video containers; the decoder then says whether an audio stream exists.
-ACCEPTS: dict[str, frozenset[str]] = {
-    "image": frozenset({"image"}),
-    "depth": frozenset({"image", "array"}),
-    "thermal": frozenset({"image", "array"}),
-    "video": frozenset({"video"}),
-    "audio": frozenset({"audio", "video"}),
-    "text": frozenset({"text"}),
-    "imu": frozenset({"array", "text"}),
-}
-
-
-def content_mismatch(modality: str, head: bytes) -> str | None:
-    """Why a file's content cannot be ``modality``, or ``None`` when it may be (or cannot be told)."""
+def content_mismatch(modality: Modality, head: bytes) -> str | None:
+    """Why a file's content cannot be ``modality`` (its table entry's ``accepts``), or ``None`` when it may
+    be or cannot be told."""
     found = sniff(head)
     if found is None:
         return None  # the decoder says what is wrong, if anything (e.g. text that is not UTF-8)
-    if found.family in ACCEPTS[modality]:
+    if found.family in Modality(modality).spec.accepts:
         return None
     return f"the file is named as {modality} but its content is {found.format}"

@@ -1,0 +1,234 @@
+"""``Collection``: one xsearch database and the model that fills and queries it. The library's entry point.
+
+Every job a user has is one method: ``index`` (folders -> database, incrementally), ``search``,
+``classify``, ``info``, ``errors``. The CLI's commands parse their options, call one of these and print.
+Arguments are checked before anything is loaded or written: a misspelt modality or model name fails in
+milliseconds and leaves no database behind.
+
+This module sits on top of the library: it is the one place in ``xsearch`` that reaches into the batch
+indexer (``indexer``), and only when ``index`` is called.
+
+Example
+-------
+>>> from xsearch import Collection, Query
+>>> media = Collection.open("media.db")  # doctest: +SKIP
+>>> media.index(["~/Pictures", "~/Sounds"], assign={"~/scans": "depth"})  # doctest: +SKIP
+>>> media.search(Query.audio("rain.wav"), target="image", k=10).to_pandas()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from xsearch.errors import StoreError, UsageError
+from xsearch.modalities import Modality, parse_modalities
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "imagebind_huge"
+
+
+class Collection:
+    """A database directory plus how to load its model (checkpoint, architecture, device).
+
+    The model is resolved as: ``model`` if given, else the architecture the database was made with, else
+    ``imagebind_huge``; it loads on first need (a search of stored items never needs it). Pass ``encoder``
+    to use one already loaded.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        encoder=None,
+        index_cfg=None,
+    ):
+        if model is not None:
+            from xsearch.model.config import get_config
+
+            get_config(model)  # a misspelt architecture fails now, not after a checkpoint download
+        self.path = Path(path).expanduser()
+        self._checkpoint, self._model, self._device = checkpoint, model, device
+        self._encoder = encoder
+        self._index_cfg = index_cfg
+        self._store = None
+        self._engine = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, **kwargs) -> Collection:
+        """The collection at ``path``; nothing is read until a method needs it (``index`` creates it)."""
+        return cls(path, **kwargs)
+
+    # ---- what it is made of -----------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        from xsearch.store import META
+
+        return (self.path / f"{META}.lance").exists()
+
+    @property
+    def store(self):
+        """The database (``StoreError`` when there is none yet: ``index`` creates it)."""
+        if self._store is None:
+            from xsearch.store import Store
+
+            self._store = Store.open(self.path, create=False)
+        return self._store
+
+    @property
+    def model_name(self) -> str:
+        if self._encoder is not None:
+            return self._encoder.model_id
+        if self._model is not None:
+            return self._model
+        return self.store.model_id if self.exists() else DEFAULT_MODEL
+
+    @property
+    def encoder(self):
+        """The encoder, loaded on first use."""
+        if self._encoder is None:
+            from xsearch.encoder import Encoder
+
+            self._encoder = Encoder.from_pretrained(self._checkpoint, self.model_name, self._device)
+        return self._encoder
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from xsearch.query.engine import Engine
+
+            self._engine = Engine(self.store, lambda: self.encoder, self._index_cfg)
+        return self._engine
+
+    # ---- jobs -------------------------------------------------------------------------------------------
+
+    def index(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        assign: Mapping[str | os.PathLike, Modality | str] | None = None,
+        modalities: str | Sequence[Modality | str] | None = None,
+        exclude: Sequence[str] = (),
+        follow_symlinks: bool = False,
+        prune: bool = False,
+        update_index: bool = True,
+        batch_size: int = 16,
+        workers: int | None = None,
+        commit_every: int = 256,
+        progress: bool = False,
+    ):
+        """Index files and folders: scan, decode in parallel, embed in batches, store, update the indices.
+
+        ``assign`` maps folders or files to a modality (``{"scans/": "depth"}``); assigned paths that are not
+        under ``paths`` are indexed too. ``modalities`` keeps only those. Returns the run report
+        (``indexer.pipeline.RunReport``): counts, failures with reasons, index sizes.
+        """
+        from indexer.pipeline import Indexer, IndexerCfg
+        from indexer.scan import ScanOptions
+
+        assigned = _assignments(assign or {})
+        roots = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        roots += [p for p in assigned if p not in roots]
+        if not roots:
+            raise UsageError("nothing to index: give folders or files", argument="paths")
+        options = ScanOptions(
+            modalities=frozenset(_parse(modalities, "modalities")) if modalities else None,
+            exclude=tuple(exclude),
+            follow_symlinks=follow_symlinks,
+            assigned=assigned,
+        )
+        self._check_model_matches()
+        cfg = IndexerCfg(
+            batch_size=batch_size,
+            workers=workers,
+            commit_every=commit_every,
+            prune=prune,
+            update_index=update_index,
+            progress=progress,
+        )
+        encoder = self.encoder
+        store = self._open_for_writing(encoder)
+        return Indexer(store, encoder, cfg).run(roots, options)
+
+    def search(self, query, *, target=None, k: int = 10, where: str | None = None, path: str | None = None):
+        """The ``k`` items nearest to ``query`` (a ``Query``) among ``target`` modalities (default: all)."""
+        return self.engine.search(query, target=target, k=k, where=where, path=path)
+
+    def classify(self, labels: Sequence[str], *, target=None, where: str | None = None):
+        """Each item's best text label and its probability: an Arrow table ``id, uri, modality, label,
+        score``, sorted by id."""
+        from xsearch.query.classify import classify, clean_labels
+
+        labels = clean_labels(labels)
+        targets = self.engine.targets(target)
+        label_vectors = self.engine.encoder.encode_text(labels).numpy()
+        return classify(self.store, label_vectors, labels, targets, where)
+
+    def info(self) -> dict:
+        """Counts per modality, model id, index kind and freshness, errors, size on disk."""
+        from xsearch.index import IndexSet
+
+        store = self.store
+        indices = IndexSet(store)
+        counts = {m.value: store.count(m) for m in store.modalities()}
+        index_facts = {}
+        for name in counts:
+            status = indices.status(Modality(name))
+            index_facts[name] = {"kind": status.get("kind"), "count": status.get("count"), "fresh": status["fresh"]}
+        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return {
+            "db": str(store.path),
+            "model_id": store.model_id,
+            "items": sum(counts.values()),
+            "by_modality": counts,
+            "errors": store.errors().count_rows(),
+            "indices": index_facts,
+            "bytes": size,
+        }
+
+    def errors(self):
+        """The files that could not be indexed: an Arrow table ``uri, modality, stage, message, at``."""
+        return self.store.error_rows().sort_by("uri")
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    def _check_model_matches(self) -> None:
+        """An explicit model that differs from the database's is refused before anything loads."""
+        if self._model is not None and self.exists() and self.store.model_id != self._model:
+            raise UsageError(
+                f"{self.path} holds embeddings of model '{self.store.model_id}', not '{self._model}'; "
+                "embeddings of different models cannot be mixed (index into another database)",
+                argument="model",
+            )
+
+    def _open_for_writing(self, encoder):
+        from xsearch.store import Store
+
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path}: exists and is not a directory")
+        self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        self._engine = None
+        return self._store
+
+
+def _parse(value, argument: str) -> list[Modality]:
+    try:
+        return parse_modalities(value)
+    except UsageError as exc:
+        raise exc.for_argument(argument) from None
+
+
+def _assignments(assign: Mapping) -> dict[str, Modality]:
+    out = {}
+    for path, modality in assign.items():
+        try:
+            out[os.path.abspath(os.path.expanduser(os.fspath(path)))] = Modality(modality)
+        except UsageError as exc:
+            raise exc.for_argument("assign") from None
+    return out

@@ -1,0 +1,82 @@
+"""Search results: ``Result`` rows best first, the query they answer, and what a results page needs.
+
+A ``Results`` carries the inputs as the engine embedded them (``inputs``: modality, file, preview made
+from the decoded pixels) and an accessor for the stored thumbnails of its hits, so presenting results
+never runs a query of its own nor decodes an input twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from xsearch.modalities import Modality
+from xsearch.query.algebra import Query, QueryInput
+
+# The metadata columns a result carries (when known), with their Arrow types.
+METADATA_COLUMNS = {"width": pa.int32(), "height": pa.int32(), "duration": pa.float64(), "sample_rate": pa.int32()}
+
+
+@dataclass
+class Result:
+    rank: int
+    score: float
+    id: int
+    uri: str
+    modality: Modality
+    metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate (when known)
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+class Results(list):
+    """A list of ``Result`` best first, with the query it answers; ``to_arrow()`` / ``to_pandas()``.
+
+    ``thumbnails()`` returns ``{id: JPEG bytes or None}`` for the hits (read once, on first call).
+    """
+
+    def __init__(
+        self,
+        results: Sequence[Result],
+        query: Query | None = None,
+        targets: Sequence[Modality] = (),
+        inputs: Sequence[QueryInput] = (),
+        thumbnail_loader: Callable[[list[int]], dict[int, bytes | None]] | None = None,
+    ):
+        super().__init__(results)
+        self.query = query
+        self.targets = list(targets)
+        self.inputs = list(inputs)
+        self._thumbnail_loader = thumbnail_loader
+        self._thumbnails: dict[int, bytes | None] | None = None
+
+    def thumbnails(self) -> dict[int, bytes | None]:
+        if self._thumbnails is None:
+            ids = [r.id for r in self]
+            self._thumbnails = self._thumbnail_loader(ids) if self._thumbnail_loader and ids else {}
+        return self._thumbnails
+
+    def to_arrow(self) -> pa.Table:
+        columns = {
+            "rank": pa.array([r.rank for r in self], pa.int32()),
+            "score": pa.array([r.score for r in self], pa.float32()),
+            "id": pa.array([r.id for r in self], pa.int64()),
+            "uri": pa.array([r.uri for r in self], pa.string()),
+            "modality": pa.array([r.modality.value for r in self], pa.string()),
+        }
+        for key, kind in METADATA_COLUMNS.items():
+            columns[key] = pa.array([r.metadata.get(key) for r in self], kind)
+        return pa.table(columns)
+
+    def to_pandas(self):
+        return self.to_arrow().to_pandas()
+
+    def as_json(self) -> dict:
+        return {
+            "query": self.query.describe() if self.query else [],
+            "targets": [t.value for t in self.targets],
+            "results": [r.as_json() for r in self],
+        }
