@@ -58,10 +58,17 @@ def test_encode_files_mixed(encoder, tmp_path):
     assert len(ok) == 4
     for r in ok:
         assert r.embedding.shape == (1024,) and abs(np.linalg.norm(r.embedding) - 1) < 1e-5
-    assert "broken.png" in results[3].error and "unknown file type" in results[5].error
-    # The same image embedded alone gives the same vector as in a batch.
-    alone = encoder.encode_files([files[0]])[0].embedding
-    np.testing.assert_allclose(alone, results[0].embedding, atol=1e-6)
+    assert "broken.png: not a readable image" in results[3].error
+    assert "notes.xyz: unknown file type" in results[5].error
+
+
+def test_a_file_alone_gives_the_same_vector_as_in_a_batch(encoder, tmp_path):
+    files = [gradient_image(tmp_path / f"{i}.png", size=(120 + 7 * i, 90), seed=i) for i in range(16)]
+    batched = encoder.encode_files(files, batch_size=16)
+    vectors = np.stack([r.embedding for r in batched])
+    assert len({tuple(np.round(v, 4)) for v in vectors}) == 16  # sixteen different inputs
+    for path, expected in zip(files, vectors):
+        np.testing.assert_allclose(encoder.encode_files([path], batch_size=1)[0].embedding, expected, atol=1e-5)
 
 
 def test_encode_files_with_explicit_modality(encoder, tmp_path):

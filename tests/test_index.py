@@ -13,7 +13,8 @@ from synthetic import clustered_embeddings, exact_top_k, recall_at_k
 
 @pytest.fixture(scope="module")
 def data():
-    vectors = clustered_embeddings(30_000, seed=1)
+    # 6k vectors: enough for IVF-PQ to be far from exact on its own (recall ~0.6), so the re-rank must work.
+    vectors = clustered_embeddings(6_000, seed=1)
     queries = clustered_embeddings(200, seed=2)
     return vectors, queries, exact_top_k(vectors, queries, 10)
 
@@ -44,7 +45,7 @@ def test_rerank_is_what_gives_recall(ivfpq, data):
     """Without exact re-ranking the PQ scores alone rank far worse: the re-rank step is load-bearing."""
     _, queries, truth = data
     _, raw = ivfpq.index.search(queries, 10)
-    assert recall_at_k(raw, truth) < recall_at_k(ivfpq.search(queries, 10)[1], truth)
+    assert recall_at_k(raw, truth) < 0.8 and recall_at_k(ivfpq.search(queries, 10)[1], truth) >= 0.95
 
 
 def test_add_and_remove_by_id(data):

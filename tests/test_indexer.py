@@ -173,7 +173,14 @@ def test_unchanged_file_with_a_stale_error_row_is_cleared(tmp_path, checkpoint):
 # ---- kill and resume ------------------------------------------------------------------------------------------
 
 
+def _commits(db: Path) -> int:
+    """Versions of the ``items`` table on disk: one more after every commit."""
+    versions = db / "items.lance" / "_versions"
+    return len(list(versions.glob("*.manifest"))) if versions.exists() else 0
+
+
 def test_killed_runs_resume_to_exactly_one_row_per_file(tmp_path, checkpoint):
+    """Each run is killed with SIGKILL right after it was seen to commit 1 or 2 batches, mid-run."""
     root = tmp_path / "c"
     root.mkdir()
     files = good_corpus(root)
@@ -182,15 +189,19 @@ def test_killed_runs_resume_to_exactly_one_row_per_file(tmp_path, checkpoint):
     argv = [xsearch, "index", str(root), "--db", str(db), "--checkpoint", str(checkpoint)]
     argv += ["--model", "tiny_test", "--workers", "0", "--commit-every", "2", "--batch-size", "2", "--quiet"]
     rng = random.Random(0)
-    kills = 0
-    for _ in range(6):
+    kills_after_commits = 0
+    for _ in range(4):
+        start, wanted = max(_commits(db), 1), rng.randint(1, 2)  # version 1: the new, empty table
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 7.0))  # model load takes ~2 s: kill during scan, embed, commits, indexing
+        deadline = time.monotonic() + 120
+        while process.poll() is None and _commits(db) - start < wanted and time.monotonic() < deadline:
+            time.sleep(0.02)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
-            kills += 1
+            kills_after_commits += _commits(db) - start >= wanted
         process.wait()
-    assert kills >= 3  # the test must actually interrupt runs
+    assert kills_after_commits >= 3  # the runs were interrupted between commits, not before the first
+    assert 0 < Store.open(db, create=False).count() < len(files)  # ... and left partial work behind
     final = subprocess.run(argv[:-1] + ["--json"], capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     stored = rows(db)  # asserts no uri twice

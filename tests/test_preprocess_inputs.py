@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from xsearch.errors import DecodeError
+from xsearch.errors import DecodeError, NoStreamError
 from xsearch.preprocess import preprocess_file
-from xsearch.preprocess.image import ImageCfg, load_image, preprocess_image
+from xsearch.preprocess.image import ImageCfg, image_to_tensor, load_image, preprocess_image
 
 from media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
 
@@ -28,6 +28,14 @@ def test_image_modes(tmp_path, mode):
         gradient_image(path, mode=mode, fmt=fmt)
     x = preprocess_image(path)
     assert x.shape == (3, 224, 224) and _finite(x)
+    if mode != "I;16":  # 16-bit: scaled by its range, see the next test
+        # The pixels are PIL's own conversion to RGB (over white where there is alpha), unchanged.
+        original = Image.open(path)
+        expected = original.convert("RGBA") if mode in ("RGBA", "LA") else original.convert("RGB")
+        if expected.mode == "RGBA":
+            expected = Image.alpha_composite(Image.new("RGBA", expected.size, "white"), expected).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(load_image(path)), np.asarray(expected))
+        torch.testing.assert_close(x, image_to_tensor(expected))
 
 
 def test_sixteen_bit_uses_full_range(tmp_path):
@@ -78,7 +86,7 @@ def test_declared_huge_image_is_refused(tmp_path):
     """A PNG header that declares 20000 x 20000 with almost no data."""
     path = tmp_path / "declared.png"
     Image.new("1", (20000, 20000)).save(path)
-    with pytest.raises(DecodeError, match="declared.png"):
+    with pytest.raises(DecodeError, match="declared.png: image declares 400 MP, too large to decode safely"):
         preprocess_image(path, ImageCfg(max_megapixels=100))
 
 
@@ -102,7 +110,7 @@ def test_truncated_image(tmp_path, fmt):
     path = gradient_image(tmp_path / f"whole.{fmt.lower()}", size=(400, 300), fmt=fmt)
     cut = tmp_path / f"cut.{fmt.lower()}"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(DecodeError, match="cut"):
+    with pytest.raises(DecodeError, match=rf"cut\.{fmt.lower()}: image data is corrupt or truncated"):
         preprocess_image(cut)
 
 
@@ -149,12 +157,12 @@ def test_stereo_is_averaged(tmp_path):
     "name,content,reason",
     [
         ("empty.wav", b"", "empty"),
-        ("noise.mp3", bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)), "noise.mp3"),
+        ("noise.mp3", bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)), "not a readable media"),
     ],
 )
 def test_bad_audio(tmp_path, name, content, reason):
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(DecodeError, match=reason):
+    with pytest.raises(DecodeError, match=f"{name}: .*{reason}"):
         preprocess_file(tmp_path / name, "audio")
 
 
@@ -166,7 +174,7 @@ def test_truncated_wav_keeps_what_decodes(tmp_path):
 
 
 def test_video_without_audio_as_audio(tmp_path):
-    with pytest.raises(DecodeError, match="no audio stream"):
+    with pytest.raises(NoStreamError, match="v.mp4: no audio stream"):
         preprocess_file(write_video(tmp_path / "v.mp4", seconds=1.0), "audio")
 
 
@@ -174,7 +182,7 @@ def test_truncated_video(tmp_path):
     path = write_video(tmp_path / "v.mp4", seconds=3.0)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(path.read_bytes()[:1500])
-    with pytest.raises(DecodeError, match="cut.mp4"):
+    with pytest.raises(DecodeError, match="cut.mp4: not a readable media file"):
         preprocess_file(cut, "video")
 
 
