@@ -357,8 +357,23 @@ def test_content_mismatch_messages():
 
 def test_cli_argument_errors(tmp_path):
     result = runner.invoke(app, ["index", str(tmp_path), "--db", str(tmp_path / "db"), "--as", "smell=x"])
-    assert result.exit_code == 2 and "unknown modality 'smell'" in result.output
+    assert result.exit_code == 2 and "--as: unknown modality 'smell'" in result.output
+    assert not (tmp_path / "db").exists()
     result = runner.invoke(app, ["index", "--db", str(tmp_path / "db")])
     assert result.exit_code == 2 and "nothing to index" in result.output
     result = runner.invoke(app, ["index", str(tmp_path), "--db", str(tmp_path / "db"), "--checkpoint", "/nope.pt"])
     assert result.exit_code == 2 and "/nope.pt" in result.output and "Traceback" not in result.output
+
+
+def test_a_file_indexed_as_its_fallback_is_unchanged_on_rerun(tmp_path, checkpoint):
+    """A video file with only sound is indexed as audio (the table's fallback), and a re-run knows it."""
+    from media import tone, write_audio
+
+    root = tmp_path / "c"
+    root.mkdir()
+    write_audio(root / "_a.m4a", tone(2.0, 44100), 44100, "aac").rename(root / "only_sound.mp4")
+    db = tmp_path / "db"
+    result, first = index(db, root, checkpoint=checkpoint)
+    assert result.exit_code == 0 and first["by_modality"] == {"audio": 1}
+    _, again = index(db, root, checkpoint=checkpoint)
+    assert (again["indexed"], again["updated"], again["unchanged"]) == (0, 0, 1)
