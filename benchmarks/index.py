@@ -82,7 +82,8 @@ def main() -> None:
         make_corpus(corpus, args.files, args.mix)
         candidates = [c for c in Scanner(ScanOptions()).scan([str(corpus)]) if isinstance(c, Candidate)]
         tasks = [Task(c.path, c.modality, c.size, c.mtime) for c in candidates]
-        indexer = Indexer(Store.open(work / "db", model_id=encoder.model_id), encoder, cfg)
+        store = Store.open(work / "db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        indexer = Indexer(store, encoder, cfg)
 
         list(indexer._loader(tasks[:2]))  # start the fork server once, as a long run would have
         start = time.perf_counter()

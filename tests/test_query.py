@@ -347,3 +347,21 @@ def test_contact_sheet_renders_in_chromium(sheet, tmp_path):
     # The red photo shows twice (query card and first result), each thumbnail 192 x 144 pixels.
     assert red.sum() > 2 * 0.8 * 192 * 144
     assert blue.sum() > 0.8 * 192 * 144
+
+
+def test_contact_sheet_decodes_query_files_once_and_runs_no_query(indexed_db, tiny_model, tmp_path, monkeypatch):
+    import xsearch.preprocess.image as image_module
+    from xsearch.contact_sheet import render
+    from xsearch.encoder import Encoder
+
+    root, db, _ = indexed_db
+    calls = []
+    original = image_module.prepare
+    monkeypatch.setattr(image_module, "prepare", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    collection = Collection.open(db, encoder=Encoder(tiny_model, device="cpu"))
+    results = collection.search(Query.image(root / "red.jpg"), target="image", k=3)
+    results.thumbnails()  # what the page needs from the store, read through the results
+    monkeypatch.setattr(Store, "scan", lambda *a, **k: pytest.fail("the contact sheet ran a query"))
+    page = render(results, str(db))
+    assert calls == [str(root / "red.jpg")]  # decoded for the model; its preview came with it
+    assert page.count("data:image/jpeg;base64,") == 4  # the query input + 3 results

@@ -186,7 +186,7 @@ REGISTRY: dict[Modality, ModalitySpec] = {}
 
 
 def register(spec: ModalitySpec, *, replace: bool = False) -> ModalitySpec:
-    """Add a modality to the table (``Modality.define`` its name first); returns the spec."""
+    """Add a modality to the table (``define`` its name first); returns the spec."""
     if spec.modality in REGISTRY and not replace:
         raise UsageError(f"modality {spec.name!r} is already registered")
     REGISTRY[spec.modality] = spec
@@ -220,8 +220,8 @@ for _spec in (
     ModalitySpec(
         Modality.IMAGE,
         Tower.VISION,
-        f"{_P}.image:prepare",
-        f"{_P}.image:ImageCfg.for_model",
+        preprocess=f"{_P}.image:prepare",
+        make_cfg=f"{_P}.image:ImageCfg.for_model",
         extensions=_IMAGE_EXT,
         accepts=frozenset({Family.IMAGE}),
         sniffed_from=Family.IMAGE,
@@ -231,8 +231,8 @@ for _spec in (
     ModalitySpec(
         Modality.VIDEO,
         Tower.VISION,
-        f"{_P}.video:prepare",
-        f"{_P}.video:VideoCfg.for_model",
+        preprocess=f"{_P}.video:prepare",
+        make_cfg=f"{_P}.video:VideoCfg.for_model",
         extensions=frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}),
         accepts=frozenset({Family.VIDEO}),
         sniffed_from=Family.VIDEO,
@@ -243,8 +243,8 @@ for _spec in (
     ModalitySpec(
         Modality.TEXT,
         Tower.TEXT,
-        f"{_P}.text:prepare",
-        f"{_P}.text:TextCfg.for_model",
+        preprocess=f"{_P}.text:prepare",
+        make_cfg=f"{_P}.text:TextCfg.for_model",
         extensions=frozenset({".txt"}),
         accepts=frozenset({Family.TEXT}),
         preview=Preview.TEXT,
@@ -256,8 +256,8 @@ for _spec in (
         # and the decoder says whether an audio stream exists.
         Modality.AUDIO,
         Tower.AUDIO,
-        f"{_P}.audio:prepare",
-        f"{_P}.audio:AudioCfg.for_model",
+        preprocess=f"{_P}.audio:prepare",
+        make_cfg=f"{_P}.audio:AudioCfg.for_model",
         extensions=frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac"}),
         accepts=frozenset({Family.AUDIO, Family.VIDEO}),
         sniffed_from=Family.AUDIO,
@@ -269,8 +269,8 @@ for _spec in (
     ModalitySpec(
         Modality.DEPTH,
         Tower.DEPTH,
-        f"{_P}.single_channel:prepare_depth",
-        f"{_P}.single_channel:depth_cfg",
+        preprocess=f"{_P}.single_channel:prepare_depth",
+        make_cfg=f"{_P}.single_channel:depth_cfg",
         convention=True,
         accepts=_MAP_FAMILIES,
         preview=Preview.THUMBNAIL,
@@ -279,8 +279,8 @@ for _spec in (
     ModalitySpec(
         Modality.THERMAL,
         Tower.THERMAL,
-        f"{_P}.single_channel:prepare_thermal",
-        f"{_P}.single_channel:thermal_cfg",
+        preprocess=f"{_P}.single_channel:prepare_thermal",
+        make_cfg=f"{_P}.single_channel:thermal_cfg",
         convention=True,
         accepts=_MAP_FAMILIES,
         preview=Preview.THUMBNAIL,
@@ -289,8 +289,8 @@ for _spec in (
     ModalitySpec(
         Modality.IMU,
         Tower.IMU,
-        f"{_P}.imu:prepare",
-        f"{_P}.imu:ImuCfg.for_model",
+        preprocess=f"{_P}.imu:prepare",
+        make_cfg=f"{_P}.imu:ImuCfg.for_model",
         convention=True,
         accepts=frozenset({Family.ARRAY, Family.TEXT}),
         help="IMU recording (.npy, .csv)",
