@@ -5,8 +5,10 @@ Heavy imports (torch, lancedb, faiss) happen inside the commands so that ``xsear
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -30,8 +32,13 @@ app = typer.Typer(
 )
 
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (for bug reports).")]
+
+
 class _State:
     debug = False
+    verbose = False
 
 
 def _version(value: bool) -> None:
@@ -45,24 +52,57 @@ def main(
     version: Annotated[
         bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (for bug reports).")] = False,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
-    _State.debug = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    _State.verbose, _State.debug = verbose, debug
+    configure_logging()
 
 
-# How each library argument is spelt on the command line (``UsageError.argument`` -> flag).
+def configure_logging() -> None:
+    level = logging.DEBUG if _State.debug else logging.INFO if _State.verbose else logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(message)s")
+    logging.getLogger().setLevel(level)
+    # FAISS announces which SIMD build it loaded at INFO: noise unless debugging.
+    logging.getLogger("faiss").setLevel(logging.DEBUG if _State.debug else logging.WARNING)
+
+
+def command(*args, **kwargs) -> Callable:
+    """``app.command`` for a command that also takes ``--verbose``/``-v`` and ``--debug`` after its name
+    (they work before it too, as options of ``xsearch`` itself)."""
+
+    def register(function: Callable) -> Callable:
+        signature = inspect.signature(function, eval_str=True)
+        params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+        for name, annotation in (("verbose", VerboseOpt), ("debug", DebugOpt)):
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=annotation))
+
+        @functools.wraps(function)
+        def run(*call_args, verbose: bool = False, debug: bool = False, **call_kwargs):
+            _State.verbose, _State.debug = _State.verbose or verbose, _State.debug or debug
+            configure_logging()
+            return function(*call_args, **call_kwargs)
+
+        run.__signature__ = signature.replace(parameters=params)
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return app.command(*args, **kwargs)(run)
+
+    return register
+
+
+# How each library argument is spelt on the command line (``XsearchError.argument`` -> flag).
 FLAGS = {
     "assign": "--as",
+    "checkpoint": "--checkpoint",
     "device": "--device",
     "k": "-k",
     "labels": "--labels",
     "modalities": "--modalities",
     "model": "--model",
+    "path": "--path",
     "paths": "PATHS",
     "target": "--target",
+    "where": "--where",
 }
 
 
@@ -77,7 +117,7 @@ def handled_errors() -> Iterator[None]:
     """Domain errors -> one line and ``EXIT_ERROR``; anything else -> a short note (traceback with --debug)."""
     try:
         yield
-    except (typer.Exit, typer.Abort, typer.BadParameter):  # typer reports usage errors itself (exit 2)
+    except (typer.Exit, typer.Abort, typer.BadParameter, BrokenPipeError):  # typer/click report these
         raise
     except UsageError as error:
         if _State.debug:
@@ -87,7 +127,8 @@ def handled_errors() -> Iterator[None]:
     except XsearchError as error:
         if _State.debug:
             raise
-        fail(error)
+        flag = FLAGS.get(error.argument or "")
+        fail(f"{error} ({flag})" if flag else error)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except Exception as error:
@@ -110,3 +151,13 @@ def open_collection(db: str, checkpoint: str | None = None, model: str | None = 
     from xsearch.collection import Collection
 
     return Collection.open(db, checkpoint=checkpoint, model=model, device=device)
+
+
+def note_random_weights(collection) -> None:
+    """Every command on a database made with trial weights says that its results mean nothing."""
+    if collection.random_weights:
+        typer.echo(
+            f"note: {collection.path} holds embeddings of a random-weights model ({collection.model_name}): "
+            "results are meaningless (made for trying xsearch)",
+            err=True,
+        )

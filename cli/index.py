@@ -14,9 +14,10 @@ from cli.app import (
     DbOpt,
     DeviceOpt,
     ModelOpt,
-    app,
+    command,
     fail,
     handled_errors,
+    note_random_weights,
     open_collection,
 )
 
@@ -36,7 +37,7 @@ def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:
     return assigned
 
 
-@app.command()
+@command()
 def index(
     paths: Annotated[list[str] | None, typer.Argument(help="Folders or files to index.")] = None,
     db: DbOpt = ...,
@@ -87,6 +88,7 @@ def index(
         typer.echo(json.dumps(report.as_json(), indent=1))
     elif not quiet:
         print_summary(report)
+    note_random_weights(collection)
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if report.failed:
@@ -99,7 +101,13 @@ def print_summary(report) -> None:
     if report.pruned:
         parts.append(f"{report.pruned} pruned")
     rate = f", {report.files_per_second:.1f} files/s" if report.indexed + report.updated else ""
-    typer.echo(f"{report.db}: {', '.join(parts)} in {report.seconds:.1f} s{rate}")
+    load = f" (loading the model: {report.load_seconds:.1f} s)" if report.load_seconds >= 0.05 else ""
+    typer.echo(f"{report.db}: {', '.join(parts)} in {report.seconds:.1f} s{load}{rate}")
+    if report.stale_removed:
+        typer.echo(
+            f"  removed: {report.stale_removed} indexed files that now fail (no longer searched; "
+            "they are indexed again once they can be read)"
+        )
     if report.by_modality:
         typer.echo("  embedded: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_modality.items())))
     if report.indexes:

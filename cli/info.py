@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from cli.app import DbOpt, app, handled_errors, open_collection
+from cli.app import DbOpt, command, handled_errors, note_random_weights, open_collection
 
 
-@app.command()
+@command()
 def errors(
     db: DbOpt = ...,
     json_: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
@@ -25,14 +25,16 @@ def errors(
             typer.echo(f"{row['uri']}: {row['message']} [{row['stage']}]")
 
 
-@app.command()
+@command()
 def info(
     db: DbOpt = ...,
     json_: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
 ) -> None:
     """What a database holds: items per modality, model, index kind and freshness, errors, size."""
     with handled_errors():
-        facts = open_collection(db).info()
+        collection = open_collection(db)
+        facts = collection.info()
+    note_random_weights(collection)
     if json_:
         typer.echo(json.dumps(facts, indent=1))
         return

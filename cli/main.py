@@ -1,6 +1,21 @@
-"""``xsearch`` command line: the app with every command registered (entry point ``cli.main:app``)."""
+"""``xsearch`` command line: the app with every command registered (entry point ``cli.main:main``)."""
+
+import sys
+
+import click
 
 from cli import embed, index, info, search  # noqa: F401  (each module registers its commands on ``app``)
 from cli.app import app
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        # Click swaps in this wrapper when the reader of our output went away (`xsearch ... | head`): the
+        # reader has what it wanted, which is success, not the exit 1 click reports.
+        if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+            raise SystemExit(0) from None
+        raise

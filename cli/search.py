@@ -2,6 +2,10 @@
 
 ``search`` has one input option per modality of the modality table (``--image``, ``--audio``, ``--text``...),
 made from the table when this module loads, plus ``--item`` for stored items.
+
+Weights: a text is always taken whole, unless it starts with ``WEIGHT::`` (``"0.5::at night"``), a prefix
+no sentence has by accident; ``"meeting at 10:30"`` is that text, weight 1. A file or item takes a
+``:WEIGHT`` suffix (``bird.jpg:0.6``), but a path that exists as written is always the path.
 """
 
 from __future__ import annotations
@@ -9,32 +13,65 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from typing import Annotated
 
 import typer
 
-from cli.app import CheckpointOpt, DbOpt, DeviceOpt, app, fail, handled_errors, open_collection
-from xsearch.errors import QueryError, UsageError
+from cli.app import (
+    CheckpointOpt,
+    DbOpt,
+    DeviceOpt,
+    command,
+    fail,
+    handled_errors,
+    note_random_weights,
+    open_collection,
+)
+from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality
 
 ITEM = "item"
+TEXT_WEIGHT = "::"
 
 
-def split_weight(value: str, option: str) -> tuple[str, float]:
-    """``"rain.wav:0.4"`` -> ``("rain.wav", 0.4)``; no numeric suffix means weight 1.
+def _weight(text: str, option: str, value: str) -> float:
+    try:
+        weight = float(text)
+    except ValueError:
+        raise UsageError(f"{option} {value!r}: weight {text.strip()!r} is not a number") from None
+    if not math.isfinite(weight):
+        raise UsageError(f"{option} {value!r}: weight {text.strip()!r} is not a finite number")
+    return weight
 
-    A text that itself ends in ``:<number>`` needs an explicit weight: ``--text "ratio 3:2:1"``.
-    """
+
+def split_text_weight(value: str, option: str = "--text") -> tuple[str, float]:
+    """``"0.5::at night"`` -> ``("at night", 0.5)``; a text without a numeric ``WEIGHT::`` prefix is whole."""
+    head, sep, tail = value.partition(TEXT_WEIGHT)
+    if not sep:
+        return value, 1.0
+    try:
+        float(head)
+    except ValueError:
+        return value, 1.0  # "std::vector": a text that happens to hold "::"
+    return tail, _weight(head, option, value)
+
+
+def split_file_weight(value: str, option: str, must_exist: bool = True) -> tuple[str, float]:
+    """``"rain.wav:0.4"`` -> ``("rain.wav", 0.4)``. A path that exists as written is never split; a suffix
+    that is not a number is an error when the part before it exists (``chelsea.png:abc``)."""
+    if must_exist and os.path.exists(value):
+        return value, 1.0
     head, sep, tail = value.rpartition(":")
-    if sep and head:
-        try:
-            weight = float(tail)
-        except ValueError:
-            return value, 1.0
-        if not math.isfinite(weight):
-            raise QueryError(f"{option} {value!r}: weight {tail!r} is not a finite number")
-        return head, weight
-    return value, 1.0
+    if not (sep and head):
+        return value, 1.0
+    try:
+        float(tail)
+    except ValueError:
+        if must_exist and os.path.exists(head):
+            return head, _weight(tail, option, value)  # raises: the weight is the problem, not the file
+        return value, 1.0
+    return head, _weight(tail, option, value)
 
 
 def build_query(inputs: dict[str, list[str] | None]):
@@ -43,8 +80,12 @@ def build_query(inputs: dict[str, list[str] | None]):
 
     parts = []
     for option, values in inputs.items():
+        is_text = option != ITEM and Modality(option).spec.query_input == "text"
         for value in values or []:
-            target, weight = split_weight(value, f"--{option}")
+            if is_text:
+                target, weight = split_text_weight(value, f"--{option}")
+            else:
+                target, weight = split_file_weight(value, f"--{option}", must_exist=option != ITEM)
             if option == ITEM:
                 parts.append(Query.item(int(target) if target.isdigit() else target, weight))
             else:
@@ -72,12 +113,19 @@ def _search(
     path: Annotated[str | None, typer.Option(help="Glob on the file path, e.g. '*/2024/*'.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     html: Annotated[str | None, typer.Option(help="Also write a contact sheet (HTML) to this file.")] = None,
+    link_originals: Annotated[
+        bool, typer.Option(help="In the contact sheet, link each card to its original file (file:// links).")
+    ] = False,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
     **inputs: list[str] | None,
 ) -> None:
     """Search with any mix of inputs; several inputs are added with their weights (default 1).
+
+    Weights: FILE:WEIGHT for files and items (bird.jpg:0.6; a path that exists as written is never split),
+    WEIGHT::TEXT for text ("0.5::at night"; any other text is taken whole, colons and all). Negative
+    weights subtract.
 
     Example: xsearch search --db media.db --image bird.jpg:0.6 --audio waves.wav:0.4 --target image
     """
@@ -88,7 +136,8 @@ def _search(
         if html:
             from xsearch.contact_sheet import write_contact_sheet
 
-            write_contact_sheet(results, html, database=str(collection.path))
+            write_contact_sheet(results, html, database=str(collection.path), link_originals=link_originals)
+    note_random_weights(collection)
     if json_:
         typer.echo(json.dumps(results.as_json(), indent=1))
     else:
@@ -101,10 +150,10 @@ def _input_parameters() -> list[inspect.Parameter]:
     """One repeatable option per modality in the table, then ``--item``."""
     params = []
     for spec in REGISTRY.values():
-        shape = '"TEXT"[:WEIGHT]' if spec.query_input == "text" else "FILE[:WEIGHT]"
+        shape = '"TEXT" or "WEIGHT::TEXT"' if spec.query_input == "text" else "FILE or FILE:WEIGHT"
         option = typer.Option(f"--{spec.name}", help=f"{spec.help or spec.name}: {shape}, repeatable.")
         params.append(_option(spec.name, option))
-    item_help = "Indexed file (path or id)[:WEIGHT]: its stored embedding, no model run."
+    item_help = "Indexed file (path or id), or ITEM:WEIGHT: its stored embedding, no model run; repeatable."
     params.append(_option(ITEM, typer.Option(f"--{ITEM}", help=item_help)))
     return params
 
@@ -126,10 +175,10 @@ def _with_input_options(function):
     return function
 
 
-search = app.command(name="search")(_with_input_options(_search))
+search = command(name="search")(_with_input_options(_search))
 
 
-@app.command()
+@command()
 def classify(
     db: DbOpt = ...,
     labels: Annotated[str, typer.Option(help='Comma-separated labels, e.g. "dog,cat,rain,waves".')] = ...,
@@ -145,14 +194,17 @@ def classify(
     if output and not output.endswith((".csv", ".parquet")):
         fail(f"--output {output}: expected a .csv or .parquet file name")
     with handled_errors():
-        report = open_collection(db, checkpoint, model, device).classify(labels.split(","), target=target, where=where)
+        collection = open_collection(db, checkpoint, model, device)
+        labelled = collection.classify(labels.split(","), target=target, where=where)
         if output:
             import pyarrow.csv
             import pyarrow.parquet
 
-            (pyarrow.csv.write_csv if output.endswith(".csv") else pyarrow.parquet.write_table)(report, output)
-    for row in report.to_pylist():
+            write = pyarrow.csv.write_csv if output.endswith(".csv") else pyarrow.parquet.write_table
+            write(labelled.to_arrow(), output)
+    for row in labelled.as_json():
         if json_:
             typer.echo(json.dumps(row))
         else:
             typer.echo(f"{row['score']:.3f}  {row['label']:<20}  {row['uri']}")
+    note_random_weights(collection)

@@ -8,6 +8,8 @@
   exactly one row per file.
 - Incremental: a file whose size and mtime match its row is skipped; one that differs is hashed and
   re-embedded only when its bytes changed. Earlier failures are retried on every run.
+- A known file that now fails (corrupted, unreadable, gone between scan and decode) loses its row in the
+  same commit that records its error: a stale embedding never keeps answering searches.
 """
 
 from __future__ import annotations
@@ -67,10 +69,12 @@ class RunReport:
     updated: int = 0  # known files whose content changed, re-embedded
     unchanged: int = 0  # skipped (same size and mtime, or same bytes)
     failed: int = 0
+    stale_removed: int = 0  # rows of known files that now fail: removed, so they stop answering searches
     pruned: int = 0
     ignored: int = 0  # not media, or symlinks when not following them
     excluded: int = 0  # --exclude / --modalities
     seconds: float = 0.0
+    load_seconds: float = 0.0  # loading the model, before the run (set by ``Collection.index``)
     embed_seconds: float = 0.0
     by_modality: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
@@ -87,6 +91,7 @@ class RunReport:
         out["files_per_second"] = round(self.files_per_second, 2)
         out["seconds"] = round(self.seconds, 3)
         out["embed_seconds"] = round(self.embed_seconds, 3)
+        out["load_seconds"] = round(self.load_seconds, 3)
         return out
 
 
@@ -310,6 +315,11 @@ class _Batcher:
             store.update_file_stats({o.task.path: (o.task.size, o.task.mtime) for o in self.restat})
         done = [r.uri for r, _ in self.records] + [o.task.path for o in self.restat] + self.cleared
         store.clear_errors(done)
+        failed = [uri for uri, *_ in self.errors]
+        stale = store.lookup_uris(failed)["uri"].to_pylist() if failed else []
+        if stale:
+            store.delete_items(uris=stale)
+            self.report.stale_removed += len(stale)
         store.record_errors(self.errors)
         for record, is_update in self.records:
             self.by_modality[record.modality.value] += 1

@@ -11,7 +11,7 @@ How a file's modality is decided, first rule that applies (the rules' data is th
 4. a file without any extension whose first bytes are of a family an entry is ``sniffed_from``.
 
 Everything else is ignored (counted, not an error). Nothing here reads whole files: the workers hash and
-decode, and check that the content matches the modality (``indexer.sniff``).
+decode, and check that the content matches the modality (``xsearch.sniff``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from xsearch.modalities import Modality, modality_from_convention, modality_from_extension, modality_from_family
-from xsearch.sniff import HEAD_BYTES, sniff
+from xsearch.modalities import Modality, is_under, modality_of_path
+
+__all__ = ["Candidate", "Rejected", "ScanOptions", "ScanStats", "Scanner", "decide_modality", "is_under", "printable"]
 
 
 @dataclass(frozen=True)
@@ -75,35 +76,9 @@ def _valid_utf8(path: str) -> bool:
         return False
 
 
-def is_under(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or inside it (both absolute)."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
-    best = None
-    for root, modality in assigned.items():
-        if is_under(path, root):
-            if best is None or len(root) > len(best[0]):
-                best = (root, modality)
-    return best[1] if best else None
-
-
-def _sniff_extensionless(path: str) -> Modality | None:
-    try:
-        with open(path, "rb") as handle:
-            found = sniff(handle.read(HEAD_BYTES))
-    except OSError:
-        return None
-    return modality_from_family(found.family if found else None)
-
-
 def decide_modality(path: str, options: ScanOptions) -> Modality | None:
     """The modality ``path`` is indexed as under the rules above, or ``None`` to ignore it."""
-    modality = _assigned(path, options.assigned) or modality_from_convention(path) or modality_from_extension(path)
-    if modality is None and not os.path.splitext(os.path.basename(path))[1]:
-        modality = _sniff_extensionless(path)
-    return modality
+    return modality_of_path(path, options.assigned)
 
 
 class Scanner:

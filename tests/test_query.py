@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.search import split_weight
+from cli.search import split_file_weight, split_text_weight
 from xsearch import Collection, Modality
 from xsearch.errors import QueryError, UsageError
 from xsearch.query import Engine, Query, combine
@@ -188,16 +188,16 @@ def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
         modality = Modality.IMAGE if i < 6 else Modality.AUDIO
         store.add_items([ItemRecord(f"/m/{i}.x", modality, vector)])
         truth[f"/m/{i}.x"] = (labels[label], vector)
-    table = Collection.open(tmp_path / "db", encoder=encoder).classify(labels)
-    assert table.num_rows == 12
-    for row in table.to_pylist():
+    labelled = Collection.open(tmp_path / "db", encoder=encoder).classify(labels)
+    assert len(labelled) == 12
+    for row in labelled.as_json():
         label, vector = truth[row["uri"]]
         assert row["label"] == label
         logits = label_vectors @ vector * 100.0
         expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         assert row["score"] == pytest.approx(expected.max(), rel=1e-4)
     audio = Collection.open(tmp_path / "db", encoder=encoder).classify(labels, target="audio")
-    assert set(audio["modality"].to_pylist()) == {"audio"} and audio.num_rows == 6
+    assert {label.modality for label in audio} == {Modality.AUDIO} and len(audio) == 6
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
@@ -206,16 +206,42 @@ def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "value, expected",
     [
+        ("meeting at 10:30", ("meeting at 10:30", 1.0)),
+        ("ratio 3:2", ("ratio 3:2", 1.0)),
+        ("a dog: at noon", ("a dog: at noon", 1.0)),
+        ("0.5::at night", ("at night", 0.5)),
+        ("-0.3::people", ("people", -0.3)),
+        ("std::vector", ("std::vector", 1.0)),
+        ("2::10:30", ("10:30", 2.0)),
+    ],
+)
+def test_text_is_whole_unless_it_starts_with_a_weight(value, expected):
+    assert split_text_weight(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
         ("rain.wav", ("rain.wav", 1.0)),
         ("rain.wav:0.4", ("rain.wav", 0.4)),
         ("bird.jpg:-1.5", ("bird.jpg", -1.5)),
-        ("a dog: at noon", ("a dog: at noon", 1.0)),
-        ("ratio 3:2:1", ("ratio 3:2", 1.0)),
         (":5", (":5", 1.0)),
     ],
 )
-def test_split_weight(value, expected):
-    assert split_weight(value, "--x") == expected
+def test_split_file_weight(value, expected):
+    assert split_file_weight(value, "--x") == expected
+
+
+def test_a_file_that_exists_as_written_is_never_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "take:2").write_bytes(b"x")
+    (tmp_path / "chelsea.png").write_bytes(b"x")
+    assert split_file_weight("take:2", "--audio") == ("take:2", 1.0)
+    assert split_file_weight("chelsea.png:0.5", "--image") == ("chelsea.png", 0.5)
+    with pytest.raises(UsageError, match="'chelsea.png:abc': weight 'abc' is not a number"):
+        split_file_weight("chelsea.png:abc", "--image")
+    with pytest.raises(UsageError, match="not a finite number"):
+        split_text_weight("inf::rain")
 
 
 def _solid(path, colour, size=(256, 192)):
@@ -327,7 +353,8 @@ def sheet(indexed_db, tmp_path_factory):
 def test_contact_sheet_is_self_contained(sheet, indexed_db):
     root, _, _ = indexed_db
     page = sheet.read_text()
-    assert page.count("data:image/jpeg;base64,") == 4  # query item + 3 image results
+    assert page.count("data:image/jpeg;base64,") == 6  # query item + 3 image results + 2 waveforms
+    assert page.count('alt="waveform"') == 2  # the query sound's and the audio result's pictures
     assert page.count("data:audio/wav;base64,") == 2  # query sound + the audio result
     assert "waves breaking on rocks" in page  # the caption result
     assert f'src="{root}' not in page and "file://" not in page  # nothing links to the originals

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -65,6 +67,24 @@ class Collection:
         """The collection at ``path``; nothing is read until a method needs it (``index`` creates it)."""
         return cls(path, **kwargs)
 
+    def close(self) -> None:
+        """Let go of the model, the indices and the database handles (a later call loads them again)."""
+        self._engine = None
+        self._store = None
+        if self._checkpoint is not None or self._model is not None:  # reloadable: drop the model too
+            self._encoder = None
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        model = self._encoder.model_id if self._encoder is not None else self._model or "from the database"
+        state = "" if self.exists() else ", not created yet"
+        return f"Collection({str(self.path)!r}, model={model!r}{state})"
+
     # ---- what it is made of -----------------------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -83,19 +103,45 @@ class Collection:
 
     @property
     def model_name(self) -> str:
+        """The model id of the embeddings: the loaded encoder's, the one asked for, the database's, or the
+        default (``imagebind_huge``)."""
+        return self._known_model() or DEFAULT_MODEL
+
+    def _known_model(self) -> str | None:
         if self._encoder is not None:
             return self._encoder.model_id
         if self._model is not None:
             return self._model
-        return self.store.model_id if self.exists() else DEFAULT_MODEL
+        return self.store.model_id if self.exists() else None
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the database holds embeddings of a random-weights trial model (meaningless results)."""
+        from xsearch.model.config import is_random_weights
+
+        return is_random_weights(self.model_name)
 
     @property
     def encoder(self):
         """The encoder, loaded on first use."""
         if self._encoder is None:
             from xsearch.encoder import Encoder
+            from xsearch.model.config import architecture_of
+            from xsearch.model.pretrained import PRETRAINED
 
-            self._encoder = Encoder.from_pretrained(self._checkpoint, self.model_name, self._device)
+            model_id = self._known_model()
+            checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+            if not checkpoint and model_id is not None and model_id not in PRETRAINED:
+                # Only published weights can be downloaded; anything else must be the file it was made with.
+                where = f"{self.path} holds embeddings of '{model_id}'" if self.exists() else f"model '{model_id}'"
+                raise UsageError(
+                    f"{where}, which has no downloadable weights: give the checkpoint file it was made with "
+                    "(or set XSEARCH_CHECKPOINT)",
+                    argument="checkpoint",
+                )
+            # With no model known, a checkpoint file may name its own architecture (random-checkpoint's do).
+            architecture = architecture_of(model_id) if model_id else None
+            self._encoder = Encoder.from_pretrained(checkpoint, architecture, self._device)
         return self._encoder
 
     @property
@@ -132,11 +178,15 @@ class Collection:
         from indexer.pipeline import Indexer, IndexerCfg
         from indexer.scan import ScanOptions
 
+        started = time.perf_counter()
         assigned = _assignments(assign or {})
         roots = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
         roots += [p for p in assigned if p not in roots]
         if not roots:
             raise UsageError("nothing to index: give folders or files", argument="paths")
+        missing = [p for p in roots if not os.path.lexists(p)]
+        if missing:  # a typo or an unmounted drive: nothing is done, nothing is recorded
+            raise UsageError(f"no such file or folder: {', '.join(missing)}", argument="paths")
         options = ScanOptions(
             modalities=frozenset(_parse(modalities, "modalities")) if modalities else None,
             exclude=tuple(exclude),
@@ -152,17 +202,31 @@ class Collection:
             update_index=update_index,
             progress=progress,
         )
+        loading = time.perf_counter()
+        if self._encoder is None:
+            from xsearch.encoder import resolve_device
+
+            resolve_device(self._device)  # a bad device is a usage error, before "loading model"
+        if self._encoder is None and progress:
+            from tqdm import tqdm
+
+            named = self._known_model() or self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT") or DEFAULT_MODEL
+            tqdm.write(f"loading model {named} ...", file=sys.stderr)  # beside the progress bars
         encoder = self.encoder
+        loaded = time.perf_counter()
         store = self._open_for_writing(encoder)
-        return Indexer(store, encoder, cfg).run(roots, options)
+        report = Indexer(store, encoder, cfg).run(roots, options)
+        report.load_seconds = loaded - loading
+        report.seconds = time.perf_counter() - started  # the whole run, model loading included
+        return report
 
     def search(self, query, *, target=None, k: int = 10, where: str | None = None, path: str | None = None):
         """The ``k`` items nearest to ``query`` (a ``Query``) among ``target`` modalities (default: all)."""
         return self.engine.search(query, target=target, k=k, where=where, path=path)
 
     def classify(self, labels: Sequence[str], *, target=None, where: str | None = None):
-        """Each item's best text label and its probability: an Arrow table ``id, uri, modality, label,
-        score``, sorted by id."""
+        """Each item's best text label and its probability, sorted by id: ``Labels`` (rows of ``id, uri,
+        modality, label, score``; ``to_arrow``, ``to_pandas``, ``as_json``)."""
         from xsearch.query.classify import classify, clean_labels
 
         labels = clean_labels(labels)

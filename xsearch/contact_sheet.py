@@ -1,8 +1,9 @@
 """A self-contained HTML contact sheet of a search: the query inputs and the results, with previews.
 
 Previews are small and chosen by each modality's ``preview`` in the modality table: stored thumbnails
-(made at index time, or while a query input was decoded for the model) for images, video and
-depth/thermal; short 16 kHz mono WAV excerpts for audio players; the first lines of text files. Everything
+(made at index time, or while a query input was decoded for the model) for images, video, depth/thermal
+maps and IMU plots; a waveform picture and a short 16 kHz mono WAV excerpt for audio; the first lines of
+text files. Negative scores and subtracted inputs are marked in red; links to the originals are opt-in. Everything
 is inlined as data URIs, so the page can be mailed or archived; no original file is read whole into it.
 The page is drawn from a ``Results`` alone: it runs no query and decodes no input for the model again.
 """
@@ -14,6 +15,7 @@ import html
 import io
 import os
 import wave
+from pathlib import Path
 
 import numpy as np
 
@@ -29,11 +31,16 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; background: #fafafa; color: #222; }
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; }
-.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; width: 208px; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; width: 240px; }
+.card.subtracted { border: 2px dashed #c33; }
 .card img { display: block; max-width: 192px; max-height: 192px; margin: 0 auto 6px; }
-.card audio { width: 192px; } .card pre { white-space: pre-wrap; font-size: 12px; max-height: 150px;
-  overflow: hidden; margin: 0 0 6px; }
-.meta { font-size: 12px; color: #555; word-break: break-all; } .score { font-weight: 600; color: #0a5; }
+.card audio { display: block; width: 100%; margin: 0 0 6px; }
+.card pre { white-space: pre-wrap; font-size: 12px; max-height: 150px; overflow: hidden; margin: 0 0 6px; }
+.card a { color: inherit; text-decoration: none; }
+.meta { font-size: 12px; color: #555; overflow-wrap: anywhere; }
+.score { font-weight: 600; color: #0a5; } .score.negative, .weight.negative { color: #c33; font-weight: 600; }
+.label { font-size: 12px; color: #555; background: #f0f0f0; border-radius: 4px; padding: 20px 6px; margin: 0 0 6px;
+  text-align: center; }
 .missing { font-size: 12px; color: #a00; height: 60px; }
 """
 
@@ -77,52 +84,77 @@ def _text_preview(path: str) -> str:
         return ""
 
 
+def _img(alt: str, jpeg: bytes) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{_data_uri("image/jpeg", jpeg)}">'
+
+
 def _preview(modality: Modality | None, path: str | None, thumbnail: bytes | None) -> str:
     """The HTML for one card's preview, as the modality table says the modality is shown."""
     kind = modality.spec.preview if modality is not None else None
     exists = path is not None and os.path.exists(path)
     if kind is Preview.THUMBNAIL and thumbnail:
-        return f'<img alt="{html.escape(modality.value)}" src="{_data_uri("image/jpeg", thumbnail)}">'
-    if kind is Preview.AUDIO and exists:
+        return _img(modality.value, thumbnail)
+    if kind is Preview.AUDIO and (exists or thumbnail):
+        picture = _img("waveform", thumbnail) if thumbnail else ""
         try:
-            return f'<audio controls src="{_data_uri("audio/wav", audio_preview(path))}"></audio>'
+            player = f'<audio controls src="{_data_uri("audio/wav", audio_preview(path))}"></audio>' if exists else ""
         except DecodeError:
-            pass
+            player = ""
+        return picture + player
     if kind is Preview.TEXT and exists:
         return f"<pre>{html.escape(_text_preview(path))}</pre>"
-    if kind is Preview.LABEL:
-        return f'<div class="missing">{html.escape(modality.spec.help or modality.value)}</div>'
+    if kind is Preview.LABEL or (kind is Preview.THUMBNAIL and exists):  # indexed before it had a preview
+        return f'<div class="label">{html.escape(modality.spec.help or modality.value)}</div>'
     return '<div class="missing">no preview (file missing or unreadable)</div>'
 
 
-def _card(preview: str, lines: list[str]) -> str:
+def _path(uri: str) -> str:
+    """A path that wraps at its separators, not mid-word."""
+    return html.escape(uri).replace("/", "/<wbr>")
+
+
+def _card(preview: str, lines: list[str], link: str | None = None, subtracted: bool = False) -> str:
+    if link:
+        preview = f'<a href="{html.escape(link)}">{preview}</a>'
     meta = "<br>".join(lines)
-    return f'<div class="card">{preview}<div class="meta">{meta}</div></div>'
+    return f'<div class="card{" subtracted" if subtracted else ""}">{preview}<div class="meta">{meta}</div></div>'
 
 
-def _input_card(given: QueryInput) -> str:
+def _weight(weight: float) -> str:
+    if weight < 0:
+        return f'<span class="weight negative">weight {weight:g} (subtracted)</span>'
+    return f'<span class="weight">weight {weight:g}</span>'
+
+
+def _link(uri: str | None, link_originals: bool) -> str | None:
+    return Path(uri).as_uri() if link_originals and uri and os.path.isabs(uri) else None
+
+
+def _input_card(given: QueryInput, link_originals: bool) -> str:
     """A query input as the engine embedded it: its own description, and a preview of what it was."""
     term = given.term
-    described = term.describe()
-    head = f"{html.escape(str(given.modality or term.kind))} {html.escape(term.kind)}, weight {term.weight:g}"
+    subtracted = term.weight < 0
+    head = f"{html.escape(str(given.modality or term.kind))} {html.escape(term.kind)}, {_weight(term.weight)}"
     if isinstance(term, TextTerm):
-        return _card(f"<pre>{html.escape(term.text)}</pre>", [head])
+        return _card(f"<pre>{html.escape(term.text)}</pre>", [head], subtracted=subtracted)
+    shown = _path(str(term.describe()["value"]))
     if given.modality is None:  # a raw vector: nothing to show but its description
-        return _card('<div class="missing">vector</div>', [head, html.escape(str(described["value"]))])
-    return _card(_preview(given.modality, given.uri, given.thumbnail), [head, html.escape(str(described["value"]))])
+        return _card('<div class="label">vector</div>', [head, shown], subtracted=subtracted)
+    preview = _preview(given.modality, given.uri, given.thumbnail)
+    return _card(preview, [head, shown], _link(given.uri, link_originals), subtracted)
 
 
-def render(results: Results, database: str = "") -> str:
-    """The page as a string."""
+def render(results: Results, database: str = "", link_originals: bool = False) -> str:
+    """The page as a string. ``link_originals`` links each card to its file (``file://``); the page is
+    self-contained either way."""
     thumbnails = results.thumbnails()
-    query_cards = "".join(_input_card(given) for given in results.inputs)
+    query_cards = "".join(_input_card(given, link_originals) for given in results.inputs)
     result_cards = []
     for r in results:
-        lines = [
-            f'#{r.rank} <span class="score">{r.score:.3f}</span> {html.escape(r.modality.value)}',
-            html.escape(r.uri),
-        ]
-        result_cards.append(_card(_preview(r.modality, r.uri, thumbnails.get(r.id)), lines))
+        score = f'<span class="score{" negative" if r.score < 0 else ""}">{r.score:.3f}</span>'
+        lines = [f"#{r.rank} {score} {html.escape(r.modality.value)}", _path(r.uri)]
+        preview = _preview(r.modality, r.uri, thumbnails.get(r.id))
+        result_cards.append(_card(preview, lines, _link(r.uri, link_originals)))
     targets = ", ".join(t.value for t in results.targets) or "all"
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>xsearch results</title>"
@@ -135,11 +167,13 @@ def render(results: Results, database: str = "") -> str:
     )
 
 
-def write_contact_sheet(results: Results, path: str | os.PathLike, database: str = "") -> str:
+def write_contact_sheet(
+    results: Results, path: str | os.PathLike, database: str = "", link_originals: bool = False
+) -> str:
     """Write the page to ``path`` atomically; returns the path."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render(results, database))
+        handle.write(render(results, database, link_originals))
     os.replace(tmp, path)
     return path

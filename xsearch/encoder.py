@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from xsearch.errors import DecodeError, UsageError
-from xsearch.modalities import Modality, Tower, as_tower, modality_from_extension
+from xsearch.modalities import Modality, Tower, as_tower, modality_of_path
 from xsearch.model.imagebind import ImageBind
 from xsearch.preprocess import PreprocessCfg, Preprocessed, get_tokenizer, preprocess_with_metadata
 
@@ -75,7 +75,7 @@ class Encoder:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         # Input shapes belong to the model: its config makes the preprocessing config.
         self.preprocess = preprocess if preprocess is not None else PreprocessCfg.for_model(model.cfg)
-        self.model_id = model.cfg.name
+        self.model_id = model.model_id
 
     @classmethod
     def from_pretrained(
@@ -111,7 +111,10 @@ class Encoder:
     def encode_files(
         self, paths, modality: Modality | str | None = None, batch_size: int = 16, thumbnails: bool = False
     ) -> list[EncodedFile]:
-        """Embed files, grouped by modality (from ``modality`` or the extension), in input order.
+        """Embed files, grouped by modality, in input order.
+
+        Each file's modality is ``modality`` when given, else what the indexer's rules make of its path
+        (a folder named ``depth``, a stem ending ``_thermal``, the extension, the first bytes).
 
         A file that cannot be decoded gets an ``EncodedFile`` with ``error`` set; the others are embedded.
         With ``thumbnails``, each result also carries the preview made from the pixels it decoded.
@@ -121,7 +124,7 @@ class Encoder:
         pending: dict[Modality, list[tuple[int, torch.Tensor]]] = defaultdict(list)
         for path in paths:
             path = os.fspath(path)
-            kind = modality or modality_from_extension(path)
+            kind = modality or modality_of_path(path)
             result = EncodedFile(path, kind)
             results.append(result)
             if kind is None:

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 
 class XsearchError(Exception):
-    """Base class of every error xsearch raises on purpose."""
+    """Base class of every error xsearch raises on purpose.
+
+    ``argument`` names the parameter the error is about, when there is one (``"target"``, ``"checkpoint"``),
+    so that a front end can point at its own spelling of it (the CLI's ``--target``).
+    """
+
+    def __init__(self, message: str = "", argument: str | None = None):
+        self.argument = argument
+        super().__init__(message)
 
 
 class CheckpointError(XsearchError):
@@ -53,13 +61,8 @@ class QueryError(XsearchError):
 class UsageError(XsearchError):
     """An argument the caller got wrong (an unknown modality or model name, a bad option value).
 
-    Raised before anything is loaded or written. ``argument`` names the parameter (``"target"``,
-    ``"modalities"``...) so that a front end can point at its own spelling of it (the CLI's ``--target``).
+    Raised before anything is loaded or written; ``argument`` names the parameter.
     """
-
-    def __init__(self, message: str, argument: str | None = None):
-        self.argument = argument
-        super().__init__(message)
 
     def for_argument(self, argument: str) -> UsageError:
         """The same error, attributed to ``argument`` (keeps an attribution made closer to the source)."""

@@ -53,7 +53,7 @@ class Preview(str, enum.Enum):
     """How a results page shows an item of a modality."""
 
     THUMBNAIL = "thumbnail"  # a JPEG made at index time from the decoded pixels
-    AUDIO = "audio"  # a short audio player
+    AUDIO = "audio"  # a picture of the waveform and a short audio player
     TEXT = "text"  # the first lines
     LABEL = "label"  # a caption only (IMU recordings)
 
@@ -293,6 +293,7 @@ for _spec in (
         make_cfg=f"{_P}.imu:ImuCfg.for_model",
         convention=True,
         accepts=frozenset({Family.ARRAY, Family.TEXT}),
+        preview=Preview.THUMBNAIL,
         help="IMU recording (.npy, .csv)",
     ),
 ):
@@ -337,6 +338,42 @@ def modality_from_family(family: Family | None) -> Modality | None:
     return None
 
 
+def is_under(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or inside it (both absolute)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
+    """The modality of the deepest assigned folder (or file) that holds ``path``."""
+    best = None
+    for root, modality in assigned.items():
+        if is_under(path, root) and (best is None or len(root) > len(best[0])):
+            best = (root, modality)
+    return best[1] if best else None
+
+
+def _sniffed(path: str) -> Modality | None:
+    from xsearch.sniff import HEAD_BYTES, sniff
+
+    try:
+        with open(path, "rb") as handle:
+            found = sniff(handle.read(HEAD_BYTES))
+    except OSError:
+        return None
+    return modality_from_family(found.family if found else None)
+
+
+def modality_of_path(path: str | os.PathLike, assigned: dict[str, Modality] | None = None) -> Modality | None:
+    """What a file is indexed or embedded as, first rule that applies, or ``None`` when no rule does:
+    an ``assigned`` folder or file (absolute paths), a naming convention, the extension, and for a file
+    without an extension its first bytes."""
+    path = os.path.abspath(os.fspath(path))
+    modality = _assigned(path, assigned or {}) or modality_from_convention(path) or modality_from_extension(path)
+    if modality is None and not os.path.splitext(os.path.basename(path))[1]:
+        modality = _sniffed(path)
+    return modality
+
+
 def as_tower(value: Tower | Modality | str) -> Tower:
     """The tower for a tower, a modality, or either's name (``"image"`` -> ``Tower.VISION``)."""
     if isinstance(value, Tower):
@@ -361,6 +398,8 @@ __all__ = [
     "modality_from_convention",
     "modality_from_extension",
     "modality_from_family",
+    "modality_of_path",
+    "is_under",
     "parse_modalities",
     "register",
     "spec",

@@ -57,6 +57,11 @@ _PREFIXES: list[tuple[bytes, Sniffed]] = [
     (b"ID3", Sniffed(Family.AUDIO, "MP3 audio")),
     (b"\x1aE\xdf\xa3", Sniffed(Family.VIDEO, "a Matroska/WebM video")),
     (b"\x93NUMPY", Sniffed(Family.ARRAY, "a NumPy array")),
+    # Byte-order marks of UTF-16/32 text (Windows Notepad's "Unicode"); checked before MPEG frame sync,
+    # which 0xFF 0xFE also matches.
+    (b"\xff\xfe", Sniffed(Family.TEXT, "UTF-16 text")),
+    (b"\xfe\xff", Sniffed(Family.TEXT, "UTF-16 text")),
+    (b"\x00\x00\xfe\xff", Sniffed(Family.TEXT, "UTF-32 text")),
     (b"%PDF", Sniffed(Family.DOCUMENT, "a PDF document")),
     (b"PK\x03\x04", Sniffed(Family.DOCUMENT, "a ZIP archive")),
     (b"\x1f\x8b", Sniffed(Family.DOCUMENT, "a gzip archive")),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xsearch.errors import StoreError
+from xsearch.errors import StoreError, UsageError
 from xsearch.modalities import Modality
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,13 @@ class Store:
         try:
             return dataset.to_table(columns=list(columns), filter=sql)
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
-            shown = where.where if where is not None and where.where else sql
-            raise StoreError(f"bad filter {shown!r}: {str(exc).splitlines()[0]}") from None
+            if where is None or not where.where:
+                raise StoreError(f"{self.path}: reading items failed ({str(exc).splitlines()[0]})") from None
+            reason = _filter_problem(str(exc))
+            filterable = ", ".join(n for n in items_schema(self.embed_dim).names if n not in _NOT_FILTERABLE)
+            raise UsageError(
+                f"bad filter {where.where!r}: {reason} (columns: {filterable})", argument="where"
+            ) from None
 
     def modalities(self) -> list[Modality]:
         """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
@@ -424,12 +430,30 @@ class Store:
         return self.errors().to_arrow()
 
 
-def _architecture_width(model_id: str) -> int:
-    from xsearch.model.config import CONFIGS
+_NOT_FILTERABLE = {"embedding", "thumbnail"}
 
-    if model_id not in CONFIGS:
+
+def _filter_problem(message: str) -> str:
+    """Lance's error about a filter, as one line about the user's own words: no source paths, no wrapped
+    SQL, no internal column list."""
+    text = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", message.splitlines()[0]).replace("Invalid user input: ", "")
+    missing = re.search(r"No field named (\S+?)\.?(?: Valid fields|$| Did you mean '(\w+)')", text)
+    if missing:
+        hint = f"; did you mean '{missing.group(2)}'?" if missing.group(2) else ""
+        return f"no column named {missing.group(1)}{hint}"
+    parser = re.search(r"sql parser error: (.*?)\)?$", text)
+    if parser:
+        return f"syntax error: {parser.group(1)}"
+    resolving = re.search(r"Error resolving filter expression .*?: (.*)$", text)
+    return (resolving.group(1) if resolving else text).strip().rstrip(".,")
+
+
+def _architecture_width(model_id: str) -> int:
+    from xsearch.model.config import CONFIGS, architecture_of
+
+    if architecture_of(model_id) not in CONFIGS:
         raise StoreError(f"model {model_id!r} is not a known architecture: give the new database's embed_dim")
-    return CONFIGS[model_id].embed_dim
+    return CONFIGS[architecture_of(model_id)].embed_dim
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

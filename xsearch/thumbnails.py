@@ -1,7 +1,8 @@
-"""Small JPEG previews for results pages: images, video frames, false-colour depth and thermal maps.
+"""Small JPEG previews for results pages: images, video frames, false-colour depth and thermal maps, audio
+waveforms and IMU plots.
 
-Made at index time from pixels the decoder already holds (stored in ``items.thumbnail``), or on demand for
-query inputs, so a results page never embeds a full-size original.
+Made at index time from what the decoder already holds (stored in ``items.thumbnail``), or while a query
+input is decoded for the model, so a results page (or any other front end) never decodes an original.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 THUMBNAIL_SIZE = 192  # longest side, pixels
 JPEG_QUALITY = 80
@@ -19,9 +20,7 @@ def jpeg_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     """An RGB PIL image -> JPEG bytes no larger than ``size`` on its longest side."""
     image = image.convert("RGB")
     image.thumbnail((size, size), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=JPEG_QUALITY)
-    return out.getvalue()
+    return _jpeg(image)
 
 
 def frame_thumbnail(frame: np.ndarray, size: int = THUMBNAIL_SIZE) -> bytes:
@@ -46,3 +45,49 @@ def false_colour(array: np.ndarray) -> Image.Image:
 
 def map_thumbnail(array: np.ndarray, size: int = THUMBNAIL_SIZE) -> bytes:
     return jpeg_thumbnail(false_colour(array), size)
+
+
+PLOT_SIZE = (THUMBNAIL_SIZE, 96)
+_PLOT_COLOURS = [(200, 40, 40), (40, 150, 40), (40, 70, 200), (220, 140, 20), (150, 40, 170), (20, 160, 170)]
+
+
+def waveform_thumbnail(samples: np.ndarray, size: tuple[int, int] = PLOT_SIZE) -> bytes:
+    """A mono waveform (any length) -> its min/max envelope across ``size[0]`` columns, as a JPEG."""
+    width, height = size
+    image = Image.new("RGB", size, (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    columns = (
+        np.array_split(samples, width) if len(samples) >= width else [samples[i : i + 1] for i in range(len(samples))]
+    )
+    peak = max(float(np.abs(samples).max(initial=0.0)), 1e-6)
+    middle = (height - 1) / 2
+    for x, column in enumerate(columns):
+        if len(column):
+            low, high = float(column.min()) / peak, float(column.max()) / peak
+            draw.line([(x, middle - high * middle), (x, middle - low * middle)], fill=(30, 90, 170))
+    draw.line([(0, middle), (width - 1, middle)], fill=(180, 180, 180))
+    return _jpeg(image)
+
+
+def signals_thumbnail(signals: np.ndarray, size: tuple[int, int] = PLOT_SIZE) -> bytes:
+    """``[channels, n]`` signals (IMU: accelerometer xyz, gyroscope xyz) -> one coloured line per channel,
+    each scaled to its own range, as a JPEG."""
+    width, height = size
+    image = Image.new("RGB", size, (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    signals = np.asarray(signals, dtype=np.float32)
+    n = signals.shape[1]
+    xs = np.linspace(0, width - 1, num=min(n, width * 2))
+    for channel, colour in zip(signals, _PLOT_COLOURS * (len(signals) // len(_PLOT_COLOURS) + 1)):
+        values = np.interp(np.linspace(0, n - 1, num=len(xs)), np.arange(n), channel)
+        low, high = float(values.min()), float(values.max())
+        ys = (height - 4) * (1 - (values - low) / max(high - low, 1e-6)) + 2
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colour, width=2)
+    return _jpeg(image)
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from xsearch.errors import CheckpointError, UsageError
-from xsearch.model.config import get_config
+from xsearch.model.config import RANDOM_MARK, get_config
 from xsearch.model.imagebind import ImageBind, create_model
 from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_NOTES = "xsearch"  # the key of xsearch's notes beside "model" in a checkpoint it wrote
 
 
 def sha256_file(path: Path) -> str:
@@ -55,7 +56,10 @@ def download(url: str, dest: Path, sha256: str | None = None, *, progress: bool 
                     bar.update(len(chunk))
     except OSError as exc:  # URLError and HTTPError are OSErrors
         part.unlink(missing_ok=True)
-        raise CheckpointError(f"{url}: download failed ({exc})") from None
+        raise CheckpointError(
+            f"{url}: download failed ({exc}); give a local checkpoint file, or set XSEARCH_CHECKPOINT to one",
+            argument="checkpoint",
+        ) from None
     actual = digest.hexdigest()
     if sha256 is not None and actual != sha256.lower():
         part.unlink(missing_ok=True)
@@ -89,7 +93,7 @@ def resolve_checkpoint(
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
+            raise CheckpointError(f"{path}: checkpoint file not found", argument="checkpoint")
         return path
     entry: PretrainedWeights = PRETRAINED[weights]
     path = checkpoint_dir() / entry.filename
@@ -98,7 +102,8 @@ def resolve_checkpoint(
         return path
     if not download_missing:
         raise CheckpointError(
-            f"{path}: checkpoint not found; give a checkpoint file, set XSEARCH_CHECKPOINT, or allow the download"
+            f"{path}: checkpoint not found; give a checkpoint file, set XSEARCH_CHECKPOINT, or allow the download",
+            argument="checkpoint",
         )
     log.warning("Downloading %s to %s. %s", entry.url, path, entry.license)
     return download(url or entry.url, path, entry.sha256)
@@ -106,6 +111,11 @@ def resolve_checkpoint(
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``torch.load`` with every failure turned into a one-line ``CheckpointError`` naming the file."""
+    return _read_checkpoint(path)[0]
+
+
+def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state_dict and xsearch's own notes (``{"random_weights_seed": 0}`` for a trial checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -116,11 +126,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+    notes = {}
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        notes = state.get(_NOTES) if isinstance(state.get(_NOTES), dict) else {}
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state_dict of tensors")
-    return state
+    return state, notes
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -145,11 +157,15 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
             )
 
 
-def load_checkpoint(path: str | os.PathLike, architecture: str = "imagebind_huge") -> ImageBind:
-    """Build ``architecture`` and load ``path`` into it with ``strict=True``."""
-    state = read_state_dict(path)
+def load_checkpoint(path: str | os.PathLike, architecture: str | None = None) -> ImageBind:
+    """Build ``architecture`` and load ``path`` into it with ``strict=True``. ``None``: the architecture the
+    file names (a checkpoint xsearch wrote, e.g. ``random-checkpoint``), else ``imagebind_huge``."""
+    state, notes = _read_checkpoint(path)
+    architecture = architecture or notes.get("architecture") or "imagebind_huge"
     model = create_model(get_config(architecture), device="meta")
     check_state_dict(model, state, path)
+    if "random_weights_seed" in notes:
+        model.model_id = f"{model.cfg.name}{RANDOM_MARK}{int(notes['random_weights_seed'])}"
     model.load_state_dict(state, strict=True, assign=True)
     # Buffers that are not in the state_dict would stay on "meta"; there are none, but make it loud.
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
@@ -166,8 +182,8 @@ def load_pretrained(
 ) -> ImageBind:
     """The pretrained model: resolve the checkpoint (path, env, cache or download), then load it strictly.
 
-    ``architecture`` defaults to the one of ``weights``; name another (``tiny_test``) for a checkpoint of
-    that size.
+    ``architecture`` defaults to the one a checkpoint file names (``random-checkpoint`` files do), else to
+    the one of ``weights``; name another (``tiny_test``) for a checkpoint of that size.
 
     Example
     -------
@@ -176,16 +192,31 @@ def load_pretrained(
     """
     if weights not in PRETRAINED:
         raise UsageError(f"unknown weights {weights!r} (known: {', '.join(PRETRAINED)})", argument="weights")
-    architecture = architecture or PRETRAINED[weights].architecture
-    get_config(architecture)  # an unknown name fails before any file is read or downloaded
+    if architecture is not None:
+        get_config(architecture)  # an unknown name fails before any file is read or downloaded
+    explicit = checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
     path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
-    return load_checkpoint(path, architecture)
+    # A file given by the user may name its own architecture; a download is the weights' own.
+    return load_checkpoint(path, architecture or (None if explicit else PRETRAINED[weights].architecture))
 
 
-def save_checkpoint(model: ImageBind, path: str | os.PathLike) -> Path:
-    """Write ``model.state_dict()`` (official key names) to ``path`` atomically."""
+def save_checkpoint(model: ImageBind, path: str | os.PathLike, notes: dict | None = None) -> Path:
+    """Write ``model.state_dict()`` (official key names) to ``path`` atomically; with ``notes``, as
+    ``{"model": state_dict, "xsearch": notes}`` (a layout the loader, and Meta's own, read)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save(model.state_dict() if notes is None else {"model": model.state_dict(), _NOTES: notes}, tmp)
     shutil.move(tmp, path)
     return path
+
+
+def save_random_checkpoint(path: str | os.PathLike, architecture: str = "tiny_test", seed: int = 0) -> Path:
+    """A checkpoint of ``architecture`` with random weights, for trying xsearch without the real weights.
+
+    Its embeddings are meaningless; a model loaded from it is called ``"<architecture>:random-<seed>"``, so
+    a database made with it says so and never mixes with real embeddings.
+    """
+    cfg = get_config(architecture)
+    torch.manual_seed(seed)
+    notes = {"random_weights_seed": int(seed), "architecture": cfg.name}
+    return save_checkpoint(create_model(cfg), path, notes=notes)

@@ -104,9 +104,22 @@ TINY_TEST = replace(
 CONFIGS: dict[str, ImageBindCfg] = {cfg.name: cfg for cfg in (IMAGEBIND_HUGE, TINY_TEST)}
 
 
+RANDOM_MARK = ":random-"  # model ids of random-weights checkpoints: "tiny_test:random-0"
+
+
+def architecture_of(model_id: str) -> str:
+    """The architecture name in a model id (``"tiny_test:random-0"`` -> ``"tiny_test"``)."""
+    return model_id.split(RANDOM_MARK)[0]
+
+
+def is_random_weights(model_id: str) -> bool:
+    """Whether a model id names a random-weights checkpoint (``xsearch random-checkpoint``)."""
+    return RANDOM_MARK in model_id
+
+
 def get_config(name: str) -> ImageBindCfg:
-    """The architecture called ``name``; ``UsageError`` (argument ``model``) lists the known ones."""
+    """The architecture called ``name`` (or named by a model id); ``UsageError`` lists the known ones."""
     try:
-        return CONFIGS[name]
+        return CONFIGS[architecture_of(name)]
     except KeyError:
         raise UsageError(f"unknown model {name!r} (known: {', '.join(CONFIGS)})", argument="model") from None

@@ -78,6 +78,9 @@ class ImageBind(nn.Module):
     def __init__(self, cfg: ImageBindCfg):
         super().__init__()
         self.cfg = cfg
+        # What the embeddings are called in a database: the architecture, or "<arch>:random-<seed>" for
+        # random weights (set by the checkpoint loader), so that spaces that differ are never mixed.
+        self.model_id = cfg.name
         towers = list(Tower)
         self.modality_preprocessors = nn.ModuleDict({t.value: _build_preprocessor(cfg, t) for t in towers})
         self.modality_trunks = nn.ModuleDict({t.value: Transformer(cfg.tower(t)) for t in towers})

@@ -136,7 +136,11 @@ def preprocess_audio(path: str | os.PathLike, cfg: AudioCfg = AudioCfg()) -> tor
 
 
 def prepare(path, cfg: AudioCfg, thumbnail: bool = True) -> Preprocessed:
-    """Model input, duration and sample rate (audio has no thumbnail)."""
+    """Model input, duration, sample rate and (when ``thumbnail``) a picture of the whole waveform."""
+    from xsearch import thumbnails
+
     waveform, rate = decode_audio(path, cfg)
     meta = {"duration": waveform.shape[-1] / rate, "sample_rate": rate}
+    if thumbnail:
+        meta["thumbnail"] = thumbnails.waveform_thumbnail(waveform[0].numpy())
     return Preprocessed(waveform_to_clips(waveform, rate, cfg), meta)

@@ -95,4 +95,11 @@ def preprocess_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> torch.Ten
 
 
 def prepare(path, cfg: ImuCfg, thumbnail: bool = True) -> Preprocessed:
-    return Preprocessed(preprocess_imu(path, cfg))
+    """Model input and (when ``thumbnail``) a plot of the whole recording, one line per channel."""
+    from xsearch import thumbnails
+
+    array = load_imu(path, cfg)
+    meta = {}
+    if thumbnail:
+        meta["thumbnail"] = thumbnails.signals_thumbnail(array)
+    return Preprocessed(torch.from_numpy(np.ascontiguousarray(fit_length(array, cfg.length))), meta)

@@ -7,6 +7,7 @@ zero-padded. The text head pools at the end token, which has the highest id in t
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import html
@@ -143,8 +144,22 @@ def get_tokenizer(context_length: int = IMAGEBIND_HUGE.context_length) -> Tokeni
     return Tokenizer(context_length)
 
 
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE, whose mark is its prefix
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _bom_encoding(raw: bytes) -> str | None:
+    """UTF-16/32 text announces itself with a byte-order mark; anything else is read as UTF-8."""
+    return next((encoding for bom, encoding in _BOMS if raw.startswith(bom)), None)
+
+
 def read_text_file(path: str | os.PathLike, cfg: TextCfg = TextCfg()) -> str:
-    """A ``.txt`` file's contents as text: UTF-8 (with or without BOM), else a clear error."""
+    """A ``.txt`` file's contents as text: UTF-8 (with or without BOM) or UTF-16/32 with a BOM, else a clear
+    error."""
     name = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -153,12 +168,14 @@ def read_text_file(path: str | os.PathLike, cfg: TextCfg = TextCfg()) -> str:
         raw = open(path, "rb").read()
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
-    if b"\x00" in raw:
+    encoding = _bom_encoding(raw)
+    if encoding is None and b"\x00" in raw:
         raise DecodeError(name, "not text (contains NUL bytes)")
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode(encoding or "utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DecodeError(name, f"not UTF-8 text (invalid byte at offset {exc.start})") from None
+        label = (encoding or "utf-8").upper()
+        raise DecodeError(name, f"not {label} text (invalid byte at offset {exc.start})") from None
     if not text.strip():
         raise DecodeError(name, "text file is empty")
     return text

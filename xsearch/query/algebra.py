@@ -72,6 +72,10 @@ class Term:
     def reweighted(self, weight: float) -> Term:
         return replace(self, weight=weight)
 
+    def constructor(self) -> str:
+        """The ``Query`` call that makes this input (weight apart): ``Query.image('bird.jpg')``."""
+        return f"Query.{self.kind}({self._shown()!r})"
+
 
 @dataclass(frozen=True)
 class FileTerm(Term):
@@ -87,6 +91,9 @@ class FileTerm(Term):
 
     def describe(self) -> dict:
         return {**super().describe(), "modality": self.modality.value}
+
+    def constructor(self) -> str:
+        return f"Query.{self.modality.value}({self.path!r})"
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
         result = context.encoder.encode_files([self.path], modality=self.modality, thumbnails=True)[0]
@@ -127,6 +134,9 @@ class VectorTerm(Term):
 
     def _shown(self):
         return f"<vector of {len(self.vector)}>"
+
+    def constructor(self) -> str:
+        return f"Query.vector({self._shown()})"
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
         dim = context.store.embed_dim
@@ -221,6 +231,11 @@ class Query(metaclass=_QueryType):
             return NotImplemented
         return Query(self.terms + other.terms)
 
+    def __radd__(self, other) -> Query:
+        if isinstance(other, (int, float)) and other == 0:  # sum([q1, q2]) starts from 0
+            return self
+        return NotImplemented
+
     def __sub__(self, other: Query) -> Query:
         if not isinstance(other, Query):
             return NotImplemented
@@ -233,11 +248,19 @@ class Query(metaclass=_QueryType):
 
     __rmul__ = __mul__
 
+    def __truediv__(self, scalar: float) -> Query:
+        if isinstance(scalar, Query) or not isinstance(scalar, (int, float, np.floating, np.integer)):
+            return NotImplemented
+        if scalar == 0:
+            raise QueryError("cannot divide a query's weights by zero")
+        return self * (1.0 / float(scalar))
+
     def __neg__(self) -> Query:
         return self * -1.0
 
     def __repr__(self) -> str:
-        return " + ".join(f"{t.weight:g} * {t.kind}({t._shown()!r})" for t in self.terms)
+        """What would build this query: ``Query.image('bird.jpg') * 0.6 + Query.audio('waves.wav') * 0.4``."""
+        return " + ".join(t.constructor() + ("" if t.weight == 1 else f" * {t.weight:g}") for t in self.terms)
 
     @property
     def needs_model(self) -> bool:

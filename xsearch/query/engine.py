@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,15 @@ log = logging.getLogger(__name__)
 # With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
 EXACT_FILTER_LIMIT = 200_000
 FILTER_OVERFETCH = 20  # candidates per wanted hit when the index is searched under a large filter
+
+
+def absolute_glob(pattern: str) -> str:
+    """A path glob as it matches stored (absolute) paths: ``~`` expanded, a relative one from the current
+    folder; one that starts with a wildcard is left as it is (``*/2024/*``)."""
+    pattern = os.path.expanduser(pattern)
+    if os.path.isabs(pattern) or pattern[:1] in ("*", "?", "["):
+        return pattern
+    return os.path.join(os.getcwd(), pattern)
 
 
 class Engine:
@@ -45,6 +55,9 @@ class Engine:
         self._make_encoder = encoder if callable(encoder) else None
         if self._encoder is not None:
             self.check_model(self._encoder.model_id)
+
+    def __repr__(self) -> str:
+        return f"Engine({str(self.store.path)!r}, model={self.store.model_id!r})"
 
     def check_model(self, model_id: str) -> None:
         if model_id != self.store.model_id:
@@ -96,7 +109,8 @@ class Engine:
         """The ``k`` items nearest to ``query`` among ``target`` modalities (default: all), best first.
 
         ``where`` is a Lance SQL predicate on the items table (``"width >= 1024"``); ``path`` a glob on
-        the file path (``"*/holidays/*"``).
+        the file path (``"*/holidays/*"``; a relative glob such as ``"photos/*"`` is taken from the current
+        folder, as stored paths are absolute).
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}", argument="k")
@@ -114,7 +128,8 @@ class Engine:
         table = self.store.scan(["id", "uri"], ItemFilter(modality=modality, where=where))
         ids = table["id"].to_numpy()
         if path is not None and len(ids):
-            keep = [fnmatch.fnmatch(u, path) for u in table["uri"].to_pylist()]
+            pattern = absolute_glob(path)
+            keep = [fnmatch.fnmatch(u, pattern) for u in table["uri"].to_pylist()]
             ids = ids[np.asarray(keep, dtype=bool)]
         return ids
 
