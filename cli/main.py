@@ -2,8 +2,6 @@
 
 import sys
 
-import click
-
 from cli import embed, index, info, search  # noqa: F401  (each module registers its commands on ``app``)
 from cli.app import app
 
@@ -14,8 +12,8 @@ def main() -> None:
     try:
         app()
     except SystemExit:
-        # Click swaps in this wrapper when the reader of our output went away (`xsearch ... | head`): the
-        # reader has what it wanted, which is success, not the exit 1 click reports.
-        if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+        # Click (as typer vendors it) swaps in this wrapper when the reader of our output went away
+        # (`xsearch ... | head`): the reader has what it wanted, which is success, not the exit 1 reported.
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
             raise SystemExit(0) from None
         raise

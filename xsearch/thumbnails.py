@@ -70,20 +70,25 @@ def waveform_thumbnail(samples: np.ndarray, size: tuple[int, int] = PLOT_SIZE) -
     return _jpeg(image)
 
 
-def signals_thumbnail(signals: np.ndarray, size: tuple[int, int] = PLOT_SIZE) -> bytes:
-    """``[channels, n]`` signals (IMU: accelerometer xyz, gyroscope xyz) -> one coloured line per channel,
-    each scaled to its own range, as a JPEG."""
+def signals_thumbnail(signals: np.ndarray, size: tuple[int, int] = PLOT_SIZE, per_band: int = 3) -> bytes:
+    """``[channels, n]`` signals -> a JPEG plot: channels in bands of ``per_band`` (IMU: accelerometer xyz
+    above, gyroscope xyz below), each line the mean of its samples per pixel column, scaled to its range."""
     width, height = size
     image = Image.new("RGB", size, (250, 250, 250))
     draw = ImageDraw.Draw(image)
     signals = np.asarray(signals, dtype=np.float32)
-    n = signals.shape[1]
-    xs = np.linspace(0, width - 1, num=min(n, width * 2))
-    for channel, colour in zip(signals, _PLOT_COLOURS * (len(signals) // len(_PLOT_COLOURS) + 1)):
-        values = np.interp(np.linspace(0, n - 1, num=len(xs)), np.arange(n), channel)
-        low, high = float(values.min()), float(values.max())
-        ys = (height - 4) * (1 - (values - low) / max(high - low, 1e-6)) + 2
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colour, width=2)
+    bands = max(1, -(-len(signals) // per_band))
+    band_height = height / bands
+    columns = min(width, signals.shape[1])
+    xs = np.linspace(1, width - 2, columns)
+    for index, channel in enumerate(signals):
+        means = np.array([chunk.mean() for chunk in np.array_split(channel, columns)])
+        low, high = float(means.min()), float(means.max())
+        top = (index // per_band) * band_height
+        ys = top + 3 + (band_height - 6) * (1 - (means - low) / max(high - low, 1e-6))
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=_PLOT_COLOURS[index % len(_PLOT_COLOURS)], width=2)
+    for band in range(1, bands):
+        draw.line([(0, band * band_height), (width - 1, band * band_height)], fill=(190, 190, 190))
     return _jpeg(image)
 
 
