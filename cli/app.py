@@ -93,14 +93,17 @@ def command(*args, **kwargs) -> Callable:
 # How each library argument is spelt on the command line (``XsearchError.argument`` -> flag).
 FLAGS = {
     "assign": "--as",
+    "autocut": "--autocut",
     "checkpoint": "--checkpoint",
     "device": "--device",
+    "examples": "--examples",
     "k": "-k",
     "labels": "--labels",
     "modalities": "--modalities",
     "model": "--model",
     "path": "--path",
     "paths": "PATHS",
+    "sort": "--sort",
     "target": "--target",
     "where": "--where",
 }

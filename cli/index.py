@@ -101,7 +101,7 @@ def print_summary(report) -> None:
     if report.pruned:
         parts.append(f"{report.pruned} pruned")
     rate = f", {report.files_per_second:.1f} files/s" if report.indexed + report.updated else ""
-    load = f" (loading the model: {report.load_seconds:.1f} s)" if report.load_seconds >= 0.05 else ""
+    load = f" (loading the model: {report.load_seconds:.2f} s)" if report.load_seconds > 0 else ""
     typer.echo(f"{report.db}: {', '.join(parts)} in {report.seconds:.1f} s{load}{rate}")
     if report.stale_removed:
         typer.echo(

@@ -100,9 +100,10 @@ def print_table(results) -> None:
     if not results:
         typer.echo("no results")
         return
-    typer.echo(f"{'rank':>4}  {'score':>7}  {'modality':<8}  uri")
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'calib.':>7}  {'modality':<8}  uri")
     for r in results:
-        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {r.modality.value:<8}  {r.uri}")
+        also = f"  (also: {', '.join(r.duplicates)})" if r.duplicates else ""
+        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>7.2f}  {r.modality.value:<8}  {r.uri}{also}")
 
 
 def _search(
@@ -116,6 +117,14 @@ def _search(
     link_originals: Annotated[
         bool, typer.Option(help="In the contact sheet, link each card to its original file (file:// links).")
     ] = False,
+    min_score: Annotated[float | None, typer.Option(help="Drop hits below this raw cosine.")] = None,
+    min_calibrated: Annotated[
+        float | None, typer.Option(help="Drop hits below this calibrated score (comparable across modalities).")
+    ] = None,
+    autocut: Annotated[
+        int | None, typer.Option(min=1, help="Keep the hits before the N-th jump in the scores (1: the top group).")
+    ] = None,
+    dedup: Annotated[bool, typer.Option(help="Files with the same bytes come back once, listing the others.")] = True,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
@@ -127,12 +136,26 @@ def _search(
     WEIGHT::TEXT for text ("0.5::at night"; any other text is taken whole, colons and all). Negative
     weights subtract.
 
+    One target is ranked by raw cosine (score); several are merged by calibrated score (how far a hit stands
+    above what the query scores against that modality at random), so that images, sounds and clips compete
+    fairly.
+
     Example: xsearch search --db media.db --image bird.jpg:0.6 --audio waves.wav:0.4 --target image
     """
     with handled_errors():
         query = build_query(inputs)
         collection = open_collection(db, checkpoint, model, device)
-        results = collection.search(query, target=target, k=k, where=where, path=path)
+        results = collection.search(
+            query,
+            target=target,
+            k=k,
+            where=where,
+            path=path,
+            min_score=min_score,
+            min_calibrated=min_calibrated,
+            autocut=autocut,
+            dedup=dedup,
+        )
         if html:
             from xsearch.contact_sheet import write_contact_sheet
 
@@ -181,30 +204,56 @@ search = command(name="search")(_with_input_options(_search))
 @command()
 def classify(
     db: DbOpt = ...,
-    labels: Annotated[str, typer.Option(help='Comma-separated labels, e.g. "dog,cat,rain,waves".')] = ...,
+    labels: Annotated[
+        str | None, typer.Option(help='Zero-shot: comma-separated labels, e.g. "dog,cat,rain,waves".')
+    ] = None,
+    examples: Annotated[
+        str | None, typer.Option(help="Few-shot: a folder with one subfolder of example files per label.")
+    ] = None,
+    text_weight: Annotated[
+        float, typer.Option(help="With --examples: blend in each label's text (its folder name) by this weight.")
+    ] = 0.0,
     target: Annotated[str, typer.Option(help="Modalities to label: audio,image,... or all.")] = "all",
     where: Annotated[str | None, typer.Option(help="Lance SQL filter on items.")] = None,
+    min_confidence: Annotated[float | None, typer.Option(help="Only items labelled with at least this score.")] = None,
+    sort: Annotated[str, typer.Option(help="Order: id (item) or score (most confident first).")] = "id",
     output: Annotated[str | None, typer.Option(help="Write the report to a .csv or .parquet file.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Zero-shot: give every item its best text label and a score (softmax over the labels)."""
+    """Give every item its most likely label and a score (softmax over the labels).
+
+    Zero-shot from --labels, or few-shot from --examples DIR where DIR/<label>/ holds a few example files
+    of any modality (e.g. DIR/dog/bark.wav, DIR/dog/photo.jpg).
+    """
     if output and not output.endswith((".csv", ".parquet")):
         fail(f"--output {output}: expected a .csv or .parquet file name")
     with handled_errors():
         collection = open_collection(db, checkpoint, model, device)
-        labelled = collection.classify(labels.split(","), target=target, where=where)
+        labelled = collection.classify(
+            labels.split(",") if labels is not None else None,
+            examples=examples,
+            text_weight=text_weight,
+            target=target,
+            where=where,
+            min_confidence=min_confidence,
+            sort=sort,
+        )
         if output:
             import pyarrow.csv
             import pyarrow.parquet
 
             write = pyarrow.csv.write_csv if output.endswith(".csv") else pyarrow.parquet.write_table
             write(labelled.to_arrow(), output)
-    for row in labelled.as_json():
-        if json_:
+    if output and not json_:
+        typer.echo(f"{output}: {len(labelled)} items labelled")
+    elif json_:
+        for row in labelled.as_json():
             typer.echo(json.dumps(row))
-        else:
-            typer.echo(f"{row['score']:.3f}  {row['label']:<20}  {row['uri']}")
+    else:
+        typer.echo(f"{'score':>6}  {'label':<20}  {'modality':<8}  uri")
+        for row in labelled.as_json():
+            typer.echo(f"{row['score']:>6.3f}  {row['label']:<20}  {row['modality']:<8}  {row['uri']}")
     note_random_weights(collection)

@@ -119,6 +119,7 @@ def test_results_to_arrow_and_pandas(engine, vectors):
     assert table.column_names == [
         "rank",
         "score",
+        "calibrated",
         "id",
         "uri",
         "modality",
@@ -126,6 +127,7 @@ def test_results_to_arrow_and_pandas(engine, vectors):
         "height",
         "duration",
         "sample_rate",
+        "duplicates",
     ]
     assert table["uri"][0].as_py() == "/media/work/e.x" and table["width"][0].as_py() == 500
     frame = results.to_pandas()
@@ -280,7 +282,7 @@ def test_cli_search_json_schema(indexed_db):
     assert [t["modality"] for t in out["query"]] == ["image", "audio"]
     assert len(out["results"]) == 3
     for rank, r in enumerate(out["results"], start=1):
-        assert set(r) == {"rank", "score", "id", "uri", "modality", "metadata"}
+        assert set(r) == {"rank", "score", "calibrated", "id", "uri", "modality", "metadata", "duplicates"}
         assert r["rank"] == rank and r["modality"] == "image" and -1.0 <= r["score"] <= 1.0
 
 

@@ -220,19 +220,66 @@ class Collection:
         report.seconds = time.perf_counter() - started  # the whole run, model loading included
         return report
 
-    def search(self, query, *, target=None, k: int = 10, where: str | None = None, path: str | None = None):
-        """The ``k`` items nearest to ``query`` (a ``Query``) among ``target`` modalities (default: all)."""
-        return self.engine.search(query, target=target, k=k, where=where, path=path)
+    def search(
+        self,
+        query,
+        *,
+        target=None,
+        k: int = 10,
+        where: str | None = None,
+        path: str | None = None,
+        min_score: float | None = None,
+        min_calibrated: float | None = None,
+        autocut: int | None = None,
+        dedup: bool = True,
+    ):
+        """The ``k`` items nearest to ``query`` (a ``Query``) among ``target`` modalities (default: all).
 
-    def classify(self, labels: Sequence[str], *, target=None, where: str | None = None):
-        """Each item's best text label and its probability, sorted by id: ``Labels`` (rows of ``id, uri,
-        modality, label, score``; ``to_arrow``, ``to_pandas``, ``as_json``)."""
-        from xsearch.query.classify import classify, clean_labels
+        Several targets are merged by calibrated score; cut-offs and duplicates as in ``Engine.search``.
+        """
+        return self.engine.search(
+            query,
+            target=target,
+            k=k,
+            where=where,
+            path=path,
+            min_score=min_score,
+            min_calibrated=min_calibrated,
+            autocut=autocut,
+            dedup=dedup,
+        )
 
-        labels = clean_labels(labels)
+    def classify(
+        self,
+        labels: Sequence[str] | None = None,
+        *,
+        examples: str | os.PathLike | Mapping[str, Sequence] | None = None,
+        text_weight: float = 0.0,
+        target=None,
+        where: str | None = None,
+        min_confidence: float | None = None,
+        sort: str = "id",
+    ):
+        """Each item's most likely label and its probability: ``Labels`` (rows of ``id, uri, modality, label,
+        score``; ``to_arrow``, ``to_pandas``, ``as_json``), sorted by ``"id"`` or by ``"score"``.
+
+        Zero-shot from ``labels`` (texts), or few-shot from ``examples``: a folder whose subfolders are the
+        labels and hold a few example files each (any modality), or ``{label: [files]}``. A label's prototype
+        is the mean of its examples' unit vectors, blended with its text's embedding by ``text_weight``.
+        """
+        from xsearch.query import classify as labelling
+
+        if (labels is None) == (examples is None):
+            raise UsageError("give either labels (zero-shot) or examples (few-shot)", argument="labels")
         targets = self.engine.targets(target)
-        label_vectors = self.engine.encoder.encode_text(labels).numpy()
-        return classify(self.store, label_vectors, labels, targets, where)
+        encoder = self.engine.encoder
+        if labels is not None:
+            names = labelling.clean_labels(labels)
+            prototypes = encoder.encode_text(names).numpy()
+        else:
+            names, prototypes = labelling.example_prototypes(encoder, examples, text_weight)
+        labelled = labelling.classify(self.store, prototypes, names, targets, where)
+        return labelled.filtered(min_confidence).sorted(sort)
 
     def info(self) -> dict:
         """Counts per modality, model id, index kind and freshness, errors, size on disk."""

@@ -152,7 +152,10 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
     result_cards = []
     for r in results:
         score = f'<span class="score{" negative" if r.score < 0 else ""}">{r.score:.3f}</span>'
-        lines = [f"#{r.rank} {score} {html.escape(r.modality.value)}", _path(r.uri)]
+        calibrated = f' <span title="calibrated score">z {r.calibrated:.1f}</span>' if r.calibrated is not None else ""
+        lines = [f"#{r.rank} {score}{calibrated} {html.escape(r.modality.value)}", _path(r.uri)]
+        if r.duplicates:
+            lines.append("also at: " + ", ".join(_path(d) for d in r.duplicates))
         preview = _preview(r.modality, r.uri, thumbnails.get(r.id))
         result_cards.append(_card(preview, lines, _link(r.uri, link_originals)))
     targets = ", ".join(t.value for t in results.targets) or "all"

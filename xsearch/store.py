@@ -132,6 +132,7 @@ class ItemFilter:
     modality: Modality | None = None
     ids: Sequence[int] | None = None
     uris: Sequence[str] | None = None
+    sha256s: Sequence[str] | None = None
     indexed_after: str | None = None  # as returned by ``Store.last_indexed_at``
     where: str | None = None
 
@@ -148,6 +149,7 @@ class ItemFilter:
                 f"modality = {_quote(self.modality)}" if self.modality is not None else None,
                 _in("id", self.ids) if self.ids is not None else None,
                 _in("uri", self.uris) if self.uris is not None else None,
+                _in("sha256", self.sha256s) if self.sha256s is not None else None,
                 f"indexed_at > TIMESTAMP {_quote(self.indexed_after)}" if self.indexed_after else None,
                 self.where,
             ]

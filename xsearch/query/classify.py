@@ -1,14 +1,22 @@
-"""Zero-shot labels: each stored item's best text label (ImageBind's emergent classification)."""
+"""Labels for stored items: zero-shot from label texts (ImageBind's emergent classification), or few-shot
+from a few example files per label (the ImageBind paper's few-shot audio and depth results).
+
+Each label has a prototype vector (its text's embedding, or the mean of its examples' unit vectors, blended
+with its text's by ``text_weight``); an item's label is the prototype it is nearest to, with the softmax
+over the labels of cosine x 100 as its probability.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from xsearch.errors import UsageError
+from xsearch.errors import QueryError, UsageError
 from xsearch.modalities import Modality
 from xsearch.store import ItemFilter, embeddings_to_numpy
 
@@ -59,12 +67,78 @@ class Labels:
     def as_json(self) -> list[dict]:
         return [asdict(label) for label in self]
 
+    def filtered(self, min_confidence: float | None) -> Labels:
+        """Only the items whose label has at least this probability."""
+        if min_confidence is None:
+            return self
+        return Labels(self._table.filter(pa.compute.greater_equal(self._table["score"], min_confidence)))
+
+    def sorted(self, by: str = "id") -> Labels:
+        """By item id, or by ``"score"`` (most confident first)."""
+        if by not in ("id", "score"):
+            raise UsageError(f"sort by 'id' or 'score', not {by!r}", argument="sort")
+        return Labels(self._table.sort_by("id" if by == "id" else [("score", "descending"), ("id", "ascending")]))
+
 
 def clean_labels(labels: Sequence[str]) -> list[str]:
     labels = [label.strip() for label in labels if label.strip()]
     if len(labels) < 2:
         raise UsageError("classify needs at least two labels", argument="labels")
     return labels
+
+
+def prototypes(examples: Mapping[str, np.ndarray], texts: Mapping[str, np.ndarray] | None, text_weight: float):
+    """``[labels, dim]`` unit prototypes: the normalised mean of each label's example unit vectors, plus
+    ``text_weight`` times its text's unit vector when ``texts`` are given, re-normalised."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    out = []
+    for label, vectors in examples.items():
+        prototype = unit(unit(np.asarray(vectors, dtype=np.float64)).mean(axis=0))
+        if texts is not None and text_weight:
+            prototype = unit(prototype + text_weight * unit(np.asarray(texts[label], dtype=np.float64)))
+        out.append(prototype)
+    return np.stack(out).astype(np.float32)
+
+
+def example_files(examples: str | os.PathLike | Mapping[str, Sequence]) -> dict[str, list[str]]:
+    """``{label: [files]}`` from a mapping, or from a folder whose subfolders are the labels."""
+    if isinstance(examples, Mapping):
+        found = {str(label): [os.fspath(f) for f in files] for label, files in examples.items()}
+    else:
+        root = Path(examples)
+        if not root.is_dir():
+            raise UsageError(f"{root}: no such folder of examples", argument="examples")
+        found = {
+            folder.name: sorted(str(f) for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+            for folder in sorted(root.iterdir())
+            if folder.is_dir()
+        }
+    empty = [label for label, files in found.items() if not files]
+    if len(found) < 2 or empty:
+        why = f"labels without example files: {', '.join(empty)}" if empty else "at least two labels are needed"
+        where = "" if isinstance(examples, Mapping) else f" in {os.fspath(examples)}"
+        raise UsageError(f"examples{where}: {why}", argument="examples")
+    return found
+
+
+def example_prototypes(encoder, examples, text_weight: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Label names and prototypes embedded from example files (each file's modality by the index's rules)."""
+    files = example_files(examples)
+    vectors = {}
+    for label, paths in files.items():
+        embedded = encoder.encode_files(paths)
+        failed = [r.error for r in embedded if r.error is not None]
+        if failed:
+            raise QueryError(f"example for label {label!r}: {failed[0]}")
+        vectors[label] = np.stack([r.embedding for r in embedded])
+    names = list(files)
+    texts = None
+    if text_weight:
+        texts = dict(zip(names, encoder.encode_text([n.replace("_", " ") for n in names]).numpy()))
+    return names, prototypes(vectors, texts, text_weight)
 
 
 def classify(

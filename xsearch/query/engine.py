@@ -18,6 +18,7 @@ import numpy as np
 from xsearch.errors import QueryError, UsageError
 from xsearch.modalities import Modality, parse_modalities
 from xsearch.query.algebra import Query, QueryInput, combine
+from xsearch.query.ranking import Calibration, autocut, sample_ids
 from xsearch.query.results import METADATA_COLUMNS, Result, Results
 from xsearch.store import ItemFilter
 
@@ -51,6 +52,7 @@ class Engine:
         self.indices = IndexSet(store, index_cfg or IndexCfg())
         self.exact_filter_limit = exact_filter_limit
         self._loaded: dict[Modality, tuple[int, object]] = {}  # modality -> (store version, VectorIndex)
+        self._samples: dict[Modality, tuple[int, np.ndarray]] = {}  # modality -> (version, calibration sample)
         self._encoder = encoder if encoder is None or not callable(encoder) else None
         self._make_encoder = encoder if callable(encoder) else None
         if self._encoder is not None:
@@ -105,22 +107,93 @@ class Engine:
         k: int = 10,
         where: str | None = None,
         path: str | None = None,
+        *,
+        min_score: float | None = None,
+        min_calibrated: float | None = None,
+        autocut: int | None = None,
+        dedup: bool = True,
     ) -> Results:
         """The ``k`` items nearest to ``query`` among ``target`` modalities (default: all), best first.
 
         ``where`` is a Lance SQL predicate on the items table (``"width >= 1024"``); ``path`` a glob on
         the file path (``"*/holidays/*"``; a relative glob such as ``"photos/*"`` is taken from the current
         folder, as stored paths are absolute).
+
+        One target is ranked by raw cosine; several are merged by calibrated score (``ranking``). Cut-offs,
+        all off by default: ``min_score`` (raw cosine), ``min_calibrated``, and ``autocut`` (keep what comes
+        before the N-th jump in the ranking scores). With ``dedup``, files with the same bytes come back once,
+        the other paths in ``Result.duplicates``.
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}", argument="k")
+        if autocut is not None and autocut < 1:
+            raise UsageError(f"autocut must be at least 1 (jumps), got {autocut}", argument="autocut")
         targets = self.targets(target)  # a typo fails here, before any model is loaded
         vector, inputs = self.embed_inputs(query)
-        hits: list[tuple[float, int]] = []
+        by_calibrated = len(targets) > 1
+        k = min(k, self.store.count())  # never allocate for more results than there are items
+        fetch, hits = k, []
+        while k:
+            hits, exhausted = self._gather(vector, targets, fetch, where, path, by_calibrated)
+            if dedup:
+                hits = self._deduplicated(hits)
+            if len(hits) >= k or exhausted:
+                break
+            fetch *= 2  # duplicates took places: look further down each modality's list
+        hits = self._cut(hits[:k], min_score, min_calibrated, autocut, by_calibrated)
+        results = self._results(hits)
+        return Results(results, query, targets, inputs, self._thumbnails)
+
+    def _gather(self, vector, targets, fetch, where, path, by_calibrated) -> tuple[list[dict], bool]:
+        """Each target's best ``fetch`` hits with raw and calibrated scores, merged; and whether every
+        target ran out of items."""
+        hits, exhausted = [], True
         for modality in targets:
-            hits.extend(self._search_modality(vector[None], modality, k, where, path))
-        hits.sort(key=lambda h: -h[0])
-        return Results(self._results(hits[:k]), query, targets, inputs, self._thumbnails)
+            calibration = self.calibration(modality, vector)
+            found = self._search_modality(vector[None], modality, fetch, where, path)
+            exhausted &= len(found) < fetch
+            hits += [{"score": s, "calibrated": calibration(s), "id": i, "duplicates": []} for s, i in found]
+        key = "calibrated" if by_calibrated else "score"
+        hits.sort(key=lambda h: -h[key])  # stable: one target keeps the index's own order
+        return hits, exhausted
+
+    def _deduplicated(self, hits: list[dict]) -> list[dict]:
+        """The first hit of each distinct sha256, listing every other path of the same bytes."""
+        hashes = {i: row["sha256"] for i, row in self.store.rows([h["id"] for h in hits], ["sha256"]).items()}
+        known = sorted({h for h in hashes.values() if h})
+        paths: dict[str, list[str]] = {}
+        if known:
+            for row in self.store.scan(["id", "uri", "sha256"], ItemFilter(sha256s=known)).to_pylist():
+                paths.setdefault(row["sha256"], []).append((row["id"], row["uri"]))
+        kept, seen = [], set()
+        for hit in hits:
+            digest = hashes.get(hit["id"])
+            if digest and digest in seen:
+                continue
+            if digest:
+                seen.add(digest)
+                hit["duplicates"] = sorted(uri for i, uri in paths.get(digest, []) if i != hit["id"])
+            kept.append(hit)
+        return kept
+
+    @staticmethod
+    def _cut(hits, min_score, min_calibrated, jumps, by_calibrated) -> list[dict]:
+        if min_score is not None:
+            hits = [h for h in hits if h["score"] >= min_score]
+        if min_calibrated is not None:
+            hits = [h for h in hits if h["calibrated"] >= min_calibrated]
+        if jumps is not None:
+            hits = hits[: autocut([h["calibrated" if by_calibrated else "score"] for h in hits], jumps)]
+        return hits
+
+    def calibration(self, modality: Modality, vector: np.ndarray) -> Calibration:
+        """The query's baseline against ``modality``: its cosines to a fixed sample of the stored vectors."""
+        version = self.store.version
+        cached = self._samples.get(modality)
+        if cached is None or cached[0] != version:
+            _, sample = self.store.vectors(sample_ids(self.store.ids(modality)))
+            cached = self._samples[modality] = (version, sample)
+        return Calibration.from_sample(vector, cached[1])
 
     def _allowed_ids(self, modality: Modality, where: str | None, path: str | None) -> np.ndarray | None:
         if where is None and path is None:
@@ -160,14 +233,26 @@ class Engine:
             cached = self._loaded[modality] = (version, self.indices.fresh(modality, persist=False))
         return cached[1]
 
-    def _results(self, hits: list[tuple[float, int]]) -> list[Result]:
+    def _results(self, hits: list[dict]) -> list[Result]:
         columns = ["uri", "modality", *METADATA_COLUMNS]
-        rows = self.store.rows([i for _, i in hits], columns)
+        rows = self.store.rows([h["id"] for h in hits], columns)
         results = []
-        for rank, (score, item_id) in enumerate(hits, start=1):
-            row = rows[item_id]
+        for rank, hit in enumerate(hits, start=1):
+            row = rows[hit["id"]]
             metadata = {key: row[key] for key in METADATA_COLUMNS if row[key] is not None}
-            results.append(Result(rank, score, item_id, row["uri"], Modality(row["modality"]), metadata))
+            modality = Modality(row["modality"])
+            results.append(
+                Result(
+                    rank,
+                    hit["score"],
+                    hit["id"],
+                    row["uri"],
+                    modality,
+                    metadata,
+                    hit["calibrated"],
+                    hit["duplicates"],
+                )
+            )
         return results
 
     def _thumbnails(self, ids: list[int]) -> dict[int, bytes | None]:

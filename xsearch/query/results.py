@@ -21,12 +21,17 @@ METADATA_COLUMNS = {"width": pa.int32(), "height": pa.int32(), "duration": pa.fl
 
 @dataclass
 class Result:
+    """One hit. ``score`` is the raw cosine; ``calibrated`` how far it stands above what the query scores
+    against its modality at random (a robust z-score, comparable across modalities; see ``ranking``)."""
+
     rank: int
     score: float
     id: int
     uri: str
     modality: Modality
     metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate (when known)
+    calibrated: float | None = None
+    duplicates: list[str] = field(default_factory=list)  # other paths of the same bytes (same sha256)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -63,12 +68,14 @@ class Results(list):
         columns = {
             "rank": pa.array([r.rank for r in self], pa.int32()),
             "score": pa.array([r.score for r in self], pa.float32()),
+            "calibrated": pa.array([r.calibrated for r in self], pa.float32()),
             "id": pa.array([r.id for r in self], pa.int64()),
             "uri": pa.array([r.uri for r in self], pa.string()),
             "modality": pa.array([r.modality.value for r in self], pa.string()),
         }
         for key, kind in METADATA_COLUMNS.items():
             columns[key] = pa.array([r.metadata.get(key) for r in self], kind)
+        columns["duplicates"] = pa.array([r.duplicates for r in self], pa.list_(pa.string()))
         return pa.table(columns)
 
     def to_pandas(self):
