@@ -1,12 +1,13 @@
-"""Our ImageBind implementation: configs, model, checkpoint loading."""
+"""Our ImageBind implementation: configs, model, checkpoint loading.
 
-from xsearch.model.checkpoint import (
-    load_checkpoint,
-    load_pretrained,
-    resolve_checkpoint,
-    save_checkpoint,
-    save_random_checkpoint,
-)
+The configs (``xsearch.model.config``) import no torch; the model and checkpoint names load torch on first
+use, so that commands needing no model (``search --item``, ``info``) never pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from xsearch.model.config import (
     IMAGEBIND_HUGE,
     TINY_TEST,
@@ -16,8 +17,24 @@ from xsearch.model.config import (
     get_config,
     is_random_weights,
 )
-from xsearch.model.imagebind import ImageBind, create_model
 from xsearch.model.pretrained import PRETRAINED, xsearch_home
+
+_LAZY = {
+    "ImageBind": "xsearch.model.imagebind",
+    "create_model": "xsearch.model.imagebind",
+    "load_checkpoint": "xsearch.model.checkpoint",
+    "load_pretrained": "xsearch.model.checkpoint",
+    "resolve_checkpoint": "xsearch.model.checkpoint",
+    "save_checkpoint": "xsearch.model.checkpoint",
+    "save_random_checkpoint": "xsearch.model.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xsearch.model' has no attribute {name!r}")
+
 
 __all__ = [
     "IMAGEBIND_HUGE",
@@ -26,14 +43,14 @@ __all__ = [
     "ImageBind",
     "ImageBindCfg",
     "TransformerCfg",
+    "architecture_of",
     "create_model",
     "get_config",
+    "is_random_weights",
     "load_checkpoint",
     "load_pretrained",
     "resolve_checkpoint",
     "save_checkpoint",
     "save_random_checkpoint",
-    "architecture_of",
-    "is_random_weights",
     "xsearch_home",
 ]
