@@ -11,11 +11,13 @@ import logging
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from xsearch.errors import CheckpointError, UsageError
+from xsearch.modalities import Tower
 from xsearch.model.config import RANDOM_MARK, get_config
 from xsearch.model.imagebind import ImageBind, create_model
 from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir
@@ -157,21 +159,72 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
             )
 
 
-def load_checkpoint(path: str | os.PathLike, architecture: str | None = None) -> ImageBind:
-    """Build ``architecture`` and load ``path`` into it with ``strict=True``. ``None``: the architecture the
-    file names (a checkpoint xsearch wrote, e.g. ``random-checkpoint``), else ``imagebind_huge``."""
-    state, notes = _read_checkpoint(path)
-    architecture = architecture or notes.get("architecture") or "imagebind_huge"
-    model = create_model(get_config(architecture), device="meta")
-    check_state_dict(model, state, path)
-    if "random_weights_seed" in notes:
-        model.model_id = f"{model.cfg.name}{RANDOM_MARK}{int(notes['random_weights_seed'])}"
-    model.load_state_dict(state, strict=True, assign=True)
-    # Buffers that are not in the state_dict would stay on "meta"; there are none, but make it loud.
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise CheckpointError(f"{path}: left uninitialised: {leftover[:3]}")
-    return model.eval()
+class TowerSource:
+    """A checkpoint opened once, memory-mapped, whose towers load when a job first needs them.
+
+    Opening checks every key and shape against the architecture (on the meta device: no weights are read),
+    so a wrong file fails at once; ``model(towers)`` and ``add(model, towers)`` then copy in only the
+    towers asked for. A text query loads the text tower (a quarter of ImageBind-huge), an audio search the
+    audio tower, and the vectors are those of a full load.
+    """
+
+    def __init__(self, path: str | os.PathLike, architecture: str | None = None):
+        self.path = Path(path)
+        self.state, notes = _read_checkpoint(self.path)
+        self.cfg = get_config(architecture or notes.get("architecture") or "imagebind_huge")
+        check_state_dict(create_model(self.cfg, device="meta"), self.state, self.path)
+        self.model_id = self.cfg.name
+        if "random_weights_seed" in notes:
+            self.model_id = f"{self.cfg.name}{RANDOM_MARK}{int(notes['random_weights_seed'])}"
+
+    def model(self, towers: Iterable[Tower] = ()) -> ImageBind:
+        """A model holding ``towers`` (more can be added later with ``add``)."""
+        model = create_model(self.cfg, device="meta", towers=[])
+        model.model_id = self.model_id
+        self.add(model, towers)
+        return model.eval()
+
+    def add(self, model: ImageBind, towers: Iterable[Tower]) -> None:
+        """Build and load the ``towers`` that ``model`` does not hold yet (on the CPU, in float32)."""
+        missing = [t for t in map(Tower, towers) if t not in model.towers]
+        if not missing:
+            return
+        with torch.device("meta"):
+            model.add_towers(missing)
+        keys = {t.value for t in missing}
+        model.load_state_dict(
+            {k: v for k, v in self.state.items() if k.split(".")[1] in keys}, strict=False, assign=True
+        )
+        # Buffers that are not in the state_dict would stay on "meta"; there are none, but make it loud.
+        leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+        if leftover:
+            raise CheckpointError(f"{self.path}: left uninitialised: {leftover[:3]}")
+
+
+def load_checkpoint(
+    path: str | os.PathLike, architecture: str | None = None, towers: Iterable[Tower] | None = None
+) -> ImageBind:
+    """Build ``architecture`` and load ``path`` into it (all towers, or ``towers``); every key and shape is
+    checked. ``architecture=None``: the one the file names (``random-checkpoint`` files do), else
+    ``imagebind_huge``."""
+    return TowerSource(path, architecture).model(list(Tower) if towers is None else towers)
+
+
+def open_checkpoint(
+    checkpoint: str | os.PathLike | None = None,
+    weights: str = "imagebind_huge",
+    architecture: str | None = None,
+    **resolve_kwargs,
+) -> TowerSource:
+    """Resolve the checkpoint (path, env, cache or download) and open it; towers load on demand."""
+    if weights not in PRETRAINED:
+        raise UsageError(f"unknown weights {weights!r} (known: {', '.join(PRETRAINED)})", argument="weights")
+    if architecture is not None:
+        get_config(architecture)  # an unknown name fails before any file is read or downloaded
+    explicit = checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+    path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
+    # A file given by the user may name its own architecture; a download is the weights' own.
+    return TowerSource(path, architecture or (None if explicit else PRETRAINED[weights].architecture))
 
 
 def load_pretrained(
@@ -190,14 +243,7 @@ def load_pretrained(
     >>> from xsearch.model import load_pretrained
     >>> model = load_pretrained("~/models/imagebind_huge.pth")  # doctest: +SKIP
     """
-    if weights not in PRETRAINED:
-        raise UsageError(f"unknown weights {weights!r} (known: {', '.join(PRETRAINED)})", argument="weights")
-    if architecture is not None:
-        get_config(architecture)  # an unknown name fails before any file is read or downloaded
-    explicit = checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
-    path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
-    # A file given by the user may name its own architecture; a download is the weights' own.
-    return load_checkpoint(path, architecture or (None if explicit else PRETRAINED[weights].architecture))
+    return open_checkpoint(checkpoint, weights, architecture, **resolve_kwargs).model(list(Tower))
 
 
 def save_checkpoint(model: ImageBind, path: str | os.PathLike, notes: dict | None = None) -> Path:

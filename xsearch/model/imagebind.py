@@ -7,6 +7,8 @@ The four ``ModuleDict``s (``modality_preprocessors``, ``modality_trunks``, ``mod
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -75,17 +77,32 @@ class ImageBind(nn.Module):
     per clip and averaged. Use :class:`xsearch.encoder.Encoder` for normalised retrieval embeddings.
     """
 
-    def __init__(self, cfg: ImageBindCfg):
+    def __init__(self, cfg: ImageBindCfg, towers: Iterable[Tower] | None = None):
         super().__init__()
         self.cfg = cfg
         # What the embeddings are called in a database: the architecture, or "<arch>:random-<seed>" for
         # random weights (set by the checkpoint loader), so that spaces that differ are never mixed.
         self.model_id = cfg.name
-        towers = list(Tower)
-        self.modality_preprocessors = nn.ModuleDict({t.value: _build_preprocessor(cfg, t) for t in towers})
-        self.modality_trunks = nn.ModuleDict({t.value: Transformer(cfg.tower(t)) for t in towers})
-        self.modality_heads = nn.ModuleDict({t.value: _build_head(cfg, t) for t in towers})
-        self.modality_postprocessors = nn.ModuleDict({t.value: _build_postprocessor(cfg, t) for t in towers})
+        self.modality_preprocessors = nn.ModuleDict()
+        self.modality_trunks = nn.ModuleDict()
+        self.modality_heads = nn.ModuleDict()
+        self.modality_postprocessors = nn.ModuleDict()
+        self.add_towers(list(Tower) if towers is None else towers)
+
+    @property
+    def towers(self) -> list[Tower]:
+        """The towers this instance holds (a job may build only the ones it needs)."""
+        return [Tower(key) for key in self.modality_trunks]
+
+    def add_towers(self, towers: Iterable[Tower]) -> None:
+        """Build the missing ``towers`` (random weights; the checkpoint loader fills them)."""
+        for tower in map(Tower, towers):
+            if tower.value in self.modality_trunks:
+                continue
+            self.modality_preprocessors[tower.value] = _build_preprocessor(self.cfg, tower)
+            self.modality_trunks[tower.value] = Transformer(self.cfg.tower(tower))
+            self.modality_heads[tower.value] = _build_head(self.cfg, tower)
+            self.modality_postprocessors[tower.value] = _build_postprocessor(self.cfg, tower)
 
     def embed(self, tower: Tower | str, x: torch.Tensor) -> torch.Tensor:
         tower = Tower(tower)
@@ -109,7 +126,12 @@ class ImageBind(nn.Module):
         return {key: self.embed(key, value) for key, value in inputs.items()}
 
 
-def create_model(name: str | ImageBindCfg = "imagebind_huge", *, device: str | torch.device = "cpu") -> ImageBind:
+def create_model(
+    name: str | ImageBindCfg = "imagebind_huge",
+    *,
+    device: str | torch.device = "cpu",
+    towers: Iterable[Tower] | None = None,
+) -> ImageBind:
     """Build ImageBind with random weights (load a checkpoint with :func:`xsearch.model.load_pretrained`).
 
     Example
@@ -119,5 +141,5 @@ def create_model(name: str | ImageBindCfg = "imagebind_huge", *, device: str | t
     """
     cfg = get_config(name) if isinstance(name, str) else name
     with torch.device(device):
-        model = ImageBind(cfg)
+        model = ImageBind(cfg, towers)
     return model.eval()
