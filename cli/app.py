@@ -103,6 +103,7 @@ FLAGS = {
     "model": "--model",
     "path": "--path",
     "paths": "PATHS",
+    "precision": "--precision",
     "sort": "--sort",
     "target": "--target",
     "where": "--where",
@@ -150,10 +151,25 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 DbOpt = Annotated[str, typer.Option("--db", envvar="XSEARCH_DB", help="Database directory.")]
 
 
-def open_collection(db: str, checkpoint: str | None = None, model: str | None = None, device: str = "auto"):
+PrecisionOpt = Annotated[
+    str, typer.Option(help="auto (bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32), fp32 or bf16.")
+]
+VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the cached checkpoint against its record.")]
+
+
+def open_collection(
+    db: str,
+    checkpoint: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    verify: bool = False,
+):
     from xsearch.collection import Collection
 
-    return Collection.open(db, checkpoint=checkpoint, model=model, device=device)
+    return Collection.open(
+        db, checkpoint=checkpoint, model=model, device=device, precision=precision, verify_checkpoint=verify
+    )
 
 
 def note_random_weights(collection) -> None:

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from cli.app import EXIT_SOME_FAILED, CheckpointOpt, DeviceOpt, ModelOpt, command, fail, handled_errors
+from cli.app import (
+    EXIT_SOME_FAILED,
+    CheckpointOpt,
+    DeviceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    VerifyOpt,
+    command,
+    fail,
+    handled_errors,
+)
 
 OUTPUT_SUFFIXES = (".npy", ".parquet", ".arrow")
 
@@ -20,6 +30,8 @@ def embed(
     checkpoint: CheckpointOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    verify: VerifyOpt = False,
     as_: Annotated[
         str | None, typer.Option("--as", help="Modality of all PATHS (default: the rules `index` applies).")
     ] = None,
@@ -44,7 +56,7 @@ def embed(
             modality = Modality(as_) if as_ else None  # a typo fails before the model loads
         except UsageError as exc:
             raise exc.for_argument("assign") from None
-        encoder = Encoder.from_pretrained(checkpoint, model, device)
+        encoder = Encoder.from_pretrained(checkpoint, model, device, precision, verify=verify)
         results = encoder.encode_files(paths, modality=modality)
         if output:
             write_embeddings(results, Path(output), encoder.embed_dim)

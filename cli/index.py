@@ -14,6 +14,8 @@ from cli.app import (
     DbOpt,
     DeviceOpt,
     ModelOpt,
+    PrecisionOpt,
+    VerifyOpt,
     command,
     fail,
     handled_errors,
@@ -44,6 +46,8 @@ def index(
     checkpoint: CheckpointOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    verify: VerifyOpt = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = 16,
     workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: cores - 1, max 8).")] = None,
     modalities: Annotated[str | None, typer.Option(help="Only these, e.g. image,audio.")] = None,
@@ -70,7 +74,7 @@ def index(
     if not paths and not assign:
         fail("nothing to index: give folders or files (PATHS or --as MODALITY=PATH)")
     with handled_errors():
-        collection = open_collection(db, checkpoint, model, device)
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
         report = collection.index(
             paths,
             assign=assign,

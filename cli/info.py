@@ -40,6 +40,8 @@ def info(
         return
     typer.echo(f"database  {facts['db']} ({facts['bytes'] / 1e6:.1f} MB)")
     typer.echo(f"model     {facts['model_id']}")
+    if facts["precision"]:
+        typer.echo("precision " + ", ".join(f"{name} ({count} items)" for name, count in facts["precision"].items()))
     typer.echo(f"items     {facts['items']}  (errors: {facts['errors']}, see `xsearch errors`)")
     for modality, count in facts["by_modality"].items():
         index = facts["indices"][modality]

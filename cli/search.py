@@ -22,6 +22,8 @@ from cli.app import (
     CheckpointOpt,
     DbOpt,
     DeviceOpt,
+    PrecisionOpt,
+    VerifyOpt,
     command,
     fail,
     handled_errors,
@@ -128,6 +130,8 @@ def _search(
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    verify: VerifyOpt = False,
     **inputs: list[str] | None,
 ) -> None:
     """Search with any mix of inputs; several inputs are added with their weights (default 1).
@@ -144,7 +148,7 @@ def _search(
     """
     with handled_errors():
         query = build_query(inputs)
-        collection = open_collection(db, checkpoint, model, device)
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
         results = collection.search(
             query,
             target=target,
@@ -222,6 +226,8 @@ def classify(
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    verify: VerifyOpt = False,
 ) -> None:
     """Give every item its most likely label and a score (softmax over the labels).
 
@@ -231,7 +237,7 @@ def classify(
     if output and not output.endswith((".csv", ".parquet")):
         fail(f"--output {output}: expected a .csv or .parquet file name")
     with handled_errors():
-        collection = open_collection(db, checkpoint, model, device)
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
         labelled = collection.classify(
             labels.split(",") if labels is not None else None,
             examples=examples,

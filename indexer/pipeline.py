@@ -296,7 +296,14 @@ class _Batcher:
                 self._error(task.path, modality, "encode", "the model produced NaN for this file")
                 continue
             record = ItemRecord(
-                task.path, modality, vector, outcome.sha256, task.size, task.mtime, metadata=outcome.metadata
+                task.path,
+                modality,
+                vector,
+                sha256=outcome.sha256,
+                size=task.size,
+                mtime=task.mtime,
+                metadata=outcome.metadata,
+                precision=self.indexer.encoder.precision,
             )
             self.records.append((record, task.known_sha256 is not None))
             outcome.tensor = None  # free the decoded input now

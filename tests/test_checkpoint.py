@@ -158,3 +158,36 @@ def test_cache_download_on_first_use(tiny_checkpoint, http_server, monkeypatch, 
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(CheckpointError, match="sha256 differs"):
         resolve_checkpoint()
+
+
+def test_cached_checkpoint_is_hashed_once_and_on_demand(tiny_checkpoint, http_server, monkeypatch, tmp_path):
+    """The hash is recorded with size, mtime and inode: a load re-hashes only when they changed, or when
+    asked (``verify``), which still catches a byte flipped behind the file's back."""
+    import os
+
+    from xsearch.model import checkpoint as module
+
+    root, url = http_server
+    (root / "weights.pth").write_bytes(tiny_checkpoint[1].read_bytes())
+    monkeypatch.setenv("XSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XSEARCH_CHECKPOINT", raising=False)
+    path = resolve_checkpoint(url=f"{url}/weights.pth")
+    hashed = []
+    monkeypatch.setattr(
+        module, "sha256_file", lambda p: hashed.append(p) or module.hashlib.sha256(p.read_bytes()).hexdigest()
+    )
+    resolve_checkpoint()
+    resolve_checkpoint()
+    assert len(hashed) == 1  # the first load after the download hashes; the next trusts the record
+
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same mtime, same inode
+    assert resolve_checkpoint() == path and len(hashed) == 1  # not noticed without asking...
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        resolve_checkpoint(verify=True)  # ...caught when asked
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1))
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        resolve_checkpoint()  # a changed mtime re-hashes on its own

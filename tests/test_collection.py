@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model):
-    return Encoder(tiny_model, device="cpu")
+    return Encoder(tiny_model, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ def test_cli_embed_prints_one_json_line_per_file(tmp_path, encoder, checkpoint):
     sound = write_wav(tmp_path / "b.wav", tone(2.0, 16000), 16000)
     (tmp_path / "c.jpg").write_bytes(b"")
     files = [photo, sound, tmp_path / "c.jpg"]
-    argv = ["embed", *map(str, files), "--checkpoint", str(checkpoint), "--model", "tiny_test", "--device", "cpu"]
+    argv = ["embed", *map(str, files), "--checkpoint", str(checkpoint), "--model", "tiny_test", "--precision", "fp32"]
     result = runner.invoke(app, argv)
     assert result.exit_code == 3, result.output  # some files could not be embedded
     lines = [json.loads(line) for line in result.stdout.splitlines()]

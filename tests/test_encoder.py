@@ -14,7 +14,7 @@ from media import gradient_image, tone, write_imu, write_map, write_video, write
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model):
-    return Encoder(tiny_model, device="cpu")
+    return Encoder(tiny_model, device="cpu", precision="fp32")
 
 
 def test_encode_text_unit_vectors(encoder):

@@ -270,7 +270,7 @@ def test_file_deleted_between_scan_and_decode(tmp_path, tiny_model, monkeypatch)
 
     for i in range(3):
         gradient_image(tmp_path / f"{i}.jpg", seed=i)
-    encoder = Encoder(tiny_model, device="cpu")
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     indexer = Indexer(Store.open(tmp_path / "db", model_id="tiny_test"), encoder, IndexerCfg(workers=0, progress=False))
     plan = Indexer._plan
 

@@ -43,7 +43,7 @@ def collection(tmp_path, tiny_model):
     gradient_image(media / "cover.png", seed=9)
     write_wav(media / "tone.wav", tone(2.0, 16000), 16000)
     db = tmp_path / "db"
-    Collection.open(db, encoder=Encoder(tiny_model, device="cpu")).index([media], workers=0)
+    Collection.open(db, encoder=Encoder(tiny_model, device="cpu", precision="fp32")).index([media], workers=0)
     return media, db
 
 
@@ -229,7 +229,7 @@ def test_embed_follows_folder_rules_and_writes_files(tmp_path, checkpoint, tiny_
     (tmp_path / "depth").mkdir()
     depth_map = gradient_image(tmp_path / "depth" / "room.png")
     photo = gradient_image(tmp_path / "photo.jpg", seed=2)
-    argv = ["embed", str(depth_map), str(photo), "--checkpoint", str(checkpoint)]
+    argv = ["embed", str(depth_map), str(photo), "--checkpoint", str(checkpoint), "--precision", "fp32"]
     lines = [json.loads(line) for line in runner.invoke(app, argv).stdout.splitlines()]
     assert [line["modality"] for line in lines] == ["depth", "image"]
 
@@ -241,7 +241,7 @@ def test_embed_follows_folder_rules_and_writes_files(tmp_path, checkpoint, tiny_
         "depth",
         "image",
     ]
-    expected = Encoder(tiny_model, device="cpu").encode_files([photo])[0].embedding
+    expected = Encoder(tiny_model, device="cpu", precision="fp32").encode_files([photo])[0].embedding
     np.testing.assert_allclose(np.asarray(table["embedding"][1].as_py()), expected, atol=1e-6)
     npy = tmp_path / "vectors.npy"
     assert runner.invoke(app, [*argv, "--output", str(npy)]).exit_code == 0
@@ -273,7 +273,7 @@ def test_python_api_conveniences(collection, tiny_model):
     assert [t.weight for t in total.terms] == [1.0, 2.0]
     assert repr(total / 2) == "Query.image('a.jpg') * 0.5 + Query.audio('b.wav')"
     assert repr(Query.depth("d.png") - Query.text("night") * 0.2) == "Query.depth('d.png') + Query.text('night') * -0.2"
-    with Collection.open(db, encoder=Encoder(tiny_model, device="cpu")) as opened:
+    with Collection.open(db, encoder=Encoder(tiny_model, device="cpu", precision="fp32")) as opened:
         assert repr(opened) == f"Collection({str(db)!r}, model='tiny_test')"
         hits = opened.search(Query.item(str(media / "cover.png")), k=1)
         labels = opened.classify(["a", "b"], target="audio")

@@ -137,7 +137,7 @@ def test_results_to_arrow_and_pandas(engine, vectors):
 def test_model_mismatch_is_refused(engine, tiny_model):
     from xsearch.encoder import Encoder
 
-    other = Encoder(tiny_model, device="cpu")
+    other = Encoder(tiny_model, device="cpu", precision="fp32")
     other.model_id = "imagebind_huge"
     with pytest.raises(QueryError, match="another space"):
         Engine(engine.store, encoder=other)
@@ -146,7 +146,7 @@ def test_model_mismatch_is_refused(engine, tiny_model):
 def test_file_and_text_terms_use_the_encoder(tmp_path, tiny_model):
     from xsearch.encoder import Encoder
 
-    encoder = Encoder(tiny_model, device="cpu")
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     photo = gradient_image(tmp_path / "p.jpg")
     engine = Engine(Store.open(tmp_path / "db", model_id="tiny_test"), encoder=encoder)
     got = engine.embed(Query.image(photo) * 0.7 + Query.text("a dog") * 0.3)
@@ -178,7 +178,7 @@ def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
     """Items stored at (almost) a label's own text vector get that label, with the softmax's probability."""
     from xsearch.encoder import Encoder
 
-    encoder = Encoder(tiny_model, device="cpu")
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     labels = ["dog", "cat", "rain", "waves"]
     label_vectors = encoder.encode_text(labels).numpy()
     rng = np.random.default_rng(0)
@@ -264,7 +264,7 @@ def indexed_db(tmp_path_factory, tiny_model):
     write_wav(root / "tone.wav", tone(2.0, 16000), 16000)
     (root / "caption.txt").write_text("waves breaking on rocks")
     db = root.parent / "media.db"
-    encoder = Encoder(tiny_model, device="cpu")
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     report = Collection.open(db, encoder=encoder).index([root], workers=0)
     assert report.indexed == 5
     checkpoint = save_checkpoint(tiny_model, root.parent / "tiny.pt")
@@ -387,7 +387,7 @@ def test_contact_sheet_decodes_query_files_once_and_runs_no_query(indexed_db, ti
     calls = []
     original = image_module.prepare
     monkeypatch.setattr(image_module, "prepare", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
-    collection = Collection.open(db, encoder=Encoder(tiny_model, device="cpu"))
+    collection = Collection.open(db, encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
     results = collection.search(Query.image(root / "red.jpg"), target="image", k=3)
     results.thumbnails()  # what the page needs from the store, read through the results
     monkeypatch.setattr(Store, "scan", lambda *a, **k: pytest.fail("the contact sheet ran a query"))

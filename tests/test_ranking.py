@@ -144,7 +144,7 @@ def test_identical_files_come_back_once_listing_the_others(tmp_path, tiny_model)
     (media / "copies" / "same.jpg").write_bytes(photo.read_bytes())
     (media / "copies" / "again.jpg").write_bytes(photo.read_bytes())
     gradient_image(media / "other.jpg", seed=2)
-    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu"))
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
     assert collection.index([media], workers=0).indexed == 4  # four rows
     hits = collection.search(Query.image(photo), target="image", k=2)
     assert len(hits) == 2 and hits[1].uri == str(media / "other.jpg")
@@ -196,7 +196,9 @@ def test_few_shot_cli_round_trip(tmp_path, tiny_model):
         (examples / label).mkdir(parents=True)
         write_wav(examples / label / "example.wav", tone(2.0, 16000, freq=freq, noise=0.01, seed=9), 16000)
     checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
-    Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu")).index([media], workers=0)
+    Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32")).index(
+        [media], workers=0
+    )
     argv = ["classify", "--db", str(tmp_path / "db"), "--examples", str(examples), "--checkpoint", str(checkpoint)]
     result = runner.invoke(app, [*argv, "--json"])
     assert result.exit_code == 0, result.output

@@ -48,6 +48,8 @@ class Collection:
         checkpoint: str | os.PathLike | None = None,
         model: str | None = None,
         device: str = "auto",
+        precision: str = "auto",
+        verify_checkpoint: bool = False,
         encoder=None,
         index_cfg=None,
     ):
@@ -57,6 +59,7 @@ class Collection:
             get_config(model)  # a misspelt architecture fails now, not after a checkpoint download
         self.path = Path(path).expanduser()
         self._checkpoint, self._model, self._device = checkpoint, model, device
+        self._precision, self._verify = precision, verify_checkpoint
         self._encoder = encoder
         self._index_cfg = index_cfg
         self._store = None
@@ -141,7 +144,9 @@ class Collection:
                 )
             # With no model known, a checkpoint file may name its own architecture (random-checkpoint's do).
             architecture = architecture_of(model_id) if model_id else None
-            self._encoder = Encoder.from_pretrained(checkpoint, architecture, self._device)
+            self._encoder = Encoder.from_pretrained(
+                checkpoint, architecture, self._device, self._precision, verify=self._verify
+            )
         return self._encoder
 
     @property
@@ -204,9 +209,10 @@ class Collection:
         )
         loading = time.perf_counter()
         if self._encoder is None:
-            from xsearch.encoder import resolve_device
+            from xsearch.encoder import resolve_device, resolve_precision
 
-            resolve_device(self._device)  # a bad device is a usage error, before "loading model"
+            # A bad device or precision is a usage error, before "loading model".
+            resolve_precision(self._precision, resolve_device(self._device))
         if self._encoder is None and progress:
             from tqdm import tqdm
 
@@ -293,9 +299,16 @@ class Collection:
             status = indices.status(Modality(name))
             index_facts[name] = {"kind": status.get("kind"), "count": status.get("count"), "fresh": status["fresh"]}
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        precisions: dict[str, int] = {}
+        if store.has_column("precision"):  # databases written before it was recorded: "unknown"
+            for value in store.scan(["precision"])["precision"].to_pylist():
+                precisions[value or "unknown"] = precisions.get(value or "unknown", 0) + 1
+        elif counts:
+            precisions["unknown"] = sum(counts.values())
         return {
             "db": str(store.path),
             "model_id": store.model_id,
+            "precision": precisions,
             "items": sum(counts.values()),
             "by_modality": counts,
             "errors": store.errors().count_rows(),

@@ -1,16 +1,22 @@
 """Encoder: preprocessed batches -> L2-normalised float32 embeddings, on CPU or CUDA.
 
-The model runs in ``dtype`` (float32 on CPU; bfloat16 weights on CUDA by default); what comes back is always
-float32 unit vectors on the CPU, ``[B, embed_dim]``. Clip axes (audio ``[B, 3, ...]``, video
-``[B, 15, ...]``) are averaged inside the model, then re-normalised here.
+Precision: ``"fp32"`` (the parity path) or ``"bf16"`` (weights and activations in bfloat16: several times
+faster on GPUs and on CPUs with AMX or AVX512-BF16, whose matrix units PyTorch's oneDNN uses; cosine to the
+fp32 vector above 0.999, see BENCHMARKS.md). ``"auto"`` picks bf16 where the hardware has it. What comes
+back is always float32 unit vectors on the CPU, ``[B, embed_dim]``. Clip axes (audio ``[B, 3, ...]``,
+video ``[B, 15, ...]``) are averaged inside the model, then re-normalised here.
+
+Built from a checkpoint (``from_pretrained``), an encoder loads each tower the first time a batch needs it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +28,35 @@ from xsearch.model.imagebind import ImageBind
 from xsearch.preprocess import PreprocessCfg, Preprocessed, get_tokenizer, preprocess_with_metadata
 
 log = logging.getLogger(__name__)
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FAST_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # CPU features that make bf16 matmuls fast
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(precision: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA and on CPUs with AMX or AVX512-BF16, ``"fp32"`` elsewhere."""
+    if precision not in ("auto", *_DTYPES):
+        raise UsageError(f"unknown precision {precision!r} (expected auto, fp32 or bf16)", argument="precision")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if FAST_BF16_FLAGS & (cpu_flags() if flags is None else flags) else "fp32"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -67,25 +102,47 @@ class Encoder:
         self,
         model: ImageBind,
         device: str | torch.device = "auto",
-        dtype: torch.dtype | None = None,
+        precision: Precision = "auto",
         preprocess: PreprocessCfg | None = None,
+        towers=None,
     ):
+        """``model`` is moved to ``device`` and ``precision`` in place. ``towers`` (a ``TowerSource``) loads
+        the towers ``model`` lacks when a batch first needs them."""
         self.device = resolve_device(device)
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = _DTYPES[self.precision]
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.towers = towers
         # Input shapes belong to the model: its config makes the preprocessing config.
         self.preprocess = preprocess if preprocess is not None else PreprocessCfg.for_model(model.cfg)
         self.model_id = model.model_id
 
     @classmethod
     def from_pretrained(
-        cls, checkpoint: str | os.PathLike | None = None, architecture: str | None = None, device: str = "auto"
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        architecture: str | None = None,
+        device: str = "auto",
+        precision: Precision = "auto",
+        verify: bool = False,
     ) -> Encoder:
-        """An encoder around ``load_pretrained(checkpoint, architecture=...)`` (path, env, cache or download)."""
-        from xsearch.model import load_pretrained
+        """An encoder over a checkpoint (path, ``XSEARCH_CHECKPOINT``, cache or download) whose towers load
+        when first needed. ``verify`` re-hashes a cached download even when its size and time are unchanged."""
+        from xsearch.model import open_checkpoint
 
-        device = resolve_device(device)  # a bad device fails before the checkpoint is read
-        return cls(load_pretrained(checkpoint, architecture=architecture), device=device)
+        device = resolve_device(device)  # a bad device or precision fails before the checkpoint is read
+        resolve_precision(precision, device)
+        source = open_checkpoint(checkpoint, architecture=architecture, verify=verify)
+        return cls(source.model(), device=device, precision=precision, towers=source)
+
+    def _ensure(self, tower: Tower) -> None:
+        if tower in self.model.towers:
+            return
+        if self.towers is None:
+            raise UsageError(f"this encoder's model has no {tower} tower")
+        log.info("loading the %s tower", tower)
+        self.towers.add(self.model, [tower])
+        self.model.to(device=self.device, dtype=self.dtype)
 
     @property
     def embed_dim(self) -> int:
@@ -95,6 +152,7 @@ class Encoder:
     def encode(self, modality: Modality | Tower | str, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` of preprocessed inputs -> ``[B, embed_dim]`` float32 unit vectors on the CPU."""
         tower = as_tower(modality)
+        self._ensure(tower)
         x = batch.to(self.device, non_blocking=True)
         if x.is_floating_point():
             x = x.to(self.dtype)

@@ -54,6 +54,7 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("duration", pa.float64()),
             pa.field("sample_rate", pa.int32()),
             pa.field("thumbnail", pa.binary()),
+            pa.field("precision", pa.string()),  # fp32 / bf16: how the encoder ran (added after schema 1)
         ]
     )
 
@@ -89,6 +90,7 @@ class ItemRecord:
     mtime: float | None = None
     id: int | None = None
     metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate, thumbnail
+    precision: str | None = None  # the encoder's: fp32 or bf16
 
 
 def _now() -> dt.datetime:
@@ -211,6 +213,8 @@ class Store:
                     "embeddings of different models cannot be mixed (use another database)"
                 )
             store = cls(path, db, stored["model_id"], int(stored["embed_dim"]))
+            if model_id is not None:  # a writer: bring columns added since schema 1 to this database
+                store._add_missing_columns()
         else:
             embed_dim = embed_dim or _architecture_width(model_id)
             store = cls(path, db, model_id, embed_dim)
@@ -223,6 +227,17 @@ class Store:
             )
             db.create_table(META, data=meta)
         return store
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to ``items`` after schema 1 (``precision``), as nulls: one commit, writers only."""
+        table = self.items()
+        present = set(table.schema.names)
+        missing = [f for f in items_schema(self.embed_dim) if f.name not in present]
+        if missing:
+            table.add_columns({f.name: f"CAST(NULL AS {_SQL_TYPES[f.type]})" for f in missing})
+
+    def has_column(self, name: str) -> bool:
+        return name in self.items().schema.names
 
     # ---- tables ----------------------------------------------------------------------------------------
 
@@ -341,6 +356,7 @@ class Store:
             rows["mtime"].append(rec.mtime)
             rows["model_id"].append(self.model_id)
             rows["indexed_at"].append(now)
+            rows["precision"].append(rec.precision)
             for key in ("width", "height", "duration", "sample_rate", "thumbnail"):
                 rows[key].append(rec.metadata.get(key))
         schema = items_schema(self.embed_dim)
@@ -433,6 +449,7 @@ class Store:
 
 
 _NOT_FILTERABLE = {"embedding", "thumbnail"}
+_SQL_TYPES = {pa.string(): "STRING"}  # the types of columns added to existing databases
 
 
 def _filter_problem(message: str) -> str:

@@ -7,6 +7,7 @@ readable error -> ``load_state_dict(strict=True)``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -71,15 +72,39 @@ def download(url: str, dest: Path, sha256: str | None = None, *, progress: bool 
     return dest
 
 
-def _verify_recorded_sha256(path: Path) -> None:
+def _file_identity(path: Path) -> dict:
+    info = path.stat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino}
+
+
+def _verify_recorded_sha256(path: Path, verify: bool = False) -> None:
+    """Check a cached download against the sha256 recorded when it arrived.
+
+    Hashing 4.5 GB takes seconds, so it is done once: the size, mtime and inode at which the file last
+    matched are kept beside the hash (``.verified``), and a later load re-hashes only when one of them
+    changed, or when ``verify`` asks for it (a flipped byte that left them alone).
+    """
     record = path.with_name(path.name + ".sha256")
-    if record.exists():
-        expected = record.read_text().strip()
-        if sha256_file(path) != expected:
-            raise CheckpointError(
-                f"{path}: sha256 differs from the one recorded at download ({record}); "
-                "the file is damaged: delete it to download again"
-            )
+    if not record.exists():
+        return
+    expected = record.read_text().strip()
+    verified = path.with_name(path.name + ".verified")
+    identity = _file_identity(path)
+    if not verify and verified.exists():
+        try:
+            if json.loads(verified.read_text()) == {**identity, "sha256": expected}:
+                return
+        except (OSError, ValueError):
+            pass  # an unreadable record: hash again
+    if sha256_file(path) != expected:
+        raise CheckpointError(
+            f"{path}: sha256 differs from the one recorded at download ({record}); "
+            "the file is damaged: delete it to download again"
+        )
+    try:
+        verified.write_text(json.dumps({**identity, "sha256": expected}))
+    except OSError:
+        log.debug("cannot record the verification of %s (read-only cache?)", path)
 
 
 def resolve_checkpoint(
@@ -88,6 +113,7 @@ def resolve_checkpoint(
     *,
     download_missing: bool = True,
     url: str | None = None,
+    verify: bool = False,
 ) -> Path:
     """Find the checkpoint file: ``checkpoint`` if given, else ``$XSEARCH_CHECKPOINT``, else the cache
     (``$XSEARCH_HOME/checkpoints``), downloading it there on first use."""
@@ -100,7 +126,7 @@ def resolve_checkpoint(
     entry: PretrainedWeights = PRETRAINED[weights]
     path = checkpoint_dir() / entry.filename
     if path.is_file():
-        _verify_recorded_sha256(path)
+        _verify_recorded_sha256(path, verify)
         return path
     if not download_missing:
         raise CheckpointError(
