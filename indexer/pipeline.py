@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -187,6 +188,8 @@ class Indexer:
         except KeyboardInterrupt:
             report.interrupted = True
             batch.flush()  # keep what was embedded; the re-run continues from there
+        finally:
+            batch.close()
         if self.cfg.prune and not report.interrupted:
             report.pruned = self._prune(roots, {c.path for c in candidates}, unlisted)
         if self.cfg.update_index and not report.interrupted:
@@ -242,6 +245,8 @@ class _Batcher:
         self.cleared: list[str] = []
         self.last_commit = time.monotonic()
         self.by_modality: Counter = Counter()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xsearch-commit")
+        self._pending = None
 
     def fail_scan(self, rejected: list[Rejected]) -> None:
         for r in rejected:
@@ -309,31 +314,48 @@ class _Batcher:
             outcome.tensor = None  # free the decoded input now
 
     def flush(self) -> None:
+        """Encode what waits, commit it, and wait for every commit to be written."""
         for modality in list(self.waiting):
             self._encode(modality)
         self._commit()
+        self._wait()
 
     def _commit(self) -> None:
+        """Hand the collected rows to the writer thread: Lance writes release the GIL, so the next batch is
+        received and encoded while this one is written. One commit at a time, in order."""
+        work = (self.records, self.restat, self.errors, self.cleared)
+        self.records, self.restat, self.errors, self.cleared = [], [], [], []
+        self.last_commit = time.monotonic()
+        self._wait()  # the previous commit first: commits stay ordered, and its failure surfaces here
+        self._pending = self._writer.submit(self._write, *work)
+
+    def close(self) -> None:
+        """Let the writer thread finish what it holds, and end it."""
+        self._writer.shutdown(wait=True)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, records, restat, errors, cleared) -> None:
         """One upsert of embedded rows, then the error table; both keyed on uri, so replaying is harmless."""
         store = self.store
-        if self.records:
-            store.upsert_items([r for r, _ in self.records])
-        if self.restat:
-            store.update_file_stats({o.task.path: (o.task.size, o.task.mtime) for o in self.restat})
-        done = [r.uri for r, _ in self.records] + [o.task.path for o in self.restat] + self.cleared
-        store.clear_errors(done)
-        failed = [uri for uri, *_ in self.errors]
+        if records:
+            store.upsert_items([r for r, _ in records])
+        if restat:
+            store.update_file_stats({o.task.path: (o.task.size, o.task.mtime) for o in restat})
+        store.clear_errors([r.uri for r, _ in records] + [o.task.path for o in restat] + cleared)
+        failed = [uri for uri, *_ in errors]
         stale = store.lookup_uris(failed)["uri"].to_pylist() if failed else []
         if stale:
             store.delete_items(uris=stale)
             self.report.stale_removed += len(stale)
-        store.record_errors(self.errors)
-        for record, is_update in self.records:
+        store.record_errors(errors)
+        for record, is_update in records:
             self.by_modality[record.modality.value] += 1
             if is_update:
                 self.report.updated += 1
             else:
                 self.report.indexed += 1
         self.report.by_modality = dict(self.by_modality)
-        self.records, self.restat, self.errors, self.cleared = [], [], [], []
-        self.last_commit = time.monotonic()

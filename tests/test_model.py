@@ -135,3 +135,22 @@ def test_huge_parity(huge_pair, tower):
     diff = (got - expected).abs().max().item()
     print(f"imagebind_huge {tower}: max abs diff {diff:.3g}")
     assert diff <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tower", [t.value for t in Tower])
+def test_huge_bf16_stays_within_cosine_0_999_of_fp32(huge_pair, tower):
+    """The precision the CPU and GPU paths use by default: bf16 weights and activations, full architecture."""
+    import copy
+
+    import torch.nn.functional as F
+
+    _, ours = huge_pair
+    bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+    x = sample_inputs(batch=2, seed=7)[tower][: 1 if tower in ("vision", "audio") else 2]
+    with torch.no_grad():
+        exact = F.normalize(ours.embed(tower, x), dim=-1)
+        fast = F.normalize(bf16.embed(tower, x.to(torch.bfloat16) if x.is_floating_point() else x).float(), dim=-1)
+    cosine = (exact * fast).sum(-1).min().item()
+    print(f"imagebind_huge {tower}: bf16 vs fp32 min cosine {cosine:.6f}")
+    assert cosine >= 0.999
