@@ -2,7 +2,7 @@
 
 import sys
 
-from cli import embed, index, info, search  # noqa: F401  (each module registers its commands on ``app``)
+from cli import embed, index, info, search, serve  # noqa: F401  (each module registers its commands on ``app``)
 from cli.app import app
 
 __all__ = ["app", "main"]

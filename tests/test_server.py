@@ -1,0 +1,228 @@
+"""``xsearch serve``: the JSON API through FastAPI's TestClient, and the page in Debian's chromium."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from cli.main import app as cli
+from xsearch import Collection, Modality
+from xsearch.encoder import Encoder
+from xsearch.server import create_app
+from xsearch.store import ItemRecord
+
+from media import gradient_image, tone, write_imu, write_video, write_wav
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("served")
+    files = {
+        "red": gradient_image(root / "red.jpg", seed=1),
+        "blue": gradient_image(root / "blue.png", seed=2),
+        "tone": write_wav(root / "tone.wav", tone(2.0, 16000), 16000),
+        "clip": write_video(root / "clip.mp4", seconds=2.0),
+    }
+    (root / "imu").mkdir()
+    files["walk"] = write_imu(root / "imu" / "walk.npy")
+    collection = Collection.open(root.parent / "served.db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    collection.index([root], workers=0)
+    return root, files, collection
+
+
+@pytest.fixture(scope="module")
+def client(media):
+    return TestClient(create_app(media[2], max_upload_bytes=2_000_000))
+
+
+def ids(collection) -> dict[str, int]:
+    table = collection.store.scan(["id", "uri"])
+    return {Path(u).stem: i for i, u in zip(table["id"].to_pylist(), table["uri"].to_pylist())}
+
+
+def test_multipart_search_with_files_weights_and_text(client, media):
+    root, files, _ = media
+    with open(files["red"], "rb") as photo, open(files["tone"], "rb") as sound:
+        upload = [("files", ("query.jpg", photo, "image/jpeg")), ("files", ("q.wav", sound, "audio/wav"))]
+        data = {"file_weight": ["0.7", "0.3"], "file_modality": ["", "audio"], "text": ["a red door"], "k": "3"}
+        data["text_weight"] = ["-0.2"]
+        response = client.post("/api/search", files=upload, data=data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [(t["kind"], t.get("modality"), t["weight"]) for t in body["query"]] == [
+        ("file", "image", 0.7),
+        ("file", "audio", 0.3),
+        ("text", "text", -0.2),
+    ]
+    assert len(body["results"]) == 3
+    hit = body["results"][0]
+    assert {"score", "calibrated", "uri", "thumbnail_url", "media_url", "duplicates"} <= set(hit)
+    assert client.get(hit["thumbnail_url"]).headers["content-type"] == "image/jpeg"
+
+
+def test_search_by_stored_item_finds_itself(client, media):
+    _, _, collection = media
+    red = ids(collection)["red"]
+    body = client.post("/api/search", data={"item": [str(red)], "target": "image", "k": "1"}).json()
+    assert body["results"][0]["id"] == red and body["results"][0]["score"] > 0.999
+
+
+@pytest.mark.parametrize(
+    "data, status, words",
+    [
+        ({}, 422, "at least one input"),
+        ({"item": ["999999"]}, 404, "no indexed item"),
+        ({"item": ["0"], "target": "smell"}, 400, "unknown modality 'smell'"),
+        ({"item": ["0"], "where": "nope > 1"}, 400, "no column named nope"),
+    ],
+)
+def test_search_errors(client, data, status, words):
+    response = client.post("/api/search", data=data)
+    assert response.status_code == status and words in response.json()["detail"]
+
+
+def test_undecodable_and_oversized_uploads(client):
+    bad = client.post("/api/search", files=[("files", ("holiday.jpg", b"not a photo", "image/jpeg"))])
+    assert bad.status_code == 400
+    assert "holiday.jpg: not a readable image" in bad.json()["detail"]
+    assert "xsearch-upload" not in bad.json()["detail"]  # the client's name, not our temporary path
+    big = client.post("/api/search", files=[("files", ("big.wav", b"\0" * 2_500_000, "audio/wav"))])
+    assert big.status_code == 413
+
+
+def test_items_metadata_thumbnail_and_media_with_ranges(client, media):
+    root, files, collection = media
+    known = ids(collection)
+    meta = client.get(f"/api/items/{known['red']}").json()
+    assert meta["uri"] == str(files["red"]) and meta["width"] == 320 and "embedding" not in meta
+    assert client.get(f"/api/items/{known['walk']}/thumbnail").content[:3] == b"\xff\xd8\xff"  # an IMU plot
+    whole = client.get(f"/api/items/{known['tone']}/media")
+    assert whole.status_code == 200 and whole.content == files["tone"].read_bytes()
+    part = client.get(f"/api/items/{known['clip']}/media", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == files["clip"].read_bytes()[:100]
+    assert client.get("/api/items/999999").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/items/..%2f..%2fetc%2fpasswd/media",
+        "/api/items/%2fetc%2fpasswd/media",
+        "/api/items/../../etc/passwd",
+        "/api/items/-1/media",
+        "/api/items/1e3/media",
+    ],
+)
+def test_media_only_by_id(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_info_and_classify(client):
+    info = client.get("/api/info").json()
+    assert info["by_modality"] == {"image": 2, "video": 1, "audio": 1, "imu": 1}
+    labels = client.post("/api/classify", data={"labels": "red,sound", "target": "image"}).json()
+    assert len(labels) == 2 and {row["label"] for row in labels} <= {"red", "sound"}
+
+
+def test_token_is_required_when_configured(media):
+    guarded = TestClient(create_app(media[2], token="s3cret"))
+    assert guarded.get("/api/info").status_code == 401
+    assert guarded.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert guarded.get("/api/info?token=s3cret").status_code == 200
+    assert guarded.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert guarded.get("/").status_code == 200  # the page itself holds no data; it asks for the token
+
+
+def test_concurrent_searches_and_rows_committed_meanwhile(client, media):
+    _, _, collection = media
+    known = ids(collection)
+
+    def query(item):
+        return client.post("/api/search", data={"item": [str(known[item])], "target": "image", "k": "1"}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(query, ["red", "blue"] * 16))
+    assert all(a["results"][0]["id"] == known[name] for a, name in zip(answers, ["red", "blue"] * 16))
+    vector = np.asarray(collection.store.lookup(known["red"], ["embedding"])["embedding"], np.float32)
+    collection.store.add_items([ItemRecord("/elsewhere/copy.jpg", Modality.IMAGE, vector)])  # as `xsearch index` would
+    body = client.post("/api/search", data={"item": [str(known["red"])], "target": "image", "k": "2"}).json()
+    assert "/elsewhere/copy.jpg" in [hit["uri"] for hit in body["results"]]
+
+
+def test_serve_refuses_an_open_address_without_a_token(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "--db", str(tmp_path / "db"), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "--token" in result.output and "--no-auth" in result.output
+
+
+# ---- the page in a real browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(media):
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(uvicorn.Config(create_app(media[2]), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_page_in_chromium(server, media, tmp_path):
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("Debian's chromium is not installed (README: apt-get install chromium) - cannot drive the page")
+    from playwright.sync_api import sync_playwright
+
+    root, files, _ = media
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=flags)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(server + "/")
+        page.wait_for_selector(".target")  # the modalities of the database, from /api/info
+        page.set_input_files("#picker", str(files["red"]))  # picked
+        sound = files["tone"].read_bytes()
+        page.evaluate(  # dropped: a synthetic DataTransfer, as a drag from the desktop delivers
+            """bytes => { const data = new DataTransfer();
+                data.items.add(new File([new Uint8Array(bytes)], "dropped.wav", {type: "audio/wav"}));
+                document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data})); }""",
+            list(sound),
+        )
+        assert page.locator(".input").count() == 2
+        page.locator(".input .weight").nth(1).fill("0.5")  # the sound counts half
+        page.fill("#text", "a red picture")
+        page.click("#add-text")
+        page.click("#search")
+        page.wait_for_selector("#results .card")
+        assert "results" in page.inner_text("#status")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        assert page.locator("#results img").count() >= 3
+        assert page.locator("#results audio").count() == 1 and page.locator("#results video").count() == 1
+        first = page.locator("#results .card").first.get_attribute("data-id")
+        page.locator("#results .card .more").first.click()  # "more like this": the hit joins the query
+        page.wait_for_function("() => document.querySelectorAll('.input').length === 4")
+        page.wait_for_selector("#results .card")
+        assert page.locator(".input .name").last.inner_text().startswith("item: ")
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        browser.close()
+    assert first is not None and (tmp_path / "serve.png").stat().st_size > 10_000
