@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 
 from xsearch.errors import QueryError, UsageError
 from xsearch.modalities import Modality, parse_modalities
@@ -24,6 +25,7 @@ from xsearch.store import ItemFilter
 
 log = logging.getLogger(__name__)
 
+RESULT_COLUMNS = ["uri", "modality", "sha256", *METADATA_COLUMNS]
 # With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
 EXACT_FILTER_LIMIT = 200_000
 FILTER_OVERFETCH = 20  # candidates per wanted hit when the index is searched under a large filter
@@ -53,6 +55,7 @@ class Engine:
         self.exact_filter_limit = exact_filter_limit
         self._loaded: dict[Modality, tuple[int, object]] = {}  # modality -> (store version, VectorIndex)
         self._samples: dict[Modality, tuple[int, np.ndarray]] = {}  # modality -> (version, calibration sample)
+        self._shared: tuple[int, set[str]] | None = None  # (version, sha256s held by several rows)
         self._encoder = encoder if encoder is None or not callable(encoder) else None
         self._make_encoder = encoder if callable(encoder) else None
         if self._encoder is not None:
@@ -132,17 +135,17 @@ class Engine:
         vector, inputs = self.embed_inputs(query)
         by_calibrated = len(targets) > 1
         k = min(k, self.store.count())  # never allocate for more results than there are items
-        fetch, hits = k, []
+        fetch, hits, rows = k, [], {}
         while k:
             hits, exhausted = self._gather(vector, targets, fetch, where, path, by_calibrated)
+            rows = self.store.rows([h["id"] for h in hits], RESULT_COLUMNS)  # one read serves dedup and results
             if dedup:
-                hits = self._deduplicated(hits)
+                hits = self._deduplicated(hits, rows)
             if len(hits) >= k or exhausted:
                 break
             fetch *= 2  # duplicates took places: look further down each modality's list
         hits = self._cut(hits[:k], min_score, min_calibrated, autocut, by_calibrated)
-        results = self._results(hits)
-        return Results(results, query, targets, inputs, self._thumbnails)
+        return Results(self._results(hits, rows), query, targets, inputs, self._thumbnails)
 
     def _gather(self, vector, targets, fetch, where, path, by_calibrated) -> tuple[list[dict], bool]:
         """Each target's best ``fetch`` hits with raw and calibrated scores, merged; and whether every
@@ -157,10 +160,11 @@ class Engine:
         hits.sort(key=lambda h: -h[key])  # stable: one target keeps the index's own order
         return hits, exhausted
 
-    def _deduplicated(self, hits: list[dict]) -> list[dict]:
+    def _deduplicated(self, hits: list[dict], rows: dict[int, dict]) -> list[dict]:
         """The first hit of each distinct sha256, listing every other path of the same bytes."""
-        hashes = {i: row["sha256"] for i, row in self.store.rows([h["id"] for h in hits], ["sha256"]).items()}
-        known = sorted({h for h in hashes.values() if h})
+        hashes = {i: row["sha256"] for i, row in rows.items()}
+        shared = self._shared_hashes()
+        known = sorted({h for h in hashes.values() if h in shared})
         paths: dict[str, list[str]] = {}
         if known:
             for row in self.store.scan(["id", "uri", "sha256"], ItemFilter(sha256s=known)).to_pylist():
@@ -233,9 +237,16 @@ class Engine:
             cached = self._loaded[modality] = (version, self.indices.fresh(modality, persist=False))
         return cached[1]
 
-    def _results(self, hits: list[dict]) -> list[Result]:
-        columns = ["uri", "modality", *METADATA_COLUMNS]
-        rows = self.store.rows([h["id"] for h in hits], columns)
+    def _shared_hashes(self) -> set[str]:
+        """The sha256s that more than one row holds, read once per store version (most hits have none)."""
+        version = self.store.version
+        if self._shared is None or self._shared[0] != version:
+            digests = pc.value_counts(self.store.scan(["sha256"])["sha256"].drop_null().combine_chunks())
+            repeated = digests.filter(pc.greater(digests.field("counts"), 1)).field("values").to_pylist()
+            self._shared = (version, set(repeated))
+        return self._shared[1]
+
+    def _results(self, hits: list[dict], rows: dict[int, dict]) -> list[Result]:
         results = []
         for rank, hit in enumerate(hits, start=1):
             row = rows[hit["id"]]

@@ -12,6 +12,7 @@ token, when configured, is required on every route (``Authorization: Bearer``, o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -96,8 +97,11 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
             parts += [Query.item(_item_key(v), _weight(item_weight, i)) for i, v in enumerate(item)]
             options = dict(target=target, k=k, where=where, path=path, min_score=min_score)
             options.update(min_calibrated=min_calibrated, autocut=autocut, dedup=dedup)
-            with lock, _http_errors(uploads={str(Path(scratch) / str(i)): f.filename for i, f in enumerate(files)}):
-                results = collection.search(Query.sum(parts), **options)
+            query = Query.sum(parts)
+            uploads = {str(Path(scratch) / str(i)): f.filename for i, f in enumerate(files)}
+            # The model is one: searches that embed take turns; stored-item searches run side by side.
+            with lock if query.needs_model else contextlib.nullcontext(), _http_errors(uploads=uploads):
+                results = collection.search(query, **options)
         out = results.as_json()
         for hit in out["results"]:
             hit["thumbnail_url"] = f"/api/items/{hit['id']}/thumbnail"
