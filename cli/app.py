@@ -112,7 +112,7 @@ FLAGS = {
 
 def fail(message: str | XsearchError, code: int = EXIT_ERROR) -> None:
     """Print an error to stderr and exit with ``code`` (never a traceback)."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {shown(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -170,6 +170,15 @@ def open_collection(
     return Collection.open(
         db, checkpoint=checkpoint, model=model, device=device, precision=precision, verify_checkpoint=verify
     )
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def shown(text: object) -> str:
+    """Text for the terminal: control characters (escape sequences, newlines in file names) written as
+    ``\\x1b``, so that a hostile or odd name can neither restyle the terminal nor break a table's rows."""
+    return str(text).translate(_CONTROLS)
 
 
 def note_random_weights(collection) -> None:

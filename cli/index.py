@@ -21,6 +21,7 @@ from cli.app import (
     handled_errors,
     note_random_weights,
     open_collection,
+    shown,
 )
 
 SHOWN_FAILURES = 10
@@ -106,7 +107,9 @@ def print_summary(report) -> None:
         parts.append(f"{report.pruned} pruned")
     rate = f", {report.files_per_second:.1f} files/s" if report.indexed + report.updated else ""
     load = f" (loading the model: {report.load_seconds:.2f} s)" if report.load_seconds > 0 else ""
-    typer.echo(f"{report.db}: {', '.join(parts)} in {report.seconds:.1f} s{load}{rate}")
+    typer.echo(f"{shown(report.db)}: {', '.join(parts)} in {report.seconds:.1f} s{load}{rate}")
+    for skipped in report.prune_skipped:
+        typer.echo(f"  not pruned: {shown(skipped)}")
     if report.stale_removed:
         typer.echo(
             f"  removed: {report.stale_removed} indexed files that now fail (no longer searched; "
@@ -120,7 +123,7 @@ def print_summary(report) -> None:
     if report.interrupted:
         typer.echo("  interrupted: what was embedded is saved; run the same command again to continue")
     for failure in report.failures[:SHOWN_FAILURES]:
-        typer.echo(f"  failed: {failure.uri}: {failure.message}")
+        typer.echo(f"  failed: {shown(failure.uri)}: {shown(failure.message)}")
     hidden = len(report.failures) - SHOWN_FAILURES
     if hidden > 0:
-        typer.echo(f"  ... and {hidden} more (xsearch errors --db {report.db})")
+        typer.echo(f"  ... and {hidden} more (xsearch errors --db {shown(report.db)})")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import DbOpt, command, handled_errors, note_random_weights, open_collection
+from cli.app import DbOpt, command, handled_errors, note_random_weights, open_collection, shown
 
 
 @command()
@@ -22,7 +22,7 @@ def errors(
         if json_:
             typer.echo(json.dumps({k: row[k] for k in ("uri", "modality", "stage", "message")}))
         else:
-            typer.echo(f"{row['uri']}: {row['message']} [{row['stage']}]")
+            typer.echo(f"{shown(row['uri'])}: {shown(row['message'])} [{row['stage']}]")
 
 
 @command()
@@ -38,7 +38,7 @@ def info(
     if json_:
         typer.echo(json.dumps(facts, indent=1))
         return
-    typer.echo(f"database  {facts['db']} ({facts['bytes'] / 1e6:.1f} MB)")
+    typer.echo(f"database  {shown(facts['db'])} ({facts['bytes'] / 1e6:.1f} MB)")
     typer.echo(f"model     {facts['model_id']}")
     if facts["precision"]:
         typer.echo("precision " + ", ".join(f"{name} ({count} items)" for name, count in facts["precision"].items()))

@@ -29,6 +29,7 @@ from cli.app import (
     handled_errors,
     note_random_weights,
     open_collection,
+    shown,
 )
 from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality
@@ -104,8 +105,9 @@ def print_table(results) -> None:
         return
     typer.echo(f"{'rank':>4}  {'score':>7}  {'calib.':>7}  {'modality':<8}  uri")
     for r in results:
-        also = f"  (also: {', '.join(r.duplicates)})" if r.duplicates else ""
-        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>7.2f}  {r.modality.value:<8}  {r.uri}{also}")
+        also = f"  (also: {', '.join(map(shown, r.duplicates))})" if r.duplicates else ""
+        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>7.2f}  {r.modality.value:<8}  {shown(r.uri)}{also}"
+        typer.echo(line)
 
 
 def _search(
@@ -261,5 +263,5 @@ def classify(
     else:
         typer.echo(f"{'score':>6}  {'label':<20}  {'modality':<8}  uri")
         for row in labelled.as_json():
-            typer.echo(f"{row['score']:>6.3f}  {row['label']:<20}  {row['modality']:<8}  {row['uri']}")
+            typer.echo(f"{row['score']:>6.3f}  {shown(row['label']):<20}  {row['modality']:<8}  {shown(row['uri'])}")
     note_random_weights(collection)

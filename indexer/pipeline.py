@@ -72,6 +72,7 @@ class RunReport:
     failed: int = 0
     stale_removed: int = 0  # rows of known files that now fail: removed, so they stop answering searches
     pruned: int = 0
+    prune_skipped: list[str] = field(default_factory=list)  # roots not pruned, and why
     ignored: int = 0  # not media, or symlinks when not following them
     excluded: int = 0  # --exclude / --modalities
     seconds: float = 0.0
@@ -191,19 +192,22 @@ class Indexer:
         finally:
             batch.close()
         if self.cfg.prune and not report.interrupted:
-            report.pruned = self._prune(roots, {c.path for c in candidates}, unlisted)
+            report.pruned = self._prune(roots, {c.path for c in candidates}, unlisted, report.prune_skipped)
         if self.cfg.update_index and not report.interrupted:
             report.indexes = self.update_indexes()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prune(self, roots: list[str], seen: set[str], unlisted: list[str]) -> int:
+    def _prune(self, roots: list[str], seen: set[str], unlisted: list[str], skipped: list[str]) -> int:
         """Delete rows (and error rows) of files under ``roots`` that are gone from disk.
 
         Only files that no longer exist are pruned: a file skipped by ``--exclude`` or ``--modalities``, or
-        under a folder that could not be listed this time, keeps its row.
+        under a folder that could not be listed this time, keeps its row. A root that is missing or empty is
+        not pruned at all: an unmounted drive or an empty mount point looks exactly like that, and pruning
+        would throw away every embedding under it.
         """
         roots = [os.path.abspath(r) for r in roots]
+        unlisted = list(unlisted) + [r for r in roots if _looks_unmounted(r, skipped)]
 
         def gone(uri: str) -> bool:
             if uri in seen or not any(is_under(uri, r) for r in roots) or any(is_under(uri, d) for d in unlisted):
@@ -228,6 +232,19 @@ class Indexer:
             index = indices.fresh(modality)
             out[modality.value] = {"kind": index.kind, "count": len(index)}
         return out
+
+
+def _looks_unmounted(root: str, skipped: list[str]) -> bool:
+    """A missing or empty root, noted in ``skipped``: what an unmounted drive or an empty mount point is."""
+    if not os.path.lexists(root):
+        reason = "is missing"
+    elif os.path.isdir(root) and not os.listdir(root):
+        reason = "is empty"
+    else:
+        return False
+    skipped.append(f"{root} {reason}: rows under it were kept (not pruned)")
+    log.warning("%s %s: not pruned (an unmounted drive looks like this)", root, reason)
+    return True
 
 
 class _Batcher:

@@ -220,8 +220,11 @@ class Collection:
             tqdm.write(f"loading model {named} ...", file=sys.stderr)  # beside the progress bars
         encoder = self.encoder
         loaded = time.perf_counter()
-        store = self._open_for_writing(encoder)
-        report = Indexer(store, encoder, cfg).run(roots, options)
+        from xsearch.store import writer_lock
+
+        with writer_lock(self.path):  # one writer per database: ids and commits never interleave
+            store = self._open_for_writing(encoder)
+            report = Indexer(store, encoder, cfg).run(roots, options)
         report.load_seconds = loaded - loading
         report.seconds = time.perf_counter() - started  # the whole run, model loading included
         return report

@@ -16,11 +16,14 @@ Rows are selected with ``ItemFilter``: the one place in xsearch where filter SQL
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+import socket
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,37 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 ITEMS, ERRORS, META = "items", "errors", "meta"
+NEXT_ID = "next_id"  # the id high-water mark, beside the tables
+WRITER_LOCK = "writer.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the database's writer lock: one ``xsearch index`` at a time per database.
+
+    An advisory ``flock`` on ``<db>/writer.lock``, which holds the owner's pid, host and start time for the
+    message a second writer gets. The kernel drops the lock when its process dies, so a killed run never
+    leaves a stale lock. Readers never take it.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / WRITER_LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreError(
+                f"{path}: another xsearch is writing this database ({holder}); try again when it ends"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {_now():%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def items_schema(dim: int) -> pa.Schema:
@@ -118,6 +152,25 @@ def _and(clauses: Iterable[str | None]) -> str | None:
     return " AND ".join(f"({c})" for c in clauses) if clauses else None
 
 
+def _check_one_expression(where: str) -> None:
+    """A caller's predicate must be one expression: parentheses balanced outside quotes, so that it cannot
+    close the parentheses it is put in and escape the filters around it (``1=1) OR (modality = 'audio'``)."""
+    depth, quote = 0, None
+    for char in where:
+        if quote:
+            quote = None if char == quote else quote  # '' inside a string closes and reopens: same result
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                break
+    if depth != 0 or quote:
+        raise UsageError(f"bad filter {where!r}: unbalanced parentheses or quotes", argument="where")
+
+
 @dataclass(frozen=True)
 class ItemFilter:
     """Which ``items`` rows: every field given must hold (``None`` fields are ignored).
@@ -146,6 +199,8 @@ class ItemFilter:
         return cls(uris=sorted({str(key), os.path.abspath(str(key))}))
 
     def sql(self) -> str | None:
+        if self.where is not None:
+            _check_one_expression(self.where)
         return _and(
             [
                 f"modality = {_quote(self.modality)}" if self.modality is not None else None,
@@ -328,11 +383,21 @@ class Store:
     # ---- writes ----------------------------------------------------------------------------------------
 
     def _next_id(self) -> int:
+        """The next unused id: above every id in the table and every id handed out before (a row deleted by
+        ``--prune`` never gives its id to another file)."""
         table = self.items()
-        if table.count_rows() == 0:
-            return 0
-        ids = self.scan(["id"])["id"]
-        return int(pc.max(ids).as_py()) + 1
+        highest = int(pc.max(self.scan(["id"])["id"]).as_py()) + 1 if table.count_rows() else 0
+        try:
+            reserved = int((self.path / NEXT_ID).read_text())
+        except (OSError, ValueError):
+            reserved = 0
+        return max(highest, reserved)
+
+    def _reserve_ids(self, next_id: int) -> None:
+        """Record ids as handed out before the commit that uses them (a crash then only skips some)."""
+        tmp = self.path / (NEXT_ID + ".tmp")
+        tmp.write_text(str(next_id))
+        os.replace(tmp, self.path / NEXT_ID)
 
     def _to_arrow(self, records: Sequence[ItemRecord]) -> pa.Table:
         next_id = self._next_id()
@@ -359,6 +424,7 @@ class Store:
             rows["precision"].append(rec.precision)
             for key in ("width", "height", "duration", "sample_rate", "thumbnail"):
                 rows[key].append(rec.metadata.get(key))
+        self._reserve_ids(next_id)
         schema = items_schema(self.embed_dim)
         arrays = []
         for f in schema:
