@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from typing import Annotated
 
 import typer
@@ -25,6 +27,21 @@ from cli.app import (
 )
 
 SHOWN_FAILURES = 10
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt():
+    """SIGTERM (``kill``, a service manager stopping us) ends the run as Ctrl-C does: what was embedded is
+    committed, the summary says interrupted, exit code 130."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:
@@ -74,7 +91,7 @@ def index(
     assign = parse_assignments(as_ or [], paths)
     if not paths and not assign:
         fail("nothing to index: give folders or files (PATHS or --as MODALITY=PATH)")
-    with handled_errors():
+    with handled_errors(), terminate_like_interrupt():
         collection = open_collection(db, checkpoint, model, device, precision, verify)
         report = collection.index(
             paths,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from indexer.lifeline import die_with_parent
 from indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
 from indexer.work import Outcome, PrepareDataset, Task
 from xsearch.encoder import Encoder
@@ -156,9 +157,11 @@ class Indexer:
         if workers:
             # Workers come from a fork server, not a fork of this process: lance and the encoder's threads
             # are not fork-safe. Preloading the decode modules there makes each worker start in milliseconds.
+            # Both the fork server and the workers die with this process (``indexer.lifeline``).
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["indexer.work"])
+            context.set_forkserver_preload(["indexer._forkserver_init", "indexer.work"])
             extra = {"prefetch_factor": 4, "in_order": False, "multiprocessing_context": context}
+            extra["worker_init_fn"] = die_with_parent
         return torch.utils.data.DataLoader(
             PrepareDataset(tasks, self.encoder.preprocess),
             batch_size=None,  # one Outcome per file; batches are formed per modality below

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 from typer.testing import CliRunner
@@ -89,3 +94,63 @@ def test_control_characters_in_names_never_reach_the_terminal(tmp_path):
         assert "\x1b" not in output and "\x07" not in output and "\r" not in output
     assert "\\x1b]0;pwned\\x07evil\\x0aname.jpg" in table and len(table.strip().splitlines()) == 2
     assert errors.strip() == "/m/bad\\x1b[2J.jpg: broken\\x0d\\x0areally [decode]"
+
+
+def _group(pgid: int) -> list[str]:
+    """Live processes of a process group (from /proc), as "pid command"."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(f"{stat.parent.name} {fields[0]}")
+    return found
+
+
+def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_model):
+    """kill -9 of `xsearch index` while its decode worker runs: the fork server and the worker follow."""
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(40):
+        gradient_image(media / f"{i}.jpg", size=(1600, 1200), seed=i)
+    xsearch = str(Path(sys.executable).parent / "xsearch")
+    argv = [xsearch, "index", str(media), "--db", str(tmp_path / "db"), "--checkpoint", str(checkpoint)]
+    process = subprocess.Popen([*argv, "--workers", "1", "-q"], start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(_group(process.pid)) < 3 and time.monotonic() < deadline:  # main, fork server, worker
+        time.sleep(0.05)
+    assert len(_group(process.pid)) >= 3, _group(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while _group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group(process.pid) == []
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
+    """SIGTERM mid-run: what was embedded is committed, exit 130, and nothing is left running."""
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(60):
+        gradient_image(media / f"{i}.jpg", size=(1600, 1200), seed=i)
+    xsearch = str(Path(sys.executable).parent / "xsearch")
+    db = tmp_path / "db"
+    argv = [xsearch, "index", str(media), "--db", str(db), "--checkpoint", str(checkpoint), "--workers", "1"]
+    process = subprocess.Popen([*argv, "--commit-every", "4", "-q"], start_new_session=True)
+    deadline = time.monotonic() + 120
+    versions = db / "items.lance" / "_versions"
+    while time.monotonic() < deadline and len(list(versions.glob("*.manifest")) if versions.exists() else []) < 3:
+        time.sleep(0.05)  # wait until a few commits landed: the run is mid-way
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    kept = Store.open(db, create=False).count()
+    assert 0 < kept < 60
+    deadline = time.monotonic() + 10
+    while _group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group(process.pid) == []
