@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -61,8 +62,27 @@ def _read_head_and_hash(path: str) -> tuple[bytes, str]:
     return head, digest.hexdigest()
 
 
-def prepare(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
-    cfg = cfg if cfg is not None else PreprocessCfg()
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def prepare(task: Task, cfg: PreprocessCfg | None = None, attempts: int = 3) -> Outcome:
+    """Hash, check and decode ``task``'s file. The hash and the model input must come from the same bytes:
+    a file replaced or rewritten while it was read (size, mtime or inode moved) is read again."""
+    for _ in range(attempts):
+        before = _identity(task.path)
+        outcome = _prepare_once(task, cfg if cfg is not None else PreprocessCfg())
+        if before is None or outcome.stage == "read" or _identity(task.path) == before:
+            return outcome
+        log.info("%s changed while it was read; reading it again", task.path)
+    return _failed(Outcome(task, task.modality), "read", "the file kept changing while it was read (retried next run)")
+
+
+def _prepare_once(task: Task, cfg: PreprocessCfg) -> Outcome:
     outcome = Outcome(task, task.modality)
     try:
         head, outcome.sha256 = _read_head_and_hash(task.path)

@@ -154,3 +154,45 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
     while _group(process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _group(process.pid) == []
+
+
+def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny_model):
+    """A file rewritten while it is decoded is read again: its row's sha256 and vector are of the final bytes."""
+    import hashlib
+
+    import indexer.work as work
+    from xsearch.encoder import Encoder
+    from xsearch.preprocess import preprocess_with_metadata
+
+    photo = gradient_image(tmp_path / "a.jpg", seed=1)
+    final = gradient_image(tmp_path / "final.jpg", seed=2).read_bytes()
+    calls = []
+
+    def decode_while_it_changes(path, modality, cfg, thumbnail=True):
+        prepared = preprocess_with_metadata(path, modality, cfg, thumbnail)
+        if not calls:
+            Path(path).write_bytes(final)  # replaced after it was hashed and decoded once
+        calls.append(path)
+        return prepared
+
+    monkeypatch.setattr(work, "preprocess_with_metadata", decode_while_it_changes)
+    outcome = work.prepare(work.Task(str(photo), Modality.IMAGE, 0, 0.0))
+    assert len(calls) == 2 and outcome.error is None
+    assert outcome.sha256 == hashlib.sha256(final).hexdigest()
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
+    got = encoder.encode(Modality.IMAGE, outcome.tensor[None]).numpy()[0]
+    np.testing.assert_allclose(got, encoder.encode_files([photo])[0].embedding, atol=1e-6)
+
+
+def test_a_huge_k_allocates_for_the_items_there_are(tmp_path):
+    import tracemalloc
+
+    from xsearch import Collection, Query
+
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items([ItemRecord(f"/{i}.jpg", Modality.IMAGE, vector(i)) for i in range(20)])
+    tracemalloc.start()
+    hits = Collection.open(tmp_path / "db").search(Query.item(0), k=10**9)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(hits) == 20 and peak < 200 * 2**20
