@@ -80,6 +80,7 @@ def split_file_weight(value: str, option: str, must_exist: bool = True) -> tuple
 def build_query(inputs: dict[str, list[str] | None]):
     """{option name: [values]} -> one ``Query`` summing every input with its weight."""
     from xsearch.query import Query
+    from xsearch.store import is_id
 
     parts = []
     for option, values in inputs.items():
@@ -90,7 +91,7 @@ def build_query(inputs: dict[str, list[str] | None]):
             else:
                 target, weight = split_file_weight(value, f"--{option}", must_exist=option != ITEM)
             if option == ITEM:
-                parts.append(Query.item(int(target) if target.isdigit() else target, weight))
+                parts.append(Query.item(int(target) if is_id(target) else target, weight))
             else:
                 parts.append(Query.input(option, target, weight))
     if not parts:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -196,3 +197,21 @@ def test_a_huge_k_allocates_for_the_items_there_are(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert len(hits) == 20 and peak < 200 * 2**20
+
+
+def test_misleading_reasons_and_odd_ids(tmp_path):
+    from PIL import Image
+
+    from xsearch.errors import DecodeError
+    from xsearch.preprocess import preprocess_file
+
+    big = tmp_path / "big.png"
+    Image.new("L", (11_000, 11_000)).save(big)  # 121 MP: under the 178 MP cap, over PIL's 89.5 MP warning
+    assert preprocess_file(big, "image").shape == (3, 224, 224)
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DecodeError, match="holds Python objects, not numbers"):
+        preprocess_file(objects, "imu")
+    Store.open(tmp_path / "db", model_id="tiny_test").add_items([ItemRecord("/a.jpg", Modality.IMAGE, vector(0))])
+    result = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "²"])
+    assert result.exit_code == 2 and "no indexed item '²'" in result.output

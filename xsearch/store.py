@@ -152,6 +152,11 @@ def _and(clauses: Iterable[str | None]) -> str | None:
     return " AND ".join(f"({c})" for c in clauses) if clauses else None
 
 
+def is_id(text) -> bool:
+    """Whether ``text`` names an item by id: ASCII digits only (``"²"`` is a digit to Python, not an id)."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
 def _check_one_expression(where: str) -> None:
     """A caller's predicate must be one expression: parentheses balanced outside quotes, so that it cannot
     close the parentheses it is put in and escape the filters around it (``1=1) OR (modality = 'audio'``)."""
@@ -194,7 +199,7 @@ class ItemFilter:
     @classmethod
     def item(cls, key: int | str) -> ItemFilter:
         """One stored item named by id, or by uri as given or made absolute."""
-        if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
+        if isinstance(key, (int, np.integer)) or is_id(key):
             return cls(ids=[int(key)])
         return cls(uris=sorted({str(key), os.path.abspath(str(key))}))
 

@@ -19,7 +19,7 @@ def load_npy(name: str) -> np.ndarray:
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except ValueError as exc:
-        if "pickled" in str(exc):
+        if "pickle" in str(exc) or "Object arrays" in str(exc):  # numpy's words before and after 2.4
             raise DecodeError(name, "the .npy file holds Python objects, not numbers (refused: unsafe)") from None
         raise DecodeError(name, f"damaged .npy file ({exc})") from None
     except (OSError, EOFError) as exc:

@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from xsearch.errors import QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, modality_of_path
+from xsearch.store import is_id
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 ITEM_COLUMNS = ["id", "uri", "modality", "sha256", "size", "width", "height", "duration", "sample_rate", "precision"]
@@ -52,7 +53,7 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
 
     def item_row(item_id: str) -> dict:
         """The stored row of an item named by its numeric id; anything else (a path, ``..``) is 404."""
-        row = collection.store.lookup(int(item_id), [*ITEM_COLUMNS, "thumbnail"]) if item_id.isdigit() else None
+        row = collection.store.lookup(int(item_id), [*ITEM_COLUMNS, "thumbnail"]) if is_id(item_id) else None
         if row is None:
             raise HTTPException(404, f"no item {item_id}")
         return row
@@ -161,7 +162,7 @@ def _weight(weights: list[float], index: int) -> float:
 
 
 def _item_key(value: str) -> int | str:
-    return int(value) if value.strip().isdigit() else value
+    return int(value) if is_id(value.strip()) else value
 
 
 def _modality(named: str | None, saved: Path, filename: str | None) -> Modality:
