@@ -110,6 +110,14 @@ def _group(pgid: int) -> list[str]:
     return found
 
 
+def _gone(pgid: int, seconds: float = 10) -> list[str]:
+    """What is left of a process group after waiting up to ``seconds`` for it to empty."""
+    deadline = time.monotonic() + seconds
+    while _group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _group(pgid)
+
+
 def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_model):
     """kill -9 of `xsearch index` while its decode worker runs: the fork server and the worker follow."""
     checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
@@ -126,10 +134,7 @@ def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_mode
     assert len(_group(process.pid)) >= 3, _group(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    deadline = time.monotonic() + 10
-    while _group(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _group(process.pid) == []
+    assert _gone(process.pid) == []
 
 
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
@@ -151,10 +156,7 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
     assert process.wait(timeout=60) == 130
     kept = Store.open(db, create=False).count()
     assert 0 < kept < 60
-    deadline = time.monotonic() + 10
-    while _group(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _group(process.pid) == []
+    assert _gone(process.pid) == []
 
 
 def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny_model):
@@ -215,3 +217,15 @@ def test_misleading_reasons_and_odd_ids(tmp_path):
     Store.open(tmp_path / "db", model_id="tiny_test").add_items([ItemRecord("/a.jpg", Modality.IMAGE, vector(0))])
     result = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "²"])
     assert result.exit_code == 2 and "no indexed item '²'" in result.output
+
+
+def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    media = tmp_path / "media"
+    media.mkdir()
+    gradient_image(media / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not a database")
+    argv = ["index", str(media), "--db", str(tmp_path / "notes.txt"), "--checkpoint", str(checkpoint)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2 and "notes.txt: exists and is not a directory" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "not a database"

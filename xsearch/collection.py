@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from xsearch.errors import StoreError, UsageError
+from xsearch.errors import UsageError
 from xsearch.modalities import Modality, parse_modalities
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,12 @@ class Collection:
 
             # A bad device or precision is a usage error, before "loading model".
             resolve_precision(self._precision, resolve_device(self._device))
-        if self._encoder is None and progress:
-            from tqdm import tqdm
+            if progress:
+                from tqdm import tqdm
 
-            named = self._known_model() or self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT") or DEFAULT_MODEL
-            tqdm.write(f"loading model {named} ...", file=sys.stderr)  # beside the progress bars
+                checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+                named = self._known_model() or checkpoint or DEFAULT_MODEL
+                tqdm.write(f"loading model {named} ...", file=sys.stderr)  # beside the progress bars
         encoder = self.encoder
         loaded = time.perf_counter()
         from xsearch.store import writer_lock
@@ -304,8 +305,10 @@ class Collection:
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         precisions: dict[str, int] = {}
         if store.has_column("precision"):  # databases written before it was recorded: "unknown"
-            for value in store.scan(["precision"])["precision"].to_pylist():
-                precisions[value or "unknown"] = precisions.get(value or "unknown", 0) + 1
+            import pyarrow.compute as pc
+
+            column = store.scan(["precision"])["precision"].fill_null("unknown").combine_chunks()
+            precisions = {r["values"]: r["counts"] for r in pc.value_counts(column).to_pylist()}
         elif counts:
             precisions["unknown"] = sum(counts.values())
         return {
@@ -337,8 +340,6 @@ class Collection:
     def _open_for_writing(self, encoder):
         from xsearch.store import Store
 
-        if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"{self.path}: exists and is not a directory")
         self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         self._engine = None
         return self._store

@@ -51,6 +51,8 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
     leaves a stale lock. Readers never take it.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)
     handle = open(path / WRITER_LOCK, "a+")
     try:

@@ -88,9 +88,10 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
         if not (files or text or item):
             raise HTTPException(422, "give at least one input: files, text or item")
         with tempfile.TemporaryDirectory(prefix="xsearch-upload-") as scratch:
-            parts = []
+            parts, uploads = [], {}
             for i, upload in enumerate(files):
                 saved = _save_upload(upload, Path(scratch) / f"{i}", max_upload_bytes)
+                uploads[str(saved)] = upload.filename or "upload"
                 named = file_modality[i] if i < len(file_modality) and file_modality[i] else None
                 modality = _modality(named, saved, upload.filename)
                 parts.append(Query.file(saved, modality, _weight(file_weight, i)))
@@ -99,7 +100,6 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
             options = dict(target=target, k=k, where=where, path=path, min_score=min_score)
             options.update(min_calibrated=min_calibrated, autocut=autocut, dedup=dedup)
             query = Query.sum(parts)
-            uploads = {str(Path(scratch) / str(i)): f.filename for i, f in enumerate(files)}
             # The model is one: searches that embed take turns; stored-item searches run side by side.
             with lock if query.needs_model else contextlib.nullcontext(), _http_errors(uploads=uploads):
                 results = collection.search(query, **options)
@@ -166,14 +166,14 @@ def _item_key(value: str) -> int | str:
 
 
 def _modality(named: str | None, saved: Path, filename: str | None) -> Modality:
-    """The modality the client named, else what the indexer's rules make of the uploaded name and bytes."""
+    """The modality the client named, else what the indexer's rules make of the upload, saved under its
+    name's suffix (the extension, or the first bytes of a file without one)."""
     try:
         if named:
             return Modality(named)
     except UsageError as exc:
         raise HTTPException(400, str(exc)) from None
-    found = modality_of_path(saved.with_name(saved.name + Path(filename or "").suffix.lower()))
-    found = found or modality_of_path(saved)
+    found = modality_of_path(saved)
     if found is None:
         raise HTTPException(400, f"{filename}: unknown file type (name its modality)")
     return found
@@ -193,25 +193,16 @@ def _save_upload(upload: UploadFile, path: Path, limit: int) -> Path:
     return target
 
 
-class _http_errors:
-    """Library errors as HTTP answers: usage and query problems 400 (decode reasons named with the
-    uploaded file's name), a missing item 404, the rest 500 with one line."""
-
-    def __init__(self, uploads: dict[str, str] | None = None):
-        self.uploads = uploads or {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback) -> bool:
-        if error is None or isinstance(error, HTTPException):
-            return False
-        if isinstance(error, (UsageError, QueryError)):
-            message = str(error)
-            for saved, name in self.uploads.items():
-                message = message.replace(saved + os.path.splitext(name or "")[1].lower(), name or "upload")
-            status = 404 if message.startswith("no indexed item") else 400
-            raise HTTPException(status, message) from None
-        if isinstance(error, XsearchError):
-            raise HTTPException(500, str(error)) from None
-        return False
+@contextlib.contextmanager
+def _http_errors(uploads: dict[str, str] | None = None):
+    """Library errors as HTTP answers: usage and query problems 400 (reasons name an upload by the client's
+    file name, not our temporary path), a missing item 404, the rest 500 with one line."""
+    try:
+        yield
+    except (UsageError, QueryError) as error:
+        message = str(error)
+        for saved, name in (uploads or {}).items():
+            message = message.replace(saved, name)
+        raise HTTPException(404 if message.startswith("no indexed item") else 400, message) from None
+    except XsearchError as error:
+        raise HTTPException(500, str(error)) from None
