@@ -325,3 +325,18 @@ def test_cli_embed_prints_one_json_line_per_file(tmp_path, encoder, checkpoint):
     assert "c.jpg: file is empty" in lines[2]["error"] or "c.jpg: not a readable image" in lines[2]["error"]
     depth = runner.invoke(app, [*argv[:2], "--as", "depth", *argv[4:]])
     assert json.loads(depth.stdout.splitlines()[0])["modality"] == "depth"
+
+
+def test_an_assigned_folder_inside_the_paths_is_scanned_once(tmp_path, encoder):
+    media = tmp_path / "media"
+    (media / "scans").mkdir(parents=True)
+    gradient_image(media / "photo.jpg", seed=1)
+    gradient_image(media / "scans" / "room.png", seed=2)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    gradient_image(outside / "hall.png", seed=3)
+    report = Collection.open(tmp_path / "db", encoder=encoder).index(
+        [media], assign={media / "scans": "depth", outside: "thermal"}, workers=0
+    )
+    assert report.failed == 0, report.failures
+    assert report.by_modality == {"image": 1, "depth": 1, "thermal": 1}

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from xsearch.errors import UsageError
-from xsearch.modalities import Modality, parse_modalities
+from xsearch.modalities import Modality, is_under, parse_modalities
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Collection:
         started = time.perf_counter()
         assigned = _assignments(assign or {})
         roots = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
-        roots += [p for p in assigned if p not in roots]
+        roots += [p for p in assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
         if not roots:
             raise UsageError("nothing to index: give folders or files", argument="paths")
         missing = [p for p in roots if not os.path.lexists(p)]
