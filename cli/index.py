@@ -68,6 +68,13 @@ def index(
     verify: VerifyOpt = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = 16,
     workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: cores - 1, max 8).")] = None,
+    file_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds one file may take to decode before it is an error.")
+    ] = 600.0,
+    worker_memory: Annotated[
+        float | None,
+        typer.Option(min=0.25, help="GB one decode process may use (default: a share of the machine's memory)."),
+    ] = None,
     modalities: Annotated[str | None, typer.Option(help="Only these, e.g. image,audio.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Skip paths or names matching this glob.")] = None,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links to files and folders.")] = False,
@@ -103,6 +110,8 @@ def index(
             update_index=update_index,
             batch_size=batch_size,
             workers=workers,
+            file_timeout=file_timeout,
+            worker_memory_gb=worker_memory,
             commit_every=commit_every,
             progress=not (quiet or json_),
         )

@@ -1,7 +1,7 @@
 """The batch indexer: scan -> plan -> parallel decode -> batched encode -> store commits -> index update.
 
-- Decoding runs in ``DataLoader`` worker processes, out of order (``in_order=False``): one slow file holds
-  up only itself, never the batch the encoder is waiting for.
+- Decoding runs in supervised worker processes (``indexer.decode_pool``), out of order: one slow file
+  holds up only itself, and a decoder that crashes, hangs or overruns its memory costs only its file.
 - Encoding takes per-modality batches; the workers keep decoding while the model runs.
 - Results are committed to the store every ``commit_every`` files (one Lance commit each, upserting on the
   file's uri), so a run killed at any moment loses at most the uncommitted files and a re-run ends with
@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.lifeline import die_with_parent
+from indexer.decode_pool import DecodeLimits, DecodePool
 from indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
-from indexer.work import Outcome, PrepareDataset, Task
+from indexer.work import Outcome, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import StoreError
 from xsearch.index import IndexSet
@@ -46,6 +47,7 @@ def default_workers() -> int:
 class IndexerCfg:
     batch_size: int = 16
     workers: int | None = None  # decode processes; None: one per core but one, at most 8; 0: in-process
+    limits: DecodeLimits = DecodeLimits()  # per-file time and per-worker memory (not applied in-process)
     commit_every: int = 256  # files per store commit
     commit_seconds: float = 30.0  # ... or sooner when this long has passed since the last one
     prune: bool = False  # delete rows of files under the scanned roots that no longer exist
@@ -150,25 +152,13 @@ class Indexer:
         report.unchanged = len(unchanged)
         return tasks, unchanged
 
-    def _loader(self, tasks: list[Task]) -> torch.utils.data.DataLoader:
-        workers = default_workers() if self.cfg.workers is None else self.cfg.workers
-        workers = min(workers, len(tasks))
-        extra = {}
-        if workers:
-            # Workers come from a fork server, not a fork of this process: lance and the encoder's threads
-            # are not fork-safe. Preloading the decode modules there makes each worker start in milliseconds.
-            # Both the fork server and the workers die with this process (``indexer.lifeline``).
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["indexer._forkserver_init", "indexer.work"])
-            extra = {"prefetch_factor": 4, "in_order": False, "multiprocessing_context": context}
-            extra["worker_init_fn"] = die_with_parent
-        return torch.utils.data.DataLoader(
-            PrepareDataset(tasks, self.encoder.preprocess),
-            batch_size=None,  # one Outcome per file; batches are formed per modality below
-            shuffle=False,
-            num_workers=workers,
-            **extra,
-        )
+    def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
+        """One outcome per task, in the order they finish; batches are formed per modality by the caller."""
+        work = functools.partial(prepare, cfg=self.encoder.preprocess)
+        workers = min(default_workers() if self.cfg.workers is None else self.cfg.workers, len(tasks))
+        if workers == 0:
+            return map(work, tasks)
+        return DecodePool(work, workers, self.cfg.limits).imap_unordered(tasks)
 
     # ---- run -------------------------------------------------------------------------------------------
 
@@ -183,7 +173,7 @@ class Indexer:
         try:
             if tasks:
                 with tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar:
-                    for outcome in self._loader(tasks):
+                    for outcome in self._decoded(tasks):
                         batch.take(outcome)
                         bar.update()
                         if report.failed:

@@ -1,7 +1,7 @@
 """The decode stage, run in worker processes: one file -> hash, content check, model input and metadata.
 
 ``prepare`` never raises for a bad file: the outcome carries the reason, so one broken file costs one
-``errors`` row and nothing else. ``PrepareDataset`` wraps it for a ``torch.utils.data.DataLoader``.
+``errors`` row and nothing else. ``indexer.decode_pool`` runs it in supervised processes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from xsearch.sniff import HEAD_BYTES, content_mismatch, sniff
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
+OUT_OF_MEMORY = "out of memory while decoding"  # the decode pool words it with its limit
 
 
 @dataclass(frozen=True)
@@ -112,30 +113,25 @@ def _prepare_once(task: Task, cfg: PreprocessCfg) -> Outcome:
             outcome.modality = fallback  # a container without the stream asked for: try its fallback's
             prepared = preprocess_with_metadata(task.path, outcome.modality, cfg)
     except DecodeError as exc:
-        return _failed(outcome, "decode", exc.reason)
+        return _failed(outcome, "decode", OUT_OF_MEMORY if _is_allocation_failure(exc) else exc.reason)
     except MemoryError:
-        return _failed(outcome, "decode", "out of memory while decoding")
+        return _failed(outcome, "decode", OUT_OF_MEMORY)
     except Exception as exc:  # a decoder bug on a hostile file must cost one file, not the run
+        if _is_allocation_failure(exc):
+            return _failed(outcome, "decode", OUT_OF_MEMORY)
         log.debug("unexpected error decoding %s", task.path, exc_info=True)
         return _failed(outcome, "decode", f"could not decode ({type(exc).__name__}: {str(exc)[:200]})")
     outcome.tensor, outcome.metadata = prepared.tensor, prepared.metadata
     return outcome
 
 
+def _is_allocation_failure(exc: Exception) -> bool:
+    """torch and FFmpeg report a refused allocation in their own words, not as ``MemoryError``."""
+    text = str(exc)
+    return "can't allocate memory" in text or "Cannot allocate memory" in text or getattr(exc, "errno", None) == 12
+
+
 def _failed(outcome: Outcome, stage: str, reason: str) -> Outcome:
     outcome.stage, outcome.error = stage, reason
     return outcome
 
-
-class PrepareDataset(torch.utils.data.Dataset):
-    """Map-style dataset over tasks; with ``batch_size=None`` the loader yields one ``Outcome`` per file."""
-
-    def __init__(self, tasks: list[Task], cfg: PreprocessCfg):
-        self.tasks = tasks
-        self.cfg = cfg
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, index: int) -> Outcome:
-        return prepare(self.tasks[index], self.cfg)

@@ -229,3 +229,22 @@ def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
     result = runner.invoke(app, argv)
     assert result.exit_code == 2 and "notes.txt: exists and is not a directory" in result.output
     assert (tmp_path / "notes.txt").read_text() == "not a database"
+
+
+def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
+    from faulty import misbehave
+
+    from indexer.decode_pool import GIB, DecodeLimits, DecodePool
+    from indexer.work import Task
+
+    names = ["ok0", "crash1", "ok2", "hang3", "ok4", "greedy5", "ok6", "ok7"]
+    tasks = [Task(str(tmp_path / n), Modality.IMAGE, 1, 0.0) for n in names]
+    pool = DecodePool(misbehave, workers=2, limits=DecodeLimits(seconds=3, memory_bytes=GIB))
+    started = time.monotonic()
+    outcomes = {Path(o.task.path).name: o for o in pool.imap_unordered(tasks)}
+    assert sorted(outcomes) == sorted(names)  # every file answered once, the run went on
+    assert all(outcomes[n].error is None and outcomes[n].sha256 == n for n in names if n.startswith("ok"))
+    assert outcomes["crash1"].error == "the decoder crashed (SIGSEGV)"
+    assert outcomes["hang3"].error == "timed out after 3 s"
+    assert outcomes["greedy5"].error.startswith("needs more than 1 GB of memory")
+    assert time.monotonic() - started < 60

@@ -172,14 +172,19 @@ class Collection:
         batch_size: int = 16,
         workers: int | None = None,
         commit_every: int = 256,
+        file_timeout: float = 600.0,
+        worker_memory_gb: float | None = None,
         progress: bool = False,
     ):
         """Index files and folders: scan, decode in parallel, embed in batches, store, update the indices.
 
         ``assign`` maps folders or files to a modality (``{"scans/": "depth"}``); assigned paths that are not
-        under ``paths`` are indexed too. ``modalities`` keeps only those. Returns the run report
+        under ``paths`` are indexed too. ``modalities`` keeps only those. With decode workers, a file that
+        takes longer than ``file_timeout`` seconds or needs more than ``worker_memory_gb`` (default: a share of
+        the machine's memory) becomes an error row, as does one whose decoder crashes. Returns the run report
         (``indexer.pipeline.RunReport``): counts, failures with reasons, index sizes.
         """
+        from indexer.decode_pool import GIB, DecodeLimits
         from indexer.pipeline import Indexer, IndexerCfg
         from indexer.scan import ScanOptions
 
@@ -202,6 +207,7 @@ class Collection:
         cfg = IndexerCfg(
             batch_size=batch_size,
             workers=workers,
+            limits=DecodeLimits(file_timeout, int(worker_memory_gb * GIB) if worker_memory_gb else None),
             commit_every=commit_every,
             prune=prune,
             update_index=update_index,

@@ -1,0 +1,200 @@
+"""Supervised decode processes: a decoder that crashes, hangs or runs out of memory costs one file.
+
+``torch``'s ``DataLoader`` ends the whole run when a worker dies, and cannot stop a worker stuck in a
+decoder. Here each worker is watched by the indexer's process:
+
+- a worker that dies (a segfault in a codec, the kernel's OOM killer) turns the file it held into an error
+  row ("the decoder crashed (SIGSEGV)") and is replaced; the files queued behind it are sent elsewhere;
+- a file that takes longer than ``DecodeLimits.seconds`` gets its worker killed and an error row
+  ("timed out after N s");
+- each worker's address space is capped (``RLIMIT_AS``) at what it holds when it starts plus
+  ``DecodeLimits.memory_bytes``, so a hostile file fails that file's allocation ("needs more than N GB")
+  instead of the whole machine's memory.
+
+Workers come from a fork server (lance and the encoder's threads are not fork-safe) that preloads the
+decode modules, so a replacement starts in milliseconds; both die with the run (``indexer.lifeline``).
+Each worker holds at most ``_DEPTH`` files: one decoding and one queued behind it, so it never waits for
+the main process, which is busy encoding, to hand it the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import resource
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+from indexer.lifeline import die_with_parent
+from indexer.work import OUT_OF_MEMORY, Outcome, Task
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+_DEPTH = 2  # files handed to a worker at once: the one it decodes and the next
+_POLL_SECONDS = 0.5  # how often deadlines are checked while nothing arrives
+
+
+def default_memory_bytes(workers: int) -> int:
+    """Per-worker budget: an even share of half the machine's memory, between 2 and 8 GiB."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        physical = 16 * GIB
+    return int(min(8 * GIB, max(2 * GIB, physical // 2 // max(workers, 1))))
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    seconds: float = 600.0  # per file
+    memory_bytes: int | None = None  # per worker, above its footprint at start; None: ``default_memory_bytes``
+
+
+class DecodePool:
+    """Runs ``work(task) -> Outcome`` in ``workers`` supervised processes, yielding outcomes as they finish.
+
+    ``work`` must be picklable (a module-level function or a ``functools.partial`` of one).
+    """
+
+    def __init__(self, work: Callable[[Task], Outcome], workers: int, limits: DecodeLimits = DecodeLimits()):
+        if workers < 1:
+            raise ValueError("a DecodePool needs at least one worker; decode in-process instead")
+        self.work = work
+        self.workers = workers
+        self.seconds = limits.seconds
+        self.memory_bytes = limits.memory_bytes or default_memory_bytes(workers)
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["indexer._forkserver_init", "indexer.work"])
+
+    def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        pending = deque(tasks)
+        pool = [self._start() for _ in range(min(self.workers, len(pending)))]
+        try:
+            while pending or any(w.held for w in pool):
+                for worker in pool:
+                    while len(worker.held) < _DEPTH and pending:
+                        worker.send(pending.popleft())
+                busy = [w for w in pool if w.held]
+                ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], _POLL_SECONDS))
+                for i, worker in enumerate(pool):
+                    if not worker.held:
+                        continue
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        outcome = worker.receive()
+                        if outcome is not None:
+                            yield outcome
+                            continue
+                        yield self._failed(worker.held.popleft(), self._death(worker))
+                    elif time.monotonic() - worker.since > self.seconds:
+                        log.warning("%s: decoding timed out; restarting its worker", worker.held[0].path)
+                        worker.kill()
+                        yield self._failed(worker.held.popleft(), f"timed out after {self.seconds:g} s")
+                    else:
+                        continue
+                    pending.extendleft(reversed(worker.held))  # the files queued behind it go elsewhere
+                    worker.close()
+                    pool[i] = self._start()
+        finally:
+            for worker in pool:
+                worker.close()
+
+    def _start(self) -> _Worker:
+        return _Worker(self.context, self.work, self.memory_bytes)
+
+    def _death(self, worker: _Worker) -> str:
+        worker.process.join(timeout=5)
+        code = worker.process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            if -code == signal.SIGKILL:
+                return f"the decoder was killed ({name}; out of memory?)"
+            return f"the decoder crashed ({name})"
+        return f"the decoder process exited unexpectedly (exit status {code})"
+
+    @staticmethod
+    def _failed(task: Task, reason: str) -> Outcome:
+        log.warning("%s: %s", task.path, reason)
+        return Outcome(task, task.modality, error=reason, stage="decode")
+
+
+class _Worker:
+    """One decode process and the files it holds, oldest (the one being decoded) first."""
+
+    def __init__(self, context, work, memory_bytes: int):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, work, memory_bytes), daemon=True)
+        self.process.start()
+        child.close()
+        self.held: deque[Task] = deque()
+        self.since = time.monotonic()  # when the oldest held file started decoding (or later: never earlier)
+
+    def send(self, task: Task) -> None:
+        if not self.held:
+            self.since = time.monotonic()
+        self.held.append(task)
+        self.conn.send(task)
+
+    def receive(self) -> Outcome | None:
+        """The oldest held file's outcome, or ``None`` when the process died without sending it."""
+        try:
+            outcome = pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            return None
+        self.held.popleft()
+        self.since = time.monotonic()
+        return outcome
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=0.5)
+        self.kill()
+        self.conn.close()
+
+
+def _serve(conn, work, memory_bytes: int) -> None:
+    """A worker's life: take tasks until told to stop (``None``) or the pipe closes."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    import torch
+
+    torch.set_num_threads(1)  # decoding is per-file parallel already; threads would oversubscribe
+    _cap_address_space(memory_bytes)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        outcome = work(task)
+        if outcome.error == OUT_OF_MEMORY:
+            outcome.error = f"needs more than {memory_bytes / GIB:.3g} GB of memory to decode (the per-worker limit)"
+        conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _cap_address_space(budget: int) -> None:
+    """``RLIMIT_AS`` = what this process maps now + ``budget``: allocations beyond fail in this worker only."""
+    try:
+        with open("/proc/self/statm") as handle:
+            mapped = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = mapped + budget
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (OSError, ValueError):  # not Linux, or not allowed: run unbounded rather than not at all
+        log.debug("could not cap the decode worker's memory", exc_info=True)

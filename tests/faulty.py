@@ -1,0 +1,25 @@
+"""Decode functions that misbehave on purpose, for the supervised decode pool's tests (imported by workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from indexer.work import Outcome, Task
+
+
+def misbehave(task: Task) -> Outcome:
+    """``crash*`` segfaults, ``hang*`` never returns, ``greedy*`` asks for 6 GB; anything else decodes."""
+    name = os.path.basename(task.path)
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if name.startswith("hang"):
+        time.sleep(3600)
+    if name.startswith("greedy"):
+        try:
+            bytearray(6 << 30)
+        except MemoryError:
+            return Outcome(task, task.modality, error="out of memory while decoding", stage="decode")
+        return Outcome(task, task.modality, error="the memory cap did not hold", stage="decode")
+    return Outcome(task, task.modality, sha256=name)
