@@ -134,4 +134,3 @@ def _is_allocation_failure(exc: Exception) -> bool:
 def _failed(outcome: Outcome, stage: str, reason: str) -> Outcome:
     outcome.stage, outcome.error = stage, reason
     return outcome
-

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli.main import app
 from xsearch import Modality
+from xsearch.errors import DecodeError
 from xsearch.model import save_checkpoint
 from xsearch.store import ItemRecord, Store, writer_lock
 
@@ -248,3 +250,78 @@ def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
     assert outcomes["hang3"].error == "timed out after 3 s"
     assert outcomes["greedy5"].error.startswith("needs more than 1 GB of memory")
     assert time.monotonic() - started < 60
+
+
+def _peak_rss_growth_mb(code: str) -> float:
+    """Peak RSS growth of ``code`` run in a fresh interpreter after the decode modules are imported."""
+    script = (
+        "import resource, torch, torchaudio, av, numpy\n"
+        "from xsearch.preprocess import audio, video, single_channel\n"
+        "from xsearch import thumbnails\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{code}\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _without_duration(flac: Path) -> Path:
+    """The FLAC as a pipe writes it: STREAMINFO's total-samples field is 0 (unknown)."""
+    data = bytearray(flac.read_bytes())
+    assert data[:4] == b"fLaC"
+    data[8 + 13] &= 0xF0  # the low 36 bits of STREAMINFO bytes 13..17 count the samples
+    data[8 + 14 : 8 + 18] = bytes(4)
+    out = flac.with_name("piped_" + flac.name)
+    out.write_bytes(data)
+    return out
+
+
+@pytest.mark.parametrize("suffix", ["wav", "flac", "mp3"])
+def test_a_long_audio_file_is_decoded_around_its_clips_with_the_same_result(tmp_path, suffix):
+    from xsearch.preprocess import audio
+
+    from media import tone, write_audio, write_wav
+
+    path, samples = tmp_path / f"long.{suffix}", tone(37.3, 44100, channels=2, noise=0.3)
+    write_wav(path, samples, 44100) if suffix == "wav" else write_audio(path, samples, 44100, suffix)
+    cfg = audio.AudioCfg(whole_file_seconds=10)  # 37 s counts as long here
+    whole = audio.waveform_to_clips(*audio.decode_audio(path, cfg), cfg)
+    assert torch.equal(audio.prepare(path, cfg, thumbnail=False).tensor, whole)
+    if suffix == "flac":  # no duration in the header: counted, then read around the clips in one pass
+        piped = _without_duration(path)
+        assert torch.equal(audio.prepare(piped, cfg, thumbnail=False).tensor, whole)
+        with pytest.raises(DecodeError, match="above the 0.00833333 h limit"):  # 30 s: counted, not trusted
+            audio.prepare(piped, audio.AudioCfg(whole_file_seconds=10, max_seconds=30), thumbnail=False)
+
+
+@pytest.mark.slow
+def test_long_audio_and_large_video_decode_in_bounded_memory(tmp_path):
+    import soundfile
+
+    from media import write_video
+
+    flac = tmp_path / "twenty_minutes.flac"
+    with soundfile.SoundFile(flac, "w", 48000, 2, subtype="PCM_16") as handle:
+        block = 0.3 * np.sin(np.arange(480000) / 48000 * 2 * np.pi * 440, dtype=np.float32)
+        for _ in range(120):
+            handle.write(np.stack([block, block], 1))
+    for path in (flac, _without_duration(flac)):  # decoding it whole held 1.9 GB (4 h: 22 GB)
+        assert _peak_rss_growth_mb(f"audio.prepare({str(path)!r}, audio.AudioCfg())") < 250
+    clip = write_video(tmp_path / "sixty_fps.mp4", seconds=2.5, fps=60, size=(1024, 1024))
+    # Every frame of each 2 s clip was held (120 x 1.5 MB); the model sees two of them.
+    assert _peak_rss_growth_mb(f"video.decode_video({str(clip)!r})") < 120
+
+
+def test_a_npy_header_is_checked_before_its_data_is_read(tmp_path):
+    from xsearch.preprocess.single_channel import load_single_channel
+
+    sparse = tmp_path / "sparse_depth.npy"  # a 2 GB array in a 4 KB (sparse) file
+    np.lib.format.open_memmap(sparse, mode="w+", dtype=np.float64, shape=(16384, 16384)).flush()
+    with pytest.raises(DecodeError, match=r"shape \(16384, 16384\) has 268,435,456 values, above the"):
+        load_single_channel(sparse)
+    truncated = tmp_path / "truncated_depth.npy"
+    np.save(truncated, np.zeros((100, 100)))
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    with pytest.raises(DecodeError, match="truncated .npy file: its header promises 80,128 bytes, the file has"):
+        load_single_channel(truncated)

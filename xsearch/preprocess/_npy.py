@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 from xsearch.errors import DecodeError
@@ -9,12 +12,18 @@ from xsearch.errors import DecodeError
 NPY_MAGIC = b"\x93NUMPY"
 
 
-def load_npy(name: str) -> np.ndarray:
-    """``np.load`` without pickles; a file that is not ``.npy`` at all is told apart from a damaged one."""
+def load_npy(name: str, max_elements: int) -> np.ndarray:
+    """``np.load`` without pickles; a file that is not ``.npy`` at all is told apart from a damaged one.
+
+    The header is checked before any data is read: an array above ``max_elements``, or one the file is too
+    short to hold (a sparse or truncated file), is refused without allocating it.
+    """
     try:
         with open(name, "rb") as handle:
             if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 raise DecodeError(name, "not a NumPy .npy file (no .npy header)")
+            handle.seek(0)
+            _check_header(name, handle, max_elements)
         return np.load(name, allow_pickle=False)
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
@@ -24,3 +33,19 @@ def load_npy(name: str) -> np.ndarray:
         raise DecodeError(name, f"damaged .npy file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise DecodeError(name, f"damaged .npy file ({exc})") from None
+
+
+def _check_header(name: str, handle, max_elements: int) -> None:
+    version = np.lib.format.read_magic(handle)
+    # Versions 2 and 3 differ only in the header's text encoding; both have a 4-byte length.
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(handle)
+    elements = math.prod(shape)
+    if elements > max_elements:
+        raise DecodeError(name, f"array of shape {shape} has {elements:,} values, above the {max_elements:,} cap")
+    if dtype.hasobject:
+        return  # refused by np.load with its own message
+    needed = handle.tell() + elements * dtype.itemsize
+    size = os.fstat(handle.fileno()).st_size
+    if size < needed:
+        raise DecodeError(name, f"truncated .npy file: its header promises {needed:,} bytes, the file has {size:,}")

@@ -6,11 +6,17 @@ Hanning window, 25 ms frames, 10 ms shift, no dither), pad or crop to 204 frames
 AudioSet mean/std. Decoding goes through PyAV (FFmpeg bundled: WAV, FLAC, MP3, OGG/Opus, M4A, and the
 audio track of videos). Multi-channel audio is averaged to mono (the reference reads channel 0 only); a clip
 shorter than one 25 ms frame is zero-padded to one frame instead of failing.
+
+Memory stays bounded whatever the length: files longer than two minutes are decoded only around their
+three clips (a seek each, with the same samples a decode from the start gives), and samples are counted
+against ``max_seconds`` as they arrive, so a header without a duration cannot bypass the cap.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -36,50 +42,181 @@ class AudioCfg:
     frame_shift_ms: float = 10.0
     mean: float = -4.268
     std: float = 9.138
-    max_seconds: float = 4 * 3600.0  # longer files are refused: decoding them whole would take gigabytes
+    max_seconds: float = 4 * 3600.0  # longer files are refused (counted as decoded, whatever the header says)
+    whole_file_seconds: float = 120.0  # longer files are decoded only around their clips
 
     @classmethod
     def for_model(cls, model: ImageBindCfg) -> AudioCfg:
         return cls(mel_bins=model.audio_mel_bins, target_frames=model.audio_target_len)
 
 
-def decode_audio(path: str | os.PathLike, cfg: AudioCfg = AudioCfg()) -> tuple[torch.Tensor, int]:
-    """Decode the first audio stream to a mono float32 waveform ``[1, N]`` in [-1, 1] and its rate."""
-    name = os.fspath(path)
-    with open_container(path) as container:
-        if not container.streams.audio:
-            raise NoStreamError(name, "no audio stream")
-        stream = container.streams.audio[0]
-        rate = stream.sample_rate or stream.codec_context.sample_rate
-        if not rate:
-            raise DecodeError(name, "audio stream has no sample rate")
-        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
-        if duration is not None and duration > cfg.max_seconds:
-            raise DecodeError(
-                name, f"audio is {duration / 3600:.1f} h long, above the {cfg.max_seconds / 3600:g} h limit"
-            )
-        # Packed float at the native rate and layout: channel averaging happens below, in float.
-        resampler = av.AudioResampler(format="flt", rate=rate)
-        chunks = []
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
-        except av.FFmpegError as exc:
-            if not chunks:
-                raise DecodeError(name, f"audio data is corrupt ({describe(exc)})") from None
-            # A truncated tail: keep what decoded, as players do.
-    if not chunks:
+_PREROLL_SECONDS = 1.0
+
+
+class _LongerThan(Exception):
+    """Internal: the whole-file decode passed the sample count it was allowed."""
+
+
+def _audio_stream(container, name: str, cfg: AudioCfg):
+    """The first audio stream, its sample rate and its duration from the header (``None`` when absent)."""
+    if not container.streams.audio:
+        raise NoStreamError(name, "no audio stream")
+    stream = container.streams.audio[0]
+    rate = stream.sample_rate or stream.codec_context.sample_rate
+    if not rate:
+        raise DecodeError(name, "audio stream has no sample rate")
+    duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+    if duration is not None and duration > cfg.max_seconds:
+        raise DecodeError(name, _too_long(duration, cfg))
+    return stream, int(rate), duration
+
+
+def _too_long(seconds: float, cfg: AudioCfg) -> str:
+    return f"audio is {seconds / 3600:.1f} h long, above the {cfg.max_seconds / 3600:g} h limit"
+
+
+def _mono_pieces(container, stream, rate: int, name: str) -> Iterator[tuple[int | None, np.ndarray]]:
+    """Decoded audio as ``(index of its first sample or None, mono float32 samples)`` pieces.
+
+    The index comes from the frame's timestamp, so pieces after a seek are placed exactly; a damaged tail
+    ends the stream (as players do), damage before any sample is an error.
+    """
+    resampler = av.AudioResampler(format="flt", rate=rate)  # packed float at the native rate and layout
+    origin = stream.start_time or 0
+    decoded = False
+    try:
+        for frame in container.decode(stream):
+            first = None
+            if frame.pts is not None and stream.time_base:
+                first = round((frame.pts - origin) * stream.time_base * rate)
+            for out in resampler.resample(frame):
+                decoded = True
+                yield first, out.to_ndarray().reshape(-1, out.layout.nb_channels).mean(axis=1, dtype=np.float32)
+                first = None
+        for out in resampler.resample(None):
+            yield None, out.to_ndarray().reshape(-1, out.layout.nb_channels).mean(axis=1, dtype=np.float32)
+    except av.FFmpegError as exc:
+        if not decoded:
+            raise DecodeError(name, f"audio data is corrupt ({describe(exc)})") from None
+
+
+def _checked(name: str, pieces: list[np.ndarray]) -> np.ndarray:
+    mono = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if mono.shape[0] == 0:
         raise DecodeError(name, "no audio samples")
-    samples = np.concatenate(chunks, axis=0)
-    if samples.shape[0] == 0:
-        raise DecodeError(name, "no audio samples")
-    mono = samples.mean(axis=1, dtype=np.float32)
     if not np.isfinite(mono).all():
         raise DecodeError(name, "audio contains NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(mono)).unsqueeze(0), int(rate)
+    return mono
+
+
+def decode_audio(
+    path: str | os.PathLike, cfg: AudioCfg = AudioCfg(), max_samples: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream to a mono float32 waveform ``[1, N]`` in [-1, 1] and its rate.
+
+    Samples are counted as they arrive: a file longer than ``cfg.max_seconds`` is refused whatever its
+    header says (a FLAC written to a pipe has no duration).
+    """
+    name = os.fspath(path)
+    with open_container(path) as container:
+        stream, rate, _ = _audio_stream(container, name, cfg)
+        cap = int(cfg.max_seconds * rate)
+        limit = cap if max_samples is None else min(max_samples, cap)
+        pieces, count = [], 0
+        for _, piece in _mono_pieces(container, stream, rate, name):
+            pieces.append(piece)
+            count += len(piece)
+            if count > limit:
+                if limit < cap:
+                    raise _LongerThan()
+                raise DecodeError(name, _too_long(count / rate, cfg))
+    return torch.from_numpy(_checked(name, pieces)).unsqueeze(0), rate
+
+
+def _count_samples(name: str, cfg: AudioCfg) -> tuple[int, int]:
+    """``(samples, rate)`` by decoding and discarding: the length of a file whose header does not say."""
+    with open_container(name) as container:
+        stream, rate, _ = _audio_stream(container, name, cfg)
+        cap, count = int(cfg.max_seconds * rate), 0
+        for _, piece in _mono_pieces(container, stream, rate, name):
+            count += len(piece)
+            if count > cap:
+                raise DecodeError(name, _too_long(count / rate, cfg))
+    return count, rate
+
+
+def _clip_windows(samples: int, rate: int, cfg: AudioCfg) -> list[tuple[int, int, int, int]]:
+    """Per clip: the native-rate span to decode and where the clip lies in its resampled output.
+
+    ``(in_start, in_stop, clip_start, clip_stop)``. Spans start on a multiple of ``rate / gcd(rate, 16k)``
+    input samples, where the resampler's output grid meets the input grid, so resampling a span gives the
+    same samples as resampling the whole file; the margin covers the resampling filter's reach.
+    """
+    g = math.gcd(rate, cfg.sample_rate)
+    step_in, step_out = rate // g, cfg.sample_rate // g
+    total_out = -(-samples * cfg.sample_rate // rate)  # the resampled length, as torchaudio makes it
+    margin = cfg.sample_rate // 4
+    windows = []
+    for start in clip_starts(total_out / cfg.sample_rate, cfg.clip_seconds, cfg.clips):
+        lo = int(start * cfg.sample_rate)
+        hi = min(int((start + cfg.clip_seconds) * cfg.sample_rate), total_out)
+        first = max(lo - margin, 0) // step_out
+        last = -(-(hi + margin) // step_out)
+        windows.append((first * step_in, min(last * step_in, samples), lo - first * step_out, hi - first * step_out))
+    return windows
+
+
+def _read_spans(name: str, spans: list[tuple[int, int]], cfg: AudioCfg, seek: bool) -> list[np.ndarray]:
+    """The native-rate mono samples of each ``[start, stop)`` span: a seek per span, or one pass."""
+    buffers = [np.zeros(stop - start, np.float32) for start, stop in spans]
+    filled = [0] * len(spans)
+
+    def copy(pieces, wanted: list[int], counting: bool) -> None:
+        position = 0 if counting else None  # a pass from the start counts; after a seek, timestamps place
+        for first, piece in pieces:
+            position = first if first is not None else position
+            if position is None:
+                raise DecodeError(name, "audio frames carry no timestamps after a seek")
+            for i in wanted:
+                start, stop = spans[i]
+                lo, hi = max(start, position), min(stop, position + len(piece))
+                if hi > lo:
+                    buffers[i][lo - start : hi - start] = piece[lo - position : hi - position]
+                    filled[i] += hi - lo
+            position += len(piece)
+            if position >= spans[wanted[-1]][1]:
+                return
+
+    with open_container(name) as container:
+        stream, rate, _ = _audio_stream(container, name, cfg)
+        preroll = int(_PREROLL_SECONDS * rate)
+        near_start = [i for i, (start, _) in enumerate(spans) if not seek or start < preroll]
+        if near_start:
+            copy(_mono_pieces(container, stream, rate, name), near_start, counting=True)
+        for i in sorted(set(range(len(spans))) - set(near_start)):
+            # Seek a little before the span: the first frames after a seek can decode wrong (MP3's bit
+            # reservoir), and the span's own samples must equal those of a decode from the start.
+            at = (spans[i][0] - preroll) / rate
+            container.seek(int(at / stream.time_base) + (stream.start_time or 0), stream=stream)
+            copy(_mono_pieces(container, stream, rate, name), [i], counting=False)
+            if filled[i] < len(buffers[i]) // 2:
+                raise DecodeError(name, f"could not seek to {spans[i][0] / rate:.1f} s in the audio")
+    return buffers
+
+
+def _windowed_clips(name: str, samples: int, rate: int, cfg: AudioCfg, seek: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """Clips of a long file, decoding only the spans around them: ``(clips, the spans' samples)``."""
+    windows = _clip_windows(samples, rate, cfg)
+    spans = _read_spans(name, [(a, b) for a, b, _, _ in windows], cfg, seek)
+    clips = []
+    for (_, _, lo, hi), span in zip(windows, spans):
+        resampled = torch.from_numpy(_checked(name, [span])).unsqueeze(0)
+        if rate != cfg.sample_rate:
+            resampled = torchaudio.functional.resample(resampled, orig_freq=rate, new_freq=cfg.sample_rate)
+        clip = resampled[:, lo:hi].clone()
+        clip -= clip.mean()
+        clips.append(waveform_to_fbank(clip, cfg))
+    return (torch.stack(clips) - cfg.mean) / cfg.std, np.concatenate(spans)
 
 
 def clip_starts(duration: float, clip_seconds: float, clips: int) -> list[Fraction]:
@@ -136,11 +273,31 @@ def preprocess_audio(path: str | os.PathLike, cfg: AudioCfg = AudioCfg()) -> tor
 
 
 def prepare(path, cfg: AudioCfg, thumbnail: bool = True) -> Preprocessed:
-    """Model input, duration, sample rate and (when ``thumbnail``) a picture of the whole waveform."""
+    """Model input, duration, sample rate and (when ``thumbnail``) a picture of the waveform.
+
+    Files up to ``cfg.whole_file_seconds`` are decoded whole, as the reference does. Longer ones (by their
+    header, or found longer while decoding) are decoded only around their three clips, so memory does not
+    grow with length; their picture shows the three clips side by side.
+    """
     from xsearch import thumbnails
 
-    waveform, rate = decode_audio(path, cfg)
-    meta = {"duration": waveform.shape[-1] / rate, "sample_rate": rate}
+    name = os.fspath(path)
+    with open_container(name) as container:
+        _, rate, duration = _audio_stream(container, name, cfg)
+    seek = duration is not None
+    if duration is None or duration <= cfg.whole_file_seconds:
+        try:
+            waveform, rate = decode_audio(name, cfg, max_samples=int(cfg.whole_file_seconds * 1.25 * rate) + rate)
+        except _LongerThan:  # the header said less than the stream holds, or said nothing
+            seek = False
+        else:
+            meta = {"duration": waveform.shape[-1] / rate, "sample_rate": rate}
+            if thumbnail:
+                meta["thumbnail"] = thumbnails.waveform_thumbnail(waveform[0].numpy())
+            return Preprocessed(waveform_to_clips(waveform, rate, cfg), meta)
+    samples = round(duration * rate) if seek else _count_samples(name, cfg)[0]
+    clips, heard = _windowed_clips(name, samples, rate, cfg, seek)
+    meta = {"duration": samples / rate, "sample_rate": rate}
     if thumbnail:
-        meta["thumbnail"] = thumbnails.waveform_thumbnail(waveform[0].numpy())
-    return Preprocessed(waveform_to_clips(waveform, rate, cfg), meta)
+        meta["thumbnail"] = thumbnails.waveform_thumbnail(heard)
+    return Preprocessed(clips, meta)

@@ -60,7 +60,7 @@ def load_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> np.ndarray:
         if name.lower().endswith(".csv"):
             array = _read_csv(name)
         else:
-            array = load_npy(name)
+            array = load_npy(name, max_elements=cfg.max_file_bytes // 4)
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except UnicodeDecodeError:

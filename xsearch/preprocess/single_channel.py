@@ -50,7 +50,7 @@ def load_single_channel(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL
     """A map as ``float32 H x W``."""
     name = os.fspath(path)
     if name.lower().endswith(".npy"):
-        array = load_npy(name)
+        array = load_npy(name, max_elements=int(cfg.max_megapixels * 1e6))
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.ndim != 2:
