@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -128,5 +130,118 @@ def test_corrupt_index_is_rebuilt(data, tmp_path):
     store.add_items(_records(data[0][:50], "a"))
     indices = IndexSet(store)
     indices.fresh("image")
-    (indices.directory("image") / "index.faiss").write_bytes(b"garbage")
+    (indices.directory("image") / "seg-0.faiss").write_bytes(b"garbage")
     assert len(indices.fresh("image")) == 50
+
+
+def _files(directory):
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()}
+
+
+@pytest.mark.parametrize("flat_threshold", [100_000, 1000])
+def test_a_top_up_appends_and_equals_a_rebuild(data, tmp_path, flat_threshold):
+    vectors, queries, _ = data
+    cfg = IndexCfg(flat_threshold=flat_threshold, nlist=32, nprobe=32, refine_factor=50, train_size=2000)
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(_records(vectors[:3000], "a"))
+    indices = IndexSet(store, cfg)
+    indices.fresh("image")
+    directory = indices.directory("image")
+    before = _files(directory)
+    store.add_items(_records(vectors[3000:3030], "b"))  # 1% more rows
+    store.delete_items(ids=[5, 6])
+    store.upsert_items([ItemRecord("a7", "image", queries[0])])  # re-embedded in place
+    topped = indices.fresh("image")
+    after = _files(directory)
+    for name in ("trained.faiss", "seg-0.faiss"):
+        assert after[name] == before[name]  # earlier segments are not rewritten
+    assert after["rows.f16"][0] == before["rows.f16"][0] + 31 * 2 * 1024  # appended: 30 new rows + a7's new one
+    assert "seg-1.faiss" in after and indices.status("image")["fresh"]
+    assert len(topped) == 3028 and 5 not in topped.ids
+    rebuilt = IndexSet(store, cfg).build("image", persist=False)
+    reloaded = IndexSet(store, cfg).fresh("image", persist=False)  # from the files: base + segment + mask
+    want_scores, want_ids = rebuilt.search(queries, 10)
+    for index in (topped, reloaded):
+        scores, ids = index.search(queries, 10)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+        assert [set(row) for row in ids] == [set(row) for row in want_ids]  # equal scores may swap places
+
+
+def test_a_build_streams_the_store_in_chunks(data, tmp_path, monkeypatch):
+    """Peak memory of a build does not hold every vector: it reads batches and flushes rows to files."""
+    import tracemalloc
+
+    vectors, queries, truth = data
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(_records(vectors, "a"))
+    real_scan = Store.scan
+
+    def scan(self, columns, *args, **kwargs):
+        assert "embedding" not in columns, "a build must stream embeddings, not read them whole"
+        return real_scan(self, columns, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "scan", scan)
+    cfg = IndexCfg(flat_threshold=1000, train_size=500, chunk_rows=256)
+    tracemalloc.start()
+    index = IndexSet(store, cfg).build("image")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < vectors.nbytes / 2  # all of them as float32: 24 MB
+    assert recall_at_k(index.search(queries, 10)[1], truth) >= 0.95
+
+
+def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
+    vectors, queries, _ = data
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(_records(vectors[:300], "a"))
+    store.add_items(_records(vectors[300:340], "s", modality="audio"))
+    indices = IndexSet(store, IndexCfg(flat_threshold=100, nlist=8, train_size=300))
+    image_dir, audio_dir = indices.directory("image"), indices.directory("audio")
+    indices.fresh("image"), indices.fresh("audio")
+
+    def self_retrieval(index) -> float:
+        return float(np.mean(index.search(vectors[:300], 1)[1][:, 0] == np.arange(300)))
+
+    damaged = bytearray((image_dir / "seg-0.faiss").read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 5000] = np.random.default_rng(0).bytes(5000)
+    (image_dir / "seg-0.faiss").write_bytes(damaged)
+    assert self_retrieval(indices.fresh("image")) > 0.95  # checksum mismatch -> rebuilt
+
+    vectors_file = image_dir / "rows.f16"
+    garbled = np.memmap(vectors_file, np.float16, "r+")
+    garbled[: 100 * 1024] = 3e4  # scores far outside [-1, 1] for a search that skips the full check
+    garbled.flush()
+    del garbled
+    loaded = indices.fresh("image", persist=False)  # searches check sizes, not the vectors' checksums
+    with pytest.raises(Exception, match=r"outside \[-1, 1\]"):
+        loaded.search(vectors[:5], 5)
+    assert self_retrieval(indices.fresh("image")) > 0.95  # a writer checks every checksum and rebuilds
+
+    shutil.rmtree(image_dir)
+    shutil.copytree(audio_dir, image_dir)  # another modality's index copied in
+    assert len(indices.fresh("image")) == 300
+
+    (image_dir / "meta.json").write_text("[1, 2]")  # JSON, but not an index description
+    assert indices.status("image")["damaged"] and len(indices.fresh("image")) == 300
+    (image_dir / "meta.json").write_text('{"format": 2}')  # no kind
+    assert len(indices.fresh("image")) == 300
+
+
+def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
+    """A lost newest manifest makes the next commit reuse its version number: the commit time tells them apart."""
+    vectors, queries, _ = data
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(_records(vectors[:100], "a"))
+    indices = IndexSet(store)
+    indices.fresh("image")
+    store.add_items(_records(vectors[100:130], "b"))
+    version = store.version
+    indices.fresh("image")  # covers the newest version
+    manifests = tmp_path / "db" / "items.lance" / "_versions"
+    min(manifests.glob("*.manifest"), key=lambda p: int(p.stem)).unlink()  # names count down: the newest
+    (manifests / "latest_version_hint.json").unlink(missing_ok=True)  # lost: the table is one version back
+    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store.add_items(_records(vectors[200:203], "c"))  # the same version number again, other rows
+    assert store.version == version
+    index = IndexSet(store).fresh("image")
+    assert sorted(index.ids) == sorted(store.ids("image"))

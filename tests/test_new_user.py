@@ -200,7 +200,7 @@ def test_verbose_and_debug_work_after_the_command(collection):
     argv = [XSEARCH, "search", "--db", str(db), "--item", str(media / "cover.png"), "--target", "image", "-v"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "INFO image index: topped up (1 added" in done.stderr  # -v took effect
+    assert "INFO image index: topped up (1 rows added" in done.stderr  # -v took effect
     assert "faiss" not in done.stderr.lower()  # no "Loading faiss with AVX512 support"
     failing = subprocess.run([*argv[:-1], "--where", "nope > 1", "--debug"], capture_output=True, text=True)
     assert failing.returncode != 0 and "Traceback" in failing.stderr  # --debug shows it

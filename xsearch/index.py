@@ -1,46 +1,78 @@
 """FAISS indices over the store's embeddings, one per modality, with exact re-ranking.
 
-Below ``IndexCfg.flat_threshold`` vectors an index is exact (``IndexFlatIP``). Above it, IVF-PQ: ``nlist``
-about ``4 * sqrt(N)`` lists, PQ with ``d / 8`` sub-quantisers of 4 bits (fast-scan) on the CPU, or 8-bit PQ
-on the GPU (FAISS's GPU IVF-PQ has no fast-scan), trained on a sample. IVF-PQ scores are approximate, so
-``search`` takes ``k * refine_factor`` candidates and re-ranks them exactly against a float16 copy of the
-vectors kept beside the index (inner product of unit vectors = cosine).
+Below ``IndexCfg.flat_threshold`` vectors an index is exact (``IndexFlatIP``). Above it, IVF-PQ with
+``d / 8`` sub-quantisers of 4 bits (fast-scan) on the CPU, or 8-bit PQ on the GPU (FAISS's GPU IVF-PQ has
+no fast-scan). ``nlist``, ``nprobe`` and the re-rank depth come from ``search_defaults(N)``, measured on
+1M vectors (BENCHMARKS.md). IVF-PQ scores are approximate, so ``search`` takes ``k * refine`` candidates and
+re-ranks them exactly against float16 copies of the vectors.
 
-An index directory records the ``items`` table version it covers. ``IndexSet.fresh`` compares that with
-the store: new rows are added, deleted rows removed, and a flat index that outgrew the threshold is
-rebuilt, so a stale index is never served silently. Only a writer (``persist=True``, the indexer) saves
-the result; a search tops up a copy in memory and leaves the database untouched, so read-only databases
-can be searched and a search beside a running ``xsearch index`` writes nothing.
+Layout of ``<db>/faiss/<modality>/`` (append-only, so a top-up costs what it adds):
+
+- ``rows.ids`` / ``rows.f16``: raw int64 item ids and float16 vectors, one per *row*. A row is never
+  rewritten; FAISS labels are row numbers, and the vectors are read through a memory map, so re-ranking
+  never copies them into RAM.
+- ``trained.faiss``: the empty trained index (coarse quantiser + PQ); ``seg-N.faiss``: the codes of one
+  build or top-up (rows ``[start, stop)``), merged in memory at load.
+- ``dead-G.npy``: rows masked out (deleted items, and the old rows of re-embedded ones); searches skip them
+  with a FAISS ``IDSelectorBitmap``. Too many dead rows or segments and the next writer rebuilds.
+- ``meta.json``, written last and atomically: what the files hold, their sha256 (the vectors' per segment)
+  and the store state covered (table version + that version's commit time, which cannot repeat even when
+  a lost manifest makes a version number come back). Files that disagree with it, an unreadable
+  ``meta.json``, or scores outside [-1, 1] mean damage: ``xsearch index`` rebuilds, a search rebuilds in
+  memory and writes nothing.
+
+Builds stream: a training sample, then ``id, embedding`` batches read from Lance, so memory holds the
+index codes and one batch, never all vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from xsearch.errors import SearchIndexError
 from xsearch.modalities import Modality
-from xsearch.store import ItemFilter, embeddings_to_numpy
+from xsearch.store import ItemFilter
 
 log = logging.getLogger(__name__)
+
+FORMAT = 2
+META = "meta.json"
+IDS, VECTORS, TRAINED = "rows.ids", "rows.f16", "trained.faiss"
 
 
 @dataclass(frozen=True)
 class IndexCfg:
     flat_threshold: int = 50_000  # exact search below this many vectors
-    nlist: int | None = None  # IVF lists; None: about 4 * sqrt(N)
+    nlist: int | None = None  # IVF lists; None: ``search_defaults``
+    nprobe: int | None = None  # lists visited per query; None: ``search_defaults``
+    refine_factor: int | None = None  # candidates re-ranked exactly: k * refine_factor; None: ``search_defaults``
     pq_bytes_per_dim: float = 1 / 16  # PQ code size: d/8 sub-quantisers of 4 bits = d/16 bytes
-    refine_factor: int = 20  # candidates re-ranked exactly: k * refine_factor
-    nprobe: int | None = None  # lists visited per query; None: nlist / 16, at least 16
-    train_size: int = 100_000  # training sample (at most)
+    train_size: int | None = None  # training sample; None: 50 points per list (FAISS wants at least 39)
+    chunk_rows: int = 32_768  # rows read from the store per batch while building
+    max_segments: int = 16  # more top-ups than this and the next writer rebuilds
+    max_dead_fraction: float = 0.25  # ... or more masked rows than this
     use_gpu: bool | None = None  # None: when faiss sees a GPU
+
+
+def search_defaults(n: int) -> tuple[int, int, int]:
+    """``(nlist, nprobe, refine_factor)`` for an IVF-PQ index of ``n`` vectors (recall@10 >= 0.95 in
+    ``benchmarks/search.py`` on embedding-like vectors; the table is in BENCHMARKS.md)."""
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 16)))
+    nlist = int(min(nlist, max(n // 39, 16)))
+    return nlist, default_nprobe(nlist), 10
+
+
+def default_nprobe(nlist: int) -> int:
+    return min(nlist, max(16, nlist // 32))
 
 
 def _faiss():
@@ -56,173 +88,404 @@ def gpu_available() -> bool:
         return False
 
 
-def choose_nlist(n: int, cfg: IndexCfg) -> int:
-    if cfg.nlist:
-        return cfg.nlist
-    nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 16)))
-    return int(min(nlist, max(n // 39, 16)))  # FAISS wants ~39 training points per list
-
-
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
 
+def _sha256(data) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 _RERANK_CHUNK = 32  # queries re-ranked together (bounds the [q, candidates, d] float32 gather)
+_SCORE_SLACK = 1e-2  # float16 vectors: a cosine may round a little past 1
+
+
+class _Rows:
+    """Row-aligned ids and float16 vectors: saved rows through memory maps, rows added since in RAM.
+
+    Rows not saved yet also keep their float32 vectors: their segment's codes are made from those, exactly
+    as a build from scratch would make them.
+    """
+
+    def __init__(self, dim: int, ids=None, vectors=None):
+        self.dim = dim
+        self.ids_parts = [ids] if ids is not None else []
+        self.vector_parts = [vectors] if vectors is not None else []
+        self.unsaved: list[np.ndarray] = []  # float32 of the rows appended since the files were opened
+        self._ids = None
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.ids_parts)
+
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = np.concatenate(self.ids_parts) if self.ids_parts else np.empty(0, np.int64)
+        return self._ids
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.ids_parts.append(np.asarray(ids, np.int64))
+        self.vector_parts.append(vectors.astype(np.float16))
+        self.unsaved.append(vectors)
+        self._ids = None
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``rows`` (any shape), gathered from the parts they live in."""
+        if len(self.vector_parts) == 1:
+            return self.vector_parts[0][rows].astype(np.float32)
+        out = np.empty((*rows.shape, self.dim), np.float32)
+        start = 0
+        for part in self.vector_parts:
+            inside = (rows >= start) & (rows < start + len(part))
+            if inside.any():
+                out[inside] = part[rows[inside] - start]
+            start += len(part)
+        return out
 
 
 class VectorIndex:
-    """One modality's FAISS index + the float16 vectors used for re-ranking."""
+    """One modality's FAISS index (labels are row numbers), its rows and the rows masked out."""
 
-    def __init__(self, index, ids: np.ndarray, vectors: np.ndarray, kind: str, cfg: IndexCfg):
-        self.index = index  # a CPU index; searched on the GPU through a temporary clone when asked
-        self.ids = ids  # sorted int64 ids held by the index
-        self.vectors = vectors  # float16 [len(ids), d], rows aligned with self.ids
+    def __init__(self, index, template, rows: _Rows, dead: np.ndarray, kind: str, cfg: IndexCfg):
+        self.index = index  # a CPU index holding every row's code (trained on the GPU when there is one)
+        self.template = template  # the empty trained index new segments start from
+        self.rows = rows
+        self.dead = dead  # bool per row
         self.kind = kind
         self.cfg = cfg
+        self.saved_rows = 0  # rows already in files (set by ``load`` / ``save``)
+        self.nprobe, self.refine = cfg.nprobe, cfg.refine_factor
+        self._selector = None
+        self._live_ids = None
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return int(len(self.dead) - self.dead.sum())
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The live item ids, sorted."""
+        if self._live_ids is None:
+            self._live_ids = np.sort(self.rows.ids[~self.dead])
+        return self._live_ids
 
     # ---- building --------------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, cfg: IndexCfg = IndexCfg()) -> VectorIndex:
+    def empty(cls, dim: int, n_expected: int, cfg: IndexCfg, sample: np.ndarray | None = None) -> VectorIndex:
+        """A trained, empty index for about ``n_expected`` vectors (IVF-PQ trained on ``sample``)."""
         faiss = _faiss()
-        ids = np.asarray(ids, dtype=np.int64)
-        order = np.argsort(ids)
-        ids, vectors = ids[order], _normalise(vectors[order])
-        n, d = vectors.shape
-        if n < cfg.flat_threshold:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-            kind = "flat"
+        if n_expected < cfg.flat_threshold:
+            template, kind = faiss.IndexFlatIP(dim), "flat"
         else:
-            index, kind = cls._train_ivfpq(vectors, cfg)
-        if n:
-            index.add_with_ids(vectors, ids)
-        log.info("built %s index of %d vectors", kind, n)
-        return cls(index, ids, vectors.astype(np.float16), kind, cfg)
+            template, kind = _train_ivfpq(_normalise(sample), n_expected, cfg)
+        index = faiss.clone_index(template)
+        out = cls(index, template, _Rows(dim), np.zeros(0, bool), kind, cfg)
+        out._tune(n_expected)
+        return out
 
-    @staticmethod
-    def _train_ivfpq(vectors: np.ndarray, cfg: IndexCfg):
-        faiss = _faiss()
-        n, d = vectors.shape
-        nlist = choose_nlist(n, cfg)
-        use_gpu = gpu_available() if cfg.use_gpu is None else cfg.use_gpu
-        rng = np.random.default_rng(0)
-        sample = vectors[rng.choice(n, size=min(n, cfg.train_size), replace=False)]
-        if use_gpu:
-            m = max(m for m in (8, 16, 32, 48, 64, 96) if d % m == 0 and m <= d // 8)
-            spec = f"IVF{nlist},PQ{m}"
-            cpu_index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-            options = faiss.GpuClonerOptions()
-            options.useFloat16LookupTables = True
-            gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu_index, options)
-            gpu_index.train(sample)
-            index = faiss.index_gpu_to_cpu(gpu_index)
-        else:
-            m = max(1, int(d * cfg.pq_bytes_per_dim * 2))  # 4-bit codes: two sub-quantisers per byte
-            spec = f"IVF{nlist},PQ{m}x4fs"
-            index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-            index.train(sample)
-        faiss.extract_index_ivf(index).nprobe = cfg.nprobe or max(16, nlist // 16)
-        return index, spec
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, cfg: IndexCfg = IndexCfg()) -> VectorIndex:
+        """An index of vectors held in memory (tests, benchmarks); ``IndexSet`` builds from the store."""
+        ids = np.asarray(ids, np.int64)
+        sample = None
+        if len(ids) >= cfg.flat_threshold:
+            picks = np.random.default_rng(0).choice(len(ids), min(len(ids), _train_size(len(ids), cfg)), False)
+            sample = vectors[np.sort(picks)]
+        index = cls.empty(vectors.shape[1], len(ids), cfg, sample)
+        for start in range(0, len(ids), cfg.chunk_rows):
+            index.add(ids[start : start + cfg.chunk_rows], vectors[start : start + cfg.chunk_rows])
+        log.info("built %s index of %d vectors", index.kind, len(ids))
+        return index
+
+    def _tune(self, n: int) -> None:
+        if self.kind == "flat":
+            return
+        ivf = _faiss().extract_index_ivf(self.index)
+        self.nprobe = ivf.nprobe = self.cfg.nprobe or default_nprobe(ivf.nlist)
+        self.refine = self.cfg.refine_factor or search_defaults(n)[2]
 
     # ---- updates ---------------------------------------------------------------------------------------
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Append rows (a re-embedded item's old row must be removed first)."""
         if len(ids) == 0:
             return
-        ids = np.asarray(ids, dtype=np.int64)
-        if np.isin(ids, self.ids).any():
-            raise SearchIndexError("ids already in the index: " + ", ".join(map(str, ids[np.isin(ids, self.ids)][:5])))
         vectors = _normalise(vectors)
-        self.index.add_with_ids(vectors, ids)
-        all_ids = np.concatenate([self.ids, ids])
-        order = np.argsort(all_ids)
-        self.ids = all_ids[order]
-        self.vectors = np.concatenate([self.vectors, vectors.astype(np.float16)])[order]
+        _add_rows(self.index, vectors, len(self.rows))
+        self.rows.append(ids, vectors)
+        self.dead = np.concatenate([self.dead, np.zeros(len(ids), bool)])
+        self._changed()
 
     def remove(self, ids: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
+        """Mask the rows of ``ids`` (a search skips them; the next rebuild drops them)."""
         if len(ids) == 0:
             return
-        self.index.remove_ids(_faiss().IDSelectorBatch(ids))
-        keep = ~np.isin(self.ids, ids)
-        self.ids, self.vectors = self.ids[keep], self.vectors[keep]
+        self.dead |= np.isin(self.rows.ids, np.asarray(ids, np.int64))
+        self._changed()
+
+    def _changed(self) -> None:
+        self._selector = self._live_ids = None
+
+    def needs_rebuild(self, topups: int) -> str | None:
+        if topups > self.cfg.max_segments:
+            return f"{topups} top-ups since the last build"
+        if len(self.dead) and self.dead.mean() > self.cfg.max_dead_fraction:
+            return f"{self.dead.mean():.0%} of rows masked"
+        if self.kind == "flat" and len(self) >= self.cfg.flat_threshold:
+            return "outgrew the exact index"
+        return None
 
     # ---- search ----------------------------------------------------------------------------------------
+
+    def _params(self):
+        faiss = _faiss()
+        if self.dead.any() and self._selector is None:
+            bits = np.packbits(~self.dead, bitorder="little")
+            self._selector = (faiss.IDSelectorBitmap(len(self.dead), faiss.swig_ptr(bits)), bits)  # bits kept alive
+        selector = self._selector[0] if self._selector is not None and self.dead.any() else None
+        if self.kind == "flat":
+            return faiss.SearchParameters(sel=selector) if selector is not None else None
+        return faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [q, k], ids [q, k])``, best first; ids are -1 and scores -inf where fewer than k exist."""
         queries = _normalise(np.atleast_2d(queries))
-        k_eff = min(k, len(self.ids))
+        k_eff = min(k, len(self))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         if k_eff == 0:
             return scores, out_ids
+        params = self._params()
         if self.kind == "flat":
-            s, i = self.index.search(queries, k_eff)
-            scores[:, :k_eff], out_ids[:, :k_eff] = s, i
+            s, rows = self.index.search(queries, k_eff, params=params)
+            self._check(s)
+            scores[:, :k_eff] = s
+            out_ids[:, :k_eff] = np.where(rows >= 0, self.rows.ids[np.maximum(rows, 0)], -1)
             return scores, out_ids
-        candidates = min(len(self.ids), k_eff * self.cfg.refine_factor)
-        _, cand = self.index.search(queries, candidates)
+        _, cand = self.index.search(queries, min(len(self), k_eff * self.refine), params=params)
         for start in range(0, len(queries), _RERANK_CHUNK):
             block = cand[start : start + _RERANK_CHUNK]
             valid = block >= 0
-            positions = np.searchsorted(self.ids, np.where(valid, block, self.ids[0]))
+            rows = np.where(valid, block, 0)
             # Exact scores of all candidates of a block of queries at once: [q, c, d] @ [q, d] -> [q, c].
-            exact = np.einsum(
-                "qcd,qd->qc", self.vectors[positions].astype(np.float32), queries[start : start + _RERANK_CHUNK]
-            )
+            exact = np.einsum("qcd,qd->qc", self.rows.vectors(rows), queries[start : start + _RERANK_CHUNK])
+            self._check(exact[valid])
             exact[~valid] = -np.inf
             top = np.argsort(-exact, axis=1)[:, :k_eff]
             top_scores = np.take_along_axis(exact, top, 1)
-            top_ids = np.where(np.isfinite(top_scores), np.take_along_axis(block, top, 1), -1)
+            top_rows = np.take_along_axis(block, top, 1)
             scores[start : start + len(block), :k_eff] = top_scores
-            out_ids[start : start + len(block), :k_eff] = top_ids
+            out_ids[start : start + len(block), :k_eff] = np.where(
+                np.isfinite(top_scores), self.rows.ids[np.maximum(top_rows, 0)], -1
+            )
         return scores, out_ids
+
+    @staticmethod
+    def _check(scores: np.ndarray) -> None:
+        """Cosines of unit vectors lie in [-1, 1]: anything else is a damaged file, not a ranking."""
+        finite = scores[np.isfinite(scores)]
+        if (finite.size and np.abs(finite).max() > 1 + _SCORE_SLACK) or np.isnan(scores).any():
+            raise SearchIndexError("the index returned scores outside [-1, 1]: its files are damaged")
 
     # ---- files -----------------------------------------------------------------------------------------
 
-    def save(self, directory: Path, covers: dict) -> None:
-        """Write atomically: a temporary directory renamed over the old one."""
+    def save(
+        self, directory: Path, covers: dict, segments: list[dict] | None = None, topup: bool = False
+    ) -> list[dict]:
+        """Write what changed since the last save; ``meta.json`` last, atomically. Returns the segments.
+
+        ``segments`` (from ``load``) is ``None`` for a fresh directory: everything is written to a temporary
+        one renamed over the old. Otherwise rows are appended and a segment file added for them.
+        """
         faiss = _faiss()
         directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        faiss.write_index(self.index, str(tmp / "index.faiss"))
-        np.save(tmp / "ids.npy", self.ids)
-        np.save(tmp / "vectors.f16.npy", self.vectors)
-        meta = {"kind": self.kind, "count": int(len(self.ids)), "cfg": asdict(self.cfg), **covers}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        fresh = segments is None
+        target = directory.with_name(directory.name + ".tmp") if fresh else directory
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            faiss.write_index(self.template, str(target / TRAINED))
+            segments = []
+        start, stop = self.saved_rows, len(self.rows)
+        generation = len(segments)
+        if stop > start or fresh:
+            ids = self.rows.ids[start:stop]
+            exact = np.concatenate(self.rows.unsaved) if self.rows.unsaved else np.empty((0, self.rows.dim), np.float32)
+            vectors = exact.astype(np.float16)
+            _append_exactly(target / IDS, ids, start * 8)
+            _append_exactly(target / VECTORS, vectors, start * 2 * self.rows.dim)
+            segment = faiss.clone_index(self.template)
+            _add_rows(segment, exact, start)
+            name = f"seg-{generation}.faiss"
+            faiss.write_index(segment, str(target / name))
+            segments = [
+                *segments,
+                {"file": name, "rows": [start, stop], "sha256": _file_sha256(target / name), "topup": topup,
+                 "ids_sha256": _sha256(ids), "vectors_sha256": _sha256(vectors)},
+            ]  # fmt: skip
+        dead_name = f"dead-{generation}.npy"
+        np.save(target / dead_name, np.flatnonzero(self.dead))
+        meta = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "dim": self.rows.dim,
+            "rows": stop,
+            "count": len(self),
+            "cfg": asdict(self.cfg),
+            "trained_sha256": self._trained_sha256(target),
+            "segments": segments,
+            "dead": dead_name,
+            "dead_sha256": _file_sha256(target / dead_name),
+            **covers,
+        }
+        tmp = target / (META + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, target / META)
+        if fresh:
+            old = directory.with_name(directory.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if directory.exists():
+                os.replace(directory, old)
+            os.replace(target, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in directory.glob("dead-*.npy"):
+            if stale.name != dead_name:
+                stale.unlink(missing_ok=True)
+        self.saved_rows = stop
+        self.rows = _open_rows(directory, self.rows.dim, stop)  # the saved rows, memory-mapped again
+        return segments
+
+    def _trained_sha256(self, directory: Path) -> str:
+        if getattr(self, "_trained_digest", None) is None:
+            self._trained_digest = _file_sha256(directory / TRAINED)
+        return self._trained_digest
 
     @classmethod
-    def load(cls, directory: Path, cfg: IndexCfg | None = None) -> tuple[VectorIndex, dict]:
+    def load(cls, directory: Path, cfg: IndexCfg | None = None, verify: bool = False) -> tuple[VectorIndex, dict]:
+        """Open an index directory, checking every file against ``meta.json`` (the vectors' checksums only
+        with ``verify``: they are the bulk of the bytes; their sizes are always checked)."""
         faiss = _faiss()
         directory = Path(directory)
+        meta = read_meta(directory)
         try:
-            meta = json.loads((directory / "meta.json").read_text())
-            index = faiss.read_index(str(directory / "index.faiss"))
-            ids = np.load(directory / "ids.npy")
-            vectors = np.load(directory / "vectors.f16.npy", mmap_mode="r")
-        except (OSError, ValueError, RuntimeError) as exc:
+            _expect_sha256(directory / TRAINED, meta["trained_sha256"])
+            _expect_sha256(directory / meta["dead"], meta["dead_sha256"])
+            template = faiss.read_index(str(directory / TRAINED))
+            index = faiss.clone_index(template)
+            for segment in meta["segments"]:
+                _expect_sha256(directory / segment["file"], segment["sha256"])
+                part = faiss.read_index(str(directory / segment["file"]))
+                start, stop = segment["rows"]
+                if part.ntotal != stop - start or index.ntotal != start:
+                    raise SearchIndexError(
+                        f"{directory / segment['file']}: holds {part.ntotal} rows, not {stop - start}"
+                    )
+                index.merge_from(part, 0)
+            rows = _open_rows(directory, meta["dim"], meta["rows"])
+            for segment in meta["segments"]:
+                start, stop = segment["rows"]
+                if _sha256(rows.ids_parts[0][start:stop]) != segment["ids_sha256"]:
+                    raise SearchIndexError(f"{directory / IDS}: rows {start}-{stop} differ from their checksum")
+                if verify and _sha256(rows.vector_parts[0][start:stop]) != segment["vectors_sha256"]:
+                    raise SearchIndexError(f"{directory / VECTORS}: rows {start}-{stop} differ from their checksum")
+            dead = np.zeros(meta["rows"], bool)
+            dead[np.load(directory / meta["dead"])] = True
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
             raise SearchIndexError(f"{directory}: unreadable index ({str(exc).splitlines()[0]})") from None
-        if index.ntotal != len(ids) or len(vectors) != len(ids):
-            raise SearchIndexError(f"{directory}: index files disagree ({index.ntotal} vectors, {len(ids)} ids)")
-        stored_cfg = IndexCfg(**meta["cfg"]) if cfg is None else cfg
-        if meta["kind"] != "flat":
-            ivf = faiss.extract_index_ivf(index)
-            ivf.nprobe = stored_cfg.nprobe or max(16, ivf.nlist // 16)
-        return cls(index, ids, np.asarray(vectors), meta["kind"], stored_cfg), meta
+        stored_cfg = IndexCfg(**{f.name: meta["cfg"][f.name] for f in fields(IndexCfg) if f.name in meta["cfg"]})
+        out = cls(index, template, rows, dead, meta["kind"], cfg or stored_cfg)
+        out.saved_rows = meta["rows"]
+        out._tune(len(out))
+        return out, meta
+
+
+def read_meta(directory: Path) -> dict:
+    """``meta.json`` as a dict of this format, or ``SearchIndexError`` saying why not."""
+    try:
+        meta = json.loads((Path(directory) / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise SearchIndexError(f"{directory}: unreadable {META} ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "kind" not in meta:
+        raise SearchIndexError(f"{directory}: {META} is not an index description of format {FORMAT}")
+    return meta
+
+
+def _expect_sha256(path: Path, expected: str) -> None:
+    if _file_sha256(path) != expected:
+        raise SearchIndexError(f"{path}: contents differ from the checksum in {META}")
+
+
+def _append_exactly(path: Path, array: np.ndarray, offset: int) -> None:
+    """Write ``array`` at ``offset``, dropping anything after it (the tail of a top-up that was killed)."""
+    with open(path, "r+b" if path.exists() else "wb") as handle:
+        handle.truncate(offset)
+        handle.seek(offset)
+        handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _open_rows(directory: Path, dim: int, count: int) -> _Rows:
+    """The first ``count`` saved rows, memory-mapped (files longer than that hold a killed top-up's tail)."""
+    need = {IDS: count * 8, VECTORS: count * 2 * dim}
+    for name, size in need.items():
+        have = (directory / name).stat().st_size
+        if have < size:
+            raise SearchIndexError(f"{directory / name}: {have} bytes, {META} expects at least {size}")
+    if count == 0:
+        return _Rows(dim, np.empty(0, np.int64), np.empty((0, dim), np.float16))
+    ids = np.memmap(directory / IDS, np.int64, "r", shape=(count,))
+    vectors = np.memmap(directory / VECTORS, np.float16, "r", shape=(count, dim))
+    return _Rows(dim, ids, vectors)
+
+
+def _add_rows(index, vectors: np.ndarray, first_row: int) -> None:
+    """Add vectors labelled with their row numbers. A flat index labels by position: rows are added in
+    order, and its segments are merged in order, so the position is the row."""
+    if isinstance(index, _faiss().IndexFlat):
+        index.add(vectors)
+    else:
+        index.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors), dtype=np.int64))
+
+
+def _train_size(n: int, cfg: IndexCfg) -> int:
+    if cfg.train_size:
+        return cfg.train_size
+    nlist = cfg.nlist or search_defaults(n)[0]
+    return 50 * nlist
+
+
+def _train_ivfpq(sample: np.ndarray, n: int, cfg: IndexCfg):
+    faiss = _faiss()
+    d = sample.shape[1]
+    nlist = cfg.nlist or search_defaults(n)[0]
+    nlist = min(nlist, max(len(sample) // 39, 1))
+    use_gpu = gpu_available() if cfg.use_gpu is None else cfg.use_gpu
+    if use_gpu:
+        m = max(m for m in (8, 16, 32, 48, 64, 96) if d % m == 0 and m <= d // 8)
+        spec = f"IVF{nlist},PQ{m}"
+        cpu_index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16LookupTables = True
+        gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu_index, options)
+        gpu_index.train(sample)
+        index = faiss.index_gpu_to_cpu(gpu_index)
+    else:
+        m = max(1, int(d * cfg.pq_bytes_per_dim * 2))  # 4-bit codes: two sub-quantisers per byte
+        spec = f"IVF{nlist},PQ{m}x4fs"
+        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+        index.train(sample)
+    return index, spec
 
 
 class IndexSet:
@@ -236,72 +499,125 @@ class IndexSet:
     def directory(self, modality: Modality) -> Path:
         return self.root / str(modality)
 
-    def status(self, modality: Modality) -> dict:
-        """What is on disk for ``modality``: kind, count, covered version, and whether it is fresh."""
-        meta_path = self.directory(modality) / "meta.json"
-        if not meta_path.exists():
-            return {"modality": str(modality), "exists": False, "fresh": False}
-        meta = json.loads(meta_path.read_text())
-        fresh = meta.get("table_version") == self.store.version and meta.get("model_id") == self.store.model_id
-        return {"modality": str(modality), "exists": True, "fresh": fresh, **meta}
-
-    def build(self, modality: Modality, persist: bool = True) -> VectorIndex:
-        version = self.store.version
-        table = self.store.scan(["id", "embedding"], ItemFilter(modality=modality), version=version)
-        index = VectorIndex.build(table["id"].to_numpy(), embeddings_to_numpy(table["embedding"]), self.cfg)
-        if persist:
-            self._save(index, modality, version)
-        return index
-
-    def _save(self, index: VectorIndex, modality: Modality, version: int) -> None:
-        covers = {
+    def _covers(self, modality: Modality, version: int) -> dict:
+        return {
             "table_version": version,
+            "version_key": self.store.version_key(version),
             "model_id": self.store.model_id,
             "modality": str(modality),
             # Rows re-embedded in place keep their id; their newer ``indexed_at`` is how a top-up finds them.
             "indexed_until": self.store.last_indexed_at(version),
         }
-        index.save(self.directory(modality), covers)
+
+    def _is_current(self, meta: dict, modality: Modality, version: int) -> bool:
+        return (
+            meta.get("version_key") == self.store.version_key(version)
+            and meta.get("model_id") == self.store.model_id
+            and meta.get("modality") == str(modality)
+        )
+
+    def status(self, modality: Modality) -> dict:
+        """What is on disk for ``modality``: kind, count, covered version, whether it is fresh or damaged."""
+        directory = self.directory(modality)
+        if not (directory / META).exists():
+            return {"modality": str(modality), "exists": False, "fresh": False}
+        try:
+            meta = read_meta(directory)
+        except SearchIndexError as exc:
+            return {"modality": str(modality), "exists": True, "fresh": False, "damaged": str(exc)}
+        fresh = self._is_current(meta, modality, self.store.version)
+        return {**meta, "modality": str(modality), "exists": True, "fresh": fresh}
+
+    def build(self, modality: Modality, persist: bool = True) -> VectorIndex:
+        """A new index from the store, streamed: a training sample first, then batches of rows."""
+        version = self.store.version
+        where = ItemFilter(modality=modality)
+        n = self.store.count(modality, version=version)
+        sample = None
+        if n >= self.cfg.flat_threshold:
+            sample = self._sample(where, version, n, _train_size(n, self.cfg))
+        index = VectorIndex.empty(self.store.embed_dim, n, self.cfg, sample)
+        del sample
+        directory = self.directory(modality)
+        segments = None
+        for ids, vectors in self.store.iter_vectors(where, version, self.cfg.chunk_rows):
+            index.add(ids, vectors)
+            if persist and len(index.rows) - index.saved_rows >= 2 * self.cfg.chunk_rows:
+                # Flush to files as it goes: RAM holds the codes and one batch, never every vector.
+                segments = self._flush_build(index, directory, segments)
+        log.info("%s index: built %s of %d vectors", modality, index.kind, len(index))
+        if persist:
+            index.save(self._building(directory), self._covers(modality, version), segments)
+            self._finish_build(directory)
+        return index
+
+    def _building(self, directory: Path) -> Path:
+        return directory.with_name(directory.name + ".building")
+
+    def _flush_build(self, index: VectorIndex, directory: Path, segments):
+        """Append the rows added so far to the directory being built (one segment per flush)."""
+        building = self._building(directory)
+        if segments is None:
+            shutil.rmtree(building, ignore_errors=True)
+            segments = index.save(building, {"building": True})
+            return segments
+        return index.save(building, {"building": True}, segments)
+
+    def _finish_build(self, directory: Path) -> None:
+        building = self._building(directory)
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(building, directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _sample(self, where: ItemFilter, version: int, n: int, size: int) -> np.ndarray:
+        """``size`` vectors at seeded random positions among the ``n`` rows, read in one streaming pass."""
+        picks = np.sort(np.random.default_rng(0).choice(n, size=min(n, size), replace=False))
+        out, seen = [], 0
+        for _, vectors in self.store.iter_vectors(where, version, self.cfg.chunk_rows):
+            inside = picks[(picks >= seen) & (picks < seen + len(vectors))] - seen
+            out.append(vectors[inside])
+            seen += len(vectors)
+        return np.concatenate(out) if out else np.empty((0, self.store.embed_dim), np.float32)
 
     def fresh(self, modality: Modality, persist: bool = True) -> VectorIndex:
-        """The index for ``modality``, brought up to date with the store first (add / remove / rebuild).
+        """The index for ``modality``, brought up to date with the store first (add / mask / rebuild).
 
-        ``persist=False`` (searches) brings it up to date in memory only and writes nothing.
+        ``persist=False`` (searches) brings it up to date in memory only and writes nothing. Damaged files
+        are rebuilt (in memory only for a search).
         """
         directory = self.directory(modality)
-        if not (directory / "meta.json").exists():
+        if not (directory / META).exists():
             if not persist:
                 log.info("%s index: none on disk; built in memory for this search", modality)
             return self.build(modality, persist)
         try:
-            index, meta = VectorIndex.load(directory, self.cfg)
+            index, meta = VectorIndex.load(directory, self.cfg, verify=persist)
         except SearchIndexError as exc:
             log.warning("%s; rebuilding%s", exc, "" if persist else " in memory (run xsearch index to repair)")
             return self.build(modality, persist)
         version = self.store.version
-        if meta.get("model_id") != self.store.model_id:
+        if meta.get("model_id") != self.store.model_id or meta.get("modality") != str(modality):
             return self.build(modality, persist)
-        if meta.get("table_version") == version:
+        if self._is_current(meta, modality, version):
             return index
-        if meta.get("indexed_until") is None:  # written before re-embedded rows were tracked
-            return self.build(modality, persist)
+        if meta.get("indexed_until") is None or meta.get("table_version", -1) > version:
+            return self.build(modality, persist)  # covers a version the table no longer has
         current = self.store.ids(modality, version=version)
         added = np.setdiff1d(current, index.ids)
         removed = np.setdiff1d(index.ids, current)
         updated = np.intersect1d(self.store.ids_indexed_after(meta["indexed_until"], modality, version), index.ids)
-        removed = np.union1d(removed, updated)
-        added = np.union1d(added, updated)
-        outgrown = index.kind == "flat" and len(current) >= self.cfg.flat_threshold
-        if outgrown or len(removed) > len(index.ids) // 2:
-            log.info("%s index: rebuilding (%d added, %d removed)", modality, len(added), len(removed))
+        index.remove(np.union1d(removed, updated))
+        found, vectors = self.store.vectors(np.union1d(added, updated))
+        index.add(found, vectors)
+        reason = index.needs_rebuild(sum(1 for s in meta["segments"] if s.get("topup")) + 1)
+        if reason:
+            log.info("%s index: rebuilding (%s)", modality, reason)
             return self.build(modality, persist)
-        index.vectors = np.array(index.vectors)  # from the read-only memory map to a writable copy
-        index.remove(removed)
-        if len(added):
-            found, vectors = self.store.vectors(added)
-            index.add(found, vectors)
         where = "saved" if persist else "in memory only; xsearch index saves it"
-        log.info("%s index: topped up (%d added, %d removed; %s)", modality, len(added), len(removed), where)
+        log.info("%s index: topped up (%d rows added, %d masked; %s)", modality, len(found), len(removed), where)
         if persist:
-            self._save(index, modality, version)
+            index.save(directory, self._covers(modality, version), meta["segments"], topup=True)
         return index

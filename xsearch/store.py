@@ -315,8 +315,27 @@ class Store:
         """The ``items`` table version: what an index built from the store records as covered."""
         return self.items().version
 
-    def count(self, modality: Modality | None = None) -> int:
-        return self.items().count_rows(ItemFilter(modality=modality).sql())
+    def count(self, modality: Modality | None = None, version: int | None = None) -> int:
+        dataset = self.items().to_lance()
+        if version is not None:
+            dataset = dataset.checkout_version(version)
+        return dataset.count_rows(ItemFilter(modality=modality).sql())
+
+    def version_key(self, version: int | None = None) -> str:
+        """The table version and its commit time: unlike the number alone, it cannot come back (a lost
+        newest manifest makes the next commit reuse its number)."""
+        dataset = self.items().to_lance()
+        if version is not None:
+            dataset = dataset.checkout_version(version)
+        moment = next(v["timestamp"] for v in reversed(dataset.versions()) if v["version"] == dataset.version)
+        return f"{dataset.version}@{moment.isoformat()}"
+
+    def iter_vectors(self, where: ItemFilter, version: int, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, float32 [n, dim])`` batches of the rows ``where`` selects, streamed from disk."""
+        dataset = self.items().to_lance().checkout_version(version)
+        for batch in dataset.to_batches(columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows):
+            if batch.num_rows:
+                yield batch.column("id").to_numpy(), embeddings_to_numpy(batch.column("embedding"))
 
     def scan(self, columns: Sequence[str], where: ItemFilter | None = None, version: int | None = None) -> pa.Table:
         """Columns of ``items`` (the rows ``where`` selects, all when ``None``) as an Arrow table."""

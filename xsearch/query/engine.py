@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow.compute as pc
 
-from xsearch.errors import QueryError, UsageError
+from xsearch.errors import QueryError, SearchIndexError, UsageError
 from xsearch.modalities import Modality, parse_modalities
 from xsearch.query.algebra import Query, QueryInput, combine
 from xsearch.query.ranking import Calibration, autocut, sample_ids
@@ -223,7 +223,13 @@ class Engine:
         if len(index) == 0:
             return []
         fetch = k if allowed is None else min(len(index), k * FILTER_OVERFETCH)
-        scores, ids = index.search(vector, fetch)
+        try:
+            scores, ids = index.search(vector, fetch)
+        except SearchIndexError as exc:  # damaged files that passed the load checks: rebuild, in memory only
+            log.warning("%s; %s index rebuilt in memory for this search (run xsearch index to repair)", exc, modality)
+            index = self.indices.build(modality, persist=False)
+            self._loaded[modality] = (self.store.version, index)
+            scores, ids = index.search(vector, fetch)
         keep = np.ones(len(ids[0]), bool) if allowed is None else np.isin(ids[0], allowed)
         keep &= ids[0] >= 0
         return [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])][:k]
