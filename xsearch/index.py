@@ -106,6 +106,19 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _to_float32(half: np.ndarray) -> np.ndarray:
+    """float16 -> float32 through FAISS's SIMD fp16 decoder: exact, and twice as fast as numpy's ``astype``,
+    which is most of a re-rank's time."""
+    dim = half.shape[-1]
+    decoder = _FP16_DECODERS.get(dim)
+    if decoder is None:
+        faiss = _faiss()
+        decoder = _FP16_DECODERS[dim] = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+    codes = np.ascontiguousarray(half).reshape(-1, dim).view(np.uint8)
+    return decoder.sa_decode(codes).reshape(half.shape) if len(codes) else half.astype(np.float32)
+
+
+_FP16_DECODERS: dict[int, object] = {}
 _RERANK_CHUNK = 32  # queries re-ranked together (bounds the [q, candidates, d] float32 gather)
 _SCORE_SLACK = 1e-2  # float16 vectors: a cosine may round a little past 1
 
@@ -142,15 +155,16 @@ class _Rows:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """float32 vectors of ``rows`` (any shape), gathered from the parts they live in."""
         if len(self.vector_parts) == 1:
-            return self.vector_parts[0][rows].astype(np.float32)
-        out = np.empty((*rows.shape, self.dim), np.float32)
-        start = 0
-        for part in self.vector_parts:
-            inside = (rows >= start) & (rows < start + len(part))
-            if inside.any():
-                out[inside] = part[rows[inside] - start]
-            start += len(part)
-        return out
+            half = self.vector_parts[0][rows]
+        else:
+            half = np.empty((*rows.shape, self.dim), np.float16)
+            start = 0
+            for part in self.vector_parts:
+                inside = (rows >= start) & (rows < start + len(part))
+                if inside.any():
+                    half[inside] = part[rows[inside] - start]
+                start += len(part)
+        return _to_float32(half)
 
 
 class VectorIndex:
@@ -278,7 +292,7 @@ class VectorIndex:
             valid = block >= 0
             rows = np.where(valid, block, 0)
             # Exact scores of all candidates of a block of queries at once: [q, c, d] @ [q, d] -> [q, c].
-            exact = np.einsum("qcd,qd->qc", self.rows.vectors(rows), queries[start : start + _RERANK_CHUNK])
+            exact = np.matmul(self.rows.vectors(rows), queries[start : start + _RERANK_CHUNK, :, None])[..., 0]
             self._check(exact[valid])
             exact[~valid] = -np.inf
             top = np.argsort(-exact, axis=1)[:, :k_eff]
