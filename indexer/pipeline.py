@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import os
@@ -37,6 +38,9 @@ from xsearch.modalities import Modality
 from xsearch.store import ItemRecord, Store
 
 log = logging.getLogger(__name__)
+
+
+KEEP_VERSIONS = dt.timedelta(minutes=10)  # old table versions a concurrent search may still be reading
 
 
 def default_workers() -> int:
@@ -186,6 +190,8 @@ class Indexer:
             batch.close()
         if self.cfg.prune and not report.interrupted:
             report.pruned = self._prune(roots, {c.path for c in candidates}, unlisted, report.prune_skipped)
+        if not report.interrupted:
+            self.store.compact(KEEP_VERSIONS)  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
             report.indexes = self.update_indexes()
         report.seconds = time.perf_counter() - started

@@ -325,3 +325,32 @@ def test_a_npy_header_is_checked_before_its_data_is_read(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-10])
     with pytest.raises(DecodeError, match="truncated .npy file: its header promises 80,128 bytes, the file has"):
         load_single_channel(truncated)
+
+
+def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch):
+    import os
+
+    import indexer.pipeline
+    from xsearch import Collection
+    from xsearch.encoder import Encoder
+
+    monkeypatch.setattr(indexer.pipeline, "KEEP_VERSIONS", __import__("datetime").timedelta(0))
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(6):
+        gradient_image(media / f"{i}.png", seed=i)
+    (media / "broken.jpg").write_bytes(b"not a jpeg")
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in (tmp_path / "db").rglob("*") if p.is_file())
+
+    collection.index([media], workers=0)
+    first = size()
+    for run in range(12):  # no change, then touched files: stats rewritten, nothing re-embedded
+        if run % 2:
+            for path in media.iterdir():
+                os.utime(path, (time.time() + run, time.time() + run))
+        report = collection.index([media], workers=0)
+        assert report.indexed == report.updated == 0
+    assert size() < first * 1.3  # without compaction and cleanup: ~3x after 12 runs

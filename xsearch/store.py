@@ -533,8 +533,18 @@ class Store:
         self.errors().merge_insert("uri").when_matched_update_all().when_not_matched_insert_all().execute(data)
 
     def clear_errors(self, uris: Sequence[str]) -> None:
-        if uris:
+        if uris and self.errors().count_rows(_in("uri", uris)):  # a delete matching nothing still commits
             self.errors().delete(_in("uri", uris))
+
+    def compact(self, keep: dt.timedelta) -> None:
+        """Merge small data files and delete versions older than ``keep``.
+
+        Every commit adds a version and a touched file rewrites its row (Lance updates are copy-on-write),
+        so without this a database grows with every run. ``keep`` protects readers: a search that opened an
+        older version keeps its files for that long.
+        """
+        for table in (self.items(), self.errors()):
+            table.optimize(cleanup_older_than=keep)
 
     def error_rows(self) -> pa.Table:
         return self.errors().to_arrow()
