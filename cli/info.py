@@ -29,11 +29,12 @@ def errors(
 def info(
     db: DbOpt = ...,
     json_: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+    check: Annotated[bool, typer.Option(help="Read every stored row first (a damaged file is reported).")] = True,
 ) -> None:
     """What a database holds: items per modality, model, index kind and freshness, errors, size."""
     with handled_errors():
         collection = open_collection(db)
-        facts = collection.info()
+        facts = collection.info(check=check)
     note_random_weights(collection)
     if json_:
         typer.echo(json.dumps(facts, indent=1))
@@ -46,4 +47,6 @@ def info(
     for modality, count in facts["by_modality"].items():
         index = facts["indices"][modality]
         state = "missing" if index["kind"] is None else f"{index['kind']}, {'fresh' if index['fresh'] else 'stale'}"
+        if "damaged" in index:
+            state = "damaged (xsearch index rebuilds it)"
         typer.echo(f"  {modality:<8} {count:>8}  index: {state}")

@@ -354,3 +354,55 @@ def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch
         report = collection.index([media], workers=0)
         assert report.indexed == report.updated == 0
     assert size() < first * 1.3  # without compaction and cleanup: ~3x after 12 runs
+
+
+def _garble(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[100:3000] = bytes(2900)
+    path.write_bytes(data)
+
+
+DAMAGE = {
+    "garbled data file": lambda db: _garble(sorted((db / "items.lance" / "data").glob("*.lance"))[0]),
+    "items table deleted": lambda db: __import__("shutil").rmtree(db / "items.lance"),
+    "errors table deleted": lambda db: __import__("shutil").rmtree(db / "errors.lance"),
+    "manifest truncated": lambda db: (
+        min((db / "items.lance" / "_versions").glob("*.manifest"), key=lambda p: int(p.stem)).open("r+b").truncate(20)
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damage_is_reported_as_damage_in_one_line(tmp_path, tiny_model, damage):
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(3):
+        gradient_image(media / f"{i}.png", seed=i)
+    db = tmp_path / "db"
+    index = ["index", str(media), "--db", str(db), "--checkpoint", str(checkpoint), "--workers", "0", "-q"]
+    assert runner.invoke(app, index).exit_code == 0
+    DAMAGE[damage](db)
+    table = "errors.lance" if "errors" in damage else "items.lance"
+    for argv in (["search", "--db", str(db), "--item", "1"], ["info", "--db", str(db)], index):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (argv[0], result.output)
+        assert result.output.strip().splitlines()[-1].startswith(f"error: database damaged: {db / table} (")
+
+
+def test_disk_full_and_read_only_are_one_line():
+    import errno
+
+    from xsearch.errors import DatabaseDamaged
+    from xsearch.store import _storage_problem
+
+    db = Path("/data/db")
+    assert "disk full" in str(_storage_problem(db, OSError(errno.ENOSPC, "No space left on device")))
+    lance_full = RuntimeError("LanceError(IO): Generic LocalFileSystem error: No space left on device (os error 28)")
+    assert "disk full" in str(_storage_problem(db, lance_full))
+    assert "read-only file system" in str(_storage_problem(db, OSError(errno.EROFS, "Read-only file system")))
+    damaged = _storage_problem(db, RuntimeError("lance error: LanceError(IO): file size is too small, /x/y.rs:1:2"))
+    assert (
+        isinstance(damaged, DatabaseDamaged) and str(damaged) == "database damaged: /data/db (file size is too small)"
+    )
+    assert _storage_problem(db, KeyError("a bug")) is None  # not a storage problem: surfaces as a bug

@@ -297,17 +297,24 @@ class Collection:
         labelled = labelling.classify(self.store, prototypes, names, targets, where)
         return labelled.filtered(min_confidence).sorted(sort)
 
-    def info(self) -> dict:
-        """Counts per modality, model id, index kind and freshness, errors, size on disk."""
+    def info(self, check: bool = True) -> dict:
+        """Counts per modality, model id, index kind and freshness, errors, size on disk.
+
+        ``check`` reads every stored row first (a damaged data file raises ``DatabaseDamaged``), so the
+        counts it reports are of data that can be read.
+        """
         from xsearch.index import IndexSet
 
         store = self.store
+        checked = store.check() if check else None
         indices = IndexSet(store)
         counts = {m.value: store.count(m) for m in store.modalities()}
         index_facts = {}
         for name in counts:
             status = indices.status(Modality(name))
             index_facts[name] = {"kind": status.get("kind"), "count": status.get("count"), "fresh": status["fresh"]}
+            if "damaged" in status:
+                index_facts[name]["damaged"] = status["damaged"]
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         precisions: dict[str, int] = {}
         if store.has_column("precision"):  # databases written before it was recorded: "unknown"
@@ -326,6 +333,7 @@ class Collection:
             "errors": store.errors().count_rows(),
             "indices": index_facts,
             "bytes": size,
+            "rows_read": checked,
         }
 
     def errors(self):

@@ -50,6 +50,14 @@ class StoreError(XsearchError):
     """The database cannot be opened or written as asked (wrong model id, bad schema, ...)."""
 
 
+class DatabaseDamaged(StoreError):
+    """A database file is missing or unreadable: ``database damaged: FILE (what)``."""
+
+    def __init__(self, path, what: str):
+        self.path, self.what = str(path), what
+        super().__init__(f"database damaged: {self.path} ({what})")
+
+
 class SearchIndexError(XsearchError):
     """A FAISS index is missing, corrupt or does not match the store."""
 

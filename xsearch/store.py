@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -31,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xsearch.errors import StoreError, UsageError
+from xsearch.errors import DatabaseDamaged, StoreError, UsageError, XsearchError
 from xsearch.modalities import Modality
 
 log = logging.getLogger(__name__)
@@ -220,6 +222,55 @@ class ItemFilter:
         )
 
 
+def _one_line(text: str) -> str:
+    """Lance's message without its Rust source locations, first line only."""
+    text = re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", text.strip().splitlines()[0] if text.strip() else "")
+    return re.sub(r"^(External error: )?(lance error: )?LanceError\(\w+\): ", "", text).strip()
+
+
+def _storage_problem(path: Path, exc: BaseException) -> StoreError | None:
+    """What a storage failure means for the user, or ``None`` when it is not one (a bug: let it surface)."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "No space left on device" in text:
+        return StoreError(f"{path}: disk full; nothing more was written (what was committed before is intact)")
+    if code == errno.EROFS or "Read-only file system" in text:
+        return StoreError(f"{path}: read-only file system; searching works, indexing needs a writable copy")
+    if code == errno.EACCES or "Permission denied" in text:
+        return StoreError(f"{path}: permission denied; searching works, indexing needs write access")
+    missing = re.search(r"Table '(\w+)' was not found", text)
+    if missing:
+        return DatabaseDamaged(path if path.suffix == ".lance" else path / f"{missing.group(1)}.lance", "missing")
+    if "LanceError" in text or "lance error" in text or "Corrupt" in text:
+        named = [p for p in re.findall(r"(/\S+?\.(?:lance|manifest|txn))\b", text) if str(path) in p]
+        return DatabaseDamaged(named[0] if named else path, _one_line(text)[:200])
+    return None
+
+
+@contextlib.contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except XsearchError:
+        raise
+    except Exception as exc:
+        problem = _storage_problem(path, exc)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _guarded(method):
+    """Storage failures inside a ``Store`` method become one-line errors (damage, disk full, read-only)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _translated(self.path):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Store:
     """An xsearch database directory.
 
@@ -248,9 +299,14 @@ class Store:
         A new database takes ``embed_dim`` from the encoder that will fill it (``Encoder.embed_dim``); when
         not given, from the architecture named ``model_id``.
         """
+        path = Path(path)
+        with _translated(path):
+            return cls._open(path, model_id, embed_dim, create)
+
+    @classmethod
+    def _open(cls, path: Path, model_id: str | None, embed_dim: int | None, create: bool) -> Store:
         import lancedb
 
-        path = Path(path)
         exists = (path / f"{META}.lance").exists()
         if not exists and not create:
             raise StoreError(f"{path}: no xsearch database here (index some files first)")
@@ -275,6 +331,7 @@ class Store:
                     "embeddings of different models cannot be mixed (use another database)"
                 )
             store = cls(path, db, stored["model_id"], int(stored["embed_dim"]))
+            store.items(), store.errors()  # both tables present, or the database is damaged
             if model_id is not None:  # a writer: bring columns added since schema 1 to this database
                 store._add_missing_columns()
         else:
@@ -305,22 +362,26 @@ class Store:
 
     def items(self):
         """The ``items`` LanceTable at its latest version."""
-        return self._db.open_table(ITEMS)
+        with _translated(self.path / f"{ITEMS}.lance"):
+            return self._db.open_table(ITEMS)
 
     def errors(self):
-        return self._db.open_table(ERRORS)
+        with _translated(self.path / f"{ERRORS}.lance"):
+            return self._db.open_table(ERRORS)
 
     @property
     def version(self) -> int:
         """The ``items`` table version: what an index built from the store records as covered."""
         return self.items().version
 
+    @_guarded
     def count(self, modality: Modality | None = None, version: int | None = None) -> int:
         dataset = self.items().to_lance()
         if version is not None:
             dataset = dataset.checkout_version(version)
         return dataset.count_rows(ItemFilter(modality=modality).sql())
 
+    @_guarded
     def version_key(self, version: int | None = None) -> str:
         """The table version and its commit time: unlike the number alone, it cannot come back (a lost
         newest manifest makes the next commit reuse its number)."""
@@ -333,9 +394,21 @@ class Store:
     def iter_vectors(self, where: ItemFilter, version: int, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(ids, float32 [n, dim])`` batches of the rows ``where`` selects, streamed from disk."""
         dataset = self.items().to_lance().checkout_version(version)
-        for batch in dataset.to_batches(columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows):
-            if batch.num_rows:
-                yield batch.column("id").to_numpy(), embeddings_to_numpy(batch.column("embedding"))
+        batches = dataset.to_batches(columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows)
+        with _translated(self.path / f"{ITEMS}.lance"):
+            for batch in batches:
+                if batch.num_rows:
+                    yield batch.column("id").to_numpy(), embeddings_to_numpy(batch.column("embedding"))
+
+    def check(self, batch_rows: int = 8192) -> int:
+        """Read every row of every column (what ``info`` vouches for); returns the rows read."""
+        rows = 0
+        with _translated(self.path / f"{ITEMS}.lance"):
+            for batch in self.items().to_lance().to_batches(batch_size=batch_rows):
+                rows += batch.num_rows
+        with _translated(self.path / f"{ERRORS}.lance"):
+            self.errors().to_arrow()
+        return rows
 
     def scan(self, columns: Sequence[str], where: ItemFilter | None = None, version: int | None = None) -> pa.Table:
         """Columns of ``items`` (the rows ``where`` selects, all when ``None``) as an Arrow table."""
@@ -347,13 +420,15 @@ class Store:
             return dataset.to_table(columns=list(columns), filter=sql)
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
             if where is None or not where.where:
-                raise StoreError(f"{self.path}: reading items failed ({str(exc).splitlines()[0]})") from None
+                problem = _storage_problem(self.path / f"{ITEMS}.lance", exc)
+                raise problem or StoreError(f"{self.path}: reading items failed ({_one_line(str(exc))})") from None
             reason = _filter_problem(str(exc))
             filterable = ", ".join(n for n in items_schema(self.embed_dim).names if n not in _NOT_FILTERABLE)
             raise UsageError(
                 f"bad filter {where.where!r}: {reason} (columns: {filterable})", argument="where"
             ) from None
 
+    @_guarded
     def modalities(self) -> list[Modality]:
         """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
         names = set(self.scan(["modality"])["modality"].unique().to_pylist())
@@ -390,6 +465,7 @@ class Store:
         where = ItemFilter(modality=modality, indexed_after=moment)
         return self.scan(["id"], where, version=version)["id"].to_numpy()
 
+    @_guarded
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
         if len(ids) == 0:
@@ -399,6 +475,7 @@ class Store:
         found = table["id"].to_numpy()[order]
         return found, embeddings_to_numpy(table["embedding"])[order]
 
+    @_guarded
     def lookup_uris(self, uris: Sequence[str]) -> pa.Table:
         """Rows (without embeddings) for the given uris."""
         columns = ["id", "uri", "modality", "sha256", "size", "mtime"]
@@ -408,6 +485,7 @@ class Store:
 
     # ---- writes ----------------------------------------------------------------------------------------
 
+    @_guarded
     def _next_id(self) -> int:
         """The next unused id: above every id in the table and every id handed out before (a row deleted by
         ``--prune`` never gives its id to another file)."""
@@ -419,6 +497,7 @@ class Store:
             reserved = 0
         return max(highest, reserved)
 
+    @_guarded
     def _reserve_ids(self, next_id: int) -> None:
         """Record ids as handed out before the commit that uses them (a crash then only skips some)."""
         tmp = self.path / (NEXT_ID + ".tmp")
@@ -460,6 +539,7 @@ class Store:
                 arrays.append(pa.array(rows[f.name], type=f.type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
+    @_guarded
     def add_items(self, records: Sequence[ItemRecord]) -> int:
         """Append ``records`` in one commit; returns the new table version."""
         if not records:
@@ -468,6 +548,7 @@ class Store:
         table.add(self._to_arrow(records))
         return table.version
 
+    @_guarded
     def upsert_items(self, records: Sequence[ItemRecord]) -> int:
         """Insert new uris and replace the rows of known ones, in one commit (ids of replaced uris are kept).
 
@@ -489,6 +570,7 @@ class Store:
         )
         return table.version
 
+    @_guarded
     def update_file_stats(self, stats: dict[str, tuple[int, float]]) -> int:
         """Set ``(size, mtime)`` of known uris whose bytes did not change (touched or copied), in one commit."""
         if not stats:
@@ -503,6 +585,7 @@ class Store:
         table.merge_insert("uri").when_matched_update_all().execute(rows)
         return table.version
 
+    @_guarded
     def delete_items(self, *, ids: Sequence[int] = (), uris: Sequence[str] = ()) -> int:
         """Delete rows by id and/or uri in one commit; returns the new table version."""
         clauses = []
@@ -515,6 +598,7 @@ class Store:
             table.delete(" OR ".join(f"({c})" for c in clauses))
         return table.version
 
+    @_guarded
     def record_errors(self, errors: Sequence[tuple[str, str | None, str, str]]) -> None:
         """Replace the error rows of these uris with ``(uri, modality, stage, message)``, one commit."""
         if not errors:
@@ -532,10 +616,12 @@ class Store:
         )
         self.errors().merge_insert("uri").when_matched_update_all().when_not_matched_insert_all().execute(data)
 
+    @_guarded
     def clear_errors(self, uris: Sequence[str]) -> None:
         if uris and self.errors().count_rows(_in("uri", uris)):  # a delete matching nothing still commits
             self.errors().delete(_in("uri", uris))
 
+    @_guarded
     def compact(self, keep: dt.timedelta) -> None:
         """Merge small data files and delete versions older than ``keep``.
 
@@ -546,6 +632,7 @@ class Store:
         for table in (self.items(), self.errors()):
             table.optimize(cleanup_older_than=keep)
 
+    @_guarded
     def error_rows(self) -> pa.Table:
         return self.errors().to_arrow()
 
