@@ -147,7 +147,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/xsearch-scale"))
     parser.add_argument("--reuse", action="store_true", help="keep the store in --work from an earlier run")
     parser.add_argument("--nlist", type=int, default=None)
-    parser.add_argument("--sweep", default="16:10,32:10,64:10,128:10,32:20,64:20,128:20")
+    parser.add_argument("--pq-bytes-per-dim", type=float, default=None)
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--sweep", default="32:10,64:10,32:20,64:20,128:20,64:40")
     parser.add_argument("--lancedb", default="IVF_PQ,IVF_HNSW_SQ", help="native index kinds ('' to skip)")
     parser.add_argument("--lancedb-sweep", default="20:0,40:10,80:10,160:10")
     args = parser.parse_args()
@@ -155,7 +157,9 @@ def main() -> None:
     store = Store.open(db, create=False) if args.reuse else write_store(db, args.n)
     queries = clustered_embeddings(args.queries, seed=2)
 
-    cfg = {"flat_threshold": 0, "nlist": args.nlist, "use_gpu": False}
+    cfg = {"flat_threshold": 0, "nlist": args.nlist, "train_size": args.train_size, "use_gpu": False}
+    if args.pq_bytes_per_dim:
+        cfg["pq_bytes_per_dim"] = args.pq_bytes_per_dim
     emit("build", n=args.n, **build_in_child(db, cfg))
 
     import faiss

@@ -191,3 +191,61 @@ def test_cached_checkpoint_is_hashed_once_and_on_demand(tiny_checkpoint, http_se
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1))
     with pytest.raises(CheckpointError, match="sha256 differs"):
         resolve_checkpoint()  # a changed mtime re-hashes on its own
+
+
+@pytest.fixture
+def short_server():
+    """Serves 1000 bytes while announcing 5000, as a connection cut mid-transfer looks to the client."""
+
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "5000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_download_cut_short_is_not_installed(short_server, tmp_path):
+    dest = tmp_path / "w.pth"
+    with pytest.raises(CheckpointError, match=r"(cut short \(1,000 of 5,000 bytes\)|download failed)"):
+        download(f"{short_server}/w.pth", dest, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth.lock"]  # no file, no recorded hash
+
+
+def test_a_download_that_does_not_load_is_not_recorded(http_server, monkeypatch, tmp_path):
+    root, url = http_server
+    (root / "weights.pth").write_bytes(b"<html>a login page, not weights</html>")
+    monkeypatch.setenv("XSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XSEARCH_CHECKPOINT", raising=False)
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        resolve_checkpoint(url=f"{url}/weights.pth")
+    cache = tmp_path / "home" / "checkpoints"
+    assert not (cache / "imagebind_huge.pth").exists() and not (cache / "imagebind_huge.pth.sha256").exists()
+
+
+def test_a_planted_part_link_is_not_followed_and_downloads_do_not_collide(tiny_checkpoint, http_server, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, url = http_server
+    (root / "tiny.pth").write_bytes(tiny_checkpoint[1].read_bytes())
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (cache / "tiny.pth.part").symlink_to(victim)  # the old fixed temporary name, planted as a link
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda _: download(f"{url}/tiny.pth", cache / "tiny.pth", progress=False), range(4)))
+    assert done == [cache / "tiny.pth"] * 4
+    assert victim.read_text() == "precious"
+    assert (cache / "tiny.pth").read_bytes() == (root / "tiny.pth").read_bytes()
+    assert not list(cache.glob("tiny.pth.*.part"))

@@ -55,8 +55,8 @@ class IndexCfg:
     nlist: int | None = None  # IVF lists; None: ``search_defaults``
     nprobe: int | None = None  # lists visited per query; None: ``search_defaults``
     refine_factor: int | None = None  # candidates re-ranked exactly: k * refine_factor; None: ``search_defaults``
-    pq_bytes_per_dim: float = 1 / 16  # PQ code size: d/8 sub-quantisers of 4 bits = d/16 bytes
-    train_size: int | None = None  # training sample; None: 50 points per list (FAISS wants at least 39)
+    pq_bytes_per_dim: float = 1 / 8  # PQ code size: d/4 sub-quantisers of 4 bits = d/8 bytes (128 B at 1024-d)
+    train_size: int | None = None  # training sample; None: 50 points per list, at most 100k
     chunk_rows: int = 32_768  # rows read from the store per batch while building
     max_segments: int = 16  # more top-ups than this and the next writer rebuilds
     max_dead_fraction: float = 0.25  # ... or more masked rows than this
@@ -66,9 +66,9 @@ class IndexCfg:
 def search_defaults(n: int) -> tuple[int, int, int]:
     """``(nlist, nprobe, refine_factor)`` for an IVF-PQ index of ``n`` vectors (recall@10 >= 0.95 in
     ``benchmarks/search.py`` on embedding-like vectors; the table is in BENCHMARKS.md)."""
-    nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 16)))
+    nlist = 2 ** round(math.log2(max(2 * math.sqrt(n), 16)))
     nlist = int(min(nlist, max(n // 39, 16)))
-    return nlist, default_nprobe(nlist), 10
+    return nlist, default_nprobe(nlist), 20
 
 
 def default_nprobe(nlist: int) -> int:
@@ -476,7 +476,7 @@ def _train_size(n: int, cfg: IndexCfg) -> int:
     if cfg.train_size:
         return cfg.train_size
     nlist = cfg.nlist or search_defaults(n)[0]
-    return 50 * nlist
+    return min(50 * nlist, 100_000)  # memory: 400 MB of samples at 1024-d, and as much for PQ's residuals
 
 
 def _train_ivfpq(sample: np.ndarray, n: int, cfg: IndexCfg):
@@ -589,12 +589,14 @@ class IndexSet:
     def _sample(self, where: ItemFilter, version: int, n: int, size: int) -> np.ndarray:
         """``size`` vectors at seeded random positions among the ``n`` rows, read in one streaming pass."""
         picks = np.sort(np.random.default_rng(0).choice(n, size=min(n, size), replace=False))
-        out, seen = [], 0
+        out = np.empty((len(picks), self.store.embed_dim), np.float32)  # filled in place: no second copy
+        seen = taken = 0
         for _, vectors in self.store.iter_vectors(where, version, self.cfg.chunk_rows):
             inside = picks[(picks >= seen) & (picks < seen + len(vectors))] - seen
-            out.append(vectors[inside])
+            out[taken : taken + len(inside)] = vectors[inside]
+            taken += len(inside)
             seen += len(vectors)
-        return np.concatenate(out) if out else np.empty((0, self.store.embed_dim), np.float32)
+        return out[:taken]
 
     def fresh(self, modality: Modality, persist: bool = True) -> VectorIndex:
         """The index for ``modality``, brought up to date with the store first (add / mask / rebuild).

@@ -6,13 +6,16 @@ readable error -> ``load_state_dict(strict=True)``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
 import shutil
+import tempfile
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -37,39 +40,78 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, sha256: str | None = None, *, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` through a ``.part`` file, with a progress bar and a sha256 check.
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    *,
+    progress: bool = True,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar, installing it only once complete and checked.
 
-    The file appears at ``dest`` only once complete and verified, so an interrupted download never
-    leaves a truncated checkpoint behind. The sha256 of the result is recorded in ``dest.sha256``.
+    - one download per destination at a time (a lock beside it); a second caller waits and takes the file;
+    - the bytes go to a new temporary file (``O_EXCL``, never through an existing name or link);
+    - a transfer shorter than its ``Content-Length``, a sha256 other than ``sha256``, or a file ``check``
+      cannot load is discarded, so no damaged file is installed and no wrong hash recorded. The sha256 of
+      the result is recorded in ``dest.sha256``.
     """
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
+    with open(dest.with_name(dest.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+        if dest.is_file() and dest.with_name(dest.name + ".sha256").is_file():
+            return dest  # another process finished it while this one waited
+        handle, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+        part = Path(name)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                actual = _fetch(url, out, dest.name, progress)
+            if sha256 is not None and actual != sha256.lower():
+                raise CheckpointError(
+                    f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the file was discarded"
+                )
+            if check is not None:
+                check(part)
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+        dest.with_name(dest.name + ".sha256").write_text(actual + "\n")
+    return dest
+
+
+def _fetch(url: str, out, label: str, progress: bool) -> str:
+    """Stream ``url`` into ``out``; the sha256 of what arrived. Short transfers are errors."""
+    from tqdm.auto import tqdm
+
+    digest, received = hashlib.sha256(), 0
     try:
-        with urllib.request.urlopen(url) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(url) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     digest.update(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-    except OSError as exc:  # URLError and HTTPError are OSErrors
-        part.unlink(missing_ok=True)
+    except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError, IncompleteRead...
         raise CheckpointError(
             f"{url}: download failed ({exc}); give a local checkpoint file, or set XSEARCH_CHECKPOINT to one",
             argument="checkpoint",
         ) from None
-    actual = digest.hexdigest()
-    if sha256 is not None and actual != sha256.lower():
-        part.unlink(missing_ok=True)
-        raise CheckpointError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the file was discarded")
-    os.replace(part, dest)
-    dest.with_name(dest.name + ".sha256").write_text(actual + "\n")
-    return dest
+    if total is not None and received != total:
+        raise CheckpointError(f"{url}: download cut short ({received:,} of {total:,} bytes); run again to retry")
+    return digest.hexdigest()
+
+
+def _loads(path: Path) -> None:
+    """A downloaded checkpoint must open as one before its hash is recorded as the reference."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"the download is not a loadable checkpoint ({exc}); the file was discarded") from None
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError("the download is not a checkpoint (no tensors in it); the file was discarded")
 
 
 def _file_identity(path: Path) -> dict:
@@ -134,7 +176,7 @@ def resolve_checkpoint(
             argument="checkpoint",
         )
     log.warning("Downloading %s to %s. %s", entry.url, path, entry.license)
-    return download(url or entry.url, path, entry.sha256)
+    return download(url or entry.url, path, entry.sha256, check=_loads)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
