@@ -406,3 +406,47 @@ def test_disk_full_and_read_only_are_one_line():
         isinstance(damaged, DatabaseDamaged) and str(damaged) == "database damaged: /data/db (file size is too small)"
     )
     assert _storage_problem(db, KeyError("a bug")) is None  # not a storage problem: surfaces as a bug
+
+
+def test_a_damaged_mp4_says_so_not_no_audio_stream(tmp_path):
+    from indexer.work import Task, prepare
+
+    from media import write_video
+
+    path = write_video(tmp_path / "clip.mp4", seconds=2)
+    data = bytearray(path.read_bytes())
+    moov = data.find(b"moov")
+    data[moov + 8 : moov + 200] = bytes(192)  # the box that lists the streams
+    path.write_bytes(data)
+    outcome = prepare(Task(str(path), Modality.VIDEO, len(data), 0.0))
+    assert outcome.error == "no audio or video stream found (damaged or truncated file?)"
+
+
+def test_a_root_reached_through_a_link_gives_the_same_uris(tmp_path, tiny_model):
+    from xsearch import Collection
+    from xsearch.encoder import Encoder
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(3):
+        gradient_image(media / f"{i}.png", seed=i)
+    (tmp_path / "link").symlink_to(media)
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    assert collection.index([tmp_path / "link"], workers=0).indexed == 3
+    assert collection.index([media], workers=0).indexed == 0  # the same files, not three more rows
+    assert sorted(collection.store.scan(["uri"])["uri"].to_pylist()) == [str(media / f"{i}.png") for i in range(3)]
+
+
+def test_a_result_file_replaced_by_a_pipe_does_not_block_the_sheet(tmp_path):
+    import os
+    import threading
+
+    from xsearch.contact_sheet import _preview
+
+    fifo = tmp_path / "note.txt"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    done = []
+    worker = threading.Thread(target=lambda: done.append(_preview(Modality.TEXT, str(fifo), None)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert done and "no preview" in done[0]

@@ -190,7 +190,9 @@ class Collection:
 
         started = time.perf_counter()
         assigned = _assignments(assign or {})
-        roots = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        # Real paths: a root reached through a link (/mnt/photos -> /data/photos) is the same files as its
+        # target, and must give them the same uris, or indexing both would store every file twice.
+        roots = [_real(p) for p in paths]
         roots += [p for p in assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
         if not roots:
             raise UsageError("nothing to index: give folders or files", argument="paths")
@@ -366,11 +368,15 @@ def _parse(value, argument: str) -> list[Modality]:
         raise exc.for_argument(argument) from None
 
 
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
 def _assignments(assign: Mapping) -> dict[str, Modality]:
     out = {}
     for path, modality in assign.items():
         try:
-            out[os.path.abspath(os.path.expanduser(os.fspath(path)))] = Modality(modality)
+            out[_real(path)] = Modality(modality)
         except UsageError as exc:
             raise exc.for_argument("assign") from None
     return out

@@ -16,11 +16,15 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         if os.path.getsize(name) == 0:
             raise DecodeError(name, "file is empty (0 bytes)")
-        return av.open(name, mode="r", metadata_errors="ignore")
+        container = av.open(name, mode="r", metadata_errors="ignore")
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except av.FFmpegError as exc:
         raise DecodeError(name, f"not a readable media file ({describe(exc)})") from None
+    if not container.streams:  # e.g. an MP4 whose moov box is damaged: not "no audio stream"
+        container.close()
+        raise DecodeError(name, "no audio or video stream found (damaged or truncated file?)")
+    return container
 
 
 def describe(exc: Exception) -> str:
