@@ -104,6 +104,7 @@ FLAGS = {
     "path": "--path",
     "paths": "PATHS",
     "precision": "--precision",
+    "ray": "--ray",
     "sort": "--sort",
     "target": "--target",
     "where": "--where",

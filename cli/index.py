@@ -85,6 +85,13 @@ def index(
     prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = False,
     update_index: Annotated[bool, typer.Option(help="Update the FAISS indices after the run.")] = True,
     commit_every: Annotated[int, typer.Option(min=1, help="Files per database commit.")] = 256,
+    ray: Annotated[
+        str | None,
+        typer.Option(help="Decode and embed on a Ray cluster: its address, 'auto' (ray start) or 'local'."),
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option(min=1, help="Encoder actors (default: one per node or GPU).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
 ) -> None:
@@ -112,6 +119,8 @@ def index(
             workers=workers,
             file_timeout=file_timeout,
             worker_memory_gb=worker_memory,
+            ray=ray,
+            ray_actors=ray_actors,
             commit_every=commit_every,
             progress=not (quiet or json_),
         )

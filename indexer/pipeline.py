@@ -89,6 +89,7 @@ class RunReport:
     failures: list[Failure] = field(default_factory=list)
     indexes: dict[str, dict] = field(default_factory=dict)
     interrupted: bool = False
+    nodes: list[str] = field(default_factory=list)  # cluster nodes that encoded files (--ray)
 
     @property
     def files_per_second(self) -> float:
@@ -246,6 +247,27 @@ def _looks_unmounted(root: str, skipped: list[str]) -> bool:
     return True
 
 
+def encode_outcomes(encoder: Encoder, modality: Modality, outcomes: list[Outcome]) -> None:
+    """Set each outcome's ``vector`` (one batch), or its encode error; frees the decoded inputs."""
+    try:
+        vectors = encoder.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
+    except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
+        if len(outcomes) == 1:
+            outcomes[0].error, outcomes[0].stage = f"the model failed ({exc})", "encode"
+            outcomes[0].tensor = None
+            return
+        log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
+        for outcome in outcomes:
+            encode_outcomes(encoder, modality, [outcome])
+        return
+    for outcome, vector in zip(outcomes, vectors):
+        outcome.tensor = None  # free the decoded input now
+        if np.isfinite(vector).all():
+            outcome.vector = vector
+        else:
+            outcome.error, outcome.stage = "the model produced NaN for this file", "encode"
+
+
 class _Batcher:
     """Collects outcomes into per-modality encoder batches and encoded rows into store commits."""
 
@@ -261,6 +283,7 @@ class _Batcher:
         self.cleared: list[str] = []
         self.last_commit = time.monotonic()
         self.by_modality: Counter = Counter()
+        self.nodes: set[str] = set()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xsearch-commit")
         self._pending = None
 
@@ -285,6 +308,8 @@ class _Batcher:
         elif outcome.unchanged:
             self.restat.append(outcome)
             self.report.unchanged += 1
+        elif outcome.vector is not None:  # encoded elsewhere (a cluster's actors)
+            self._record(outcome)
         else:
             queue = self.waiting[outcome.modality]
             queue.append(outcome)
@@ -299,35 +324,30 @@ class _Batcher:
         if not outcomes:
             return
         started = time.perf_counter()
-        try:
-            vectors = self.indexer.encoder.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
-        except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
-            if len(outcomes) == 1:
-                self._error(outcomes[0].task.path, modality, "encode", f"the model failed ({exc})")
-                return
-            log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
-            for outcome in outcomes:
-                self.waiting[modality] = [outcome]
-                self._encode(modality)
-            return
+        encode_outcomes(self.indexer.encoder, modality, outcomes)
         self.report.embed_seconds += time.perf_counter() - started
-        for outcome, vector in zip(outcomes, vectors):
-            task = outcome.task
-            if not np.isfinite(vector).all():
-                self._error(task.path, modality, "encode", "the model produced NaN for this file")
-                continue
-            record = ItemRecord(
-                task.path,
-                modality,
-                vector,
-                sha256=outcome.sha256,
-                size=task.size,
-                mtime=task.mtime,
-                metadata=outcome.metadata,
-                precision=self.indexer.encoder.precision,
-            )
-            self.records.append((record, task.known_sha256 is not None))
-            outcome.tensor = None  # free the decoded input now
+        for outcome in outcomes:
+            self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> None:
+        """An encoded outcome -> a row to commit (or an error row when encoding failed)."""
+        task = outcome.task
+        if outcome.error is not None:
+            self._error(task.path, outcome.modality, outcome.stage, outcome.error)
+            return
+        record = ItemRecord(
+            task.path,
+            outcome.modality,
+            outcome.vector,
+            sha256=outcome.sha256,
+            size=task.size,
+            mtime=task.mtime,
+            metadata=outcome.metadata,
+            precision=self.indexer.encoder.precision,
+        )
+        self.records.append((record, task.known_sha256 is not None))
+        if outcome.node is not None:
+            self.nodes.add(outcome.node)
 
     def flush(self) -> None:
         """Encode what waits, commit it, and wait for every commit to be written."""
@@ -375,3 +395,4 @@ class _Batcher:
             else:
                 self.report.indexed += 1
         self.report.by_modality = dict(self.by_modality)
+        self.report.nodes = sorted(self.nodes)

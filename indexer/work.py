@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from xsearch.errors import DecodeError, NoStreamError
@@ -46,7 +47,9 @@ class Outcome:
     metadata: dict = field(default_factory=dict)
     unchanged: bool = False
     error: str | None = None
-    stage: str | None = None  # read / decode
+    stage: str | None = None  # read / decode / encode
+    vector: np.ndarray | None = None  # the embedding, once encoded
+    node: str | None = None  # the cluster node that encoded it (``xsearch index --ray``)
 
     @property
     def ok(self) -> bool:

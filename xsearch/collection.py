@@ -18,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -61,6 +62,7 @@ class Collection:
         self._checkpoint, self._model, self._device = checkpoint, model, device
         self._precision, self._verify = precision, verify_checkpoint
         self._encoder = encoder
+        self._injected_encoder = encoder is not None
         self._index_cfg = index_cfg
         self._store = None
         self._engine = None
@@ -174,6 +176,8 @@ class Collection:
         commit_every: int = 256,
         file_timeout: float = 600.0,
         worker_memory_gb: float | None = None,
+        ray: str | None = None,
+        ray_actors: int | None = None,
         progress: bool = False,
     ):
         """Index files and folders: scan, decode in parallel, embed in batches, store, update the indices.
@@ -181,7 +185,9 @@ class Collection:
         ``assign`` maps folders or files to a modality (``{"scans/": "depth"}``); assigned paths that are not
         under ``paths`` are indexed too. ``modalities`` keeps only those. With decode workers, a file that
         takes longer than ``file_timeout`` seconds or needs more than ``worker_memory_gb`` (default: a share of
-        the machine's memory) becomes an error row, as does one whose decoder crashes. Returns the run report
+        the machine's memory) becomes an error row, as does one whose decoder crashes. ``ray`` (an address,
+        ``auto`` or ``local``) decodes and embeds on a Ray cluster (``indexer.cluster``) with ``ray_actors``
+        encoders (default: one per node or GPU); planning and commits stay here. Returns the run report
         (``indexer.pipeline.RunReport``): counts, failures with reasons, index sizes.
         """
         from indexer.decode_pool import GIB, DecodeLimits
@@ -233,10 +239,40 @@ class Collection:
 
         with writer_lock(self.path):  # one writer per database: ids and commits never interleave
             store = self._open_for_writing(encoder)
-            report = Indexer(store, encoder, cfg).run(roots, options)
+            if ray is None:
+                report = Indexer(store, encoder, cfg).run(roots, options)
+            else:
+                report = self._index_on_ray(ray, ray_actors, store, encoder, cfg, roots, options)
         report.load_seconds = loaded - loading
         report.seconds = time.perf_counter() - started  # the whole run, model loading included
         return report
+
+    def _index_on_ray(self, address, actors, store, encoder, cfg, roots, options):
+        import ray
+
+        from indexer.cluster import RayIndexer, connect
+
+        started_here = connect(address)
+        try:
+            return RayIndexer(store, encoder, cfg, encoder_source=self._encoder_recipe(), actors=actors).run(
+                roots, options
+            )
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _encoder_recipe(self):
+        """How a cluster node makes this collection's encoder: from the same checkpoint path (or the cache)
+        rather than weights shipped over the network; ``None`` for an encoder given as an object."""
+        if self._injected_encoder:
+            return None
+        from xsearch.encoder import Encoder
+        from xsearch.model.config import architecture_of
+
+        checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+        model_id = self._known_model()
+        architecture = architecture_of(model_id) if model_id else None
+        return functools.partial(Encoder.from_pretrained, checkpoint, architecture, "auto", self._precision)
 
     def search(
         self,

@@ -1,0 +1,120 @@
+"""``xsearch index --ray``: decode and embed on a Ray cluster; plan and commit on the driver, as locally.
+
+Only the middle of a run moves to the cluster. The driver scans, plans (incremental rules, ``--prune``,
+``--as``, excludes), commits and updates the FAISS indices with the local indexer's own code
+(``Indexer.run``); ``RayIndexer`` replaces just its decode stage with a Ray Data pipeline:
+
+    tasks (driver) -> decode (CPU tasks: hash, content check, preprocess) -> embed (an actor pool: each
+    actor loads the encoder once, on a GPU when the cluster has them) -> outcomes streamed to the driver
+
+So the guarantees are the local ones: one uri-keyed upsert per batch of files (a killed driver loses at most
+the last batch, and a re-run ends with one row per file), bad files become error rows with the same
+reasons, and the run report is the same, plus the nodes that encoded files.
+
+Every node must see the files, and the checkpoint, at the same paths (a shared filesystem or the same
+``XSEARCH_HOME`` cache); only the driver opens the database.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from indexer.pipeline import Indexer, IndexerCfg, encode_outcomes
+from indexer.work import Outcome, Task, prepare
+from xsearch.encoder import Encoder
+from xsearch.errors import UsageError
+from xsearch.preprocess import PreprocessCfg
+from xsearch.store import Store
+
+log = logging.getLogger(__name__)
+
+_DECODE_CPUS = 0.5  # a decode task and an encoder actor share a 1-CPU node
+_ACTOR_CPUS = 0.5
+
+
+def connect(address: str) -> bool:
+    """Join the cluster at ``address`` (``auto``: the one ``ray start`` runs here; ``local``: start one in
+    this process). Returns whether this call started Ray (and should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=None if address == "local" else address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UsageError(
+            f"no Ray cluster at {address!r} ({str(exc).splitlines()[0]}); start one with `ray start --head`, "
+            "or use --ray local",
+            argument="ray",
+        ) from None
+    return True
+
+
+def _decode(batch: dict, cfg: PreprocessCfg) -> dict:
+    return {"outcome": [pickle.dumps(prepare(pickle.loads(task), cfg)) for task in batch["task"]]}
+
+
+class _Embedder:
+    """An actor: loads the encoder once, embeds the decoded outcomes of each batch per modality."""
+
+    def __init__(self, encoder_source: Encoder | Callable[[], Encoder]):
+        import ray
+
+        self.encoder = encoder_source if isinstance(encoder_source, Encoder) else encoder_source()
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        outcomes: list[Outcome] = [pickle.loads(b) for b in batch["outcome"]]
+        waiting = defaultdict(list)
+        for outcome in outcomes:
+            if outcome.ok:
+                waiting[outcome.modality].append(outcome)
+        for modality, group in waiting.items():
+            encode_outcomes(self.encoder, modality, group)
+            for outcome in group:
+                outcome.node = self.node
+        return {"outcome": [pickle.dumps(o) for o in outcomes]}
+
+
+class RayIndexer(Indexer):
+    """``Indexer`` whose decode and encode stages run on a Ray cluster (``connect`` first)."""
+
+    def __init__(
+        self,
+        store: Store,
+        encoder: Encoder,
+        cfg: IndexerCfg = IndexerCfg(),
+        *,
+        encoder_source: Encoder | Callable[[], Encoder] | None = None,
+        actors: int | None = None,
+    ):
+        super().__init__(store, encoder, cfg)
+        self.encoder_source = encoder_source or encoder  # a recipe (a checkpoint path) ships better than weights
+        self.actors = actors
+
+    def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
+        import ray
+
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+        actors = self.actors or max(gpus, len(nodes), 1)
+        log.info("ray: %d files, %d encoder actors (%d GPUs) on %d nodes", len(tasks), actors, gpus, len(nodes))
+        dataset = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks])
+        dataset = dataset.map_batches(
+            functools.partial(_decode, cfg=self.encoder.preprocess), batch_size=4, num_cpus=_DECODE_CPUS
+        )
+        dataset = dataset.map_batches(
+            _Embedder,
+            fn_constructor_args=(self.encoder_source,),
+            batch_size=self.cfg.batch_size,
+            concurrency=actors,
+            num_cpus=_ACTOR_CPUS,
+            num_gpus=1 if gpus else 0,
+            scheduling_strategy="SPREAD",  # one actor per node before a second on any
+        )
+        for row in dataset.iter_rows():
+            yield pickle.loads(row["outcome"])

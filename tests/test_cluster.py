@@ -1,0 +1,64 @@
+"""``xsearch index --ray`` on a local multi-node Ray cluster: the same rows and errors as a local run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xsearch import Collection
+from xsearch.encoder import Encoder
+
+from corpus import bad_corpus, good_corpus
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (pip install -e '.[ray]')")
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no CPUs and two 1-CPU worker nodes: every decode task and actor runs on a worker."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="ERROR")
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _rows(collection: Collection) -> dict[str, tuple]:
+    table = collection.store.scan(["uri", "modality", "sha256", "embedding"]).to_pylist()
+    return {r["uri"]: (r["modality"], r["sha256"], np.asarray(r["embedding"])) for r in table}
+
+
+def _errors(collection: Collection) -> dict[str, tuple]:
+    return {r["uri"]: (r["stage"], r["message"]) for r in collection.errors().to_pylist()}
+
+
+def test_a_cluster_run_equals_a_local_run(cluster, tmp_path, tiny_model):
+    root = tmp_path / "media"
+    root.mkdir()
+    good_corpus(root / "good")
+    bad_corpus(root / "bad")
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
+    local = Collection.open(tmp_path / "local", encoder=encoder)
+    local_report = local.index([root], workers=0)
+    remote = Collection.open(tmp_path / "remote", encoder=encoder)
+    report = remote.index([root], ray="auto", batch_size=4)
+
+    assert len(report.nodes) == 2  # the encoder actors ran on both worker nodes
+    assert (report.indexed, report.failed) == (local_report.indexed, local_report.failed)
+    assert report.indexed > 10 and report.failed > 5
+    want, got = _rows(local), _rows(remote)
+    assert sorted(got) == sorted(want)
+    for uri, (modality, sha256, vector) in want.items():
+        assert got[uri][:2] == (modality, sha256)
+        np.testing.assert_allclose(got[uri][2], vector, atol=1e-6)
+    assert _errors(remote) == _errors(local)
+    assert remote.info()["indices"] == local.info()["indices"]
+
+    again = remote.index([root], ray="auto")
+    assert (again.indexed, again.updated) == (0, 0) and _rows(remote).keys() == want.keys()
