@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--mix", action="store_true", help="images, 10 s audio and 5 s 640x360 video")
+    parser.add_argument("--ray", default=None, help="also index on Ray: 'local' (a cluster on this machine) or ADDRESS")
+    parser.add_argument("--ray-actors", type=int, default=None)
     args = parser.parse_args()
 
     encoder = Encoder(create_model(args.model), device=args.device)
@@ -85,9 +87,9 @@ def main() -> None:
         store = Store.open(work / "db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         indexer = Indexer(store, encoder, cfg)
 
-        list(indexer._loader(tasks[:2]))  # start the fork server once, as a long run would have
+        list(indexer._decoded(tasks[:2]))  # start the fork server once, as a long run would have
         start = time.perf_counter()
-        outcomes = list(indexer._loader(tasks))
+        outcomes = list(indexer._decoded(tasks))
         report("decode only", len(tasks), time.perf_counter() - start)
 
         by_modality: dict = {}
@@ -107,8 +109,36 @@ def main() -> None:
         run = indexer.run([str(corpus)])
         seconds = time.perf_counter() - start
         report("end to end", run.indexed, seconds, failed=run.failed, embed_seconds=round(run.embed_seconds, 2))
+        if args.ray:
+            run_on_ray(args, encoder, cfg, work, corpus, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_on_ray(args, encoder, cfg, work: Path, corpus: Path, report) -> None:
+    """The same files through ``RayIndexer`` into a fresh store: files/s and the rate per encoder actor."""
+    import ray
+
+    from indexer.cluster import RayIndexer, connect
+
+    started_here = connect(args.ray)
+    try:
+        warm = Store.open(work / "ray-warm", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        small = work / "warm-corpus"
+        small.mkdir()
+        make_corpus(small, 4, args.mix)
+        RayIndexer(warm, encoder, cfg, actors=args.ray_actors).run([str(small)])  # workers and actors started once
+        store = Store.open(work / "ray-db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        indexer = RayIndexer(store, encoder, cfg, actors=args.ray_actors)
+        start = time.perf_counter()
+        run = indexer.run([str(corpus)])
+        seconds = time.perf_counter() - start
+        actors = args.ray_actors or max(1, len([n for n in ray.nodes() if n["Alive"]]))
+        report("end to end on ray", run.indexed, seconds, failed=run.failed, actors=actors,
+               per_actor_files_per_s=round(run.indexed / seconds / actors, 2), nodes=len(run.nodes))  # fmt: skip
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 if __name__ == "__main__":
