@@ -107,26 +107,30 @@ def measure(search, queries: np.ndarray, truth: np.ndarray, repeat: int = 3) -> 
     }
 
 
-def lancedb_native(work: Path, ids: np.ndarray, vectors: np.ndarray, queries, truth_ids, sweep, kinds) -> None:
+def lancedb_native(work: Path, ids, vectors, queries, truth_ids, sweep, kinds, nlist=None, reuse=False) -> None:
     import lancedb
     import pyarrow as pa
 
     db = lancedb.connect(work / "lancedb-native")
-    table = db.create_table(
-        "vectors",
-        pa.table({"id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])}),
-        mode="overwrite",
-    )
     n = len(ids)
-    nlist = search_defaults(n)[0]
+    nlist = nlist or search_defaults(n)[0]
     for kind in kinds:
-        started = time.perf_counter()
-        extra = {"num_sub_vectors": vectors.shape[1] // 16} if kind == "IVF_PQ" else {}  # 64 B codes, as ours
-        table.create_index(metric="dot", vector_column_name="vector", index_type=kind, num_partitions=nlist, **extra)
-        build_s = time.perf_counter() - started
+        name = f"vectors_{kind.lower()}"
+        build_s = None
+        if reuse and name in db.table_names():  # the index of an earlier run (building takes minutes)
+            table = db.open_table(name)
+        else:
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+            table = db.create_table(name, pa.table({"id": ids, "vector": column}), mode="overwrite")
+            started = time.perf_counter()
+            extra = {"num_sub_vectors": vectors.shape[1] // 16} if kind == "IVF_PQ" else {}  # 64 B codes
+            table.create_index(
+                metric="dot", vector_column_name="vector", index_type=kind, num_partitions=nlist, **extra
+            )
+            build_s = round(time.perf_counter() - started, 1)
         for nprobe, refine in sweep:
 
-            def search(q, nprobe=nprobe, refine=refine):
+            def search(q, nprobe=nprobe, refine=refine, table=table):
                 out = []
                 for row in q:
                     query = table.search(row, vector_column_name="vector").distance_type("dot").nprobes(nprobe)
@@ -135,7 +139,7 @@ def lancedb_native(work: Path, ids: np.ndarray, vectors: np.ndarray, queries, tr
                     out.append(query.limit(10).select(["id"]).to_arrow()["id"].to_numpy())
                 return np.stack([np.pad(r, (0, 10 - len(r)), constant_values=-1) for r in out])
 
-            emit("lancedb", kind=kind, nlist=nlist, nprobe=nprobe, refine=refine, build_s=round(build_s, 1),
+            emit("lancedb", kind=kind, nlist=nlist, nprobe=nprobe, refine=refine, build_s=build_s,
                  **measure(search, queries, truth_ids, repeat=1))  # fmt: skip
 
 
@@ -152,6 +156,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="32:10,64:10,32:20,64:20,128:20,64:40")
     parser.add_argument("--lancedb", default="IVF_PQ,IVF_HNSW_SQ", help="native index kinds ('' to skip)")
     parser.add_argument("--lancedb-sweep", default="20:0,40:10,80:10,160:10")
+    parser.add_argument("--lancedb-nlist", type=int, default=None, help="partitions (default: ours)")
     args = parser.parse_args()
     db = args.work / "db"
     store = Store.open(db, create=False) if args.reuse else write_store(db, args.n)
@@ -182,7 +187,9 @@ def main() -> None:
 
     if args.lancedb:
         sweep = [tuple(map(int, pair.split(":"))) for pair in args.lancedb_sweep.split(",")]
-        lancedb_native(args.work, ids, vectors, queries, truth, sweep, args.lancedb.split(","))
+        lancedb_native(
+            args.work, ids, vectors, queries, truth, sweep, args.lancedb.split(","), args.lancedb_nlist, args.reuse
+        )
     del vectors
 
     if args.topup:
