@@ -185,19 +185,19 @@ def main() -> None:
         emit("ivfpq", n=args.n, nlist=index.index.nlist, nprobe=nprobe, refine=refine, **facts,
              x_flat_qps=round(facts["qps"] / flat_facts["qps"], 1))  # fmt: skip
 
-    if args.lancedb:
-        sweep = [tuple(map(int, pair.split(":"))) for pair in args.lancedb_sweep.split(",")]
-        lancedb_native(
-            args.work, ids, vectors, queries, truth, sweep, args.lancedb.split(","), args.lancedb_nlist, args.reuse
-        )
-    del vectors
-
     if args.topup:
         store.add_items([ItemRecord(f"/new/{i}.jpg", "image", v)
                          for i, v in enumerate(clustered_embeddings(args.topup, seed=99))])  # fmt: skip
         started = time.perf_counter()
         index = IndexSet(store, IndexCfg(flat_threshold=0, use_gpu=False)).fresh("image")
         emit("topup", n=args.n, added=args.topup, seconds=round(time.perf_counter() - started, 2), count=len(index))
+
+    if args.lancedb:
+        sweep = [tuple(map(int, pair.split(":"))) for pair in args.lancedb_sweep.split(",")]
+        lancedb_native(
+            args.work, ids, vectors, queries, truth, sweep, args.lancedb.split(","), args.lancedb_nlist, args.reuse
+        )
+    del vectors
 
 
 if __name__ == "__main__":

@@ -62,3 +62,38 @@ def test_a_cluster_run_equals_a_local_run(cluster, tmp_path, tiny_model):
 
     again = remote.index([root], ray="auto")
     assert (again.indexed, again.updated) == (0, 0) and _rows(remote).keys() == want.keys()
+
+
+def test_a_killed_cluster_driver_resumes_to_one_row_per_file(cluster, tmp_path, tiny_model):
+    """The driver is SIGKILLed after its first commit; the re-run ends with exactly one row per file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from xsearch.model import save_checkpoint
+
+    root = tmp_path / "media"
+    root.mkdir()
+    files = good_corpus(root)
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    db = tmp_path / "db"
+    xsearch = str(Path(sys.executable).parent / "xsearch")
+    argv = [xsearch, "index", str(root), "--db", str(db), "--checkpoint", str(checkpoint), "--quiet"]
+    argv += ["--ray", cluster.address, "--commit-every", "2", "--batch-size", "2"]
+    manifests = db / "items.lance" / "_versions"
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and len(list(manifests.glob("*.manifest"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert killed  # mid-run, after at least one commit
+    final = subprocess.run(argv, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    collection = Collection.open(db, checkpoint=checkpoint)
+    uris = collection.store.scan(["uri", "id"]).to_pylist()
+    assert sorted(r["uri"] for r in uris) == sorted(str(p.resolve()) for p in files)  # no file twice or missing
+    assert len({r["id"] for r in uris}) == len(files)
