@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -338,22 +339,34 @@ class VectorIndex:
             vectors = exact.astype(np.float16)
             _append_exactly(target / IDS, ids, start * 8)
             _append_exactly(target / VECTORS, vectors, start * 2 * self.rows.dim)
-            segment = faiss.clone_index(self.template)
-            _add_rows(segment, exact, start)
-            name = f"seg-{generation}.faiss"
-            faiss.write_index(segment, str(target / name))
-            segments = [
-                *segments,
-                {"file": name, "rows": [start, stop], "sha256": _file_sha256(target / name), "topup": topup,
-                 "ids_sha256": _sha256(ids), "vectors_sha256": _sha256(vectors)},
-            ]  # fmt: skip
-        dead_name = f"dead-{generation}.npy"
+            if start == 0:
+                segment = self.index  # every row is new: the segment is the index itself
+            else:
+                segment = faiss.clone_index(self.template)
+                _add_rows(segment, exact, start)
+            segments = [*segments, _segment(target, generation, segment, start, stop, _sha256(ids), _sha256(vectors))]
+            segments[-1]["topup"] = topup
+        self._commit(target, segments, covers)
+        if fresh:
+            old = directory.with_name(directory.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if directory.exists():
+                os.replace(directory, old)
+            os.replace(target, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        self.saved_rows = stop
+        self.rows = _open_rows(directory, self.rows.dim, stop)  # the saved rows, memory-mapped again
+        return segments
+
+    def _commit(self, target: Path, segments: list[dict], covers: dict) -> None:
+        """The mask, then ``meta.json`` (atomically): what readers trust is written last."""
+        dead_name = f"dead-{secrets.token_hex(6)}.npy"  # a new name each time: meta.json switches atomically
         np.save(target / dead_name, np.flatnonzero(self.dead))
         meta = {
             "format": FORMAT,
             "kind": self.kind,
             "dim": self.rows.dim,
-            "rows": stop,
+            "rows": len(self.rows),
             "count": len(self),
             "cfg": asdict(self.cfg),
             "trained_sha256": self._trained_sha256(target),
@@ -365,19 +378,9 @@ class VectorIndex:
         tmp = target / (META + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, target / META)
-        if fresh:
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if directory.exists():
-                os.replace(directory, old)
-            os.replace(target, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in directory.glob("dead-*.npy"):
+        for stale in target.glob("dead-*.npy"):
             if stale.name != dead_name:
                 stale.unlink(missing_ok=True)
-        self.saved_rows = stop
-        self.rows = _open_rows(directory, self.rows.dim, stop)  # the saved rows, memory-mapped again
-        return segments
 
     def _trained_sha256(self, directory: Path) -> str:
         if getattr(self, "_trained_digest", None) is None:
@@ -421,6 +424,35 @@ class VectorIndex:
         out.saved_rows = meta["rows"]
         out._tune(len(out))
         return out, meta
+
+
+def _segment(target: Path, generation: int, index, start: int, stop: int, ids_sha256: str, vectors_sha256: str):
+    name = f"seg-{generation}.faiss"
+    _faiss().write_index(index, str(target / name))
+    return {"file": name, "rows": [start, stop], "sha256": _file_sha256(target / name),
+            "ids_sha256": ids_sha256, "vectors_sha256": vectors_sha256}  # fmt: skip
+
+
+class _RowFiles:
+    """Rows written straight to ``rows.ids`` / ``rows.f16`` while a build adds them (hashed as they go)."""
+
+    def __init__(self, directory: Path):
+        self.ids, self.vectors = open(directory / IDS, "wb"), open(directory / VECTORS, "wb")
+        self.ids_sha256, self.vectors_sha256 = hashlib.sha256(), hashlib.sha256()
+        self.count = 0
+
+    def write(self, ids: np.ndarray, vectors16: np.ndarray) -> None:
+        for handle, digest, data in ((self.ids, self.ids_sha256, ids), (self.vectors, self.vectors_sha256, vectors16)):
+            view = memoryview(np.ascontiguousarray(data)).cast("B")
+            handle.write(view)
+            digest.update(view)
+        self.count += len(ids)
+
+    def close(self) -> None:
+        for handle in (self.ids, self.vectors):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
 
 
 def read_meta(directory: Path) -> dict:
@@ -552,33 +584,39 @@ class IndexSet:
             sample = self._sample(where, version, n, _train_size(n, self.cfg))
         index = VectorIndex.empty(self.store.embed_dim, n, self.cfg, sample)
         del sample
+        batches = self.store.iter_vectors(where, version, self.cfg.chunk_rows)
+        if not persist:
+            for ids, vectors in batches:
+                index.add(ids, vectors)
+            return index
+        # Rows go straight to files as they are added: RAM holds the index codes and one batch, never every
+        # vector. The directory is built beside the old one and renamed over it when complete.
         directory = self.directory(modality)
-        segments = None
-        for ids, vectors in self.store.iter_vectors(where, version, self.cfg.chunk_rows):
-            index.add(ids, vectors)
-            if persist and len(index.rows) - index.saved_rows >= 2 * self.cfg.chunk_rows:
-                # Flush to files as it goes: RAM holds the codes and one batch, never every vector.
-                segments = self._flush_build(index, directory, segments)
+        building = directory.with_name(directory.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        files = _RowFiles(building)
+        try:
+            for ids, vectors in batches:
+                vectors = _normalise(vectors)
+                _add_rows(index.index, vectors, files.count)
+                files.write(np.asarray(ids, np.int64), vectors.astype(np.float16))
+        finally:
+            files.close()
+        index.rows = _open_rows(building, self.store.embed_dim, files.count)
+        index.dead = np.zeros(files.count, bool)
+        index.saved_rows = files.count
+        _faiss().write_index(index.template, str(building / TRAINED))
+        segment = _segment(building, 0, index.index, 0, files.count, files.ids_sha256.hexdigest(),
+                           files.vectors_sha256.hexdigest())  # fmt: skip
+        index._commit(building, [segment], self._covers(modality, version))
+        self._replace(directory, building)
+        index.rows = _open_rows(directory, self.store.embed_dim, files.count)
         log.info("%s index: built %s of %d vectors", modality, index.kind, len(index))
-        if persist:
-            index.save(self._building(directory), self._covers(modality, version), segments)
-            self._finish_build(directory)
         return index
 
-    def _building(self, directory: Path) -> Path:
-        return directory.with_name(directory.name + ".building")
-
-    def _flush_build(self, index: VectorIndex, directory: Path, segments):
-        """Append the rows added so far to the directory being built (one segment per flush)."""
-        building = self._building(directory)
-        if segments is None:
-            shutil.rmtree(building, ignore_errors=True)
-            segments = index.save(building, {"building": True})
-            return segments
-        return index.save(building, {"building": True}, segments)
-
-    def _finish_build(self, directory: Path) -> None:
-        building = self._building(directory)
+    @staticmethod
+    def _replace(directory: Path, building: Path) -> None:
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
