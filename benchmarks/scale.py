@@ -107,7 +107,7 @@ def measure(search, queries: np.ndarray, truth: np.ndarray, repeat: int = 3) -> 
     }
 
 
-def lancedb_native(work: Path, ids, vectors, queries, truth_ids, sweep, kinds, nlist=None, reuse=False) -> None:
+def lancedb_native(work: Path, ids, vectors, queries, truth_ids, sweep, kinds, nlist, reuse, code_bytes) -> None:
     import lancedb
     import pyarrow as pa
 
@@ -115,7 +115,7 @@ def lancedb_native(work: Path, ids, vectors, queries, truth_ids, sweep, kinds, n
     n = len(ids)
     nlist = nlist or search_defaults(n)[0]
     for kind in kinds:
-        name = f"vectors_{kind.lower()}"
+        name = f"vectors_{kind.lower()}_{code_bytes}"
         build_s = None
         if reuse and name in db.table_names():  # the index of an earlier run (building takes minutes)
             table = db.open_table(name)
@@ -123,7 +123,7 @@ def lancedb_native(work: Path, ids, vectors, queries, truth_ids, sweep, kinds, n
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
             table = db.create_table(name, pa.table({"id": ids, "vector": column}), mode="overwrite")
             started = time.perf_counter()
-            extra = {"num_sub_vectors": vectors.shape[1] // 16} if kind == "IVF_PQ" else {}  # 64 B codes
+            extra = {"num_sub_vectors": code_bytes} if kind == "IVF_PQ" else {}  # 8-bit codes: 1 byte each
             table.create_index(
                 metric="dot", vector_column_name="vector", index_type=kind, num_partitions=nlist, **extra
             )
@@ -139,7 +139,8 @@ def lancedb_native(work: Path, ids, vectors, queries, truth_ids, sweep, kinds, n
                     out.append(query.limit(10).select(["id"]).to_arrow()["id"].to_numpy())
                 return np.stack([np.pad(r, (0, 10 - len(r)), constant_values=-1) for r in out])
 
-            emit("lancedb", kind=kind, nlist=nlist, nprobe=nprobe, refine=refine, build_s=build_s,
+            code = code_bytes if kind == "IVF_PQ" else None
+            emit("lancedb", kind=kind, code_bytes=code, nlist=nlist, nprobe=nprobe, refine=refine, build_s=build_s,
                  **measure(search, queries, truth_ids, repeat=1))  # fmt: skip
 
 
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--lancedb", default="IVF_PQ,IVF_HNSW_SQ", help="native index kinds ('' to skip)")
     parser.add_argument("--lancedb-sweep", default="20:0,40:10,80:10,160:10")
     parser.add_argument("--lancedb-nlist", type=int, default=None, help="partitions (default: ours)")
+    parser.add_argument("--lancedb-code-bytes", type=int, default=128, help="IVF_PQ code size (default: ours)")
     args = parser.parse_args()
     db = args.work / "db"
     store = Store.open(db, create=False) if args.reuse else write_store(db, args.n)
@@ -195,8 +197,9 @@ def main() -> None:
     if args.lancedb:
         sweep = [tuple(map(int, pair.split(":"))) for pair in args.lancedb_sweep.split(",")]
         lancedb_native(
-            args.work, ids, vectors, queries, truth, sweep, args.lancedb.split(","), args.lancedb_nlist, args.reuse
-        )
+            args.work, ids, vectors, queries, truth, sweep, args.lancedb.split(","), args.lancedb_nlist, args.reuse,
+            args.lancedb_code_bytes,
+        )  # fmt: skip
     del vectors
 
 
