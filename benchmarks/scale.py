@@ -180,7 +180,7 @@ def main() -> None:
     emit("flat", n=args.n, **flat_facts)
     flat.reset()  # free its copy of the vectors
 
-    for nprobe, refine in (tuple(map(int, pair.split(":"))) for pair in args.sweep.split(",")):
+    for nprobe, refine in (tuple(map(int, pair.split(":"))) for pair in args.sweep.split(",") if pair):
         tuned = IndexCfg(flat_threshold=0, nprobe=nprobe, refine_factor=refine, use_gpu=False)
         index = IndexSet(store, tuned).fresh("image", persist=False)
         facts = measure(lambda q, index=index: index.search(q, 10)[1], queries, truth)
