@@ -350,12 +350,7 @@ class VectorIndex:
             segments[-1]["topup"] = topup
         self._commit(target, segments, covers)
         if fresh:
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if directory.exists():
-                os.replace(directory, old)
-            os.replace(target, directory)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_directory(directory, target)
         self.saved_rows = stop
         self.rows = _open_rows(directory, self.rows.dim, stop)  # the saved rows, memory-mapped again
         return segments
@@ -455,6 +450,16 @@ class _RowFiles:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+
+
+def _replace_directory(directory: Path, new: Path) -> None:
+    """``new`` takes ``directory``'s place by renames: a reader sees the old index or the new one."""
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(new, directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(directory: Path) -> dict:
@@ -611,19 +616,10 @@ class IndexSet:
         _faiss().write_index(index.template, str(building / TRAINED))
         segment = _segment(building, 0, index.index, 0, files.count, files.ids_crc32, files.vectors_crc32)
         index._commit(building, [segment], self._covers(modality, version))
-        self._replace(directory, building)
+        _replace_directory(directory, building)
         index.rows = _open_rows(directory, self.store.embed_dim, files.count)
         log.info("%s index: built %s of %d vectors", modality, index.kind, len(index))
         return index
-
-    @staticmethod
-    def _replace(directory: Path, building: Path) -> None:
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(building, directory)
-        shutil.rmtree(old, ignore_errors=True)
 
     def _sample(self, where: ItemFilter, version: int, n: int, size: int) -> np.ndarray:
         """``size`` vectors at seeded random positions among the ``n`` rows, read in one streaming pass."""
