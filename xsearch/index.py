@@ -58,7 +58,7 @@ class IndexCfg:
     refine_factor: int | None = None  # candidates re-ranked exactly: k * refine_factor; None: ``search_defaults``
     pq_bytes_per_dim: float = 1 / 8  # PQ code size: d/4 sub-quantisers of 4 bits = d/8 bytes (128 B at 1024-d)
     train_size: int | None = None  # training sample; None: 50 points per list, at most 100k
-    chunk_rows: int = 32_768  # rows read from the store per batch while building
+    chunk_rows: int = 16_384  # rows read from the store per batch while building
     max_segments: int = 16  # more top-ups than this and the next writer rebuilds
     max_dead_fraction: float = 0.25  # ... or more masked rows than this
     use_gpu: bool | None = None  # None: when faiss sees a GPU
@@ -656,10 +656,13 @@ class IndexSet:
             return index
         if meta.get("indexed_until") is None or meta.get("table_version", -1) > version:
             return self.build(modality, persist)  # covers a version the table no longer has
-        current = self.store.ids(modality, version=version)
-        added = np.setdiff1d(current, index.ids)
-        removed = np.setdiff1d(index.ids, current)
-        updated = np.intersect1d(self.store.ids_indexed_after(meta["indexed_until"], modality, version), index.ids)
+        # Ids are unique on both sides: ``assume_unique`` skips numpy's hashing unique(), seconds at 1M rows.
+        current = np.sort(self.store.ids(modality, version=version))
+        live = index.ids
+        added = np.setdiff1d(current, live, assume_unique=True)
+        removed = np.setdiff1d(live, current, assume_unique=True)
+        after = np.sort(self.store.ids_indexed_after(meta["indexed_until"], modality, version))
+        updated = np.intersect1d(after, live, assume_unique=True)
         index.remove(np.union1d(removed, updated))
         found, vectors = self.store.vectors(np.union1d(added, updated))
         index.add(found, vectors)
