@@ -69,7 +69,7 @@ def search_defaults(n: int) -> tuple[int, int, int]:
     ``benchmarks/search.py`` on embedding-like vectors; the table is in BENCHMARKS.md)."""
     nlist = 2 ** round(math.log2(max(2 * math.sqrt(n), 16)))
     nlist = int(min(nlist, max(n // 39, 16)))
-    return nlist, default_nprobe(nlist), 20
+    return nlist, default_nprobe(nlist), 15
 
 
 def default_nprobe(nlist: int) -> int:
