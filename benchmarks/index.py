@@ -7,7 +7,7 @@ The corpus is generated (JPEG photos 640x480 by default, or a mix with ``--mix``
 with random weights: throughput does not depend on the weights. Three numbers, same batch size:
 
 - encoder only: preprocessed tensors already in memory, ``Encoder.encode`` in batches;
-- decode only: the indexer's ``DataLoader`` over the files with ``--workers`` processes, no model;
+- decode only: the indexer's supervised decode pool over the files with ``--workers`` processes, no model;
 - end to end: ``Indexer.run`` into a fresh database (scan, decode, encode, commits, FAISS update).
 
 End to end close to ``min(encoder, decode)`` means the stages overlap; far below it means one waits.
