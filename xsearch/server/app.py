@@ -140,7 +140,7 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
     def info() -> dict:
         """Counts per modality, model, precision, index freshness, errors, size."""
         with _http_errors():
-            return collection.info()
+            return collection.info(check=False)  # per request: counts, not a scan of every row
 
     @app.post("/api/classify", dependencies=guarded)
     def classify(
