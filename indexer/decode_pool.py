@@ -19,6 +19,7 @@ the main process, which is busy encoding, to hand it the next.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 GIB = 1 << 30
 _DEPTH = 2  # files handed to a worker at once: the one it decodes and the next
 _POLL_SECONDS = 0.5  # how often deadlines are checked while nothing arrives
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
 def default_memory_bytes(workers: int) -> int:
@@ -187,7 +189,15 @@ def _serve(conn, work, memory_bytes: int) -> None:
 
 
 def _cap_address_space(budget: int) -> None:
-    """``RLIMIT_AS`` = what this process maps now + ``budget``: allocations beyond fail in this worker only."""
+    """``RLIMIT_AS`` = what this process maps now + ``budget``: allocations beyond fail in this worker only.
+
+    glibc reserves 64 MB of address space per malloc arena, up to eight per core, for the codec's threads;
+    on a many-core machine that alone would pass the cap, so the arenas are limited to two first.
+    """
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/statm") as handle:
             mapped = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
