@@ -48,5 +48,5 @@ def info(
         index = facts["indices"][modality]
         state = "missing" if index["kind"] is None else f"{index['kind']}, {'fresh' if index['fresh'] else 'stale'}"
         if "damaged" in index:
-            state = "damaged (xsearch index rebuilds it)"
+            state = "damaged or from an older xsearch (xsearch index rebuilds it)"
         typer.echo(f"  {modality:<8} {count:>8}  index: {state}")

@@ -468,6 +468,9 @@ def read_meta(directory: Path) -> dict:
         meta = json.loads((Path(directory) / META).read_text())
     except (OSError, ValueError) as exc:
         raise SearchIndexError(f"{directory}: unreadable {META} ({str(exc).splitlines()[0]})") from None
+    written = meta.get("format", 1) if isinstance(meta, dict) else None
+    if isinstance(written, int) and written < FORMAT and "kind" in meta:
+        raise SearchIndexError(f"{directory}: written by an older xsearch (format {written}); rebuilt")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "kind" not in meta:
         raise SearchIndexError(f"{directory}: {META} is not an index description of format {FORMAT}")
     return meta
