@@ -120,29 +120,28 @@ def decode_audio(
     name = os.fspath(path)
     with open_container(path) as container:
         stream, rate, _ = _audio_stream(container, name, cfg)
-        cap = int(cfg.max_seconds * rate)
-        limit = cap if max_samples is None else min(max_samples, cap)
-        pieces, count = [], 0
-        for _, piece in _mono_pieces(container, stream, rate, name):
-            pieces.append(piece)
-            count += len(piece)
-            if count > limit:
-                if limit < cap:
-                    raise _LongerThan()
-                raise DecodeError(name, _too_long(count / rate, cfg))
+        pieces = list(_counted_pieces(container, stream, rate, name, cfg, max_samples))
     return torch.from_numpy(_checked(name, pieces)).unsqueeze(0), rate
 
 
-def _count_samples(name: str, cfg: AudioCfg) -> tuple[int, int]:
-    """``(samples, rate)`` by decoding and discarding: the length of a file whose header does not say."""
+def _count_samples(name: str, cfg: AudioCfg) -> int:
+    """The samples of a file whose header does not say, by decoding and discarding them."""
     with open_container(name) as container:
         stream, rate, _ = _audio_stream(container, name, cfg)
-        cap, count = int(cfg.max_seconds * rate), 0
-        for _, piece in _mono_pieces(container, stream, rate, name):
-            count += len(piece)
-            if count > cap:
-                raise DecodeError(name, _too_long(count / rate, cfg))
-    return count, rate
+        return sum(len(piece) for piece in _counted_pieces(container, stream, rate, name, cfg))
+
+
+def _counted_pieces(container, stream, rate: int, name: str, cfg: AudioCfg, limit: int | None = None):
+    """Mono pieces, counted as they arrive: past ``cfg.max_seconds`` a ``DecodeError``, past ``limit``
+    samples (when below that cap) ``_LongerThan``."""
+    cap, count = int(cfg.max_seconds * rate), 0
+    for _, piece in _mono_pieces(container, stream, rate, name):
+        count += len(piece)
+        if limit is not None and limit < cap and count > limit:
+            raise _LongerThan()
+        if count > cap:
+            raise DecodeError(name, _too_long(count / rate, cfg))
+        yield piece
 
 
 def _clip_windows(samples: int, rate: int, cfg: AudioCfg) -> list[tuple[int, int, int, int]]:
@@ -295,7 +294,7 @@ def prepare(path, cfg: AudioCfg, thumbnail: bool = True) -> Preprocessed:
             if thumbnail:
                 meta["thumbnail"] = thumbnails.waveform_thumbnail(waveform[0].numpy())
             return Preprocessed(waveform_to_clips(waveform, rate, cfg), meta)
-    samples = round(duration * rate) if seek else _count_samples(name, cfg)[0]
+    samples = round(duration * rate) if seek else _count_samples(name, cfg)
     clips, heard = _windowed_clips(name, samples, rate, cfg, seek)
     meta = {"duration": samples / rate, "sample_rate": rate}
     if thumbnail:
