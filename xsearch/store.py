@@ -376,25 +376,26 @@ class Store:
 
     @_guarded
     def count(self, modality: Modality | None = None, version: int | None = None) -> int:
+        return self._dataset(version).count_rows(ItemFilter(modality=modality).sql())
+
+    def _dataset(self, version: int | None = None):
+        """The ``items`` Lance dataset at ``version`` (the latest when ``None``)."""
         dataset = self.items().to_lance()
-        if version is not None:
-            dataset = dataset.checkout_version(version)
-        return dataset.count_rows(ItemFilter(modality=modality).sql())
+        return dataset if version is None else dataset.checkout_version(version)
 
     @_guarded
     def version_key(self, version: int | None = None) -> str:
         """The table version and its commit time: unlike the number alone, it cannot come back (a lost
         newest manifest makes the next commit reuse its number)."""
-        dataset = self.items().to_lance()
-        if version is not None:
-            dataset = dataset.checkout_version(version)
+        dataset = self._dataset(version)
         moment = next(v["timestamp"] for v in reversed(dataset.versions()) if v["version"] == dataset.version)
         return f"{dataset.version}@{moment.isoformat()}"
 
     def iter_vectors(self, where: ItemFilter, version: int, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(ids, float32 [n, dim])`` batches of the rows ``where`` selects, streamed from disk."""
-        dataset = self.items().to_lance().checkout_version(version)
-        batches = dataset.to_batches(columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows)
+        batches = self._dataset(version).to_batches(
+            columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows
+        )
         with _translated(self.path / f"{ITEMS}.lance"):
             for batch in batches:
                 if batch.num_rows:
@@ -404,7 +405,7 @@ class Store:
         """Read every row of every column (what ``info`` vouches for); returns the rows read."""
         rows = 0
         with _translated(self.path / f"{ITEMS}.lance"):
-            for batch in self.items().to_lance().to_batches(batch_size=batch_rows):
+            for batch in self._dataset().to_batches(batch_size=batch_rows):
                 rows += batch.num_rows
         with _translated(self.path / f"{ERRORS}.lance"):
             self.errors().to_arrow()
@@ -412,9 +413,7 @@ class Store:
 
     def scan(self, columns: Sequence[str], where: ItemFilter | None = None, version: int | None = None) -> pa.Table:
         """Columns of ``items`` (the rows ``where`` selects, all when ``None``) as an Arrow table."""
-        dataset = self.items().to_lance()
-        if version is not None:
-            dataset = dataset.checkout_version(version)
+        dataset = self._dataset(version)
         sql = where.sql() if where is not None else None
         try:
             return dataset.to_table(columns=list(columns), filter=sql)
