@@ -130,26 +130,31 @@ class Collection:
     def encoder(self):
         """The encoder, loaded on first use."""
         if self._encoder is None:
-            from xsearch.encoder import Encoder
-            from xsearch.model.config import architecture_of
-            from xsearch.model.pretrained import PRETRAINED
-
-            model_id = self._known_model()
-            checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
-            if not checkpoint and model_id is not None and model_id not in PRETRAINED:
-                # Only published weights can be downloaded; anything else must be the file it was made with.
-                where = f"{self.path} holds embeddings of '{model_id}'" if self.exists() else f"model '{model_id}'"
-                raise UsageError(
-                    f"{where}, which has no downloadable weights: give the checkpoint file it was made with "
-                    "(or set XSEARCH_CHECKPOINT)",
-                    argument="checkpoint",
-                )
-            # With no model known, a checkpoint file may name its own architecture (random-checkpoint's do).
-            architecture = architecture_of(model_id) if model_id else None
-            self._encoder = Encoder.from_pretrained(
-                checkpoint, architecture, self._device, self._precision, verify=self._verify
-            )
+            self._encoder = self._encoder_recipe(self._device, verify=self._verify)()
         return self._encoder
+
+    def _encoder_recipe(self, device: str, verify: bool = False):
+        """How to make this collection's encoder, as a picklable call: cluster nodes make theirs from the
+        same checkpoint path (or cache) rather than receiving the weights over the network."""
+        from xsearch.encoder import Encoder
+        from xsearch.model.config import architecture_of
+        from xsearch.model.pretrained import PRETRAINED
+
+        model_id = self._known_model()
+        checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+        if not checkpoint and model_id is not None and model_id not in PRETRAINED:
+            # Only published weights can be downloaded; anything else must be the file it was made with.
+            where = f"{self.path} holds embeddings of '{model_id}'" if self.exists() else f"model '{model_id}'"
+            raise UsageError(
+                f"{where}, which has no downloadable weights: give the checkpoint file it was made with "
+                "(or set XSEARCH_CHECKPOINT)",
+                argument="checkpoint",
+            )
+        # With no model known, a checkpoint file may name its own architecture (random-checkpoint's do).
+        architecture = architecture_of(model_id) if model_id else None
+        return functools.partial(
+            Encoder.from_pretrained, checkpoint, architecture, device, self._precision, verify=verify
+        )
 
     @property
     def engine(self):
@@ -254,25 +259,11 @@ class Collection:
 
         started_here = connect(address)
         try:
-            return RayIndexer(store, encoder, cfg, encoder_source=self._encoder_recipe(), actors=actors).run(
-                roots, options
-            )
+            recipe = None if self._injected_encoder else self._encoder_recipe("auto")  # a given encoder ships as is
+            return RayIndexer(store, encoder, cfg, encoder_source=recipe, actors=actors).run(roots, options)
         finally:
             if started_here:
                 ray.shutdown()
-
-    def _encoder_recipe(self):
-        """How a cluster node makes this collection's encoder: from the same checkpoint path (or the cache)
-        rather than weights shipped over the network; ``None`` for an encoder given as an object."""
-        if self._injected_encoder:
-            return None
-        from xsearch.encoder import Encoder
-        from xsearch.model.config import architecture_of
-
-        checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
-        model_id = self._known_model()
-        architecture = architecture_of(model_id) if model_id else None
-        return functools.partial(Encoder.from_pretrained, checkpoint, architecture, "auto", self._precision)
 
     def search(
         self,
