@@ -129,15 +129,17 @@ _SCORE_SLACK = 1e-2  # float16 vectors: a cosine may round a little past 1
 class _Rows:
     """Row-aligned ids and float16 vectors: saved rows through memory maps, rows added since in RAM.
 
-    Rows not saved yet also keep their float32 vectors: their segment's codes are made from those, exactly
-    as a build from scratch would make them.
+    Rows added after saved ones also keep their float32 vectors: they become a top-up segment, whose codes
+    are made from those, exactly as a build from scratch would make them. Rows of an index never saved
+    need not: its first segment is the index itself.
     """
 
     def __init__(self, dim: int, ids=None, vectors=None):
         self.dim = dim
         self.ids_parts = [ids] if ids is not None else []
         self.vector_parts = [vectors] if vectors is not None else []
-        self.unsaved: list[np.ndarray] = []  # float32 of the rows appended since the files were opened
+        self.saved = len(ids) if ids is not None else 0  # rows that came from files
+        self.unsaved: list[np.ndarray] = []  # float32 of the rows appended after saved ones
         self._ids = None
 
     def __len__(self) -> int:
@@ -150,10 +152,15 @@ class _Rows:
         return self._ids
 
     def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self.saved:  # after saved rows: a top-up
+            self.unsaved.append(vectors)
         self.ids_parts.append(np.asarray(ids, np.int64))
         self.vector_parts.append(vectors.astype(np.float16))
-        self.unsaved.append(vectors)
         self._ids = None
+
+    def vectors_f16(self) -> np.ndarray:
+        """Every row's float16 vector, in one array."""
+        return np.concatenate(self.vector_parts) if self.vector_parts else np.empty((0, self.dim), np.float16)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """float32 vectors of ``rows`` (any shape), gathered from the parts they live in."""
@@ -181,6 +188,7 @@ class VectorIndex:
         self.kind = kind
         self.cfg = cfg
         self.saved_rows = 0  # rows already in files (set by ``load`` / ``save``)
+        self.trained_crc32: int | None = None  # of ``trained.faiss``, once written or read
         self.nprobe, self.refine = cfg.nprobe, cfg.refine_factor
         self._selector = None
         self._live_ids = None
@@ -331,21 +339,22 @@ class VectorIndex:
         if fresh:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
-            faiss.write_index(self.template, str(target / TRAINED))
+            self.trained_crc32 = _write_trained(self.template, target)
             segments = []
         start, stop = self.saved_rows, len(self.rows)
         generation = len(segments)
         if stop > start or fresh:
             ids = self.rows.ids[start:stop]
-            exact = np.concatenate(self.rows.unsaved) if self.rows.unsaved else np.empty((0, self.rows.dim), np.float32)
-            vectors = exact.astype(np.float16)
-            _append_exactly(target / IDS, ids, start * 8)
-            _append_exactly(target / VECTORS, vectors, start * 2 * self.rows.dim)
-            if start == 0:
-                segment = self.index  # every row is new: the segment is the index itself
+            if start == 0:  # every row is new: the segment is the index itself
+                segment = self.index
+                vectors = self.rows.vectors_f16()
             else:
+                exact = np.concatenate(self.rows.unsaved)
                 segment = faiss.clone_index(self.template)
                 _add_rows(segment, exact, start)
+                vectors = exact.astype(np.float16)
+            _append_exactly(target / IDS, ids, start * 8)
+            _append_exactly(target / VECTORS, vectors, start * 2 * self.rows.dim)
             segments = [*segments, _segment(target, generation, segment, start, stop, _crc32(ids), _crc32(vectors))]
             segments[-1]["topup"] = topup
         self._commit(target, segments, covers)
@@ -366,7 +375,7 @@ class VectorIndex:
             "rows": len(self.rows),
             "count": len(self),
             "cfg": asdict(self.cfg),
-            "trained_crc32": self._trained_crc32(target),
+            "trained_crc32": self.trained_crc32,
             "segments": segments,
             "dead": dead_name,
             "dead_crc32": _file_crc32(target / dead_name),
@@ -378,11 +387,6 @@ class VectorIndex:
         for stale in target.glob("dead-*.npy"):
             if stale.name != dead_name:
                 stale.unlink(missing_ok=True)
-
-    def _trained_crc32(self, directory: Path) -> int:
-        if getattr(self, "_trained_digest", None) is None:
-            self._trained_digest = _file_crc32(directory / TRAINED)
-        return self._trained_digest
 
     @classmethod
     def load(cls, directory: Path, cfg: IndexCfg | None = None, verify: bool = False) -> tuple[VectorIndex, dict]:
@@ -418,9 +422,14 @@ class VectorIndex:
             raise SearchIndexError(f"{directory}: unreadable index ({str(exc).splitlines()[0]})") from None
         stored_cfg = IndexCfg(**{f.name: meta["cfg"][f.name] for f in fields(IndexCfg) if f.name in meta["cfg"]})
         out = cls(index, template, rows, dead, meta["kind"], cfg or stored_cfg)
-        out.saved_rows = meta["rows"]
+        out.saved_rows, out.trained_crc32 = meta["rows"], meta["trained_crc32"]
         out._tune(len(out))
         return out, meta
+
+
+def _write_trained(template, target: Path) -> int:
+    _faiss().write_index(template, str(target / TRAINED))
+    return _file_crc32(target / TRAINED)
 
 
 def _segment(target: Path, generation: int, index, start: int, stop: int, ids_crc32: int, vectors_crc32: int):
@@ -616,7 +625,7 @@ class IndexSet:
         index.rows = _open_rows(building, self.store.embed_dim, files.count)
         index.dead = np.zeros(files.count, bool)
         index.saved_rows = files.count
-        _faiss().write_index(index.template, str(building / TRAINED))
+        index.trained_crc32 = _write_trained(index.template, building)
         segment = _segment(building, 0, index.index, 0, files.count, files.ids_crc32, files.vectors_crc32)
         index._commit(building, [segment], self._covers(modality, version))
         _replace_directory(directory, building)
