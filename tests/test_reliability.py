@@ -25,12 +25,24 @@ from media import gradient_image
 runner = CliRunner()
 
 
+def _checkpoint(tmp_path: Path, model) -> Path:
+    return save_checkpoint(model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+
+
+def _photos(folder: Path, count: int, suffix: str = ".png", size=(320, 240)) -> Path:
+    """``count`` distinct gradient images ``0<suffix>``, ``1<suffix>``... in a new ``folder``."""
+    folder.mkdir()
+    for i in range(count):
+        gradient_image(folder / f"{i}{suffix}", size=size, seed=i)
+    return folder
+
+
 def vector(i: int) -> np.ndarray:
     return np.eye(1024, dtype=np.float32)[i]
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, tiny_model):
-    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    checkpoint = _checkpoint(tmp_path, tiny_model)
     media = tmp_path / "media"
     media.mkdir()
     gradient_image(media / "a.jpg")
@@ -57,7 +69,7 @@ def test_ids_are_never_reused(tmp_path):
 
 
 def test_an_empty_root_is_not_pruned(tmp_path, tiny_model):
-    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    checkpoint = _checkpoint(tmp_path, tiny_model)
     drive = tmp_path / "drive"
     drive.mkdir()
     photos = [gradient_image(drive / f"{i}.jpg", seed=i) for i in range(3)]
@@ -122,11 +134,8 @@ def _gone(pgid: int, seconds: float = 10) -> list[str]:
 
 def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_model):
     """kill -9 of `xsearch index` while its decode worker runs: the fork server and the worker follow."""
-    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
-    media = tmp_path / "media"
-    media.mkdir()
-    for i in range(40):
-        gradient_image(media / f"{i}.jpg", size=(1600, 1200), seed=i)
+    checkpoint = _checkpoint(tmp_path, tiny_model)
+    media = _photos(tmp_path / "media", 40, ".jpg", size=(1600, 1200))
     xsearch = str(Path(sys.executable).parent / "xsearch")
     argv = [xsearch, "index", str(media), "--db", str(tmp_path / "db"), "--checkpoint", str(checkpoint)]
     process = subprocess.Popen([*argv, "--workers", "1", "-q"], start_new_session=True)
@@ -141,11 +150,8 @@ def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_mode
 
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
     """SIGTERM mid-run: what was embedded is committed, exit 130, and nothing is left running."""
-    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
-    media = tmp_path / "media"
-    media.mkdir()
-    for i in range(60):
-        gradient_image(media / f"{i}.jpg", size=(1600, 1200), seed=i)
+    checkpoint = _checkpoint(tmp_path, tiny_model)
+    media = _photos(tmp_path / "media", 60, ".jpg", size=(1600, 1200))
     xsearch = str(Path(sys.executable).parent / "xsearch")
     db = tmp_path / "db"
     argv = [xsearch, "index", str(media), "--db", str(db), "--checkpoint", str(checkpoint), "--workers", "1"]
@@ -222,7 +228,7 @@ def test_misleading_reasons_and_odd_ids(tmp_path):
 
 
 def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
-    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    checkpoint = _checkpoint(tmp_path, tiny_model)
     media = tmp_path / "media"
     media.mkdir()
     gradient_image(media / "a.jpg")
@@ -335,10 +341,7 @@ def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch
     from xsearch.encoder import Encoder
 
     monkeypatch.setattr(indexer.pipeline, "KEEP_VERSIONS", __import__("datetime").timedelta(0))
-    media = tmp_path / "media"
-    media.mkdir()
-    for i in range(6):
-        gradient_image(media / f"{i}.png", seed=i)
+    media = _photos(tmp_path / "media", 6)
     (media / "broken.jpg").write_bytes(b"not a jpeg")
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
 
@@ -374,11 +377,8 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damage_is_reported_as_damage_in_one_line(tmp_path, tiny_model, damage):
-    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
-    media = tmp_path / "media"
-    media.mkdir()
-    for i in range(3):
-        gradient_image(media / f"{i}.png", seed=i)
+    checkpoint = _checkpoint(tmp_path, tiny_model)
+    media = _photos(tmp_path / "media", 3)
     db = tmp_path / "db"
     index = ["index", str(media), "--db", str(db), "--checkpoint", str(checkpoint), "--workers", "0", "-q"]
     assert runner.invoke(app, index).exit_code == 0
@@ -426,10 +426,7 @@ def test_a_root_reached_through_a_link_gives_the_same_uris(tmp_path, tiny_model)
     from xsearch import Collection
     from xsearch.encoder import Encoder
 
-    media = tmp_path / "media"
-    media.mkdir()
-    for i in range(3):
-        gradient_image(media / f"{i}.png", seed=i)
+    media = _photos(tmp_path / "media", 3)
     (tmp_path / "link").symlink_to(media)
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
     assert collection.index([tmp_path / "link"], workers=0).indexed == 3
