@@ -14,14 +14,13 @@ import base64
 import html
 import io
 import os
-import stat
 import wave
 from pathlib import Path
 
 import numpy as np
 
 from xsearch.errors import DecodeError
-from xsearch.modalities import Modality, Preview
+from xsearch.modalities import Modality, Preview, is_regular_file
 from xsearch.query import QueryInput, Results, TextTerm
 
 AUDIO_PREVIEW_SECONDS = 8.0
@@ -77,13 +76,6 @@ def audio_preview(path: str, seconds: float = AUDIO_PREVIEW_SECONDS) -> bytes:
     return buffer.getvalue()
 
 
-def _is_regular(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
 def _text_preview(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -99,7 +91,7 @@ def _img(alt: str, jpeg: bytes) -> str:
 def _preview(modality: Modality | None, path: str | None, thumbnail: bytes | None) -> str:
     """The HTML for one card's preview, as the modality table says the modality is shown."""
     kind = modality.spec.preview if modality is not None else None
-    exists = path is not None and _is_regular(path)  # a pipe or device in its place would block the read
+    exists = path is not None and is_regular_file(path)  # a pipe or device in its place would block the read
     if kind is Preview.THUMBNAIL and thumbnail:
         return _img(modality.value, thumbnail)
     if kind is Preview.AUDIO and (exists or thumbnail):

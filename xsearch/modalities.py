@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import importlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,6 +337,14 @@ def modality_from_family(family: Family | None) -> Modality | None:
         if family is not None and entry.sniffed_from is family:
             return entry.modality
     return None
+
+
+def is_regular_file(path: str) -> bool:
+    """Whether ``path`` is a regular file now: safe to open for reading (a pipe or device would block)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def is_under(path: str, root: str) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import stat
 import tempfile
 import threading
 from importlib import resources
@@ -26,7 +25,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from xsearch.errors import QueryError, UsageError, XsearchError
-from xsearch.modalities import Modality, modality_of_path
+from xsearch.modalities import Modality, is_regular_file, modality_of_path
 from xsearch.store import is_id
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -128,11 +127,7 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
     def item_media(item_id: str) -> FileResponse:
         """The original file, with HTTP Range support (players seek)."""
         uri = item_row(item_id)["uri"]
-        try:
-            regular = stat.S_ISREG(os.stat(uri).st_mode)
-        except OSError:
-            regular = False
-        if not regular:  # gone, or replaced by a pipe or device that would block
+        if not is_regular_file(uri):  # gone, or replaced by a pipe or device that would block
             raise HTTPException(404, f"the file of item {item_id} is not readable")
         return FileResponse(uri, filename=os.path.basename(uri), content_disposition_type="inline")
 
