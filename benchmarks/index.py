@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # tests/media.py: the media generators
 
-from indexer.pipeline import Indexer, IndexerCfg  # noqa: E402
-from indexer.scan import Candidate, Scanner, ScanOptions  # noqa: E402
-from indexer.work import Task  # noqa: E402
+from xsearch.indexer.pipeline import Indexer, IndexerCfg  # noqa: E402
+from xsearch.indexer.scan import Candidate, Scanner, ScanOptions  # noqa: E402
+from xsearch.indexer.work import Task  # noqa: E402
 from xsearch.encoder import Encoder  # noqa: E402
 from xsearch.model import create_model  # noqa: E402
 from xsearch.store import Store  # noqa: E402
@@ -119,7 +119,7 @@ def run_on_ray(args, encoder, cfg, work: Path, corpus: Path, report) -> None:
     """The same files through ``RayIndexer`` into a fresh store: files/s and the rate per encoder actor."""
     import ray
 
-    from indexer.cluster import RayIndexer, connect
+    from xsearch.indexer.cluster import RayIndexer, connect
 
     started_here = connect(args.ray)
     try:

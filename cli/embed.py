@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import (
+from xsearch.cli.app import (
     EXIT_SOME_FAILED,
     CheckpointOpt,
     DeviceOpt,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import DbOpt, command, handled_errors, note_random_weights, open_collection, shown
+from xsearch.cli.app import DbOpt, command, handled_errors, note_random_weights, open_collection, shown
 
 
 @command()

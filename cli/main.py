@@ -1,9 +1,9 @@
-"""``xsearch`` command line: the app with every command registered (entry point ``cli.main:main``)."""
+"""``xsearch`` command line: the app with every command registered (entry point ``xsearch.cli.main:main``)."""
 
 import sys
 
-from cli import embed, index, info, search, serve  # noqa: F401  (each module registers its commands on ``app``)
-from cli.app import app
+from xsearch.cli import embed, index, info, search, serve  # noqa: F401  (each module registers its commands on ``app``)
+from xsearch.cli.app import app
 
 __all__ = ["app", "main"]
 

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import (
+from xsearch.cli.app import (
     CheckpointOpt,
     DbOpt,
     DeviceOpt,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import CheckpointOpt, DbOpt, DeviceOpt, PrecisionOpt, command, fail, handled_errors, open_collection
+from xsearch.cli.app import CheckpointOpt, DbOpt, DeviceOpt, PrecisionOpt, command, fail, handled_errors, open_collection
 
 
 def _loopback(host: str) -> bool:

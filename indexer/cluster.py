@@ -23,8 +23,8 @@ import pickle
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from indexer.pipeline import Indexer, IndexerCfg, encode_outcomes
-from indexer.work import Outcome, Task, prepare
+from xsearch.indexer.pipeline import Indexer, IndexerCfg, encode_outcomes
+from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
 from xsearch.preprocess import PreprocessCfg

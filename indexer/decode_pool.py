@@ -12,7 +12,7 @@ decoder. Here each worker is watched by the indexer's process:
   instead of the whole machine's memory.
 
 Workers come from a fork server (lance and the encoder's threads are not fork-safe) that preloads the
-decode modules, so a replacement starts in milliseconds; both die with the run (``indexer.lifeline``).
+decode modules, so a replacement starts in milliseconds; both die with the run (``xsearch.indexer.lifeline``).
 Each worker holds at most ``_DEPTH`` files: one decoding and one queued behind it, so it never waits for
 the main process, which is busy encoding, to hand it the next.
 """
@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from indexer.lifeline import die_with_parent
-from indexer.work import OUT_OF_MEMORY, Outcome, Task
+from xsearch.indexer.lifeline import die_with_parent
+from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DecodePool:
         self.seconds = limits.seconds
         self.memory_bytes = limits.memory_bytes or default_memory_bytes(workers)
         self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(["indexer._forkserver_init", "indexer.work"])
+        self.context.set_forkserver_preload(["xsearch.indexer._forkserver_init", "xsearch.indexer.work"])
 
     def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         pending = deque(tasks)

@@ -3,7 +3,7 @@
 The indexer's workers come from a fork server. If the run is killed (``kill -9``, an OOM kill), nothing
 tells the fork server or its workers, and they would live on holding memory. Linux can: a process that
 asks ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` is killed when its parent dies. The fork server asks when it
-starts (it preloads ``indexer._forkserver_init``, whose import does that and nothing else); each worker
+starts (it preloads ``xsearch.indexer._forkserver_init``, whose import does that and nothing else); each worker
 asks in its ``worker_init_fn`` (its parent is the fork server). Elsewhere than Linux this is a no-op.
 """
 

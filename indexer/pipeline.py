@@ -1,6 +1,6 @@
 """The batch indexer: scan -> plan -> parallel decode -> batched encode -> store commits -> index update.
 
-- Decoding runs in supervised worker processes (``indexer.decode_pool``), out of order: one slow file
+- Decoding runs in supervised worker processes (``xsearch.indexer.decode_pool``), out of order: one slow file
   holds up only itself, and a decoder that crashes, hangs or overruns its memory costs only its file.
 - Encoding takes per-modality batches; the workers keep decoding while the model runs.
 - Results are committed to the store every ``commit_every`` files (one Lance commit each, upserting on the
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.decode_pool import DecodeLimits, DecodePool
-from indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
-from indexer.work import Outcome, Task, prepare
+from xsearch.indexer.decode_pool import DecodeLimits, DecodePool
+from xsearch.indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
+from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import StoreError
 from xsearch.index import IndexSet

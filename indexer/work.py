@@ -1,7 +1,7 @@
 """The decode stage, run in worker processes: one file -> hash, content check, model input and metadata.
 
 ``prepare`` never raises for a bad file: the outcome carries the reason, so one broken file costs one
-``errors`` row and nothing else. ``indexer.decode_pool`` runs it in supervised processes.
+``errors`` row and nothing else. ``xsearch.indexer.decode_pool`` runs it in supervised processes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from indexer.work import Outcome, Task
+from xsearch.indexer.work import Outcome, Task
 
 
 def misbehave(task: Task) -> Outcome:

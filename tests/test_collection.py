@@ -21,7 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from xsearch.cli.main import app
 from xsearch import Collection, Modality, Query
 from xsearch.encoder import Encoder
 from xsearch.index import IndexSet
@@ -152,7 +152,7 @@ def test_a_registered_modality_is_indexed_and_searched(tmp_path, encoder, swatch
 
 
 def test_the_table_drives_every_consumer():
-    from cli.search import search
+    from xsearch.cli.search import search
 
     options = {p.name for p in __import__("inspect").signature(search).parameters.values()}
     for modality, spec in REGISTRY.items():
@@ -297,9 +297,24 @@ def test_only_the_facade_reaches_into_the_indexer():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
-            if any(n.split(".")[0] in ("indexer", "cli") for n in names):
+            if any(n.split(".")[:2] in (["xsearch", "indexer"], ["xsearch", "cli"]) for n in names):
                 importers.append(path.relative_to(ROOT).as_posix())
+            assert not any(n.split(".")[0] in ("indexer", "cli") for n in names), f"{path}: {names}"
     assert sorted(set(importers)) == ["xsearch/collection.py"]
+
+
+def test_the_indexer_and_the_cli_install_inside_the_xsearch_package():
+    """``indexer/`` and ``cli/`` sit at the top of the repository but install as ``xsearch.indexer`` and
+    ``xsearch.cli``: no top-level ``cli`` of ours to collide with another project's."""
+    from importlib.metadata import distribution
+
+    import xsearch.cli
+    import xsearch.indexer
+
+    assert Path(xsearch.indexer.__file__).resolve().parent == ROOT / "indexer"
+    assert Path(xsearch.cli.__file__).resolve().parent == ROOT / "cli"
+    (script,) = [e for e in distribution("xsearch").entry_points if e.group == "console_scripts"]
+    assert script.value == "xsearch.cli.main:main"
 
 
 # ---- xsearch embed ----------------------------------------------------------------------------------------------

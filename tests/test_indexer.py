@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import EXIT_SOME_FAILED
-from cli.main import app
-from indexer.scan import Candidate, Rejected, Scanner, ScanOptions
-from indexer.work import Task, prepare
+from xsearch.cli.app import EXIT_SOME_FAILED
+from xsearch.cli.main import app
+from xsearch.indexer.scan import Candidate, Rejected, Scanner, ScanOptions
+from xsearch.indexer.work import Task, prepare
 from xsearch.index import IndexSet
 from xsearch.modalities import Modality
 from xsearch.sniff import content_mismatch, sniff
@@ -263,7 +263,7 @@ def test_errors_command_lists_failures(bad_run):
 
 
 def test_file_deleted_between_scan_and_decode(tmp_path, tiny_model, monkeypatch):
-    from indexer.pipeline import Indexer, IndexerCfg
+    from xsearch.indexer.pipeline import Indexer, IndexerCfg
     from xsearch.encoder import Encoder
 
     from media import gradient_image

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from xsearch.cli.main import app
 from xsearch import Collection, Modality, Query
 from xsearch.encoder import Encoder
 from xsearch.model import save_checkpoint

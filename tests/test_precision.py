@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from xsearch.cli.main import app
 from xsearch import Collection, Modality
 from xsearch.encoder import Encoder, resolve_precision
 from xsearch.errors import UsageError
@@ -138,7 +138,7 @@ def test_commands_without_a_model_import_no_torch(tmp_path):
     store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[i]) for i in range(3)])
     script = (
         "import sys\n"
-        "from cli.main import main\n"
+        "from xsearch.cli.main import main\n"
         "sys.argv = ['xsearch', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
         "print('TORCH', 'torch' in sys.modules)\n"

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.search import split_file_weight, split_text_weight
+from xsearch.cli.main import app
+from xsearch.cli.search import split_file_weight, split_text_weight
 from xsearch import Collection, Modality
 from xsearch.errors import QueryError, UsageError
 from xsearch.query import Engine, Query, combine

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from xsearch.cli.main import app
 from xsearch import Collection, Modality, Query
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError

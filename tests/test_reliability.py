@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from xsearch.cli.main import app
 from xsearch import Modality
 from xsearch.errors import DecodeError
 from xsearch.model import save_checkpoint
@@ -171,7 +171,7 @@ def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny
     """A file rewritten while it is decoded is read again: its row's sha256 and vector are of the final bytes."""
     import hashlib
 
-    import indexer.work as work
+    import xsearch.indexer.work as work
     from xsearch.encoder import Encoder
     from xsearch.preprocess import preprocess_with_metadata
 
@@ -242,8 +242,8 @@ def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
 def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
     from faulty import misbehave
 
-    from indexer.decode_pool import GIB, DecodeLimits, DecodePool
-    from indexer.work import Task
+    from xsearch.indexer.decode_pool import GIB, DecodeLimits, DecodePool
+    from xsearch.indexer.work import Task
 
     names = ["ok0", "crash1", "ok2", "hang3", "ok4", "greedy5", "ok6", "ok7"]
     tasks = [Task(str(tmp_path / n), Modality.IMAGE, 1, 0.0) for n in names]
@@ -336,11 +336,11 @@ def test_a_npy_header_is_checked_before_its_data_is_read(tmp_path):
 def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch):
     import os
 
-    import indexer.pipeline
+    from xsearch.indexer import pipeline
     from xsearch import Collection
     from xsearch.encoder import Encoder
 
-    monkeypatch.setattr(indexer.pipeline, "KEEP_VERSIONS", __import__("datetime").timedelta(0))
+    monkeypatch.setattr(pipeline, "KEEP_VERSIONS", __import__("datetime").timedelta(0))
     media = _photos(tmp_path / "media", 6)
     (media / "broken.jpg").write_bytes(b"not a jpeg")
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
@@ -409,7 +409,7 @@ def test_disk_full_and_read_only_are_one_line():
 
 
 def test_a_damaged_mp4_says_so_not_no_audio_stream(tmp_path):
-    from indexer.work import Task, prepare
+    from xsearch.indexer.work import Task, prepare
 
     from media import write_video
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from cli.main import app as cli
+from xsearch.cli.main import app as cli
 from xsearch import Collection, Modality
 from xsearch.encoder import Encoder
 from xsearch.server import create_app

@@ -191,13 +191,13 @@ class Collection:
         under ``paths`` are indexed too. ``modalities`` keeps only those. With decode workers, a file that
         takes longer than ``file_timeout`` seconds or needs more than ``worker_memory_gb`` (default: a share of
         the machine's memory) becomes an error row, as does one whose decoder crashes. ``ray`` (an address,
-        ``auto`` or ``local``) decodes and embeds on a Ray cluster (``indexer.cluster``) with ``ray_actors``
+        ``auto`` or ``local``) decodes and embeds on a Ray cluster (``xsearch.indexer.cluster``) with ``ray_actors``
         encoders (default: one per node or GPU); planning and commits stay here. Returns the run report
-        (``indexer.pipeline.RunReport``): counts, failures with reasons, index sizes.
+        (``xsearch.indexer.pipeline.RunReport``): counts, failures with reasons, index sizes.
         """
-        from indexer.decode_pool import GIB, DecodeLimits
-        from indexer.pipeline import Indexer, IndexerCfg
-        from indexer.scan import ScanOptions
+        from xsearch.indexer.decode_pool import GIB, DecodeLimits
+        from xsearch.indexer.pipeline import Indexer, IndexerCfg
+        from xsearch.indexer.scan import ScanOptions
 
         started = time.perf_counter()
         assigned = _assignments(assign or {})
@@ -255,7 +255,7 @@ class Collection:
     def _index_on_ray(self, address, actors, store, encoder, cfg, roots, options):
         import ray
 
-        from indexer.cluster import RayIndexer, connect
+        from xsearch.indexer.cluster import RayIndexer, connect
 
         started_here = connect(address)
         try:
