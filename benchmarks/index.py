@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # tests/media.py: the media generators
 
-from xsearch.indexer.pipeline import Indexer, IndexerCfg  # noqa: E402
-from xsearch.indexer.scan import Candidate, Scanner, ScanOptions  # noqa: E402
-from xsearch.indexer.work import Task  # noqa: E402
 from xsearch.encoder import Encoder  # noqa: E402
+from xsearch.indexer.pipeline import Indexer  # noqa: E402
+from xsearch.indexer.scan import Scanner, ScanOptions, Task  # noqa: E402
 from xsearch.model import create_model  # noqa: E402
+from xsearch.options import IndexOptions  # noqa: E402
 from xsearch.store import Store  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     encoder = Encoder(create_model(args.model), device=args.device)
-    cfg = IndexerCfg(batch_size=args.batch_size, workers=args.workers, progress=False)
+    cfg = IndexOptions(batch_size=args.batch_size, workers=args.workers, ray_actors=args.ray_actors)
     env = {
         "device": torch.cuda.get_device_name() if encoder.device.type == "cuda" else platform.processor() or "cpu",
         "model": args.model,
@@ -82,7 +82,7 @@ def main() -> None:
         corpus = work / "corpus"
         corpus.mkdir()
         make_corpus(corpus, args.files, args.mix)
-        candidates = [c for c in Scanner(ScanOptions()).scan([str(corpus)]) if isinstance(c, Candidate)]
+        candidates = [c for c in Scanner(ScanOptions()).scan([str(corpus)]) if isinstance(c, Task)]
         tasks = [Task(c.path, c.modality, c.size, c.mtime) for c in candidates]
         store = Store.open(work / "db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         indexer = Indexer(store, encoder, cfg)
@@ -127,9 +127,9 @@ def run_on_ray(args, encoder, cfg, work: Path, corpus: Path, report) -> None:
         small = work / "warm-corpus"
         small.mkdir()
         make_corpus(small, 4, args.mix)
-        RayIndexer(warm, encoder, cfg, actors=args.ray_actors).run([str(small)])  # workers and actors started once
+        RayIndexer(warm, encoder, cfg).run([str(small)])  # workers and actors started once
         store = Store.open(work / "ray-db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
-        indexer = RayIndexer(store, encoder, cfg, actors=args.ray_actors)
+        indexer = RayIndexer(store, encoder, cfg)
         start = time.perf_counter()
         run = indexer.run([str(corpus)])
         seconds = time.perf_counter() - start

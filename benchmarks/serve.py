@@ -37,7 +37,7 @@ XSEARCH = str(Path(sys.executable).parent / "xsearch")
 
 
 def build(db: Path, rows: int) -> None:
-    store = Store.open(db, model_id="tiny_test")
+    store = Store.open(db, model_id="tiny_test", embed_dim=1024)
     vectors = clustered_embeddings(rows, seed=3)
     for start in range(0, rows, 50_000):
         chunk = vectors[start : start + 50_000]

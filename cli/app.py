@@ -97,17 +97,26 @@ FLAGS = {
     "checkpoint": "--checkpoint",
     "device": "--device",
     "examples": "--examples",
+    "batch_size": "--batch-size",
+    "commit_every": "--commit-every",
+    "db": "--db",
+    "file_timeout": "--file-timeout",
     "k": "-k",
     "labels": "--labels",
+    "min_calibrated": "--min-calibrated",
+    "min_score": "--min-score",
     "modalities": "--modalities",
+    "modality": "--as",
     "model": "--model",
     "path": "--path",
     "paths": "PATHS",
     "precision": "--precision",
     "ray": "--ray",
+    "ray_actors": "--ray-actors",
     "sort": "--sort",
     "target": "--target",
     "where": "--where",
+    "workers": "--workers",
 }
 
 
@@ -159,18 +168,18 @@ VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the cached ch
 
 
 def open_collection(
-    db: str,
+    db: str | None,
     checkpoint: str | None = None,
     model: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     verify: bool = False,
 ):
+    """The collection at ``db`` (``None``: none, for ``embed``), the model flags folded into one choice."""
     from xsearch.collection import Collection
+    from xsearch.model.choice import ModelChoice
 
-    return Collection.open(
-        db, checkpoint=checkpoint, model=model, device=device, precision=precision, verify_checkpoint=verify
-    )
+    return Collection.open(db, choice=ModelChoice(checkpoint, model, device, precision, verify))
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}

@@ -19,6 +19,8 @@ from xsearch.cli.app import (
     command,
     fail,
     handled_errors,
+    open_collection,
+    shown,
 )
 
 OUTPUT_SUFFIXES = (".npy", ".parquet", ".arrow")
@@ -48,26 +50,18 @@ def embed(
     if output and not output.endswith(OUTPUT_SUFFIXES):
         fail(f"--output {output}: expected a file name ending in {', '.join(OUTPUT_SUFFIXES)}")
     with handled_errors():
-        from xsearch.encoder import Encoder
-        from xsearch.errors import UsageError
-        from xsearch.modalities import Modality
-
-        try:
-            modality = Modality(as_) if as_ else None  # a typo fails before the model loads
-        except UsageError as exc:
-            raise exc.for_argument("assign") from None
-        encoder = Encoder.from_pretrained(checkpoint, model, device, precision, verify=verify)
-        results = encoder.encode_files(paths, modality=modality)
+        collection = open_collection(None, checkpoint, model, device, precision, verify)
+        results = collection.embed(paths, modality=as_)
         if output:
-            write_embeddings(results, Path(output), encoder.embed_dim)
+            write_embeddings(results, Path(output), collection.encoder.embed_dim)
     failed = [r for r in results if r.error is not None]
     if output:
         typer.echo(f"{output}: {len(results) - len(failed)} embeddings of {len(results)} files")
         for result in failed:
-            typer.echo(f"  failed: {result.error}", err=True)
+            typer.echo(f"  failed: {shown(result.message)}", err=True)
     else:
         for result in results:
-            typer.echo(json.dumps({"path": result.path, "modality": str(result.modality), **result.as_json()}))
+            typer.echo(json.dumps(result.as_json()))
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -88,9 +82,9 @@ def write_embeddings(results, path: Path, dim: int) -> None:
     table = pa.table(
         {
             "path": [r.path for r in results],
-            "modality": [str(r.modality) if r.modality else None for r in results],
+            "modality": [r.modality.value if r.modality else None for r in results],
             "embedding": pa.compute.if_else(missing, pa.nulls(len(results), vectors.type), vectors),
-            "error": [r.error for r in results],
+            "error": [r.message for r in results],
         }
     )
     if path.suffix == ".parquet":
@@ -115,8 +109,8 @@ def random_checkpoint(
     a database made with it says so. Then: xsearch index DIR --db trial.db --checkpoint trial.pt
     """
     with handled_errors():
-        from xsearch.model import save_random_checkpoint
+        from xsearch.collection import Collection
 
-        path = save_random_checkpoint(output, model, seed)
+        path = Collection.random_checkpoint(output, model, seed)
     typer.echo(f"{path}: random weights for {model} (seed {seed}); results made with it are meaningless.")
     typer.echo(f"Try: xsearch index DIR --db trial.db --checkpoint {path}")

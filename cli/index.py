@@ -25,6 +25,7 @@ from xsearch.cli.app import (
     open_collection,
     shown,
 )
+from xsearch.options import DecodeLimits, IndexOptions
 
 SHOWN_FAILURES = 10
 
@@ -66,11 +67,11 @@ def index(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     verify: VerifyOpt = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = IndexOptions.batch_size,
     workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: cores - 1, max 8).")] = None,
     file_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds one file may take to decode before it is an error.")
-    ] = 600.0,
+    ] = DecodeLimits.seconds,
     worker_memory: Annotated[
         float | None,
         typer.Option(min=0.25, help="GB one decode process may use (default: a share of the machine's memory)."),
@@ -82,9 +83,11 @@ def index(
         list[str] | None,
         typer.Option("--as", help="MODALITY for all PATHS, or MODALITY=PATH for one folder (depth=scans/)."),
     ] = None,
-    prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = False,
-    update_index: Annotated[bool, typer.Option(help="Update the FAISS indices after the run.")] = True,
-    commit_every: Annotated[int, typer.Option(min=1, help="Files per database commit.")] = 256,
+    prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = IndexOptions.prune,
+    update_index: Annotated[
+        bool, typer.Option(help="Update the FAISS indices after the run.")
+    ] = IndexOptions.update_index,
+    commit_every: Annotated[int, typer.Option(min=1, help="Files per database commit.")] = IndexOptions.commit_every,
     ray: Annotated[
         str | None,
         typer.Option(help="Decode and embed on a Ray cluster: its address, 'auto' (ray start) or 'local'."),
@@ -106,12 +109,10 @@ def index(
     if not paths and not assign:
         fail("nothing to index: give folders or files (PATHS or --as MODALITY=PATH)")
     with handled_errors(), terminate_like_interrupt():
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
-        report = collection.index(
-            paths,
+        options = IndexOptions.of(
             assign=assign,
             modalities=modalities,
-            exclude=exclude or (),
+            exclude=exclude,
             follow_symlinks=follow_symlinks,
             prune=prune,
             update_index=update_index,
@@ -124,6 +125,8 @@ def index(
             commit_every=commit_every,
             progress=not (quiet or json_),
         )
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        report = collection.index(paths, options)
     if json_:
         typer.echo(json.dumps(report.as_json(), indent=1))
     elif not quiet:

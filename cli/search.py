@@ -33,6 +33,7 @@ from xsearch.cli.app import (
 )
 from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality
+from xsearch.options import SearchOptions
 
 ITEM = "item"
 TEXT_WEIGHT = "::"
@@ -80,7 +81,6 @@ def split_file_weight(value: str, option: str, must_exist: bool = True) -> tuple
 def build_query(inputs: dict[str, list[str] | None]):
     """{option name: [values]} -> one ``Query`` summing every input with its weight."""
     from xsearch.query import Query
-    from xsearch.store import is_id
 
     parts = []
     for option, values in inputs.items():
@@ -91,7 +91,7 @@ def build_query(inputs: dict[str, list[str] | None]):
             else:
                 target, weight = split_file_weight(value, f"--{option}", must_exist=option != ITEM)
             if option == ITEM:
-                parts.append(Query.item(int(target) if is_id(target) else target, weight))
+                parts.append(Query.item(target, weight))  # an id or a path: the store tells them apart
             else:
                 parts.append(Query.input(option, target, weight))
     if not parts:
@@ -114,7 +114,7 @@ def print_table(results) -> None:
 def _search(
     db: DbOpt = ...,
     target: Annotated[str, typer.Option(help="Modalities to search: image,audio,... or all.")] = "all",
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of results.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of results.")] = SearchOptions.k,
     where: Annotated[str | None, typer.Option(help='Lance SQL filter on items, e.g. "width >= 1000".')] = None,
     path: Annotated[str | None, typer.Option(help="Glob on the file path, e.g. '*/2024/*'.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
@@ -129,7 +129,9 @@ def _search(
     autocut: Annotated[
         int | None, typer.Option(min=1, help="Keep the hits before the N-th jump in the scores (1: the top group).")
     ] = None,
-    dedup: Annotated[bool, typer.Option(help="Files with the same bytes come back once, listing the others.")] = True,
+    dedup: Annotated[
+        bool, typer.Option(help="Files with the same bytes come back once, listing the others.")
+    ] = SearchOptions.dedup,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
@@ -150,10 +152,7 @@ def _search(
     Example: xsearch search --db media.db --image bird.jpg:0.6 --audio waves.wav:0.4 --target image
     """
     with handled_errors():
-        query = build_query(inputs)
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
-        results = collection.search(
-            query,
+        options = SearchOptions(
             target=target,
             k=k,
             where=where,
@@ -163,6 +162,9 @@ def _search(
             autocut=autocut,
             dedup=dedup,
         )
+        query = build_query(inputs)
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        results = collection.search(query, options)
         if html:
             from xsearch.contact_sheet import write_contact_sheet
 

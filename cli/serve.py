@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from xsearch.cli.app import CheckpointOpt, DbOpt, DeviceOpt, PrecisionOpt, command, fail, handled_errors, open_collection
+from xsearch.cli.app import (
+    CheckpointOpt,
+    DbOpt,
+    DeviceOpt,
+    PrecisionOpt,
+    command,
+    fail,
+    handled_errors,
+    open_collection,
+)
 
 
 def _loopback(host: str) -> bool:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from xsearch.indexer.pipeline import Indexer, IndexerCfg, encode_outcomes
-from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
+from xsearch.indexer.pipeline import Indexer
+from xsearch.indexer.work import Outcome, Task, prepare
+from xsearch.options import IndexOptions
 from xsearch.preprocess import PreprocessCfg
 from xsearch.store import Store
 
@@ -61,22 +61,19 @@ def _decode(batch: dict, cfg: PreprocessCfg) -> dict:
 class _Embedder:
     """An actor: loads the encoder once, embeds the decoded outcomes of each batch per modality."""
 
-    def __init__(self, encoder_source: Encoder | Callable[[], Encoder]):
+    def __init__(self, encoder_source: Encoder | Callable[[], Encoder], batch_size: int):
         import ray
 
         self.encoder = encoder_source if isinstance(encoder_source, Encoder) else encoder_source()
         self.node = ray.get_runtime_context().get_node_id()
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
         outcomes: list[Outcome] = [pickle.loads(b) for b in batch["outcome"]]
-        waiting = defaultdict(list)
-        for outcome in outcomes:
-            if outcome.ok:
-                waiting[outcome.modality].append(outcome)
-        for modality, group in waiting.items():
-            encode_outcomes(self.encoder, modality, group)
-            for outcome in group:
-                outcome.node = self.node
+        decoded = [o for o in outcomes if o.ok]
+        self.encoder.encode_outcomes(decoded, self.batch_size)
+        for outcome in decoded:
+            outcome.node = self.node
         return {"outcome": [pickle.dumps(o) for o in outcomes]}
 
 
@@ -87,21 +84,19 @@ class RayIndexer(Indexer):
         self,
         store: Store,
         encoder: Encoder,
-        cfg: IndexerCfg = IndexerCfg(),
+        options: IndexOptions = IndexOptions(),
         *,
         encoder_source: Encoder | Callable[[], Encoder] | None = None,
-        actors: int | None = None,
     ):
-        super().__init__(store, encoder, cfg)
+        super().__init__(store, encoder, options)
         self.encoder_source = encoder_source or encoder  # a recipe (a checkpoint path) ships better than weights
-        self.actors = actors
 
     def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
         import ray
 
         gpus = int(ray.cluster_resources().get("GPU", 0))
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-        actors = self.actors or max(gpus, len(nodes), 1)
+        actors = self.cfg.ray_actors or max(gpus, len(nodes), 1)
         log.info("ray: %d files, %d encoder actors (%d GPUs) on %d nodes", len(tasks), actors, gpus, len(nodes))
         dataset = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks])
         dataset = dataset.map_batches(
@@ -109,7 +104,7 @@ class RayIndexer(Indexer):
         )
         dataset = dataset.map_batches(
             _Embedder,
-            fn_constructor_args=(self.encoder_source,),
+            fn_constructor_args=(self.encoder_source, self.cfg.batch_size),
             batch_size=self.cfg.batch_size,
             concurrency=actors,
             num_cpus=_ACTOR_CPUS,

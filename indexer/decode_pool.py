@@ -29,11 +29,11 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from xsearch.indexer.lifeline import die_with_parent
-from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task
+from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task, failed
+from xsearch.options import DecodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def default_memory_bytes(workers: int) -> int:
     except (ValueError, OSError):
         physical = 16 * GIB
     return int(min(8 * GIB, max(2 * GIB, physical // 2 // max(workers, 1))))
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    seconds: float = 600.0  # per file
-    memory_bytes: int | None = None  # per worker, above its footprint at start; None: ``default_memory_bytes``
 
 
 class DecodePool:
@@ -122,7 +116,7 @@ class DecodePool:
     @staticmethod
     def _failed(task: Task, reason: str) -> Outcome:
         log.warning("%s: %s", task.path, reason)
-        return Outcome(task, task.modality, error=reason, stage="decode")
+        return failed(task, reason)
 
 
 class _Worker:

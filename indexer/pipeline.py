@@ -22,19 +22,18 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from xsearch.indexer.decode_pool import DecodeLimits, DecodePool
-from xsearch.indexer.scan import Candidate, Rejected, Scanner, ScanOptions, is_under
-from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.encoder import Encoder
-from xsearch.errors import StoreError
+from xsearch.errors import ModelMismatchError
 from xsearch.index import IndexSet
+from xsearch.indexer.decode_pool import DecodePool
+from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
+from xsearch.indexer.work import Outcome, prepare
 from xsearch.modalities import Modality
+from xsearch.options import IndexOptions
 from xsearch.store import ItemRecord, Store
 
 log = logging.getLogger(__name__)
@@ -45,18 +44,6 @@ KEEP_VERSIONS = dt.timedelta(minutes=10)  # old table versions a concurrent sear
 
 def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-@dataclass
-class IndexerCfg:
-    batch_size: int = 16
-    workers: int | None = None  # decode processes; None: one per core but one, at most 8; 0: in-process
-    limits: DecodeLimits = DecodeLimits()  # per-file time and per-worker memory (not applied in-process)
-    commit_every: int = 256  # files per store commit
-    commit_seconds: float = 30.0  # ... or sooner when this long has passed since the last one
-    prune: bool = False  # delete rows of files under the scanned roots that no longer exist
-    update_index: bool = True
-    progress: bool = True  # tqdm bars on stderr
 
 
 @dataclass
@@ -114,24 +101,21 @@ class Indexer:
     >>> report = indexer.run(["~/Pictures"])  # doctest: +SKIP
     """
 
-    def __init__(self, store: Store, encoder: Encoder, cfg: IndexerCfg = IndexerCfg()):
-        if store.model_id != encoder.model_id:
-            raise StoreError(
-                f"{store.path} holds embeddings of model '{store.model_id}', the encoder is '{encoder.model_id}'"
-            )
+    def __init__(self, store: Store, encoder: Encoder, options: IndexOptions = IndexOptions()):
+        ModelMismatchError.check(store.path, store.model_id, encoder.model_id, argument="checkpoint")
         self.store = store
         self.encoder = encoder
-        self.cfg = cfg
+        self.cfg = options
 
     # ---- stages ----------------------------------------------------------------------------------------
 
-    def _scan(self, roots: list[str], options: ScanOptions, report: RunReport):
-        scanner = Scanner(options)
-        candidates: list[Candidate] = []
+    def _scan(self, roots: list[str], report: RunReport):
+        scanner = Scanner(self.cfg.scan)
+        candidates: list[Task] = []
         rejected: list[Rejected] = []
         with tqdm(desc="scan", unit=" files", disable=not self.cfg.progress, leave=False) as bar:
             for found in scanner.scan(roots):
-                if isinstance(found, Candidate):
+                if isinstance(found, Task):
                     candidates.append(found)
                     bar.update()
                 else:
@@ -140,7 +124,7 @@ class Indexer:
         report.ignored, report.excluded = scanner.stats.ignored, scanner.stats.excluded
         return candidates, rejected, scanner.stats.unlisted_dirs
 
-    def _plan(self, candidates: list[Candidate], report: RunReport) -> tuple[list[Task], list[str]]:
+    def _plan(self, candidates: list[Task], report: RunReport) -> tuple[list[Task], list[str]]:
         """Tasks for new and changed files; the uris of those skipped as unchanged."""
         known = self.store.scan(["uri", "modality", "size", "mtime", "sha256"]).to_pylist()
         rows = {row["uri"]: row for row in known}
@@ -149,11 +133,11 @@ class Indexer:
             row = rows.get(c.path)
             fallback = c.modality.spec.fallback  # a video file indexed as audio (no picture) is still known
             if row is None or row["modality"] not in (c.modality.value, fallback and fallback.value):
-                tasks.append(Task(c.path, c.modality, c.size, c.mtime))
+                tasks.append(c)
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
             else:
-                tasks.append(Task(c.path, c.modality, c.size, c.mtime, known_sha256=row["sha256"]))
+                tasks.append(replace(c, known_sha256=row["sha256"]))
         report.unchanged = len(unchanged)
         return tasks, unchanged
 
@@ -167,10 +151,11 @@ class Indexer:
 
     # ---- run -------------------------------------------------------------------------------------------
 
-    def run(self, roots: list[str], options: ScanOptions | None = None) -> RunReport:
+    def run(self, roots: list[str]) -> RunReport:
+        """Index ``roots`` (absolute paths) as ``options`` say."""
         started = time.perf_counter()
         report = RunReport(db=str(self.store.path), model_id=self.store.model_id)
-        candidates, rejected, unlisted = self._scan(roots, options or ScanOptions(), report)
+        candidates, rejected, unlisted = self._scan(roots, report)
         tasks, unchanged = self._plan(candidates, report)
         batch = _Batcher(self, report)
         batch.fail_scan(rejected)
@@ -247,27 +232,6 @@ def _looks_unmounted(root: str, skipped: list[str]) -> bool:
     return True
 
 
-def encode_outcomes(encoder: Encoder, modality: Modality, outcomes: list[Outcome]) -> None:
-    """Set each outcome's ``vector`` (one batch), or its encode error; frees the decoded inputs."""
-    try:
-        vectors = encoder.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
-    except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
-        if len(outcomes) == 1:
-            outcomes[0].error, outcomes[0].stage = f"the model failed ({exc})", "encode"
-            outcomes[0].tensor = None
-            return
-        log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
-        for outcome in outcomes:
-            encode_outcomes(encoder, modality, [outcome])
-        return
-    for outcome, vector in zip(outcomes, vectors):
-        outcome.tensor = None  # free the decoded input now
-        if np.isfinite(vector).all():
-            outcome.vector = vector
-        else:
-            outcome.error, outcome.stage = "the model produced NaN for this file", "encode"
-
-
 class _Batcher:
     """Collects outcomes into per-modality encoder batches and encoded rows into store commits."""
 
@@ -324,7 +288,7 @@ class _Batcher:
         if not outcomes:
             return
         started = time.perf_counter()
-        encode_outcomes(self.indexer.encoder, modality, outcomes)
+        self.indexer.encoder.encode_outcomes(outcomes, self.cfg.batch_size)
         self.report.embed_seconds += time.perf_counter() - started
         for outcome in outcomes:
             self._record(outcome)

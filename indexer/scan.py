@@ -24,18 +24,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from xsearch.modalities import Modality, is_under, modality_of_path
+from xsearch.options import ScanOptions
 
-__all__ = ["Candidate", "Rejected", "ScanOptions", "ScanStats", "Scanner", "decide_modality", "is_under", "printable"]
+__all__ = ["Rejected", "ScanOptions", "ScanStats", "Scanner", "Task", "decide_modality", "is_under", "printable"]
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A file the scan found and the modality it will be indexed as."""
+class Task:
+    """A file the scan found, the modality it will be indexed as, and its size and mtime. The plan sets
+    ``known_sha256`` when the store has the file under another size or mtime (same bytes: not re-embedded)."""
 
     path: str
     modality: Modality
     size: int
     mtime: float
+    known_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,14 +48,6 @@ class Rejected:
     uri: str
     message: str
     modality: Modality | None = None
-
-
-@dataclass
-class ScanOptions:
-    modalities: frozenset[Modality] | None = None  # None: all
-    exclude: tuple[str, ...] = ()  # globs matched against the full path and the file name
-    follow_symlinks: bool = False
-    assigned: dict[str, Modality] = field(default_factory=dict)  # absolute path -> modality (--as)
 
 
 @dataclass
@@ -82,7 +77,7 @@ def decide_modality(path: str, options: ScanOptions) -> Modality | None:
 
 
 class Scanner:
-    """Walks roots depth-first, yielding ``Candidate`` and ``Rejected`` items; counts go to ``stats``."""
+    """Walks roots depth-first, yielding ``Task`` and ``Rejected`` items; counts go to ``stats``."""
 
     def __init__(self, options: ScanOptions):
         self.options = options
@@ -93,7 +88,7 @@ class Scanner:
         name = os.path.basename(path)
         return any(fnmatch.fnmatch(path, g) or fnmatch.fnmatch(name, g) for g in self.options.exclude)
 
-    def scan(self, roots: list[str]) -> Iterator[Candidate | Rejected]:
+    def scan(self, roots: list[str]) -> Iterator[Task | Rejected]:
         for root in roots:
             root = os.path.abspath(root)
             if not os.path.lexists(root):
@@ -104,7 +99,7 @@ class Scanner:
             else:
                 yield from self._file(root, top_level=True)
 
-    def _walk(self, directory: str) -> Iterator[Candidate | Rejected]:
+    def _walk(self, directory: str) -> Iterator[Task | Rejected]:
         try:
             info = os.stat(directory)
         except OSError as exc:
@@ -138,7 +133,7 @@ class Scanner:
             else:
                 yield from self._file(entry.path)
 
-    def _file(self, path: str, top_level: bool = False) -> Iterator[Candidate | Rejected]:
+    def _file(self, path: str, top_level: bool = False) -> Iterator[Task | Rejected]:
         try:
             info = os.stat(path)  # follows a symlink: a loop or a dangling link fails here
         except OSError as exc:
@@ -164,4 +159,4 @@ class Scanner:
             yield Rejected(printable(path), "file name is not valid UTF-8; rename the file to index it", modality)
             return
         self.stats.files += 1
-        yield Candidate(path, modality, info.st_size, info.st_mtime)
+        yield Task(path, modality, info.st_size, info.st_mtime)

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from xsearch.indexer.work import Outcome, Task
+from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task, failed
 
 
 def misbehave(task: Task) -> Outcome:
@@ -20,6 +20,6 @@ def misbehave(task: Task) -> Outcome:
         try:
             bytearray(6 << 30)
         except MemoryError:
-            return Outcome(task, task.modality, error="out of memory while decoding", stage="decode")
-        return Outcome(task, task.modality, error="the memory cap did not hold", stage="decode")
-    return Outcome(task, task.modality, sha256=name)
+            return failed(task, OUT_OF_MEMORY)
+        return failed(task, "the memory cap did not hold")
+    return Outcome(task.path, task.modality, sha256=name, task=task)

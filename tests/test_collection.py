@@ -21,8 +21,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xsearch.cli.main import app
 from xsearch import Collection, Modality, Query
+from xsearch.cli.main import app
 from xsearch.encoder import Encoder
 from xsearch.index import IndexSet
 from xsearch.modalities import REGISTRY, Family, ModalitySpec, Preview, Tower, define, register, unregister
@@ -196,7 +196,7 @@ def test_usage_errors_exit_2_before_anything_loads(tmp_path, args, words):
 
 
 def test_search_target_typo_is_a_usage_error(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[0])])
     result = runner.invoke(
         app, ["search", "--db", str(tmp_path / "db"), "--text", "a dog", "--target", "imgae", "--checkpoint", "/no"]
@@ -237,7 +237,7 @@ def test_search_of_a_stale_read_only_database_writes_nothing():
     with tempfile.TemporaryDirectory() as scratch:
         db = Path(scratch) / "db"
         os.chmod(scratch, 0o755)
-        store = Store.open(db, model_id="tiny_test")
+        store = Store.open(db, model_id="tiny_test", embed_dim=1024)
         store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[:30])])
         IndexSet(store).fresh(Modality.IMAGE)  # saved, covering 30 rows
         store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[30:], 30)])

@@ -58,8 +58,8 @@ def test_encode_files_mixed(encoder, tmp_path):
     assert len(ok) == 4
     for r in ok:
         assert r.embedding.shape == (1024,) and abs(np.linalg.norm(r.embedding) - 1) < 1e-5
-    assert "broken.png: not a readable image" in results[3].error
-    assert "notes.xyz: unknown file type" in results[5].error
+    assert "broken.png: the file is named as image but its content is text" in results[3].message  # as index says
+    assert "notes.xyz: unknown file type" in results[5].message
 
 
 def test_a_file_alone_gives_the_same_vector_as_in_a_batch(encoder, tmp_path):

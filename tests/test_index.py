@@ -81,7 +81,7 @@ def _records(vectors, prefix, modality="image"):
 
 def test_stale_index_is_topped_up_and_pruned(data, tmp_path):
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:300], "a"))
     store.add_items(_records(vectors[300:320], "s", modality="audio"))
     indices = IndexSet(store)
@@ -103,7 +103,7 @@ def test_stale_index_is_topped_up_and_pruned(data, tmp_path):
 def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
     """An upsert keeps a file's id but changes its vector: the top-up must replace it in the index."""
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:200], "a"))
     indices = IndexSet(store)
     indices.fresh("image")
@@ -116,7 +116,7 @@ def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
 
 def test_flat_index_outgrowing_threshold_is_rebuilt(data, tmp_path):
     vectors, _, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:500], "a"))
     indices = IndexSet(store, IndexCfg(flat_threshold=2000))
     assert indices.fresh("image").kind == "flat"
@@ -126,7 +126,7 @@ def test_flat_index_outgrowing_threshold_is_rebuilt(data, tmp_path):
 
 
 def test_corrupt_index_is_rebuilt(data, tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(data[0][:50], "a"))
     indices = IndexSet(store)
     indices.fresh("image")
@@ -142,7 +142,7 @@ def _files(directory):
 def test_a_top_up_appends_and_equals_a_rebuild(data, tmp_path, flat_threshold):
     vectors, queries, _ = data
     cfg = IndexCfg(flat_threshold=flat_threshold, nlist=32, nprobe=32, refine_factor=50, train_size=2000)
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:3000], "a"))
     indices = IndexSet(store, cfg)
     indices.fresh("image")
@@ -172,7 +172,7 @@ def test_a_build_streams_the_store_in_chunks(data, tmp_path, monkeypatch):
     import tracemalloc
 
     vectors, queries, truth = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors, "a"))
     real_scan = Store.scan
 
@@ -192,7 +192,7 @@ def test_a_build_streams_the_store_in_chunks(data, tmp_path, monkeypatch):
 
 def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:300], "a"))
     store.add_items(_records(vectors[300:340], "s", modality="audio"))
     indices = IndexSet(store, IndexCfg(flat_threshold=100, nlist=8, train_size=300))
@@ -230,7 +230,7 @@ def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
 def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
     """A lost newest manifest makes the next commit reuse its version number: the commit time tells them apart."""
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:100], "a"))
     indices = IndexSet(store)
     indices.fresh("image")
@@ -240,7 +240,7 @@ def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
     manifests = tmp_path / "db" / "items.lance" / "_versions"
     min(manifests.glob("*.manifest"), key=lambda p: int(p.stem)).unlink()  # names count down: the newest
     (manifests / "latest_version_hint.json").unlink(missing_ok=True)  # lost: the table is one version back
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[200:203], "c"))  # the same version number again, other rows
     assert store.version == version
     index = IndexSet(store).fresh("image")

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from xsearch.cli.app import EXIT_SOME_FAILED
 from xsearch.cli.main import app
-from xsearch.indexer.scan import Candidate, Rejected, Scanner, ScanOptions
-from xsearch.indexer.work import Task, prepare
 from xsearch.index import IndexSet
+from xsearch.indexer.scan import Rejected, Scanner, ScanOptions, Task
+from xsearch.indexer.work import prepare
 from xsearch.modalities import Modality
 from xsearch.sniff import content_mismatch, sniff
 from xsearch.store import ItemFilter, Store
@@ -263,15 +263,18 @@ def test_errors_command_lists_failures(bad_run):
 
 
 def test_file_deleted_between_scan_and_decode(tmp_path, tiny_model, monkeypatch):
-    from xsearch.indexer.pipeline import Indexer, IndexerCfg
     from xsearch.encoder import Encoder
+    from xsearch.indexer.pipeline import Indexer
+    from xsearch.options import IndexOptions
 
     from media import gradient_image
 
     for i in range(3):
         gradient_image(tmp_path / f"{i}.jpg", seed=i)
     encoder = Encoder(tiny_model, device="cpu", precision="fp32")
-    indexer = Indexer(Store.open(tmp_path / "db", model_id="tiny_test"), encoder, IndexerCfg(workers=0, progress=False))
+    indexer = Indexer(
+        Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder, IndexOptions(workers=0)
+    )
     plan = Indexer._plan
 
     def plan_then_delete(self, candidates, report):
@@ -317,7 +320,7 @@ def test_modality_rules(tmp_path):
 
     only_images = ScanOptions(modalities=frozenset({Modality.IMAGE}), exclude=("b_*",))
     scanner = Scanner(only_images)
-    found = [c for c in scanner.scan([str(tmp_path)]) if isinstance(c, Candidate)]
+    found = [c for c in scanner.scan([str(tmp_path)]) if isinstance(c, Task)]
     assert [Path(c.path).name for c in found] == ["c.png"]  # not assigned to depth in this scan
     assert scanner.stats.excluded == 3 and scanner.stats.ignored == 1  # d.npy: an array with no convention
 

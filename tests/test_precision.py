@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xsearch.cli.main import app
 from xsearch import Collection, Modality
+from xsearch.cli.main import app
 from xsearch.encoder import Encoder, resolve_precision
 from xsearch.errors import UsageError
 from xsearch.modalities import Tower
@@ -120,7 +120,7 @@ def test_a_database_from_before_precision_gains_the_column_when_written(tmp_path
     """Schema-1 databases have no precision column: readers say "unknown", the next writer adds it."""
     import lancedb
 
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[0])])
     table = lancedb.connect(str(tmp_path / "db")).open_table("items")
     table.drop_columns(["precision"])  # as written by an earlier xsearch
@@ -134,7 +134,7 @@ def test_a_database_from_before_precision_gains_the_column_when_written(tmp_path
 
 
 def test_commands_without_a_model_import_no_torch(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[i]) for i in range(3)])
     script = (
         "import sys\n"

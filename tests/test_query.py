@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from xsearch import Collection, Modality
 from xsearch.cli.main import app
 from xsearch.cli.search import split_file_weight, split_text_weight
-from xsearch import Collection, Modality
-from xsearch.errors import QueryError, UsageError
+from xsearch.errors import ModelMismatchError, QueryError, UsageError
 from xsearch.query import Engine, Query, combine
 from xsearch.store import ItemRecord, Store
 
@@ -39,7 +39,7 @@ def vectors():
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, vectors):
     """A store of known vectors: images a-f (width 100 * i), audio g-j. No model anywhere."""
-    store = Store.open(tmp_path_factory.mktemp("q") / "db", model_id="tiny_test")
+    store = Store.open(tmp_path_factory.mktemp("q") / "db", model_id="tiny_test", embed_dim=1024)
     records = []
     for i, (name, v) in enumerate(vectors.items()):
         modality = Modality.IMAGE if name <= "f" else Modality.AUDIO
@@ -139,7 +139,7 @@ def test_model_mismatch_is_refused(engine, tiny_model):
 
     other = Encoder(tiny_model, device="cpu", precision="fp32")
     other.model_id = "imagebind_huge"
-    with pytest.raises(QueryError, match="another space"):
+    with pytest.raises(ModelMismatchError, match="holds embeddings of model 'tiny_test', not 'imagebind_huge'"):
         Engine(engine.store, encoder=other)
 
 
@@ -148,7 +148,7 @@ def test_file_and_text_terms_use_the_encoder(tmp_path, tiny_model):
 
     encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     photo = gradient_image(tmp_path / "p.jpg")
-    engine = Engine(Store.open(tmp_path / "db", model_id="tiny_test"), encoder=encoder)
+    engine = Engine(Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder=encoder)
     got = engine.embed(Query.image(photo) * 0.7 + Query.text("a dog") * 0.3)
     image_v = encoder.encode_files([photo])[0].embedding
     text_v = encoder.encode_text(["a dog"]).numpy()[0]
@@ -161,17 +161,18 @@ def test_filtered_search_above_the_exact_limit_uses_the_index(tmp_path):
     """Past ``exact_filter_limit`` matches, the index is over-fetched and filtered: same hits as exact."""
     rng = np.random.default_rng(3)
     vectors = np.stack([unit(v) for v in rng.standard_normal((400, DIM))])
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     records = [ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v, metadata={"width": i}) for i, v in enumerate(vectors)]
     store.add_items(records)
     query = Query.vector(vectors[7] + 0.5 * vectors[300])
-    exact = Engine(store).search(query, target="image", k=5, where="width >= 200")
+    exact_engine = Engine(store)
+    exact = exact_engine.search(query, target="image", k=5, where="width >= 200")
     indexed = Engine(store, exact_filter_limit=10)
     via_index = indexed.search(query, target="image", k=5, where="width >= 200")
     assert [r.id for r in via_index] == [r.id for r in exact] and via_index[0].uri == "/m/300.jpg"
     assert all(r.metadata["width"] >= 200 for r in via_index)
-    assert Modality.IMAGE in indexed._loaded  # the index path was taken (the exact one loads no index)
-    assert Modality.IMAGE not in Engine(store)._loaded
+    assert Modality.IMAGE in indexed.snapshot().loaded  # the index path was taken (the exact one loads no index)
+    assert Modality.IMAGE not in exact_engine.snapshot().loaded
 
 
 def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
@@ -182,7 +183,7 @@ def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
     labels = ["dog", "cat", "rain", "waves"]
     label_vectors = encoder.encode_text(labels).numpy()
     rng = np.random.default_rng(0)
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     truth = {}
     for i in range(12):
         label = i % 4

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from xsearch.cli.main import app
 from xsearch import Collection, Modality, Query
+from xsearch.cli.main import app
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
 from xsearch.model import save_checkpoint
@@ -53,7 +53,7 @@ def two_scales(tmp_path_factory):
         ("audio", False): below(0.05, 0.03, 2000, 0.16),
         ("audio", True): spread_evenly(0.22, 0.30),
     }
-    store = Store.open(tmp_path_factory.mktemp("scales") / "db", model_id="tiny_test")
+    store = Store.open(tmp_path_factory.mktemp("scales") / "db", model_id="tiny_test", embed_dim=1024)
     relevant = set()
     for (modality, right), cosines in groups.items():
         vectors = at_cosine(query, cosines.astype(np.float32), rng)

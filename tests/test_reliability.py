@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xsearch.cli.main import app
 from xsearch import Modality
+from xsearch.cli.main import app
 from xsearch.errors import DecodeError
 from xsearch.model import save_checkpoint
 from xsearch.store import ItemRecord, Store, writer_lock
@@ -57,12 +57,12 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, tiny_model):
 
 
 def test_ids_are_never_reused(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(f"/{i}.jpg", Modality.IMAGE, vector(i)) for i in range(3)])  # ids 0, 1, 2
     store.delete_items(ids=[2])  # the highest, as --prune would
     store.add_items([ItemRecord("/new.jpg", Modality.IMAGE, vector(5))])
     assert store.lookup("/new.jpg", ["id"])["id"] == 3
-    reopened = Store.open(tmp_path / "db", model_id="tiny_test")
+    reopened = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     reopened.delete_items(ids=[3])
     reopened.add_items([ItemRecord("/newer.jpg", Modality.IMAGE, vector(6))])
     assert reopened.lookup("/newer.jpg", ["id"])["id"] == 4
@@ -88,7 +88,7 @@ def test_an_empty_root_is_not_pruned(tmp_path, tiny_model):
 
 
 def test_a_filter_cannot_escape_its_target(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, vector(0)), ItemRecord("/b.wav", Modality.AUDIO, vector(1))])
     argv = ["search", "--db", str(tmp_path / "db"), "--item", "/a.jpg", "--target", "image"]
     escaping = runner.invoke(app, [*argv, "--where", "1=1) OR (modality = 'audio'"])
@@ -100,7 +100,7 @@ def test_a_filter_cannot_escape_its_target(tmp_path):
 
 def test_control_characters_in_names_never_reach_the_terminal(tmp_path):
     hostile = "/m/\x1b]0;pwned\x07evil\nname.jpg"
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(hostile, Modality.IMAGE, vector(0))])
     store.record_errors([("/m/bad\x1b[2J.jpg", "image", "decode", "broken\r\nreally")])
     table = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "0"]).stdout
@@ -171,6 +171,7 @@ def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny
     """A file rewritten while it is decoded is read again: its row's sha256 and vector are of the final bytes."""
     import hashlib
 
+    import xsearch.decode
     import xsearch.indexer.work as work
     from xsearch.encoder import Encoder
     from xsearch.preprocess import preprocess_with_metadata
@@ -186,7 +187,7 @@ def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny
         calls.append(path)
         return prepared
 
-    monkeypatch.setattr(work, "preprocess_with_metadata", decode_while_it_changes)
+    monkeypatch.setattr(xsearch.decode, "preprocess_with_metadata", decode_while_it_changes)
     outcome = work.prepare(work.Task(str(photo), Modality.IMAGE, 0, 0.0))
     assert len(calls) == 2 and outcome.error is None
     assert outcome.sha256 == hashlib.sha256(final).hexdigest()
@@ -200,7 +201,7 @@ def test_a_huge_k_allocates_for_the_items_there_are(tmp_path):
 
     from xsearch import Collection, Query
 
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(f"/{i}.jpg", Modality.IMAGE, vector(i)) for i in range(20)])
     tracemalloc.start()
     hits = Collection.open(tmp_path / "db").search(Query.item(0), k=10**9)
@@ -222,7 +223,9 @@ def test_misleading_reasons_and_odd_ids(tmp_path):
     np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DecodeError, match="holds Python objects, not numbers"):
         preprocess_file(objects, "imu")
-    Store.open(tmp_path / "db", model_id="tiny_test").add_items([ItemRecord("/a.jpg", Modality.IMAGE, vector(0))])
+    Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024).add_items(
+        [ItemRecord("/a.jpg", Modality.IMAGE, vector(0))]
+    )
     result = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "²"])
     assert result.exit_code == 2 and "no indexed item '²'" in result.output
 
@@ -242,8 +245,9 @@ def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
 def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
     from faulty import misbehave
 
-    from xsearch.indexer.decode_pool import GIB, DecodeLimits, DecodePool
+    from xsearch.indexer.decode_pool import GIB, DecodePool
     from xsearch.indexer.work import Task
+    from xsearch.options import DecodeLimits
 
     names = ["ok0", "crash1", "ok2", "hang3", "ok4", "greedy5", "ok6", "ok7"]
     tasks = [Task(str(tmp_path / n), Modality.IMAGE, 1, 0.0) for n in names]
@@ -336,9 +340,9 @@ def test_a_npy_header_is_checked_before_its_data_is_read(tmp_path):
 def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch):
     import os
 
-    from xsearch.indexer import pipeline
     from xsearch import Collection
     from xsearch.encoder import Encoder
+    from xsearch.indexer import pipeline
 
     monkeypatch.setattr(pipeline, "KEEP_VERSIONS", __import__("datetime").timedelta(0))
     media = _photos(tmp_path / "media", 6)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from xsearch.errors import StoreError
+from xsearch.errors import ModelMismatchError, StoreError
 from xsearch.store import ItemFilter, ItemRecord, Store, embeddings_to_numpy
 
 
@@ -32,7 +32,7 @@ def records(n: int, prefix: str = "f", seed: int = 0, modality: str = "image") -
 
 
 def test_add_and_read_back(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     recs = records(5)
     recs[0].metadata = {"width": 640, "height": 480}
     store.add_items(recs)
@@ -46,7 +46,7 @@ def test_add_and_read_back(tmp_path):
 
 
 def test_readable_without_xsearch(tmp_path):
-    Store.open(tmp_path / "db", model_id="tiny_test").add_items(records(4))
+    Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024).add_items(records(4))
     table = lancedb.connect(str(tmp_path / "db")).open_table("items").to_arrow()
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 1024)
     assert embeddings_to_numpy(table["embedding"]).shape == (4, 1024)
@@ -55,9 +55,9 @@ def test_readable_without_xsearch(tmp_path):
 
 
 def test_model_id_mismatch_is_refused(tmp_path):
-    Store.open(tmp_path / "db", model_id="imagebind_huge").add_items(records(1))
-    with pytest.raises(StoreError, match="holds embeddings of model 'imagebind_huge', not 'tiny_test'"):
-        Store.open(tmp_path / "db", model_id="tiny_test")
+    Store.open(tmp_path / "db", model_id="imagebind_huge", embed_dim=1024).add_items(records(1))
+    with pytest.raises(ModelMismatchError, match="holds embeddings of model .imagebind_huge., not .tiny_test."):
+        Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     assert Store.open(tmp_path / "db").model_id == "imagebind_huge"
 
 
@@ -67,7 +67,7 @@ def test_missing_database(tmp_path):
 
 
 def test_bad_vectors_are_refused_before_writing(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     bad = records(3)
     bad[1].embedding = np.full(1024, np.nan, np.float32)
     with pytest.raises(StoreError, match="f1.jpg: embedding contains NaN"):
@@ -78,7 +78,7 @@ def test_bad_vectors_are_refused_before_writing(tmp_path):
 
 
 def test_upsert_keeps_ids_and_replaces_rows(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(records(3))
     changed = records(2, seed=9)  # f0, f1 with new vectors
     changed.append(ItemRecord("new.jpg", "image", unit(1, 5)[0]))
@@ -89,14 +89,14 @@ def test_upsert_keeps_ids_and_replaces_rows(tmp_path):
 
 
 def test_delete_by_uri_and_id(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(records(5))
     store.delete_items(uris=["f1.jpg"], ids=[3])
     assert sorted(store.ids()) == [0, 2, 4]
 
 
 def test_errors_table(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test")
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.record_errors([("bad.jpg", "image", "decode", "bad.jpg: truncated"), ("x.wav", "audio", "decode", "m")])
     store.record_errors([("bad.jpg", "image", "decode", "bad.jpg: still truncated")])
     rows = {r["uri"]: r["message"] for r in store.error_rows().to_pylist()}
@@ -109,7 +109,7 @@ WRITER = textwrap.dedent(
     """
     import sys, numpy as np
     from xsearch.store import ItemRecord, Store
-    store = Store.open(sys.argv[1], model_id="tiny_test")
+    store = Store.open(sys.argv[1], model_id="tiny_test", embed_dim=1024)
     batch = int(sys.argv[2])
     rng = np.random.default_rng(batch)
     print("ready", flush=True)
@@ -133,7 +133,7 @@ def test_sigkill_mid_write_never_half_writes(tmp_path):
     """Kill a writer with SIGKILL at random moments, 6 times; check every batch is whole, nothing committed
     is lost, and a reader in this process sees only whole batches while the writer runs."""
     db = tmp_path / "db"
-    Store.open(db, model_id="tiny_test")
+    Store.open(db, model_id="tiny_test", embed_dim=1024)
     rng = np.random.default_rng(0)
     committed = 0
     next_batch = 0

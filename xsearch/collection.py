@@ -1,66 +1,68 @@
 """``Collection``: one xsearch database and the model that fills and queries it. The library's entry point.
 
 Every job a user has is one method: ``index`` (folders -> database, incrementally), ``search``,
-``classify``, ``info``, ``errors``. The CLI's commands parse their options, call one of these and print.
+``classify``, ``embed``, ``info``, ``errors``, ``item``. Every face (the CLI's commands, ``serve``'s
+routes) builds its options once (``IndexOptions``, ``SearchOptions``, ``ModelChoice``), calls one of these
+and presents the answer.
 Arguments are checked before anything is loaded or written: a misspelt modality or model name fails in
 milliseconds and leaves no database behind.
 
 This module sits on top of the library: it is the one place in ``xsearch`` that reaches into the batch
-indexer (``indexer``), and only when ``index`` is called.
+indexer (``xsearch.indexer``), and only when ``index`` is called.
 
 Example
 -------
 >>> from xsearch import Collection, Query
 >>> media = Collection.open("media.db")  # doctest: +SKIP
->>> media.index(["~/Pictures", "~/Sounds"], assign={"~/scans": "depth"})  # doctest: +SKIP
+>>> media.index(["~/Pictures", "~/Sounds"], assign={"~/scans": "depth"}, workers=4)  # doctest: +SKIP
 >>> media.search(Query.audio("rain.wav"), target="image", k=10).to_pandas()  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from xsearch.errors import UsageError
-from xsearch.modalities import Modality, is_under, parse_modalities
+from xsearch.errors import ItemNotFound, UsageError
+from xsearch.modalities import Modality, is_under
+from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
+from xsearch.options import IndexOptions, SearchOptions, real_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "imagebind_huge"
+DEFAULT_MODEL = DEFAULT_ARCHITECTURE
 
 
 class Collection:
-    """A database directory plus how to load its model (checkpoint, architecture, device).
+    """A database directory plus the model that fills and queries it.
 
-    The model is resolved as: ``model`` if given, else the architecture the database was made with, else
-    ``imagebind_huge``; it loads on first need (a search of stored items never needs it). Pass ``encoder``
-    to use one already loaded.
+    The model arguments (``checkpoint``, ``model``: an architecture name, ``device``, ``precision``,
+    ``verify_checkpoint``) are folded into one ``ModelChoice`` here, or given whole as ``choice``. The
+    model is the one asked for, else the one the database was made with, else ``imagebind_huge``; it loads
+    on first need (a search of stored items never needs it). Pass ``encoder`` to use one already loaded.
+    ``path=None`` is a collection without a database: only ``embed`` works.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None,
         *,
         checkpoint: str | os.PathLike | None = None,
         model: str | None = None,
         device: str = "auto",
         precision: str = "auto",
         verify_checkpoint: bool = False,
+        choice: ModelChoice | None = None,
         encoder=None,
         index_cfg=None,
     ):
-        if model is not None:
-            from xsearch.model.config import get_config
-
-            get_config(model)  # a misspelt architecture fails now, not after a checkpoint download
-        self.path = Path(path).expanduser()
-        self._checkpoint, self._model, self._device = checkpoint, model, device
-        self._precision, self._verify = precision, verify_checkpoint
+        self.path = Path(path).expanduser() if path is not None else None
+        self.choice = choice or ModelChoice(checkpoint, model, device, precision, verify_checkpoint)
         self._encoder = encoder
         self._injected_encoder = encoder is not None
         self._index_cfg = index_cfg
@@ -68,15 +70,16 @@ class Collection:
         self._engine = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, **kwargs) -> Collection:
+    def open(cls, path: str | os.PathLike | None, **kwargs) -> Collection:
         """The collection at ``path``; nothing is read until a method needs it (``index`` creates it)."""
         return cls(path, **kwargs)
 
     def close(self) -> None:
-        """Let go of the model, the indices and the database handles (a later call loads them again)."""
+        """Let go of the model, the indices and the database handles (a later call loads them again); an
+        encoder passed in is the caller's and is kept."""
         self._engine = None
         self._store = None
-        if self._checkpoint is not None or self._model is not None:  # reloadable: drop the model too
+        if not self._injected_encoder:
             self._encoder = None
 
     def __enter__(self) -> Collection:
@@ -86,7 +89,7 @@ class Collection:
         self.close()
 
     def __repr__(self) -> str:
-        model = self._encoder.model_id if self._encoder is not None else self._model or "from the database"
+        model = self._encoder.model_id if self._encoder is not None else self.choice.model_id or "from the database"
         state = "" if self.exists() else ", not created yet"
         return f"Collection({str(self.path)!r}, model={model!r}{state})"
 
@@ -95,11 +98,13 @@ class Collection:
     def exists(self) -> bool:
         from xsearch.store import META
 
-        return (self.path / f"{META}.lance").exists()
+        return self.path is not None and (self.path / f"{META}.lance").exists()
 
     @property
     def store(self):
         """The database (``StoreError`` when there is none yet: ``index`` creates it)."""
+        if self.path is None:
+            raise UsageError("this collection has no database (give its path)", argument="db")
         if self._store is None:
             from xsearch.store import Store
 
@@ -115,8 +120,8 @@ class Collection:
     def _known_model(self) -> str | None:
         if self._encoder is not None:
             return self._encoder.model_id
-        if self._model is not None:
-            return self._model
+        if self.choice.model_id is not None:
+            return self.choice.model_id
         return self.store.model_id if self.exists() else None
 
     @property
@@ -126,35 +131,18 @@ class Collection:
 
         return is_random_weights(self.model_name)
 
+    def model_choice(self) -> ModelChoice:
+        """The model this collection loads: the choice made, fitted to the database's model (a different
+        model asked for is a ``ModelMismatchError``, before anything loads)."""
+        held = self.store.model_id if self.exists() else None
+        return self.choice.for_database(held, self.path)
+
     @property
     def encoder(self):
         """The encoder, loaded on first use."""
         if self._encoder is None:
-            self._encoder = self._encoder_recipe(self._device, verify=self._verify)()
+            self._encoder = self.model_choice().load()
         return self._encoder
-
-    def _encoder_recipe(self, device: str, verify: bool = False):
-        """How to make this collection's encoder, as a picklable call: cluster nodes make theirs from the
-        same checkpoint path (or cache) rather than receiving the weights over the network."""
-        from xsearch.encoder import Encoder
-        from xsearch.model.config import architecture_of
-        from xsearch.model.pretrained import PRETRAINED
-
-        model_id = self._known_model()
-        checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
-        if not checkpoint and model_id is not None and model_id not in PRETRAINED:
-            # Only published weights can be downloaded; anything else must be the file it was made with.
-            where = f"{self.path} holds embeddings of '{model_id}'" if self.exists() else f"model '{model_id}'"
-            raise UsageError(
-                f"{where}, which has no downloadable weights: give the checkpoint file it was made with "
-                "(or set XSEARCH_CHECKPOINT)",
-                argument="checkpoint",
-            )
-        # With no model known, a checkpoint file may name its own architecture (random-checkpoint's do).
-        architecture = architecture_of(model_id) if model_id else None
-        return functools.partial(
-            Encoder.from_pretrained, checkpoint, architecture, device, self._precision, verify=verify
-        )
 
     @property
     def engine(self):
@@ -166,133 +154,99 @@ class Collection:
 
     # ---- jobs -------------------------------------------------------------------------------------------
 
-    def index(
-        self,
-        paths: Sequence[str | os.PathLike],
-        *,
-        assign: Mapping[str | os.PathLike, Modality | str] | None = None,
-        modalities: str | Sequence[Modality | str] | None = None,
-        exclude: Sequence[str] = (),
-        follow_symlinks: bool = False,
-        prune: bool = False,
-        update_index: bool = True,
-        batch_size: int = 16,
-        workers: int | None = None,
-        commit_every: int = 256,
-        file_timeout: float = 600.0,
-        worker_memory_gb: float | None = None,
-        ray: str | None = None,
-        ray_actors: int | None = None,
-        progress: bool = False,
-    ):
+    def index(self, paths: Sequence[str | os.PathLike], options: IndexOptions | None = None, **overrides):
         """Index files and folders: scan, decode in parallel, embed in batches, store, update the indices.
 
-        ``assign`` maps folders or files to a modality (``{"scans/": "depth"}``); assigned paths that are not
-        under ``paths`` are indexed too. ``modalities`` keeps only those. With decode workers, a file that
-        takes longer than ``file_timeout`` seconds or needs more than ``worker_memory_gb`` (default: a share of
-        the machine's memory) becomes an error row, as does one whose decoder crashes. ``ray`` (an address,
-        ``auto`` or ``local``) decodes and embeds on a Ray cluster (``xsearch.indexer.cluster``) with ``ray_actors``
-        encoders (default: one per node or GPU); planning and commits stay here. Returns the run report
-        (``xsearch.indexer.pipeline.RunReport``): counts, failures with reasons, index sizes.
+        ``options`` (an ``IndexOptions``) and keyword ``overrides`` say how: ``assign`` maps folders or
+        files to a modality (``{"scans/": "depth"}``; assigned paths outside ``paths`` are indexed too),
+        ``modalities`` keeps only those, ``exclude``, ``prune``, ``batch_size``, ``workers``,
+        ``file_timeout`` (seconds per file), ``worker_memory_gb``, ``ray`` (an address, ``auto`` or
+        ``local``: decode and embed on a Ray cluster), ``ray_actors``, ``progress``. Returns the
+        ``RunReport``: counts, failures with reasons, index sizes.
         """
-        from xsearch.indexer.decode_pool import GIB, DecodeLimits
-        from xsearch.indexer.pipeline import Indexer, IndexerCfg
-        from xsearch.indexer.scan import ScanOptions
-
         started = time.perf_counter()
-        assigned = _assignments(assign or {})
+        options = IndexOptions.of(options, **overrides)
         # Real paths: a root reached through a link (/mnt/photos -> /data/photos) is the same files as its
         # target, and must give them the same uris, or indexing both would store every file twice.
-        roots = [_real(p) for p in paths]
-        roots += [p for p in assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
+        roots = [real_path(p) for p in paths]
+        roots += [p for p in options.scan.assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
         if not roots:
             raise UsageError("nothing to index: give folders or files", argument="paths")
         missing = [p for p in roots if not os.path.lexists(p)]
         if missing:  # a typo or an unmounted drive: nothing is done, nothing is recorded
             raise UsageError(f"no such file or folder: {', '.join(missing)}", argument="paths")
-        options = ScanOptions(
-            modalities=frozenset(_parse(modalities, "modalities")) if modalities else None,
-            exclude=tuple(exclude),
-            follow_symlinks=follow_symlinks,
-            assigned=assigned,
-        )
-        self._check_model_matches()
-        cfg = IndexerCfg(
-            batch_size=batch_size,
-            workers=workers,
-            limits=DecodeLimits(file_timeout, int(worker_memory_gb * GIB) if worker_memory_gb else None),
-            commit_every=commit_every,
-            prune=prune,
-            update_index=update_index,
-            progress=progress,
-        )
+        if self.path is None:
+            raise UsageError("indexing needs a database (give its path)", argument="db")
         loading = time.perf_counter()
         if self._encoder is None:
-            from xsearch.encoder import resolve_device, resolve_precision
-
-            # A bad device or precision is a usage error, before "loading model".
-            resolve_precision(self._precision, resolve_device(self._device))
-            if progress:
+            choice = self.model_choice()  # another model than the database's fails here
+            choice.resolved()  # a bad device or precision is a usage error, before "loading model"
+            if options.progress:
                 from tqdm import tqdm
 
-                checkpoint = self._checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
-                named = self._known_model() or checkpoint or DEFAULT_MODEL
-                tqdm.write(f"loading model {named} ...", file=sys.stderr)  # beside the progress bars
+                tqdm.write(f"loading model {choice.describe()} ...", file=sys.stderr)  # beside the progress bars
         encoder = self.encoder
         loaded = time.perf_counter()
         from xsearch.store import writer_lock
 
         with writer_lock(self.path):  # one writer per database: ids and commits never interleave
             store = self._open_for_writing(encoder)
-            if ray is None:
-                report = Indexer(store, encoder, cfg).run(roots, options)
+            if options.ray is None:
+                from xsearch.indexer.pipeline import Indexer
+
+                report = Indexer(store, encoder, options).run(roots)
             else:
-                report = self._index_on_ray(ray, ray_actors, store, encoder, cfg, roots, options)
+                report = self._index_on_ray(options, store, encoder, roots)
         report.load_seconds = loaded - loading
         report.seconds = time.perf_counter() - started  # the whole run, model loading included
         return report
 
-    def _index_on_ray(self, address, actors, store, encoder, cfg, roots, options):
+    def _index_on_ray(self, options, store, encoder, roots):
         import ray
 
         from xsearch.indexer.cluster import RayIndexer, connect
 
-        started_here = connect(address)
+        started_here = connect(options.ray)
         try:
-            recipe = None if self._injected_encoder else self._encoder_recipe("auto")  # a given encoder ships as is
-            return RayIndexer(store, encoder, cfg, encoder_source=recipe, actors=actors).run(roots, options)
+            # Nodes load the weights from the same recipe (each picks its own device); a given encoder ships as is.
+            source = None if self._injected_encoder else replace(self.model_choice(), device="auto").load
+            return RayIndexer(store, encoder, options, encoder_source=source).run(roots)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def search(
-        self,
-        query,
-        *,
-        target=None,
-        k: int = 10,
-        where: str | None = None,
-        path: str | None = None,
-        min_score: float | None = None,
-        min_calibrated: float | None = None,
-        autocut: int | None = None,
-        dedup: bool = True,
-    ):
-        """The ``k`` items nearest to ``query`` (a ``Query``) among ``target`` modalities (default: all).
+    def search(self, query, options: SearchOptions | None = None, **overrides):
+        """The items nearest to ``query`` (a ``Query``), best first: ``Results``.
 
-        Several targets are merged by calibrated score; cut-offs and duplicates as in ``Engine.search``.
+        ``options`` (a ``SearchOptions``) and keyword ``overrides`` say what to search: ``target``
+        modalities (default: all; several are merged by calibrated score), ``k``, ``where``, ``path``,
+        the cut-offs ``min_score``, ``min_calibrated``, ``autocut``, and ``dedup``.
         """
-        return self.engine.search(
-            query,
-            target=target,
-            k=k,
-            where=where,
-            path=path,
-            min_score=min_score,
-            min_calibrated=min_calibrated,
-            autocut=autocut,
-            dedup=dedup,
-        )
+        return self.engine.search(query, SearchOptions.of(options, **overrides))
+
+    def embed(self, paths: Sequence[str | os.PathLike], modality: Modality | str | None = None, thumbnails=False):
+        """Embed files with this collection's model by the indexer's rules: one ``Outcome`` per file, in
+        order, with ``embedding`` or ``error`` (``message``: path and reason)."""
+        try:
+            modality = Modality(modality) if modality else None  # a typo fails before the model loads
+        except UsageError as exc:
+            raise exc.for_argument("modality") from None
+        return self.encoder.encode_files(paths, modality=modality, thumbnails=thumbnails)
+
+    def item(self, key: int | str, columns: Sequence[str]) -> dict:
+        """One stored item's ``columns``, by id or path (``ItemNotFound`` when it is not indexed)."""
+        row = self.store.lookup(key, columns)
+        if row is None:
+            raise ItemNotFound(key, self.path)
+        return row
+
+    @staticmethod
+    def random_checkpoint(path: str | os.PathLike, architecture: str = "tiny_test", seed: int = 0) -> Path:
+        """Write a checkpoint of random weights, for trying xsearch without the real weights: everything
+        runs, the results mean nothing, and every database made with it says so."""
+        from xsearch.model import save_random_checkpoint
+
+        return save_random_checkpoint(path, architecture, seed)
 
     def classify(
         self,
@@ -371,39 +325,9 @@ class Collection:
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
-    def _check_model_matches(self) -> None:
-        """An explicit model that differs from the database's is refused before anything loads."""
-        if self._model is not None and self.exists() and self.store.model_id != self._model:
-            raise UsageError(
-                f"{self.path} holds embeddings of model '{self.store.model_id}', not '{self._model}'; "
-                "embeddings of different models cannot be mixed (index into another database)",
-                argument="model",
-            )
-
     def _open_for_writing(self, encoder):
         from xsearch.store import Store
 
         self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         self._engine = None
         return self._store
-
-
-def _parse(value, argument: str) -> list[Modality]:
-    try:
-        return parse_modalities(value)
-    except UsageError as exc:
-        raise exc.for_argument(argument) from None
-
-
-def _real(path: str | os.PathLike) -> str:
-    return os.path.realpath(os.path.expanduser(os.fspath(path)))
-
-
-def _assignments(assign: Mapping) -> dict[str, Modality]:
-    out = {}
-    for path, modality in assign.items():
-        try:
-            out[_real(path)] = Modality(modality)
-        except UsageError as exc:
-            raise exc.for_argument("assign") from None
-    return out

@@ -15,17 +15,17 @@ import functools
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xsearch.errors import DecodeError, UsageError
-from xsearch.modalities import Modality, Tower, as_tower, modality_of_path
+from xsearch.decode import Outcome, decode
+from xsearch.errors import UsageError
+from xsearch.modalities import Modality, Tower, as_tower
 from xsearch.model.imagebind import ImageBind
-from xsearch.preprocess import PreprocessCfg, Preprocessed, get_tokenizer, preprocess_with_metadata
+from xsearch.preprocess import PreprocessCfg, get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +71,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-@dataclass
-class EncodedFile:
-    """One file's outcome: an embedding, or the reason it has none."""
-
-    path: str
-    modality: Modality | None
-    embedding: np.ndarray | None = None
-    error: str | None = None
-    thumbnail: bytes | None = None  # only when asked for (query inputs shown on a results page)
-
-    def as_json(self) -> dict:
-        if self.embedding is None:
-            return {"error": self.error}
-        return {"embedding": [round(float(v), 7) for v in self.embedding]}
-
-
 class Encoder:
     """Batches of model input -> unit vectors.
 
@@ -127,13 +111,10 @@ class Encoder:
         verify: bool = False,
     ) -> Encoder:
         """An encoder over a checkpoint (path, ``XSEARCH_CHECKPOINT``, cache or download) whose towers load
-        when first needed. ``verify`` re-hashes a cached download even when its size and time are unchanged."""
-        from xsearch.model import open_checkpoint
+        when first needed: ``ModelChoice(...).load()``."""
+        from xsearch.model.choice import ModelChoice
 
-        device = resolve_device(device)  # a bad device or precision fails before the checkpoint is read
-        resolve_precision(precision, device)
-        source = open_checkpoint(checkpoint, architecture=architecture, verify=verify)
-        return cls(source.model(), device=device, precision=precision, towers=source)
+        return ModelChoice(checkpoint, architecture, device, precision, verify).load()
 
     def _ensure(self, tower: Tower) -> None:
         if tower in self.model.towers:
@@ -162,43 +143,42 @@ class Encoder:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.encode(Modality.TEXT, get_tokenizer(self.preprocess.text.context_length)(list(texts)))
 
-    def prepare(self, path: str | os.PathLike, modality: Modality | str, thumbnail: bool = False) -> Preprocessed:
-        """``path`` decoded and preprocessed as ``modality`` for this model (``DecodeError`` on failure)."""
-        return preprocess_with_metadata(path, modality, self.preprocess, thumbnail=thumbnail)
-
     def encode_files(
         self, paths, modality: Modality | str | None = None, batch_size: int = 16, thumbnails: bool = False
-    ) -> list[EncodedFile]:
-        """Embed files, grouped by modality, in input order.
+    ) -> list[Outcome]:
+        """Embed files, in input order, by the indexer's rules (``xsearch.decode``): each file's modality
+        is ``modality`` when given, else what its path and first bytes say; a video file with only sound
+        is audio. A file that cannot be decoded or encoded has ``error`` set (``message``: path and
+        reason); the others have ``embedding``, and with ``thumbnails`` the preview made from the pixels
+        they decoded."""
+        outcomes = [decode(path, modality, self.preprocess, thumbnail=thumbnails) for path in paths]
+        self.encode_outcomes([o for o in outcomes if o.ok], batch_size)
+        return outcomes
 
-        Each file's modality is ``modality`` when given, else what the indexer's rules make of its path
-        (a folder named ``depth``, a stem ending ``_thermal``, the extension, the first bytes).
+    def encode_outcomes(self, outcomes: list[Outcome], batch_size: int = 16) -> None:
+        """Set each decoded outcome's ``vector``, in batches of one modality, or its encode error; frees the
+        model inputs. The indexer's batches, the cluster's actors and ``encode_files`` all come here."""
+        groups: dict[Modality, list[Outcome]] = defaultdict(list)
+        for outcome in outcomes:
+            groups[outcome.modality].append(outcome)
+        for modality, group in groups.items():
+            for start in range(0, len(group), batch_size):
+                self._encode_batch(modality, group[start : start + batch_size])
 
-        A file that cannot be decoded gets an ``EncodedFile`` with ``error`` set; the others are embedded.
-        With ``thumbnails``, each result also carries the preview made from the pixels it decoded.
-        """
-        modality = Modality(modality) if modality else None
-        results: list[EncodedFile] = []
-        pending: dict[Modality, list[tuple[int, torch.Tensor]]] = defaultdict(list)
-        for path in paths:
-            path = os.fspath(path)
-            kind = modality or modality_of_path(path)
-            result = EncodedFile(path, kind)
-            results.append(result)
-            if kind is None:
-                result.error = f"{path}: unknown file type (name its modality)"
-                continue
-            try:
-                prepared = self.prepare(path, kind, thumbnail=thumbnails)
-            except DecodeError as exc:
-                result.error = str(exc)
-                continue
-            result.thumbnail = prepared.metadata.get("thumbnail")
-            pending[kind].append((len(results) - 1, prepared.tensor))
-        for kind, items in pending.items():
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                vectors = self.encode(kind, torch.stack([x for _, x in chunk])).numpy()
-                for (index, _), vector in zip(chunk, vectors):
-                    results[index].embedding = vector
-        return results
+    def _encode_batch(self, modality: Modality, outcomes: list[Outcome]) -> None:
+        try:
+            vectors = self.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
+        except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
+            if len(outcomes) == 1:
+                outcomes[0].fail("encode", f"the model failed ({exc})")
+                return
+            log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
+            for outcome in outcomes:
+                self._encode_batch(modality, [outcome])
+            return
+        for outcome, vector in zip(outcomes, vectors):
+            outcome.tensor = None  # free the decoded input now
+            if np.isfinite(vector).all():
+                outcome.vector = vector
+            else:
+                outcome.fail("encode", "the model produced NaN for this file")

@@ -79,3 +79,32 @@ class UsageError(XsearchError):
 
 class NoStreamError(DecodeError):
     """A container holds no stream of the kind asked for (a video file with only sound, say)."""
+
+
+class ModelMismatchError(UsageError):
+    """A database holds embeddings of one model and another was asked for: different spaces never mix."""
+
+    def __init__(self, database, held: str, given: str, argument: str = "model"):
+        self.database, self.held, self.given = str(database), held, given
+        super().__init__(
+            f"{self.database} holds embeddings of model '{held}', not '{given}'; embeddings of different models "
+            "live in different spaces and cannot be mixed (use the model the database was made with, or another "
+            "database)",
+            argument=argument,
+        )
+
+    @classmethod
+    def check(cls, database, held: str, given: str | None, argument: str = "model") -> None:
+        """The one "this database holds another model" check: raises unless ``given`` is ``held`` (or
+        ``None``: whatever the database holds). ``argument``: what named the other model (a model name, or
+        the checkpoint that was loaded)."""
+        if given is not None and given != held:
+            raise cls(database, held, given, argument)
+
+
+class ItemNotFound(QueryError):
+    """A stored item named by id or path is not in the database."""
+
+    def __init__(self, key, database):
+        self.key = key
+        super().__init__(f"no indexed item {key!r} in {database}")

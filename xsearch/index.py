@@ -651,23 +651,33 @@ class IndexSet:
         ``persist=False`` (searches) brings it up to date in memory only and writes nothing. Damaged files
         are rebuilt (in memory only for a search).
         """
+        return self.current(modality, persist)[0]
+
+    def current(
+        self, modality: Modality, persist: bool = True, previous: tuple[VectorIndex, dict] | None = None
+    ) -> tuple[VectorIndex, dict]:
+        """``fresh``, with what the index covers now (its ``meta``). ``previous``: an index already in memory
+        and its meta (a search engine's, from an earlier snapshot) to top up instead of loading the files."""
         directory = self.directory(modality)
-        if not (directory / META).exists():
+        if previous is not None:
+            index, meta = previous
+        elif not (directory / META).exists():
             if not persist:
                 log.info("%s index: none on disk; built in memory for this search", modality)
-            return self.build(modality, persist)
-        try:
-            index, meta = VectorIndex.load(directory, self.cfg, verify=persist)
-        except SearchIndexError as exc:
-            log.warning("%s; rebuilding%s", exc, "" if persist else " in memory (run xsearch index to repair)")
-            return self.build(modality, persist)
+            return self.rebuild(modality, persist)
+        else:
+            try:
+                index, meta = VectorIndex.load(directory, self.cfg, verify=persist)
+            except SearchIndexError as exc:
+                log.warning("%s; rebuilding%s", exc, "" if persist else " in memory (run xsearch index to repair)")
+                return self.rebuild(modality, persist)
         version = self.store.version
         if meta.get("model_id") != self.store.model_id or meta.get("modality") != str(modality):
-            return self.build(modality, persist)
+            return self.rebuild(modality, persist)
         if self._is_current(meta, modality, version):
-            return index
+            return index, meta
         if meta.get("indexed_until") is None or meta.get("table_version", -1) > version:
-            return self.build(modality, persist)  # covers a version the table no longer has
+            return self.rebuild(modality, persist)  # covers a version the table no longer has
         # Ids are unique on both sides: ``assume_unique`` skips numpy's hashing unique(), seconds at 1M rows.
         current = np.sort(self.store.ids(modality, version=version))
         live = index.ids
@@ -681,9 +691,17 @@ class IndexSet:
         reason = index.needs_rebuild(sum(1 for s in meta["segments"] if s.get("topup")) + 1)
         if reason:
             log.info("%s index: rebuilding (%s)", modality, reason)
-            return self.build(modality, persist)
+            return self.rebuild(modality, persist)
         where = "saved" if persist else "in memory only; xsearch index saves it"
         log.info("%s index: topped up (%d rows added, %d masked; %s)", modality, len(found), len(removed), where)
+        covers = self._covers(modality, version)
         if persist:
-            index.save(directory, self._covers(modality, version), meta["segments"], topup=True)
-        return index
+            segments = index.save(directory, covers, meta["segments"], topup=True)
+        else:
+            segments = [*meta["segments"], {"topup": True}]  # counted towards the next rebuild, as on disk
+        return index, {**covers, "segments": segments}
+
+    def rebuild(self, modality: Modality, persist: bool = True) -> tuple[VectorIndex, dict]:
+        """A new index from the store, and what it covers (``build``, with the meta ``current`` returns)."""
+        index = self.build(modality, persist)
+        return index, {**self._covers(modality, self.store.version), "segments": []}

@@ -33,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xsearch.errors import DatabaseDamaged, StoreError, UsageError, XsearchError
+from xsearch.errors import DatabaseDamaged, ModelMismatchError, StoreError, UsageError, XsearchError
 from xsearch.modalities import Modality
+from xsearch.options import item_key
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +157,6 @@ def _and(clauses: Iterable[str | None]) -> str | None:
     return " AND ".join(f"({c})" for c in clauses) if clauses else None
 
 
-def is_id(text) -> bool:
-    """Whether ``text`` names an item by id: ASCII digits only (``"²"`` is a digit to Python, not an id)."""
-    return isinstance(text, str) and text.isascii() and text.isdigit()
-
-
 def _check_one_expression(where: str) -> None:
     """A caller's predicate must be one expression: parentheses balanced outside quotes, so that it cannot
     close the parentheses it is put in and escape the filters around it (``1=1) OR (modality = 'audio'``)."""
@@ -203,8 +199,9 @@ class ItemFilter:
     @classmethod
     def item(cls, key: int | str) -> ItemFilter:
         """One stored item named by id, or by uri as given or made absolute."""
-        if isinstance(key, (int, np.integer)) or is_id(key):
-            return cls(ids=[int(key)])
+        key = item_key(key)
+        if isinstance(key, int):
+            return cls(ids=[key])
         return cls(uris=sorted({str(key), os.path.abspath(str(key))}))
 
     def sql(self) -> str | None:
@@ -285,6 +282,8 @@ class Store:
         self._db = db
         self.model_id = model_id
         self.embed_dim = embed_dim
+        self._pinned = None  # the items dataset at one version, for a snapshot (``snapshot``)
+        self.key: str | None = None  # that version's ``version_key``
 
     # ---- opening -------------------------------------------------------------------------------------
 
@@ -296,8 +295,7 @@ class Store:
 
         ``model_id`` must match the model that wrote the existing embeddings; embeddings of different
         models live in different spaces and are never mixed. ``None`` accepts whatever the database holds.
-        A new database takes ``embed_dim`` from the encoder that will fill it (``Encoder.embed_dim``); when
-        not given, from the architecture named ``model_id``.
+        A new database takes ``embed_dim`` from the encoder that will fill it (``Encoder.embed_dim``).
         """
         path = Path(path)
         with _translated(path):
@@ -325,17 +323,14 @@ class Store:
                     f"{path}: database schema version {stored['schema_version']}, this xsearch reads "
                     f"version {SCHEMA_VERSION}; re-index into a new directory"
                 )
-            if model_id is not None and stored["model_id"] != model_id:
-                raise StoreError(
-                    f"{path}: holds embeddings of model '{stored['model_id']}', not '{model_id}'; "
-                    "embeddings of different models cannot be mixed (use another database)"
-                )
+            ModelMismatchError.check(path, stored["model_id"], model_id)
             store = cls(path, db, stored["model_id"], int(stored["embed_dim"]))
             store.items(), store.errors()  # both tables present, or the database is damaged
             if model_id is not None:  # a writer: bring columns added since schema 1 to this database
                 store._add_missing_columns()
         else:
-            embed_dim = embed_dim or _architecture_width(model_id)
+            if not embed_dim:
+                raise StoreError(f"{path}: a new database needs the width of its embeddings (embed_dim)")
             store = cls(path, db, model_id, embed_dim)
             # Items and errors first, meta last: a database is complete once its meta table exists.
             db.create_table(ITEMS, schema=items_schema(embed_dim), exist_ok=True)
@@ -371,15 +366,27 @@ class Store:
 
     @property
     def version(self) -> int:
-        """The ``items`` table version: what an index built from the store records as covered."""
-        return self.items().version
+        """The ``items`` table version (a snapshot's own): what an index built from it records as covered."""
+        return self._pinned.version if self._pinned is not None else self.items().version
+
+    @_guarded
+    def snapshot(self) -> Store:
+        """This store frozen at its current version: every read through the copy (counts, rows, vectors,
+        ids, the indices built from it) sees that version and no later commit. ``key`` is its
+        ``version_key``, a name that cannot come back."""
+        pinned = Store(self.path, self._db, self.model_id, self.embed_dim)
+        pinned._pinned = self._dataset()
+        pinned.key = pinned.version_key()
+        return pinned
 
     @_guarded
     def count(self, modality: Modality | None = None, version: int | None = None) -> int:
         return self._dataset(version).count_rows(ItemFilter(modality=modality).sql())
 
     def _dataset(self, version: int | None = None):
-        """The ``items`` Lance dataset at ``version`` (the latest when ``None``)."""
+        """The ``items`` Lance dataset at ``version`` (when ``None``: a snapshot's, else the latest)."""
+        if self._pinned is not None and version in (None, self._pinned.version):
+            return self._pinned
         dataset = self.items().to_lance()
         return dataset if version is None else dataset.checkout_version(version)
 
@@ -653,14 +660,6 @@ def _filter_problem(message: str) -> str:
         return f"syntax error: {parser.group(1)}"
     resolving = re.search(r"Error resolving filter expression .*?: (.*)$", text)
     return (resolving.group(1) if resolving else text).strip().rstrip(".,")
-
-
-def _architecture_width(model_id: str) -> int:
-    from xsearch.model.config import CONFIGS, architecture_of
-
-    if architecture_of(model_id) not in CONFIGS:
-        raise StoreError(f"model {model_id!r} is not a known architecture: give the new database's embed_dim")
-    return CONFIGS[architecture_of(model_id)].embed_dim
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

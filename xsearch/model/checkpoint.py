@@ -24,7 +24,7 @@ from xsearch.errors import CheckpointError, UsageError
 from xsearch.modalities import Tower
 from xsearch.model.config import RANDOM_MARK, get_config
 from xsearch.model.imagebind import ImageBind, create_model
-from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir
+from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir, given_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def resolve_checkpoint(
 ) -> Path:
     """Find the checkpoint file: ``checkpoint`` if given, else ``$XSEARCH_CHECKPOINT``, else the cache
     (``$XSEARCH_HOME/checkpoints``), downloading it there on first use."""
-    explicit = checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
+    explicit = given_checkpoint(checkpoint)
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -289,8 +289,8 @@ def open_checkpoint(
         raise UsageError(f"unknown weights {weights!r} (known: {', '.join(PRETRAINED)})", argument="weights")
     if architecture is not None:
         get_config(architecture)  # an unknown name fails before any file is read or downloaded
-    explicit = checkpoint or os.environ.get("XSEARCH_CHECKPOINT")
-    path = resolve_checkpoint(checkpoint, weights, **resolve_kwargs)
+    explicit = given_checkpoint(checkpoint)
+    path = resolve_checkpoint(explicit, weights, **resolve_kwargs)
     # A file given by the user may name its own architecture; a download is the weights' own.
     return TowerSource(path, architecture or (None if explicit else PRETRAINED[weights].architecture))
 

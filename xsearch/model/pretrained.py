@@ -39,6 +39,16 @@ PRETRAINED: dict[str, PretrainedWeights] = {
 }
 
 
+CHECKPOINT_ENV = "XSEARCH_CHECKPOINT"
+
+
+def given_checkpoint(checkpoint: str | os.PathLike | None = None) -> str | None:
+    """The checkpoint file the user named: ``checkpoint``, else ``$XSEARCH_CHECKPOINT`` (the one place that
+    reads it), else ``None`` (the cached download of published weights)."""
+    named = checkpoint or os.environ.get(CHECKPOINT_ENV)
+    return os.fspath(named) if named else None
+
+
 def xsearch_home() -> Path:
     """The cache directory: ``$XSEARCH_HOME``, else ``~/.cache/xsearch``."""
     return Path(os.environ.get("XSEARCH_HOME") or Path.home() / ".cache" / "xsearch").expanduser()

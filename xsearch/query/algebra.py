@@ -22,8 +22,9 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from xsearch.errors import QueryError
+from xsearch.errors import ItemNotFound, QueryError
 from xsearch.modalities import Modality
+from xsearch.options import item_key
 
 
 class EmbedContext(Protocol):
@@ -98,7 +99,7 @@ class FileTerm(Term):
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
         result = context.encoder.encode_files([self.path], modality=self.modality, thumbnails=True)[0]
         if result.error is not None:
-            raise QueryError(f"query input {result.error}")
+            raise QueryError(f"query input {result.message}")
         return result.embedding, QueryInput(self, self.modality, self.path, result.thumbnail)
 
 
@@ -159,7 +160,7 @@ class ItemTerm(Term):
         store = context.store
         row = store.lookup(self.key, ["embedding", "uri", "modality", "thumbnail"])
         if row is None:
-            raise QueryError(f"no indexed item {self.key!r} in {store.path}")
+            raise ItemNotFound(self.key, store.path)
         vector = np.asarray(row["embedding"], dtype=np.float32)
         return vector, QueryInput(self, Modality(row["modality"]), row["uri"], row["thumbnail"])
 
@@ -208,8 +209,8 @@ class Query(metaclass=_QueryType):
 
     @classmethod
     def item(cls, id_or_uri: int | str, weight: float = 1.0) -> Query:
-        """A stored item's embedding, by id or uri: no model run."""
-        return cls([ItemTerm(id_or_uri, weight=float(weight))])
+        """A stored item's embedding, by id (``12`` or ``"12"``) or path: no model run."""
+        return cls([ItemTerm(item_key(id_or_uri), weight=float(weight))])
 
     @classmethod
     def input(cls, modality: Modality | str, value: str, weight: float = 1.0) -> Query:

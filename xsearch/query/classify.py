@@ -130,7 +130,7 @@ def example_prototypes(encoder, examples, text_weight: float = 0.0) -> tuple[lis
     vectors = {}
     for label, paths in files.items():
         embedded = encoder.encode_files(paths)
-        failed = [r.error for r in embedded if r.error is not None]
+        failed = [r.message for r in embedded if r.error is not None]
         if failed:
             raise QueryError(f"example for label {label!r}: {failed[0]}")
         vectors[label] = np.stack([r.embedding for r in embedded])

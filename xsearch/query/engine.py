@@ -2,24 +2,30 @@
 
 Strategy: with no filter, the modality's FAISS index answers. With a filter (``where``, ``path``), the
 matching ids are read from the store; up to ``exact_filter_limit`` of them are scored exactly against
-their stored vectors, more than that over-fetch the index and keep the matches. Indices are kept in memory
-while the store's version is unchanged, and are never written from here (see ``IndexSet.fresh``).
+their stored vectors, more than that over-fetch the index and keep the matches.
+
+One snapshot per version: everything a search reads (indices, calibration samples, the hashes held by
+several rows, counts, rows) comes from the store frozen at one version (``Store.snapshot``), so an answer
+never mixes the commits of a concurrent ``xsearch index``. The snapshot is kept while the store's
+``version_key`` is unchanged; the next one tops up the previous one's indices in memory rather than
+reading their files again. Indices are never written from here (``IndexSet.current(persist=False)``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-from collections.abc import Sequence
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
 
-from xsearch.errors import QueryError, SearchIndexError, UsageError
-from xsearch.modalities import Modality, parse_modalities
+from xsearch.errors import ModelMismatchError, QueryError, SearchIndexError
+from xsearch.modalities import Modality
+from xsearch.options import SearchOptions
 from xsearch.query.algebra import Query, QueryInput, combine
-from xsearch.query.ranking import Calibration, autocut, sample_ids
+from xsearch.query.ranking import Calibration, Hit, cut, fold_duplicates, sample_ids
 from xsearch.query.results import METADATA_COLUMNS, Result, Results
 from xsearch.store import ItemFilter
 
@@ -31,13 +37,20 @@ EXACT_FILTER_LIMIT = 200_000
 FILTER_OVERFETCH = 20  # candidates per wanted hit when the index is searched under a large filter
 
 
-def absolute_glob(pattern: str) -> str:
-    """A path glob as it matches stored (absolute) paths: ``~`` expanded, a relative one from the current
-    folder; one that starts with a wildcard is left as it is (``*/2024/*``)."""
-    pattern = os.path.expanduser(pattern)
-    if os.path.isabs(pattern) or pattern[:1] in ("*", "?", "["):
-        return pattern
-    return os.path.join(os.getcwd(), pattern)
+@dataclass
+class Snapshot:
+    """The store at one version and what the engine derived from it: each modality's index (with what it
+    covers, for the next snapshot's top-up), calibration sample, and the sha256s several rows hold."""
+
+    store: object  # a ``Store`` pinned at one version
+    indices: object  # the ``IndexSet`` over it
+    loaded: dict[Modality, tuple[object, dict]] = field(default_factory=dict)
+    samples: dict[Modality, np.ndarray] = field(default_factory=dict)
+    shared: set[str] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.store.key
 
 
 class Engine:
@@ -48,14 +61,13 @@ class Engine:
     """
 
     def __init__(self, store, encoder=None, index_cfg=None, exact_filter_limit: int = EXACT_FILTER_LIMIT):
-        from xsearch.index import IndexCfg, IndexSet
+        from xsearch.index import IndexCfg
 
         self.store = store
-        self.indices = IndexSet(store, index_cfg or IndexCfg())
+        self.index_cfg = index_cfg or IndexCfg()
         self.exact_filter_limit = exact_filter_limit
-        self._loaded: dict[Modality, tuple[int, object]] = {}  # modality -> (store version, VectorIndex)
-        self._samples: dict[Modality, tuple[int, np.ndarray]] = {}  # modality -> (version, calibration sample)
-        self._shared: tuple[int, set[str]] | None = None  # (version, sha256s held by several rows)
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.RLock()  # snapshots and their indices change only under it
         self._encoder = encoder if encoder is None or not callable(encoder) else None
         self._make_encoder = encoder if callable(encoder) else None
         if self._encoder is not None:
@@ -65,11 +77,7 @@ class Engine:
         return f"Engine({str(self.store.path)!r}, model={self.store.model_id!r})"
 
     def check_model(self, model_id: str) -> None:
-        if model_id != self.store.model_id:
-            raise QueryError(
-                f"{self.store.path} holds embeddings of model '{self.store.model_id}'; queries embedded with "
-                f"'{model_id}' live in another space (load the model the database was made with)"
-            )
+        ModelMismatchError.check(self.store.path, self.store.model_id, model_id, argument="checkpoint")
 
     @property
     def encoder(self):
@@ -81,11 +89,38 @@ class Engine:
             self._encoder = encoder
         return self._encoder
 
+    # ---- snapshots ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The store's current version, frozen (the one already held while its ``version_key`` holds)."""
+        from xsearch.index import IndexSet
+
+        with self._lock:
+            pinned = self.store.snapshot()
+            previous = self._snapshot
+            if previous is not None and previous.key == pinned.key:
+                return previous
+            self._snapshot = Snapshot(pinned, IndexSet(pinned, self.index_cfg))
+            if previous is not None:  # its indices are topped up in memory on first use
+                self._snapshot.loaded = dict(previous.loaded)
+            return self._snapshot
+
+    def index(self, modality: Modality, snapshot: Snapshot | None = None):
+        """The modality's FAISS index at ``snapshot``'s version (default: the current one), brought up to
+        date in memory (only ``xsearch index`` writes index files)."""
+        snapshot = snapshot or self.snapshot()
+        with self._lock:
+            cached = snapshot.loaded.get(modality)
+            if cached is None or cached[1].get("version_key") != snapshot.key:
+                cached = snapshot.loaded[modality] = snapshot.indices.current(modality, persist=False, previous=cached)
+            return cached[0]
+
     # ---- embedding ------------------------------------------------------------------------------------
 
-    def embed_inputs(self, query: Query) -> tuple[np.ndarray, list[QueryInput]]:
+    def embed_inputs(self, query: Query, snapshot: Snapshot | None = None) -> tuple[np.ndarray, list[QueryInput]]:
         """The query's unit vector ``float32 [dim]`` and what each input turned out to be."""
-        embedded = [term.embed(self) for term in query.terms]
+        context = _Context(self, (snapshot or self.snapshot()).store)
+        embedded = [term.embed(context) for term in query.terms]
         vectors = np.stack([np.asarray(v, dtype=np.float64) for v, _ in embedded])
         return combine(vectors, [t.weight for t in query.terms]), [info for _, info in embedded]
 
@@ -94,132 +129,87 @@ class Engine:
 
     # ---- search ---------------------------------------------------------------------------------------
 
-    def targets(self, target: str | Modality | Sequence | None) -> list[Modality]:
-        """``None``/``"all"``: the modalities the store holds; else the named ones (``UsageError`` on a typo)."""
-        if target is None or (isinstance(target, str) and target.strip().lower() == "all"):
-            return self.store.modalities()
-        try:
-            return parse_modalities([target] if isinstance(target, Modality) else target)
-        except UsageError as exc:
-            raise exc.for_argument("target") from None
+    def targets(self, target, snapshot: Snapshot | None = None) -> list[Modality]:
+        """The modalities ``target`` names (a ``SearchOptions.target``, or anything it accepts); ``None``
+        or ``"all"``: those the store holds."""
+        named = target if isinstance(target, tuple) else SearchOptions(target=target).target
+        return list(named) if named is not None else (snapshot or self.snapshot()).store.modalities()
 
-    def search(
-        self,
-        query: Query,
-        target: str | Sequence | None = None,
-        k: int = 10,
-        where: str | None = None,
-        path: str | None = None,
-        *,
-        min_score: float | None = None,
-        min_calibrated: float | None = None,
-        autocut: int | None = None,
-        dedup: bool = True,
-    ) -> Results:
-        """The ``k`` items nearest to ``query`` among ``target`` modalities (default: all), best first.
-
-        ``where`` is a Lance SQL predicate on the items table (``"width >= 1024"``); ``path`` a glob on
-        the file path (``"*/holidays/*"``; a relative glob such as ``"photos/*"`` is taken from the current
-        folder, as stored paths are absolute).
-
-        One target is ranked by raw cosine; several are merged by calibrated score (``ranking``). Cut-offs,
-        all off by default: ``min_score`` (raw cosine), ``min_calibrated``, and ``autocut`` (keep what comes
-        before the N-th jump in the ranking scores). With ``dedup``, files with the same bytes come back once,
-        the other paths in ``Result.duplicates``.
-        """
-        if k < 1:
-            raise UsageError(f"k must be at least 1, got {k}", argument="k")
-        if autocut is not None and autocut < 1:
-            raise UsageError(f"autocut must be at least 1 (jumps), got {autocut}", argument="autocut")
-        targets = self.targets(target)  # a typo fails here, before any model is loaded
+    def search(self, query: Query, options: SearchOptions | None = None, **overrides) -> Results:
+        """The items nearest to ``query``, best first, as ``options`` (``SearchOptions``, or its fields as
+        keywords) say. One target is ranked by raw cosine; several are merged by calibrated score
+        (``ranking``); then duplicates are folded and the cut-offs applied."""
+        options = SearchOptions.of(options, **overrides)  # a typo fails here, before any model is loaded
         vector, inputs = self.embed_inputs(query)
-        by_calibrated = len(targets) > 1
-        k = min(k, self.store.count())  # never allocate for more results than there are items
-        fetch, hits, rows = k, [], {}
-        while k:
-            hits, exhausted = self._gather(vector, targets, fetch, where, path, by_calibrated)
-            rows = self.store.rows([h["id"] for h in hits], RESULT_COLUMNS)  # one read serves dedup and results
-            if dedup:
-                hits = self._deduplicated(hits, rows)
-            if len(hits) >= k or exhausted:
-                break
-            fetch *= 2  # duplicates took places: look further down each modality's list
-        hits = self._cut(hits[:k], min_score, min_calibrated, autocut, by_calibrated)
-        return Results(self._results(hits, rows), query, targets, inputs, self._thumbnails)
+        with self._lock:  # one version for everything below
+            snapshot = self.snapshot()
+            targets = self.targets(options.target, snapshot)
+            by_calibrated = len(targets) > 1
+            k = min(options.k, snapshot.store.count())  # never allocate for more results than there are items
+            fetch, hits, rows = k, [], {}
+            while k:
+                hits, exhausted = self._gather(snapshot, vector, targets, fetch, options, by_calibrated)
+                rows = snapshot.store.rows([h.id for h in hits], RESULT_COLUMNS)  # serves dedup and results
+                if options.dedup:
+                    hits = self._deduplicated(snapshot, hits, rows)
+                if len(hits) >= k or exhausted:
+                    break
+                fetch *= 2  # duplicates took places: look further down each modality's list
+            hits = cut(hits[:k], options, by_calibrated)
+            results = _results(hits, rows)
+        return Results(results, query, targets, inputs, _thumbnail_loader(snapshot.store))
 
-    def _gather(self, vector, targets, fetch, where, path, by_calibrated) -> tuple[list[dict], bool]:
+    def _gather(self, snapshot, vector, targets, fetch, options, by_calibrated) -> tuple[list[Hit], bool]:
         """Each target's best ``fetch`` hits with raw and calibrated scores, merged; and whether every
         target ran out of items."""
         hits, exhausted = [], True
         for modality in targets:
-            calibration = self.calibration(modality, vector)
-            found = self._search_modality(vector[None], modality, fetch, where, path)
+            calibration = self.calibration(modality, vector, snapshot)
+            found = self._search_modality(snapshot, vector[None], modality, fetch, options)
             exhausted &= len(found) < fetch
-            hits += [{"score": s, "calibrated": calibration(s), "id": i, "duplicates": []} for s, i in found]
-        key = "calibrated" if by_calibrated else "score"
-        hits.sort(key=lambda h: -h[key])  # stable: one target keeps the index's own order
+            hits += [Hit(i, s, calibration(s)) for s, i in found]
+        hits.sort(key=(lambda h: -h.calibrated) if by_calibrated else (lambda h: -h.score))  # stable
         return hits, exhausted
 
-    def _deduplicated(self, hits: list[dict], rows: dict[int, dict]) -> list[dict]:
-        """The first hit of each distinct sha256, listing every other path of the same bytes."""
+    def _deduplicated(self, snapshot: Snapshot, hits: list[Hit], rows: dict[int, dict]) -> list[Hit]:
         hashes = {i: row["sha256"] for i, row in rows.items()}
-        shared = self._shared_hashes()
+        shared = self._shared_hashes(snapshot)
         known = sorted({h for h in hashes.values() if h in shared})
-        paths: dict[str, list[str]] = {}
+        paths: dict[str, list[tuple[int, str]]] = {}
         if known:
-            for row in self.store.scan(["id", "uri", "sha256"], ItemFilter(sha256s=known)).to_pylist():
+            for row in snapshot.store.scan(["id", "uri", "sha256"], ItemFilter(sha256s=known)).to_pylist():
                 paths.setdefault(row["sha256"], []).append((row["id"], row["uri"]))
-        kept, seen = [], set()
-        for hit in hits:
-            digest = hashes.get(hit["id"])
-            if digest and digest in seen:
-                continue
-            if digest:
-                seen.add(digest)
-                hit["duplicates"] = sorted(uri for i, uri in paths.get(digest, []) if i != hit["id"])
-            kept.append(hit)
-        return kept
+        return fold_duplicates(hits, hashes, paths)
 
-    @staticmethod
-    def _cut(hits, min_score, min_calibrated, jumps, by_calibrated) -> list[dict]:
-        if min_score is not None:
-            hits = [h for h in hits if h["score"] >= min_score]
-        if min_calibrated is not None:
-            hits = [h for h in hits if h["calibrated"] >= min_calibrated]
-        if jumps is not None:
-            hits = hits[: autocut([h["calibrated" if by_calibrated else "score"] for h in hits], jumps)]
-        return hits
-
-    def calibration(self, modality: Modality, vector: np.ndarray) -> Calibration:
+    def calibration(self, modality: Modality, vector: np.ndarray, snapshot: Snapshot | None = None) -> Calibration:
         """The query's baseline against ``modality``: its cosines to a fixed sample of the stored vectors."""
-        version = self.store.version
-        cached = self._samples.get(modality)
-        if cached is None or cached[0] != version:
-            _, sample = self.store.vectors(sample_ids(self.store.ids(modality)))
-            cached = self._samples[modality] = (version, sample)
-        return Calibration.from_sample(vector, cached[1])
+        snapshot = snapshot or self.snapshot()
+        sample = snapshot.samples.get(modality)
+        if sample is None:
+            store = snapshot.store
+            sample = snapshot.samples[modality] = store.vectors(sample_ids(store.ids(modality)))[1]
+        return Calibration.from_sample(vector, sample)
 
-    def _allowed_ids(self, modality: Modality, where: str | None, path: str | None) -> np.ndarray | None:
-        if where is None and path is None:
+    def _allowed_ids(self, store, modality: Modality, options: SearchOptions) -> np.ndarray | None:
+        if options.where is None and options.path is None:
             return None
-        table = self.store.scan(["id", "uri"], ItemFilter(modality=modality, where=where))
+        table = store.scan(["id", "uri"], ItemFilter(modality=modality, where=options.where))
         ids = table["id"].to_numpy()
-        if path is not None and len(ids):
-            pattern = absolute_glob(path)
-            keep = [fnmatch.fnmatch(u, pattern) for u in table["uri"].to_pylist()]
+        if options.path is not None and len(ids):
+            keep = [fnmatch.fnmatch(u, options.path) for u in table["uri"].to_pylist()]
             ids = ids[np.asarray(keep, dtype=bool)]
         return ids
 
-    def _search_modality(self, vector, modality, k, where, path) -> list[tuple[float, int]]:
-        allowed = self._allowed_ids(modality, where, path)
+    def _search_modality(self, snapshot, vector, modality, k, options) -> list[tuple[float, int]]:
+        allowed = self._allowed_ids(snapshot.store, modality, options)
         if allowed is not None and len(allowed) == 0:
             return []
         if allowed is not None and len(allowed) <= self.exact_filter_limit:
-            ids, vectors = self.store.vectors(allowed)
+            ids, vectors = snapshot.store.vectors(allowed)
             scores = vectors @ vector[0]
             top = np.argsort(-scores)[:k]
             return [(float(scores[i]), int(ids[i])) for i in top]
-        index = self.index(modality)
+        index = self.index(modality, snapshot)
         if len(index) == 0:
             return []
         fetch = k if allowed is None else min(len(index), k * FILTER_OVERFETCH)
@@ -227,50 +217,50 @@ class Engine:
             scores, ids = index.search(vector, fetch)
         except SearchIndexError as exc:  # damaged files that passed the load checks: rebuild, in memory only
             log.warning("%s; %s index rebuilt in memory for this search (run xsearch index to repair)", exc, modality)
-            index = self.indices.build(modality, persist=False)
-            self._loaded[modality] = (self.store.version, index)
+            snapshot.loaded[modality] = snapshot.indices.rebuild(modality, persist=False)
+            index = snapshot.loaded[modality][0]
             scores, ids = index.search(vector, fetch)
         keep = np.ones(len(ids[0]), bool) if allowed is None else np.isin(ids[0], allowed)
         keep &= ids[0] >= 0
         return [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])][:k]
 
-    def index(self, modality: Modality):
-        """The modality's FAISS index, kept in memory while the store's version is unchanged; a stale one
-        is brought up to date in memory (only ``xsearch index`` writes index files)."""
-        version = self.store.version
-        cached = self._loaded.get(modality)
-        if cached is None or cached[0] != version:
-            cached = self._loaded[modality] = (version, self.indices.fresh(modality, persist=False))
-        return cached[1]
-
-    def _shared_hashes(self) -> set[str]:
-        """The sha256s that more than one row holds, read once per store version (most hits have none)."""
-        version = self.store.version
-        if self._shared is None or self._shared[0] != version:
-            digests = pc.value_counts(self.store.scan(["sha256"])["sha256"].drop_null().combine_chunks())
+    def _shared_hashes(self, snapshot: Snapshot) -> set[str]:
+        """The sha256s that more than one row holds, read once per snapshot (most hits have none)."""
+        if snapshot.shared is None:
+            digests = pc.value_counts(snapshot.store.scan(["sha256"])["sha256"].drop_null().combine_chunks())
             repeated = digests.filter(pc.greater(digests.field("counts"), 1)).field("values").to_pylist()
-            self._shared = (version, set(repeated))
-        return self._shared[1]
+            snapshot.shared = set(repeated)
+        return snapshot.shared
 
-    def _results(self, hits: list[dict], rows: dict[int, dict]) -> list[Result]:
-        results = []
-        for rank, hit in enumerate(hits, start=1):
-            row = rows[hit["id"]]
-            metadata = {key: row[key] for key in METADATA_COLUMNS if row[key] is not None}
-            modality = Modality(row["modality"])
-            results.append(
-                Result(
-                    rank,
-                    hit["score"],
-                    hit["id"],
-                    row["uri"],
-                    modality,
-                    metadata,
-                    hit["calibrated"],
-                    hit["duplicates"],
-                )
+
+class _Context:
+    """What query terms embed against: the engine's encoder (loaded on first need) and one snapshot."""
+
+    def __init__(self, engine: Engine, store):
+        self._engine, self.store = engine, store
+
+    @property
+    def encoder(self):
+        return self._engine.encoder
+
+
+def _results(hits: list[Hit], rows: dict[int, dict]) -> list[Result]:
+    results = []
+    for rank, hit in enumerate(hits, start=1):
+        row = rows[hit.id]
+        metadata = {key: row[key] for key in METADATA_COLUMNS if row[key] is not None}
+        results.append(
+            Result(
+                rank, hit.score, hit.id, row["uri"], Modality(row["modality"]), metadata, hit.calibrated, hit.duplicates
             )
-        return results
+        )
+    return results
 
-    def _thumbnails(self, ids: list[int]) -> dict[int, bytes | None]:
-        return {i: row["thumbnail"] for i, row in self.store.rows(ids, ["thumbnail"]).items()}
+
+def _thumbnail_loader(store):
+    """The hits' stored previews, read from the same version as the hits."""
+
+    def load(ids: list[int]) -> dict[int, bytes | None]:
+        return {i: row["thumbnail"] for i, row in store.rows(ids, ["thumbnail"]).items()}
+
+    return load

@@ -1,4 +1,4 @@
-"""Ranking across modalities: calibrated scores, relevance cut-offs, duplicates.
+"""Ranking across modalities: calibrated scores, relevance cut-offs, duplicates (``Hit`` lists in, out).
 
 ImageBind's cosine scales differ by modality pair (the released weights train audio at temperature 0.05,
 thermal at 0.1, depth and IMU at 0.2): an image query scores unrelated images around 0.35 and the right
@@ -17,8 +17,8 @@ several targets changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,17 @@ SAMPLE_SIZE = 2048  # stored vectors per modality that define "unrelated" for th
 MIN_SPREAD = 1e-3  # floor of the robust spread: a tiny or uniform collection must not explode the scores
 # autocut: a jump is a gap between consecutive scores this many times the median gap and the mean gap
 JUMP_OVER_MEDIAN, JUMP_OVER_MEAN = 3.0, 2.0
+
+
+@dataclass
+class Hit:
+    """One candidate on its way to a ``Result``: the item, its raw cosine and its calibrated score, and
+    the other paths of the same bytes once duplicates are folded."""
+
+    id: int
+    score: float
+    calibrated: float
+    duplicates: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,3 +88,30 @@ def autocut(scores: Sequence[float], jumps: int) -> int:
             if found == jumps:
                 return position + 1
     return len(scores)
+
+
+def fold_duplicates(hits: list[Hit], hashes: Mapping[int, str | None], paths: Mapping[str, list[tuple[int, str]]]):
+    """The first hit of each distinct sha256 (``hashes``: id -> digest), listing in ``duplicates`` every
+    other path of the same bytes (``paths``: digest -> ``(id, uri)`` of each row holding it)."""
+    kept, seen = [], set()
+    for hit in hits:
+        digest = hashes.get(hit.id)
+        if digest and digest in seen:
+            continue
+        if digest:
+            seen.add(digest)
+            hit.duplicates = sorted(uri for i, uri in paths.get(digest, []) if i != hit.id)
+        kept.append(hit)
+    return kept
+
+
+def cut(hits: list[Hit], options, by_calibrated: bool) -> list[Hit]:
+    """The hits that pass ``options``' cut-offs (``min_score``, ``min_calibrated``, ``autocut``); ``autocut``
+    reads the score the list is ranked by."""
+    if options.min_score is not None:
+        hits = [h for h in hits if h.score >= options.min_score]
+    if options.min_calibrated is not None:
+        hits = [h for h in hits if h.calibrated >= options.min_calibrated]
+    if options.autocut is not None:
+        hits = hits[: autocut([h.calibrated if by_calibrated else h.score for h in hits], options.autocut)]
+    return hits

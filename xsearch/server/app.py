@@ -24,9 +24,9 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from xsearch.errors import QueryError, UsageError, XsearchError
+from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, is_regular_file, modality_of_path
-from xsearch.store import is_id
+from xsearch.options import SearchOptions, item_key
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 ITEM_COLUMNS = ["id", "uri", "modality", "sha256", "size", "width", "height", "duration", "sample_rate", "precision"]
@@ -52,10 +52,11 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
 
     def item_row(item_id: str) -> dict:
         """The stored row of an item named by its numeric id; anything else (a path, ``..``) is 404."""
-        row = collection.store.lookup(int(item_id), [*ITEM_COLUMNS, "thumbnail"]) if is_id(item_id) else None
-        if row is None:
+        key = item_key(item_id)
+        if not isinstance(key, int):
             raise HTTPException(404, f"no item {item_id}")
-        return row
+        with _http_errors():
+            return collection.item(key, [*ITEM_COLUMNS, "thumbnail"])
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -73,19 +74,30 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
         item: Annotated[list[str], Form(description="Stored items by id or path (repeatable).")] = (),
         item_weight: Annotated[list[float], Form(description="Per item: its weight (default 1).")] = (),
         target: Annotated[str, Form(description="Modalities to search: image,audio,... or all.")] = "all",
-        k: Annotated[int, Form(ge=1, le=1000, description="Number of results.")] = 20,
+        k: Annotated[int, Form(ge=1, le=1000, description="Number of results.")] = SearchOptions.k,
         where: Annotated[str | None, Form(description="Lance SQL filter on items.")] = None,
         path: Annotated[str | None, Form(description="Glob on the file path.")] = None,
         min_score: Annotated[float | None, Form(description="Drop hits below this raw cosine.")] = None,
         min_calibrated: Annotated[float | None, Form(description="Drop hits below this calibrated score.")] = None,
         autocut: Annotated[int | None, Form(ge=1, description="Keep the hits before the N-th jump.")] = None,
-        dedup: Annotated[bool, Form(description="Identical files come back once.")] = True,
+        dedup: Annotated[bool, Form(description="Identical files come back once.")] = SearchOptions.dedup,
     ) -> dict:
         """Search with any mix of uploaded files, texts and stored items, each with a weight."""
         from xsearch.query import Query
 
         if not (files or text or item):
             raise HTTPException(422, "give at least one input: files, text or item")
+        with _http_errors():
+            options = SearchOptions(
+                target=target,
+                k=k,
+                where=where,
+                path=path,
+                min_score=min_score,
+                min_calibrated=min_calibrated,
+                autocut=autocut,
+                dedup=dedup,
+            )
         with tempfile.TemporaryDirectory(prefix="xsearch-upload-") as scratch:
             parts, uploads = [], {}
             for i, upload in enumerate(files):
@@ -95,13 +107,11 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
                 modality = _modality(named, saved, upload.filename)
                 parts.append(Query.file(saved, modality, _weight(file_weight, i)))
             parts += [Query.text(t, _weight(text_weight, i)) for i, t in enumerate(text)]
-            parts += [Query.item(_item_key(v), _weight(item_weight, i)) for i, v in enumerate(item)]
-            options = dict(target=target, k=k, where=where, path=path, min_score=min_score)
-            options.update(min_calibrated=min_calibrated, autocut=autocut, dedup=dedup)
+            parts += [Query.item(v, _weight(item_weight, i)) for i, v in enumerate(item)]
             query = Query.sum(parts)
             # The model is one: searches that embed take turns; stored-item searches run side by side.
             with lock if query.needs_model else contextlib.nullcontext(), _http_errors(uploads=uploads):
-                results = collection.search(query, **options)
+                results = collection.search(query, options)
         out = results.as_json()
         for hit in out["results"]:
             hit["thumbnail_url"] = f"/api/items/{hit['id']}/thumbnail"
@@ -156,10 +166,6 @@ def _weight(weights: list[float], index: int) -> float:
     return float(weights[index]) if index < len(weights) else 1.0
 
 
-def _item_key(value: str) -> int | str:
-    return int(value) if is_id(value.strip()) else value
-
-
 def _modality(named: str | None, saved: Path, filename: str | None) -> Modality:
     """The modality the client named, else what the indexer's rules make of the upload, saved under its
     name's suffix (the extension, or the first bytes of a file without one)."""
@@ -198,6 +204,6 @@ def _http_errors(uploads: dict[str, str] | None = None):
         message = str(error)
         for saved, name in (uploads or {}).items():
             message = message.replace(saved, name)
-        raise HTTPException(404 if message.startswith("no indexed item") else 400, message) from None
+        raise HTTPException(404 if isinstance(error, ItemNotFound) else 400, message) from None
     except XsearchError as error:
         raise HTTPException(500, str(error)) from None

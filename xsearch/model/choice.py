@@ -1,0 +1,95 @@
+"""``ModelChoice``: which weights embed, on what device and in what precision, decided once.
+
+Every face (CLI flags, ``serve``, ``Collection(...)`` keywords) folds its model arguments into one
+``ModelChoice`` at the door; nothing below reads ``$XSEARCH_CHECKPOINT`` or resolves ``"auto"`` again.
+The choice is plain data (picklable), so a Ray cluster's actors load the same weights from the same
+recipe instead of receiving them over the network.
+
+Example
+-------
+>>> choice = ModelChoice(checkpoint="trial.pt", architecture="tiny_test", device="cpu", precision="fp32")
+>>> choice.for_database("tiny_test").architecture
+'tiny_test'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from xsearch.errors import ModelMismatchError, UsageError
+from xsearch.model.config import architecture_of, get_config
+from xsearch.model.pretrained import CHECKPOINT_ENV, PRETRAINED, given_checkpoint
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_ARCHITECTURE = "imagebind_huge"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model arguments, checked and resolved once.
+
+    ``checkpoint``: a file (default: ``$XSEARCH_CHECKPOINT``, read here and only here; else the cached
+    download of published weights). ``architecture``: a model name (``imagebind_huge``, ``tiny_test``) or a
+    database's model id; ``None``: the database's, else what the checkpoint names, else ``imagebind_huge``.
+    ``device``: ``auto``, ``cpu``, ``cuda``; ``precision``: ``auto``, ``fp32``, ``bf16``; ``verify``: re-hash a
+    cached download even when its size and time are unchanged.
+    """
+
+    checkpoint: str | None = None
+    architecture: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", given_checkpoint(self.checkpoint))
+        if self.architecture is not None:
+            get_config(self.architecture)  # a misspelt name fails now, not after a checkpoint download
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"unknown precision {self.precision!r} (expected {', '.join(PRECISIONS)})", argument="precision"
+            )
+
+    @property
+    def model_id(self) -> str | None:
+        """The model id asked for, when one was (``None``: whatever the database or checkpoint holds)."""
+        return self.architecture
+
+    def for_database(self, held: str | None, database: str | os.PathLike = "the database") -> ModelChoice:
+        """This choice for a database holding embeddings of model ``held`` (``None``: a new database).
+
+        A different model asked for is a ``ModelMismatchError``; a database of weights that cannot be
+        downloaded (a trial checkpoint's) needs its checkpoint file."""
+        if held is None:
+            return self
+        ModelMismatchError.check(database, held, self.architecture)
+        if self.checkpoint is None and held not in PRETRAINED:
+            raise UsageError(
+                f"{database} holds embeddings of '{held}', which has no downloadable weights: give the "
+                f"checkpoint file it was made with (or set {CHECKPOINT_ENV})",
+                argument="checkpoint",
+            )
+        return replace(self, architecture=held)
+
+    def describe(self) -> str:
+        """What will load, for a "loading model ..." line."""
+        return self.architecture or self.checkpoint or DEFAULT_ARCHITECTURE
+
+    def resolved(self) -> tuple[object, str]:
+        """``(torch.device, precision)`` with ``auto`` decided for this machine (``UsageError`` for a device
+        that is not there): the one place both are resolved."""
+        from xsearch.encoder import resolve_device, resolve_precision
+
+        device = resolve_device(self.device)
+        return device, resolve_precision(self.precision, device)
+
+    def load(self):
+        """The ``Encoder`` (towers load when a batch first needs them)."""
+        from xsearch.encoder import Encoder
+        from xsearch.model.checkpoint import open_checkpoint
+
+        device, precision = self.resolved()  # a bad device fails before the checkpoint is read
+        architecture = architecture_of(self.architecture) if self.architecture else None
+        source = open_checkpoint(self.checkpoint, architecture=architecture, verify=self.verify)
+        return Encoder(source.model(), device=device, precision=precision, towers=source)

@@ -1,0 +1,211 @@
+"""Options as objects: what a search asks for (``SearchOptions``) and how a run indexes (``IndexOptions``).
+
+Each face (the CLI, the HTTP API, Python keywords) builds one of these once, at its edge, and hands it on
+whole; the layers below read fields, never re-declare or re-validate them. Defaults are written here and
+nowhere else: the CLI's option defaults and the server's form defaults are these class attributes.
+Validation happens in ``__post_init__``, so a bad value fails in one place with the argument it is about
+(``UsageError.argument``), before any model loads or database is touched.
+
+Adding a search option: a field (and its check) here, then its spelling at the two edges
+(``cli/search.py`` and ``xsearch/server/app.py``); the engine reads it from the object.
+
+Light on purpose (no torch, lancedb or faiss): ``xsearch --help`` imports this module.
+
+Example
+-------
+>>> SearchOptions(target="image,audio", k=5).target
+(Modality('image'), Modality('audio'))
+>>> SearchOptions.of(SearchOptions(k=5), dedup=False).k
+5
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+from xsearch.errors import UsageError
+from xsearch.modalities import Modality, parse_modalities
+
+DEFAULT_K = 10
+
+
+def absolute_glob(pattern: str, cwd: str | os.PathLike | None = None) -> str:
+    """A path glob as it matches stored (absolute) paths: ``~`` expanded, a relative one taken from ``cwd``
+    (default: the current folder); one that starts with a wildcard is left as it is (``*/2024/*``)."""
+    pattern = os.path.expanduser(pattern)
+    if os.path.isabs(pattern) or pattern[:1] in ("*", "?", "["):
+        return pattern
+    return os.path.join(os.fspath(cwd) if cwd is not None else os.getcwd(), pattern)
+
+
+def item_key(key: int | str) -> int | str:
+    """How a user names a stored item: an id (an int, or ASCII digits: ``"²"`` is a digit to Python, not an
+    id) or a path (anything else)."""
+    if isinstance(key, str) and key.strip().isascii() and key.strip().isdigit():
+        return int(key.strip())
+    return int(key) if isinstance(key, int) or hasattr(key, "__index__") else str(key)
+
+
+def _targets(value) -> tuple[Modality, ...] | None:
+    """``None``/``"all"``: every modality the database holds; else the named ones, in order."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    try:
+        return tuple(parse_modalities([value] if isinstance(value, Modality) else value))
+    except UsageError as exc:
+        raise exc.for_argument("target") from None
+
+
+def _at_least_one(value, argument: str, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UsageError(f"{argument} must be a whole number of at least 1 ({what}), got {value!r}", argument=argument)
+
+
+def _finite(value, argument: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise UsageError(f"{argument} must be a finite number, got {value!r}", argument=argument)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What one search asks for, besides the query itself.
+
+    ``target``: the modalities to search (``"image,audio"``, a ``Modality``, a list; ``None`` or ``"all"``:
+    every one the database holds). ``where``: a Lance SQL predicate on the items (``"width >= 1024"``);
+    ``path``: a glob on the file path, made absolute here (``"photos/*"`` from the current folder, ``~``
+    expanded; ``"*/2024/*"`` as it is). Cut-offs, all off by default: ``min_score`` (raw cosine),
+    ``min_calibrated`` (comparable across modalities), ``autocut`` (keep what comes before the N-th jump).
+    ``dedup``: files with the same bytes come back once.
+    """
+
+    target: tuple[Modality, ...] | None = None
+    k: int = DEFAULT_K
+    where: str | None = None
+    path: str | None = None
+    min_score: float | None = None
+    min_calibrated: float | None = None
+    autocut: int | None = None
+    dedup: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", _targets(self.target))
+        _at_least_one(self.k, "k", "results")
+        _at_least_one(self.autocut, "autocut", "jumps")
+        _finite(self.min_score, "min_score")
+        _finite(self.min_calibrated, "min_calibrated")
+        if self.where is not None and not self.where.strip():
+            object.__setattr__(self, "where", None)
+        if self.path is not None:
+            object.__setattr__(self, "path", absolute_glob(self.path) if self.path.strip() else None)
+
+    @classmethod
+    def of(cls, options: SearchOptions | None = None, /, **overrides) -> SearchOptions:
+        """``options`` (default: the defaults) with ``overrides`` by field name: the Python keywords' edge."""
+        return _overridden(cls, options, overrides)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Which files a run takes: modalities kept, globs excluded, links followed, folders assigned."""
+
+    modalities: frozenset[Modality] | None = None  # None: all
+    exclude: tuple[str, ...] = ()  # globs matched against the full path and the file name
+    follow_symlinks: bool = False
+    assigned: Mapping[str, Modality] = field(default_factory=dict)  # absolute path -> modality (--as)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one file may cost a decode worker."""
+
+    seconds: float = 600.0  # per file
+    memory_bytes: int | None = None  # per worker, above its footprint at start; None: a share of the RAM
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How a run indexes: which files (``scan``), how they are decoded (``limits``, ``workers``), batched,
+    committed, and where (``ray``: a cluster's address, ``"auto"`` or ``"local"``)."""
+
+    scan: ScanOptions = ScanOptions()
+    limits: DecodeLimits = DecodeLimits()
+    batch_size: int = 16  # files per model batch
+    workers: int | None = None  # decode processes; None: one per core but one, at most 8; 0: in-process
+    commit_every: int = 256  # files per store commit
+    commit_seconds: float = 30.0  # ... or sooner when this long has passed since the last one
+    prune: bool = False  # delete rows of files under the scanned roots that no longer exist
+    update_index: bool = True
+    progress: bool = False  # tqdm bars on stderr
+    ray: str | None = None
+    ray_actors: int | None = None  # encoder actors on the cluster; None: one per node or GPU
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.batch_size, "batch_size", "files per batch")
+        _at_least_one(self.commit_every, "commit_every", "files per commit")
+        _at_least_one(self.ray_actors, "ray_actors", "encoder actors")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise UsageError(f"workers must be 0 or more, got {self.workers!r}", argument="workers")
+        if not self.limits.seconds > 0:
+            raise UsageError(
+                f"file_timeout must be above 0 seconds, got {self.limits.seconds}", argument="file_timeout"
+            )
+
+    @classmethod
+    def of(cls, options: IndexOptions | None = None, /, **overrides) -> IndexOptions:
+        """``options`` with ``overrides`` by field name, or by the flat names the CLI and ``Collection.index``
+        use for the parts: ``modalities``, ``exclude``, ``follow_symlinks``, ``assign`` (scan),
+        ``file_timeout``, ``worker_memory_gb`` (limits)."""
+        options = options or cls()
+        scan = {k: overrides.pop(k) for k in ("modalities", "exclude", "follow_symlinks") if k in overrides}
+        if "assign" in overrides:
+            scan["assigned"] = assignments(overrides.pop("assign") or {})
+        if scan.get("modalities") is not None:
+            scan["modalities"] = frozenset(_parsed(scan["modalities"], "modalities"))
+        if "exclude" in scan:
+            scan["exclude"] = tuple(scan["exclude"] or ())
+        limits = {}
+        if "file_timeout" in overrides:
+            limits["seconds"] = float(overrides.pop("file_timeout"))
+        if "worker_memory_gb" in overrides:
+            gb = overrides.pop("worker_memory_gb")
+            limits["memory_bytes"] = int(gb * (1 << 30)) if gb else None
+        if scan:
+            overrides["scan"] = replace(overrides.get("scan", options.scan), **scan)
+        if limits:
+            overrides["limits"] = replace(overrides.get("limits", options.limits), **limits)
+        return _overridden(cls, options, overrides)
+
+
+def _overridden(cls, options, overrides: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+    return replace(options if options is not None else cls(), **overrides)
+
+
+def _parsed(value, argument: str) -> list[Modality]:
+    try:
+        return parse_modalities(value)
+    except UsageError as exc:
+        raise exc.for_argument(argument) from None
+
+
+def real_path(path: str | os.PathLike) -> str:
+    """The absolute path with links resolved: a root reached through a link (``/mnt/photos`` ->
+    ``/data/photos``) gives its files the same uris as its target."""
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def assignments(assign: Mapping[str | os.PathLike, Modality | str] | Sequence) -> dict[str, Modality]:
+    """``{path: modality}`` (``--as MODALITY=PATH``) with real paths and checked modality names."""
+    out = {}
+    for path, modality in dict(assign).items():
+        try:
+            out[real_path(path)] = Modality(modality)
+        except UsageError as exc:
+            raise exc.for_argument("assign") from None
+    return out
