@@ -25,11 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the parity tests' input maker
-from test_model import sample_inputs  # noqa: E402
-
 from xsearch.encoder import cpu_flags  # noqa: E402
 from xsearch.model import create_model, save_checkpoint  # noqa: E402
+from xsearch.testing.inputs import sample_inputs  # noqa: E402
 
 
 def reference_module():

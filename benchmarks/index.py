@@ -20,14 +20,11 @@ import argparse
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # tests/media.py: the media generators
 
 from xsearch.encoder import Encoder  # noqa: E402
 from xsearch.indexer.pipeline import Indexer  # noqa: E402
@@ -38,7 +35,7 @@ from xsearch.store import Store  # noqa: E402
 
 
 def make_corpus(root: Path, files: int, mix: bool) -> None:
-    from media import gradient_image, tone, write_video, write_wav
+    from xsearch.testing.media import gradient_image, tone, write_video, write_wav
 
     for i in range(files):
         kind = i % 4 if mix else 0

@@ -4,7 +4,7 @@
 
 Steps, each printed as one JSON line:
 
-1. ``store``: N vectors (``tests/synthetic.py``) written to a fresh store in ``--work``.
+1. ``store``: N vectors (``xsearch/testing/synthetic.py``) written to a fresh store in ``--work``.
 2. ``build``: ``IndexSet.build`` in a child process (streaming from Lance): seconds, the child's peak RSS,
    index bytes held in RAM per vector.
 3. ``flat``: FAISS ``IndexFlatIP`` over the same vectors: batch QPS (``--queries`` queries, k=10),
@@ -28,12 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # test-support data generators
 from xsearch.index import IndexCfg, IndexSet, search_defaults  # noqa: E402
 from xsearch.store import ItemRecord, Store  # noqa: E402
-
-from synthetic import clustered_embeddings, exact_top_k, recall_at_k  # noqa: E402
+from xsearch.testing.synthetic import clustered_embeddings, exact_top_k, recall_at_k  # noqa: E402
 
 HOST = {"host": platform.node(), "cpu": platform.processor() or platform.machine()}
 

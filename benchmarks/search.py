@@ -2,7 +2,7 @@
 
     python benchmarks/search.py --n 100000 1000000 --queries 1000
 
-Vectors come from ``tests/synthetic.py``'s ``clustered_embeddings`` (low intrinsic dimension, like real
+Vectors come from ``xsearch/testing/synthetic.py``'s ``clustered_embeddings`` (low intrinsic dimension, like real
 embeddings). Prints one JSON line per (N, method): build seconds, batch QPS, single-query p50/p99 latency,
 recall@10 against exact search, and bytes per vector (index + re-rank copy).
 """
@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from xsearch.index import IndexCfg, VectorIndex, gpu_available
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-support data generators
-from synthetic import clustered_embeddings, recall_at_k  # noqa: E402
+from xsearch.testing.synthetic import clustered_embeddings, recall_at_k  # noqa: E402
 
 
 def exact_torch(database: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py --rows 100000 --clients 32 --queries 20
 
-Builds a database of ``--rows`` synthetic image vectors (``tests/synthetic.py``; the index is built by the
+Builds a database of ``--rows`` synthetic image vectors (``xsearch/testing/synthetic.py``; the index is built by the
 same code as ``xsearch index``), starts ``xsearch serve`` on 127.0.0.1 in its own process, and runs
 ``--clients`` threads each sending ``--queries`` item searches (k=10, a random stored item each time).
 Prints one JSON line: p50/p99 latency, errors, server RSS before and after, and the median of three cold
@@ -26,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from xsearch.index import IndexSet  # noqa: E402
 from xsearch.modalities import Modality  # noqa: E402
 from xsearch.store import ItemRecord, Store  # noqa: E402
-
-from synthetic import clustered_embeddings  # noqa: E402
+from xsearch.testing.synthetic import clustered_embeddings  # noqa: E402
 
 XSEARCH = str(Path(sys.executable).parent / "xsearch")
 

@@ -23,8 +23,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from xsearch.modalities import Modality, is_under, modality_of_path
+from xsearch.modalities import Modality
 from xsearch.options import ScanOptions
+from xsearch.paths import is_under, modality_of_path
 
 __all__ = ["Rejected", "ScanOptions", "ScanStats", "Scanner", "Task", "decide_modality", "is_under", "printable"]
 

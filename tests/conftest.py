@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/media.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/corpus.py, tests/faulty.py (imported by decode workers)
 
 
 @pytest.fixture(scope="session")

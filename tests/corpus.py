@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
+from xsearch.testing.media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
 
 
 def good_corpus(root: Path) -> dict[Path, str]:

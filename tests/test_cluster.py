@@ -9,6 +9,7 @@ from xsearch import Collection
 from xsearch.encoder import Encoder
 
 from corpus import bad_corpus, good_corpus
+from scripts import xsearch_script
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (pip install -e '.[ray]')")
 
@@ -68,9 +69,7 @@ def test_a_killed_cluster_driver_resumes_to_one_row_per_file(cluster, tmp_path, 
     """The driver is SIGKILLed after its first commit; the re-run ends with exactly one row per file."""
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     from xsearch.model import save_checkpoint
 
@@ -79,7 +78,7 @@ def test_a_killed_cluster_driver_resumes_to_one_row_per_file(cluster, tmp_path, 
     files = good_corpus(root)
     checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
     db = tmp_path / "db"
-    xsearch = str(Path(sys.executable).parent / "xsearch")
+    xsearch = xsearch_script()
     argv = [xsearch, "index", str(root), "--db", str(db), "--checkpoint", str(checkpoint), "--quiet"]
     argv += ["--ray", cluster.address, "--commit-every", "2", "--batch-size", "2"]
     manifests = db / "items.lance" / "_versions"

@@ -8,8 +8,7 @@ import torch
 
 from xsearch.encoder import Encoder
 from xsearch.modalities import Modality
-
-from media import gradient_image, tone, write_imu, write_map, write_video, write_wav
+from xsearch.testing.media import gradient_image, tone, write_imu, write_map, write_video, write_wav
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 
 from xsearch.index import IndexCfg, IndexSet, VectorIndex
 from xsearch.store import ItemRecord, Store
-
-from synthetic import clustered_embeddings, exact_top_k, recall_at_k
+from xsearch.testing.synthetic import clustered_embeddings, exact_top_k, recall_at_k
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 
 from xsearch.modalities import Tower
 from xsearch.model import TINY_TEST, create_model
+from xsearch.testing.inputs import sample_inputs
 
 TOLERANCE = 1e-4
 
@@ -24,22 +25,6 @@ def ours_from(ref_model, name):
     ours = create_model(name, device="meta")
     ours.load_state_dict(ref_model.state_dict(), strict=True, assign=True)
     return ours.eval()
-
-
-def sample_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(1, 49406, (batch, 77), generator=g)
-    for row in range(batch):  # end token at different positions, zero padding after it
-        end = 5 + 7 * row
-        text[row, 0], text[row, end], text[row, end + 1 :] = 49406, 49407, 0
-    return {
-        "vision": torch.randn(batch, 3, 224, 224, generator=g),
-        "text": text,
-        "audio": torch.randn(batch, 3, 1, 128, 204, generator=g),
-        "depth": torch.randn(batch, 1, 224, 224, generator=g),
-        "thermal": torch.randn(batch, 1, 224, 224, generator=g),
-        "imu": torch.randn(batch, 6, 2000, generator=g),
-    }
 
 
 @pytest.fixture(scope="module")

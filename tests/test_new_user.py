@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,11 @@ from xsearch.cli.main import app
 from xsearch.encoder import Encoder
 from xsearch.model import save_checkpoint
 from xsearch.store import ItemRecord, Store
+from xsearch.testing.media import gradient_image, tone, write_imu, write_wav
 
-from media import gradient_image, tone, write_imu, write_wav
+from scripts import xsearch_script
 
 runner = CliRunner()
-XSEARCH = str(Path(sys.executable).parent / "xsearch")  # the installed console script
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +196,7 @@ def test_verbose_and_debug_work_after_the_command(collection):
     media, db = collection
     vector = np.eye(1024, dtype=np.float32)[0]
     Store.open(db, create=False).add_items([ItemRecord("/new.jpg", Modality.IMAGE, vector)])  # index now stale
-    argv = [XSEARCH, "search", "--db", str(db), "--item", str(media / "cover.png"), "--target", "image", "-v"]
+    argv = [xsearch_script(), "search", "--db", str(db), "--item", str(media / "cover.png"), "--target", "image", "-v"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "INFO image index: topped up (1 rows added" in done.stderr  # -v took effect
@@ -287,7 +286,7 @@ def test_python_api_conveniences(collection, tiny_model):
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path, checkpoint):
     files = [str(gradient_image(tmp_path / f"{i}.jpg", seed=i)) for i in range(12)]  # ~250 KB of JSON lines
-    argv = [XSEARCH, "embed", *files, "--checkpoint", str(checkpoint), "--device", "cpu"]
+    argv = [xsearch_script(), "embed", *files, "--checkpoint", str(checkpoint), "--device", "cpu"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = process.stdout.readline()
     process.stdout.close()  # what `| head -1` does

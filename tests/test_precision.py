@@ -20,8 +20,7 @@ from xsearch.errors import UsageError
 from xsearch.modalities import Tower
 from xsearch.model import create_model, open_checkpoint, save_checkpoint
 from xsearch.store import ItemRecord, Store
-
-from media import gradient_image, tone, write_imu, write_map, write_video, write_wav
+from xsearch.testing.media import gradient_image, tone, write_imu, write_map, write_video, write_wav
 
 runner = CliRunner()
 CPU = torch.device("cpu")

@@ -8,10 +8,9 @@ import torch
 from PIL import Image
 
 from xsearch.errors import DecodeError, NoStreamError
-from xsearch.preprocess import preprocess_file
+from xsearch.preprocess import get_tokenizer, preprocess_file
 from xsearch.preprocess.image import ImageCfg, image_to_tensor, load_image, preprocess_image
-
-from media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
+from xsearch.testing.media import gradient_image, tone, write_audio, write_imu, write_map, write_video, write_wav
 
 
 def _finite(x: torch.Tensor) -> bool:
@@ -70,9 +69,11 @@ def test_animated_gif_first_frame(tmp_path):
 
 
 def test_tiny_image(tmp_path):
+    """One pixel is scaled up to a uniform 224 x 224 input of that pixel's colour, normalised."""
     path = tmp_path / "one.png"
     Image.new("RGB", (1, 1), (10, 200, 30)).save(path)
-    assert preprocess_image(path).shape == (3, 224, 224)
+    expected = image_to_tensor(Image.new("RGB", (224, 224), (10, 200, 30)))
+    torch.testing.assert_close(preprocess_image(path), expected, atol=1e-5, rtol=0)
 
 
 def test_megapixel_cap_before_decoding(tmp_path):
@@ -115,8 +116,10 @@ def test_truncated_image(tmp_path, fmt):
 
 
 def test_png_with_jpg_extension(tmp_path):
-    path = gradient_image(tmp_path / "really_png.jpg", fmt="PNG")
-    assert preprocess_image(path).shape == (3, 224, 224)
+    """The content decides the decoder, not the name: the same PNG named .jpg gives the same input."""
+    named_jpg = gradient_image(tmp_path / "really_png.jpg", fmt="PNG")
+    png = gradient_image(tmp_path / "same.png", fmt="PNG")
+    torch.testing.assert_close(preprocess_image(named_jpg), preprocess_image(png), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -124,9 +127,15 @@ def test_png_with_jpg_extension(tmp_path):
     [(0.001, 16000, 1), (0.3, 8000, 1), (3.0, 96000, 2), (600.0, 8000, 1), (2.0, 44100, 2)],
 )
 def test_audio_lengths_and_rates(tmp_path, seconds, rate, channels):
-    path = write_wav(tmp_path / "a.wav", tone(seconds, rate, channels=channels), rate)
+    """Any length, rate and channel count gives 3 clips of 128 x 204 fbank frames; a 440 Hz tone peaks in
+    the same mel bin whatever rate it was recorded at (resampling keeps the pitch)."""
+    path = write_wav(tmp_path / "a.wav", tone(seconds, rate, channels=channels, noise=0.0), rate)
     x = preprocess_file(path, "audio")
     assert x.shape == (3, 1, 128, 204) and _finite(x)
+    if seconds >= 0.3:
+        reference = write_wav(tmp_path / "ref.wav", tone(0.3, 16000, noise=0.0), 16000)
+        expected_bin = int(preprocess_file(reference, "audio")[0, 0, :, 5:25].mean(-1).argmax())
+        assert int(x[0, 0, :, 5:25].mean(-1).argmax()) == expected_bin
 
 
 def test_silent_audio(tmp_path):
@@ -167,10 +176,14 @@ def test_bad_audio(tmp_path, name, content, reason):
 
 
 def test_truncated_wav_keeps_what_decodes(tmp_path):
-    path = write_wav(tmp_path / "a.wav", tone(3.0, 16000), 16000)
+    """A WAV cut short (its header still promising 3 s) gives what a WAV of the surviving samples gives."""
+    samples = tone(3.0, 16000)
+    path = write_wav(tmp_path / "a.wav", samples, 16000, subtype="PCM_16")
     cut = tmp_path / "cut.wav"
     cut.write_bytes(path.read_bytes()[:30000])
-    assert preprocess_file(cut, "audio").shape == (3, 1, 128, 204)
+    kept = (30000 - 44) // 2  # a 44-byte header, then 16-bit mono samples
+    whole = write_wav(tmp_path / "kept.wav", samples[:kept], 16000, subtype="PCM_16")
+    torch.testing.assert_close(preprocess_file(cut, "audio"), preprocess_file(whole, "audio"))
 
 
 def test_video_without_audio_as_audio(tmp_path):
@@ -187,8 +200,11 @@ def test_truncated_video(tmp_path):
 
 
 def test_webm_video(tmp_path):
+    """VP9 in WebM decodes to the same clips as the same frames in H.264/MP4 (within lossy coding)."""
     x = preprocess_file(write_video(tmp_path / "v.webm", seconds=2.5, codec="libvpx-vp9"), "video")
-    assert x.shape == (15, 3, 2, 224, 224) and _finite(x)
+    y = preprocess_file(write_video(tmp_path / "v.mp4", seconds=2.5), "video")
+    assert x.shape == y.shape == (15, 3, 2, 224, 224) and _finite(x)
+    assert float((x - y).abs().mean()) < 0.05
 
 
 @pytest.mark.parametrize("name,bits", [("d16.png", 16), ("d8.png", 8), ("d.npy", 32)])
@@ -246,7 +262,8 @@ def test_bad_imu(tmp_path, name, content, reason):
 
 def test_text_files(tmp_path):
     (tmp_path / "ok.txt").write_text("\ufeffa dog barking in the rain", encoding="utf-8")
-    assert preprocess_file(tmp_path / "ok.txt", "text").shape == (77,)
+    expected = get_tokenizer(77)(["a dog barking in the rain"])[0]  # the byte-order mark is not text
+    torch.testing.assert_close(preprocess_file(tmp_path / "ok.txt", "text"), expected, atol=0, rtol=0)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(DecodeError, match="latin1.txt: not UTF-8"):
         preprocess_file(tmp_path / "latin1.txt", "text")

@@ -12,8 +12,7 @@ from xsearch.preprocess.audio import preprocess_audio
 from xsearch.preprocess.image import preprocess_image
 from xsearch.preprocess.text import Tokenizer, preprocess_text
 from xsearch.preprocess.video import preprocess_video
-
-from media import gradient_image, tone, write_video, write_wav
+from xsearch.testing.media import gradient_image, tone, write_video, write_wav
 
 TEXTS = [
     "a dog barking",

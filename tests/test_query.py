@@ -18,8 +18,7 @@ from xsearch.cli.search import split_file_weight, split_text_weight
 from xsearch.errors import ModelMismatchError, QueryError, UsageError
 from xsearch.query import Engine, Query, combine
 from xsearch.store import ItemRecord, Store
-
-from media import gradient_image, tone, write_wav
+from xsearch.testing.media import gradient_image, tone, write_wav
 
 runner = CliRunner()
 DIM = 1024

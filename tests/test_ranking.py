@@ -17,8 +17,7 @@ from xsearch.query import Engine
 from xsearch.query.classify import prototypes
 from xsearch.query.ranking import Calibration, autocut
 from xsearch.store import ItemRecord, Store
-
-from media import gradient_image, tone, write_wav
+from xsearch.testing.media import gradient_image, tone, write_wav
 
 runner = CliRunner()
 DIM = 1024

@@ -19,8 +19,9 @@ from xsearch.cli.main import app
 from xsearch.errors import DecodeError
 from xsearch.model import save_checkpoint
 from xsearch.store import ItemRecord, Store, writer_lock
+from xsearch.testing.media import gradient_image
 
-from media import gradient_image
+from scripts import xsearch_script
 
 runner = CliRunner()
 
@@ -136,7 +137,7 @@ def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_mode
     """kill -9 of `xsearch index` while its decode worker runs: the fork server and the worker follow."""
     checkpoint = _checkpoint(tmp_path, tiny_model)
     media = _photos(tmp_path / "media", 40, ".jpg", size=(1600, 1200))
-    xsearch = str(Path(sys.executable).parent / "xsearch")
+    xsearch = xsearch_script()
     argv = [xsearch, "index", str(media), "--db", str(tmp_path / "db"), "--checkpoint", str(checkpoint)]
     process = subprocess.Popen([*argv, "--workers", "1", "-q"], start_new_session=True)
     deadline = time.monotonic() + 120
@@ -152,7 +153,7 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
     """SIGTERM mid-run: what was embedded is committed, exit 130, and nothing is left running."""
     checkpoint = _checkpoint(tmp_path, tiny_model)
     media = _photos(tmp_path / "media", 60, ".jpg", size=(1600, 1200))
-    xsearch = str(Path(sys.executable).parent / "xsearch")
+    xsearch = xsearch_script()
     db = tmp_path / "db"
     argv = [xsearch, "index", str(media), "--db", str(db), "--checkpoint", str(checkpoint), "--workers", "1"]
     process = subprocess.Popen([*argv, "--commit-every", "4", "-q"], start_new_session=True)
@@ -243,11 +244,11 @@ def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
 
 
 def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
-    from faulty import misbehave
-
     from xsearch.indexer.decode_pool import GIB, DecodePool
     from xsearch.indexer.work import Task
     from xsearch.options import DecodeLimits
+
+    from faulty import misbehave
 
     names = ["ok0", "crash1", "ok2", "hang3", "ok4", "greedy5", "ok6", "ok7"]
     tasks = [Task(str(tmp_path / n), Modality.IMAGE, 1, 0.0) for n in names]
@@ -290,8 +291,7 @@ def _without_duration(flac: Path) -> Path:
 @pytest.mark.parametrize("suffix", ["wav", "flac", "mp3"])
 def test_a_long_audio_file_is_decoded_around_its_clips_with_the_same_result(tmp_path, suffix):
     from xsearch.preprocess import audio
-
-    from media import tone, write_audio, write_wav
+    from xsearch.testing.media import tone, write_audio, write_wav
 
     path, samples = tmp_path / f"long.{suffix}", tone(37.3, 44100, channels=2, noise=0.3)
     write_wav(path, samples, 44100) if suffix == "wav" else write_audio(path, samples, 44100, suffix)
@@ -309,7 +309,7 @@ def test_a_long_audio_file_is_decoded_around_its_clips_with_the_same_result(tmp_
 def test_long_audio_and_large_video_decode_in_bounded_memory(tmp_path):
     import soundfile
 
-    from media import write_video
+    from xsearch.testing.media import write_video
 
     flac = tmp_path / "twenty_minutes.flac"
     with soundfile.SoundFile(flac, "w", 48000, 2, subtype="PCM_16") as handle:
@@ -414,8 +414,7 @@ def test_disk_full_and_read_only_are_one_line():
 
 def test_a_damaged_mp4_says_so_not_no_audio_stream(tmp_path):
     from xsearch.indexer.work import Task, prepare
-
-    from media import write_video
+    from xsearch.testing.media import write_video
 
     path = write_video(tmp_path / "clip.mp4", seconds=2)
     data = bytearray(path.read_bytes())

@@ -18,8 +18,7 @@ from xsearch.cli.main import app as cli
 from xsearch.encoder import Encoder
 from xsearch.server import create_app
 from xsearch.store import ItemRecord
-
-from media import gradient_image, tone, write_imu, write_video, write_wav
+from xsearch.testing.media import gradient_image, tone, write_imu, write_video, write_wav
 
 
 @pytest.fixture(scope="module")

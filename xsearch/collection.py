@@ -29,9 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from xsearch.errors import ItemNotFound, UsageError
-from xsearch.modalities import Modality, is_under
+from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
 from xsearch.options import IndexOptions, SearchOptions, real_path
+from xsearch.paths import is_under
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from xsearch.errors import DecodeError
-from xsearch.modalities import Modality, Preview, is_regular_file
+from xsearch.modalities import Modality, Preview
+from xsearch.paths import is_regular_file
 from xsearch.query import QueryInput, Results, TextTerm
 
 AUDIO_PREVIEW_SECONDS = 8.0
@@ -53,7 +54,7 @@ def audio_preview(path: str, seconds: float = AUDIO_PREVIEW_SECONDS) -> bytes:
     """The first ``seconds`` of an audio (or video) file as a small 16 kHz mono 16-bit WAV."""
     import av
 
-    from xsearch.preprocess._av import open_container
+    from xsearch.preprocess.containers import open_container
 
     samples = []
     wanted = int(seconds * AUDIO_PREVIEW_RATE)

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xsearch.errors import DecodeError, NoStreamError
-from xsearch.modalities import Modality, modality_from_family, modality_of_path
+from xsearch.modalities import Modality
+from xsearch.paths import content_mismatch, modality_from_family, modality_of_path
 from xsearch.preprocess import PreprocessCfg, preprocess_with_metadata
-from xsearch.sniff import HEAD_BYTES, content_mismatch, sniff
+from xsearch.sniff import HEAD_BYTES, sniff
 
 log = logging.getLogger(__name__)
 

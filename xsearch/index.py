@@ -1,10 +1,10 @@
 """FAISS indices over the store's embeddings, one per modality, with exact re-ranking.
 
-Below ``IndexCfg.flat_threshold`` vectors an index is exact (``IndexFlatIP``). Above it, IVF-PQ with
-``d / 8`` sub-quantisers of 4 bits (fast-scan) on the CPU, or 8-bit PQ on the GPU (FAISS's GPU IVF-PQ has
-no fast-scan). ``nlist``, ``nprobe`` and the re-rank depth come from ``search_defaults(N)``, measured on
-1M vectors (BENCHMARKS.md). IVF-PQ scores are approximate, so ``search`` takes ``k * refine`` candidates and
-re-ranks them exactly against float16 copies of the vectors.
+Below ``IndexCfg.flat_threshold`` vectors an index is exact (``IndexFlatIP``). Above it, IVF-PQ with ``d / 4``
+sub-quantisers of 4 bits (fast-scan: ``d / 8`` bytes a vector, 128 B at 1024-d) on the CPU, or 8-bit PQ on the
+GPU (FAISS's GPU IVF-PQ has no fast-scan). ``nlist``, ``nprobe`` and the re-rank depth come from
+``search_defaults(N)``, measured on 1M vectors (BENCHMARKS.md). IVF-PQ scores are approximate, so ``search``
+takes ``k * refine`` candidates and re-ranks them exactly against float16 copies of the vectors.
 
 Layout of ``<db>/faiss/<modality>/`` (append-only, so a top-up costs what it adds):
 

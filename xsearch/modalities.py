@@ -5,8 +5,9 @@ ImageBind encoder that embeds it; its value is the key the official checkpoint u
 images and videos). Each modality has one ``ModalitySpec`` in ``REGISTRY``: its tower, the extensions that
 name it, whether folder/stem conventions name it, the content families its files may hold, its
 preprocessing (function and config), how a results page previews it, and what to try when a file holds
-no stream of it. The scanner, the content check, preprocessing, the encoder, the query constructors, the
-contact sheet and the CLI's options all read this table; adding a modality is one ``register`` call.
+no stream of it. The path rules (``xsearch.paths``), the content check, preprocessing, the encoder, the
+query constructors, the contact sheet and the CLI's options all read this table; adding a modality is one
+``register`` call.
 
 This module stays light (no torch, no decoders): preprocessing functions are named as ``"module:function"``
 and imported on first use, so ``xsearch --help`` does not pay for them.
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import enum
 import importlib
-import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from xsearch.errors import UsageError
+from xsearch.sniff import Family
 
 
 class Tower(str, enum.Enum):
@@ -37,17 +36,6 @@ class Tower(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-class Family(str, enum.Enum):
-    """What a file's first bytes say it is (``xsearch.sniff``), whatever its name says."""
-
-    IMAGE = "image"
-    VIDEO = "video"
-    AUDIO = "audio"
-    ARRAY = "array"
-    TEXT = "text"
-    DOCUMENT = "document"  # PDF, archives, executables: never media
 
 
 class Preview(str, enum.Enum):
@@ -312,77 +300,6 @@ def parse_modalities(value: str | list) -> list[Modality]:
     return [Modality(str(name).strip()) for name in names if str(name).strip()]
 
 
-def modality_from_extension(path: str | os.PathLike) -> Modality | None:
-    """The modality an extension names on its own (image, video, audio, text), or ``None``."""
-    suffix = Path(path).suffix.lower()
-    for entry in REGISTRY.values():
-        if suffix in entry.extensions:
-            return entry.modality
-    return None
-
-
-def modality_from_convention(path: str) -> Modality | None:
-    """A folder named like a convention modality, or a stem ending ``_<modality>`` (``room1_depth.png``)."""
-    parts = [p.lower() for p in path.split(os.sep)]
-    stem = os.path.splitext(parts[-1])[0]
-    for entry in REGISTRY.values():
-        if entry.convention and (entry.name in parts[:-1] or stem.endswith(f"_{entry.name}")):
-            return entry.modality
-    return None
-
-
-def modality_from_family(family: Family | None) -> Modality | None:
-    """The modality an extensionless file of ``family`` is indexed as, or ``None``."""
-    for entry in REGISTRY.values():
-        if family is not None and entry.sniffed_from is family:
-            return entry.modality
-    return None
-
-
-def is_regular_file(path: str) -> bool:
-    """Whether ``path`` is a regular file now: safe to open for reading (a pipe or device would block)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def is_under(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or inside it (both absolute)."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
-    """The modality of the deepest assigned folder (or file) that holds ``path``."""
-    best = None
-    for root, modality in assigned.items():
-        if is_under(path, root) and (best is None or len(root) > len(best[0])):
-            best = (root, modality)
-    return best[1] if best else None
-
-
-def _sniffed(path: str) -> Modality | None:
-    from xsearch.sniff import HEAD_BYTES, sniff
-
-    try:
-        with open(path, "rb") as handle:
-            found = sniff(handle.read(HEAD_BYTES))
-    except OSError:
-        return None
-    return modality_from_family(found.family if found else None)
-
-
-def modality_of_path(path: str | os.PathLike, assigned: dict[str, Modality] | None = None) -> Modality | None:
-    """What a file is indexed or embedded as, first rule that applies, or ``None`` when no rule does:
-    an ``assigned`` folder or file (absolute paths), a naming convention, the extension, and for a file
-    without an extension its first bytes."""
-    path = os.path.abspath(os.fspath(path))
-    modality = _assigned(path, assigned or {}) or modality_from_convention(path) or modality_from_extension(path)
-    if modality is None and not os.path.splitext(os.path.basename(path))[1]:
-        modality = _sniffed(path)
-    return modality
-
-
 def as_tower(value: Tower | Modality | str) -> Tower:
     """The tower for a tower, a modality, or either's name (``"image"`` -> ``Tower.VISION``)."""
     if isinstance(value, Tower):
@@ -397,18 +314,12 @@ def as_tower(value: Tower | Modality | str) -> Tower:
 
 __all__ = [
     "REGISTRY",
-    "Family",
     "Modality",
     "ModalitySpec",
     "Preview",
     "Tower",
     "as_tower",
     "define",
-    "modality_from_convention",
-    "modality_from_extension",
-    "modality_from_family",
-    "modality_of_path",
-    "is_under",
     "parse_modalities",
     "register",
     "spec",

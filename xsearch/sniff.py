@@ -7,11 +7,21 @@ Only signatures that are unambiguous are listed; anything else is ``None`` and l
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-from xsearch.modalities import Family, Modality
-
 HEAD_BYTES = 64
+
+
+class Family(str, enum.Enum):
+    """What a file's first bytes say it is (``xsearch.sniff``), whatever its name says."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    ARRAY = "array"
+    TEXT = "text"
+    DOCUMENT = "document"  # PDF, archives, executables: never media
 
 
 @dataclass(frozen=True)
@@ -99,14 +109,3 @@ def sniff(head: bytes) -> Sniffed | None:
     if _looks_like_text(head):
         return Sniffed(Family.TEXT, "text")
     return None
-
-
-def content_mismatch(modality: Modality, head: bytes) -> str | None:
-    """Why a file's content cannot be ``modality`` (its table entry's ``accepts``), or ``None`` when it may
-    be or cannot be told."""
-    found = sniff(head)
-    if found is None:
-        return None  # the decoder says what is wrong, if anything (e.g. text that is not UTF-8)
-    if found.family in Modality(modality).spec.accepts:
-        return None
-    return f"the file is named as {modality} but its content is {found.format}"

@@ -7,6 +7,7 @@ use, so that commands needing no model (``search --item``, ``info``) never pay f
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from xsearch.model.config import (
     IMAGEBIND_HUGE,
@@ -18,6 +19,18 @@ from xsearch.model.config import (
     is_random_weights,
 )
 from xsearch.model.pretrained import PRETRAINED, xsearch_home
+
+if TYPE_CHECKING:
+    from xsearch.model.checkpoint import (
+        TowerSource,
+        load_checkpoint,
+        load_pretrained,
+        open_checkpoint,
+        resolve_checkpoint,
+        save_checkpoint,
+        save_random_checkpoint,
+    )
+    from xsearch.model.imagebind import ImageBind, create_model
 
 _LAZY = {
     "ImageBind": "xsearch.model.imagebind",

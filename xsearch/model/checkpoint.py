@@ -179,11 +179,6 @@ def resolve_checkpoint(
     return download(url or entry.url, path, entry.sha256, check=_loads)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``torch.load`` with every failure turned into a one-line ``CheckpointError`` naming the file."""
-    return _read_checkpoint(path)[0]
-
-
 def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """The state_dict and xsearch's own notes (``{"random_weights_seed": 0}`` for a trial checkpoint)."""
     path = Path(path)

@@ -35,6 +35,15 @@ class PreprocessCfg(Mapping):
     (224, 77)
     """
 
+    # The built-in modalities' configs, declared for readers and IDEs (``__getattr__`` serves any modality).
+    image: ImageCfg
+    video: VideoCfg
+    text: TextCfg
+    audio: AudioCfg
+    depth: SingleChannelCfg
+    thermal: SingleChannelCfg
+    imu: ImuCfg
+
     def __init__(self, model: ImageBindCfg = IMAGEBIND_HUGE, overrides: Mapping | None = None):
         self.model = model
         self._cfgs = {m: s.cfg_for(model) for m, s in REGISTRY.items()}

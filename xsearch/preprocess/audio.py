@@ -27,7 +27,7 @@ import torchaudio
 
 from xsearch.errors import DecodeError, NoStreamError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
-from xsearch.preprocess._av import describe, open_container
+from xsearch.preprocess.containers import describe, open_container
 from xsearch.preprocess.prepared import Preprocessed
 
 

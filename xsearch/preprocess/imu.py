@@ -89,11 +89,6 @@ def fit_length(array: np.ndarray, length: int) -> np.ndarray:
     return array
 
 
-def preprocess_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> torch.Tensor:
-    """IMU file -> ``[6, 2000]`` float32."""
-    return torch.from_numpy(np.ascontiguousarray(fit_length(load_imu(path, cfg), cfg.length)))
-
-
 def prepare(path, cfg: ImuCfg, thumbnail: bool = True) -> Preprocessed:
     """Model input and (when ``thumbnail``) a plot of the whole recording, one line per channel."""
     from xsearch import thumbnails

@@ -93,16 +93,6 @@ def map_to_tensor(array: np.ndarray, cfg: SingleChannelCfg) -> torch.Tensor:
     return (x - cfg.mean) / cfg.std
 
 
-def preprocess_depth(path: str | os.PathLike, cfg: SingleChannelCfg = DEPTH) -> torch.Tensor:
-    """Disparity map file -> ``[1, 224, 224]``."""
-    return map_to_tensor(load_single_channel(path, cfg), cfg)
-
-
-def preprocess_thermal(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL) -> torch.Tensor:
-    """Thermal image file -> ``[1, 224, 224]``."""
-    return map_to_tensor(load_single_channel(path, cfg), cfg)
-
-
 def depth_cfg(model: ImageBindCfg) -> SingleChannelCfg:
     return replace(DEPTH, size=model.image_size)
 

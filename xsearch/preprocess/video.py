@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from xsearch.errors import DecodeError, NoStreamError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
-from xsearch.preprocess._av import describe, open_container
 from xsearch.preprocess.audio import clip_starts
+from xsearch.preprocess.containers import describe, open_container
 from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD
 from xsearch.preprocess.prepared import Preprocessed
 

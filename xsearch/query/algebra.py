@@ -166,7 +166,8 @@ class ItemTerm(Term):
 
 
 class _QueryType(type):
-    """``Query.image(path)``, ``Query.audio(path)``...: a file input of any registered file modality."""
+    """``Query.<modality>(path)`` for a file modality registered after this module was written (the built-in
+    ones are class methods of ``Query``)."""
 
     def __getattr__(cls, name: str):
         if not name.startswith("_") and name in Modality and Modality(name).spec.query_input == "file":
@@ -198,6 +199,38 @@ class Query(metaclass=_QueryType):
     @classmethod
     def file(cls, path: str | os.PathLike, modality: Modality | str, weight: float = 1.0) -> Query:
         return cls([FileTerm(os.fspath(path), Modality(modality), weight=float(weight))])
+
+    # The built-in file modalities, spelt out for readers and IDEs; a modality registered later gets its
+    # constructor from ``_QueryType`` (``Query.swatch(path)``).
+    @classmethod
+    def image(cls, path: str | os.PathLike, weight: float = 1.0) -> Query:
+        """A photo or picture input."""
+        return cls.file(path, Modality.IMAGE, weight)
+
+    @classmethod
+    def video(cls, path: str | os.PathLike, weight: float = 1.0) -> Query:
+        """A video input (5 clips of 2 s, averaged)."""
+        return cls.file(path, Modality.VIDEO, weight)
+
+    @classmethod
+    def audio(cls, path: str | os.PathLike, weight: float = 1.0) -> Query:
+        """A sound input (3 clips of 2 s, averaged)."""
+        return cls.file(path, Modality.AUDIO, weight)
+
+    @classmethod
+    def depth(cls, path: str | os.PathLike, weight: float = 1.0) -> Query:
+        """A depth (disparity) map input."""
+        return cls.file(path, Modality.DEPTH, weight)
+
+    @classmethod
+    def thermal(cls, path: str | os.PathLike, weight: float = 1.0) -> Query:
+        """A thermal image input."""
+        return cls.file(path, Modality.THERMAL, weight)
+
+    @classmethod
+    def imu(cls, path: str | os.PathLike, weight: float = 1.0) -> Query:
+        """An IMU recording input (.npy or .csv, 6 channels)."""
+        return cls.file(path, Modality.IMU, weight)
 
     @classmethod
     def text(cls, text: str, weight: float = 1.0) -> Query:

@@ -25,8 +25,9 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
-from xsearch.modalities import Modality, is_regular_file, modality_of_path
+from xsearch.modalities import Modality
 from xsearch.options import SearchOptions, item_key
+from xsearch.paths import is_regular_file, modality_of_path
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 ITEM_COLUMNS = ["id", "uri", "modality", "sha256", "size", "width", "height", "duration", "sample_rate", "precision"]

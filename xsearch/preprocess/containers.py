@@ -1,4 +1,5 @@
-"""PyAV helpers shared by the audio and video decoders: opening a container with readable errors."""
+"""PyAV helpers shared by the audio and video decoders and the contact sheet: opening a local file as a
+container, with readable errors."""
 
 from __future__ import annotations
 

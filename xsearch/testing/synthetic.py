@@ -1,12 +1,11 @@
 """Synthetic embeddings that behave like real ones, for tests and benchmarks.
 
-Isotropic Gaussian clusters in 1024-d make every neighbour a near-tie, so no ANN index can rank them (see
-DESIGN). Real embeddings have a low intrinsic dimension and a decaying spectrum; so here: clustered latents in
-``latent_dim`` dimensions whose j-th coordinate is scaled by ``j ** -decay``, a fixed random linear map to
-``dim``, a little isotropic noise, then L2 normalisation. Queries come from the same distribution (same
-``space_seed``, another ``seed``). With the defaults at 30k vectors, the exact top-1 to top-10 score gap is
-about 0.06 (isotropic 1024-d clusters: under 0.02).
-"""
+Isotropic Gaussian clusters in 1024-d make every neighbour a near-tie, so no ANN index can rank them
+(BENCHMARKS.md, search). Real embeddings have a low intrinsic dimension and a decaying spectrum; so here:
+clustered latents in ``latent_dim`` dimensions whose j-th coordinate is scaled by ``j ** -decay``, a fixed
+random linear map to ``dim``, a little isotropic noise, then L2 normalisation. Queries come from the same
+distribution (same ``space_seed``, another ``seed``). With the defaults at 30k vectors, the exact top-1 to
+top-10 score gap is about 0.06 (isotropic 1024-d clusters: under 0.02)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,97 @@
+"""Path rules: what a file is indexed, embedded or queried as, from its path (and, for a file without an
+extension, its first bytes), and the file helpers the rules and the servers share.
+
+The rules' data is the modality table (``xsearch.modalities``); the first rule that applies wins:
+an assigned folder or file (``--as``), a naming convention (a folder named ``depth``, a stem ending
+``_thermal``), the extension, the first bytes (``xsearch.sniff``). ``content_mismatch`` is the check that a
+file's bytes may be what its name says.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from xsearch.modalities import REGISTRY, Modality
+from xsearch.sniff import HEAD_BYTES, Family, sniff
+
+
+def modality_from_extension(path: str | os.PathLike) -> Modality | None:
+    """The modality an extension names on its own (image, video, audio, text), or ``None``."""
+    suffix = Path(path).suffix.lower()
+    for entry in REGISTRY.values():
+        if suffix in entry.extensions:
+            return entry.modality
+    return None
+
+
+def modality_from_convention(path: str) -> Modality | None:
+    """A folder named like a convention modality, or a stem ending ``_<modality>`` (``room1_depth.png``)."""
+    parts = [p.lower() for p in path.split(os.sep)]
+    stem = os.path.splitext(parts[-1])[0]
+    for entry in REGISTRY.values():
+        if entry.convention and (entry.name in parts[:-1] or stem.endswith(f"_{entry.name}")):
+            return entry.modality
+    return None
+
+
+def modality_from_family(family: Family | None) -> Modality | None:
+    """The modality an extensionless file of ``family`` is indexed as, or ``None``."""
+    for entry in REGISTRY.values():
+        if family is not None and entry.sniffed_from is family:
+            return entry.modality
+    return None
+
+
+def is_regular_file(path: str) -> bool:
+    """Whether ``path`` is a regular file now: safe to open for reading (a pipe or device would block)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_under(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or inside it (both absolute)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
+    """The modality of the deepest assigned folder (or file) that holds ``path``."""
+    best = None
+    for root, modality in assigned.items():
+        if is_under(path, root) and (best is None or len(root) > len(best[0])):
+            best = (root, modality)
+    return best[1] if best else None
+
+
+def _sniffed(path: str) -> Modality | None:
+    try:
+        with open(path, "rb") as handle:
+            found = sniff(handle.read(HEAD_BYTES))
+    except OSError:
+        return None
+    return modality_from_family(found.family if found else None)
+
+
+def modality_of_path(path: str | os.PathLike, assigned: dict[str, Modality] | None = None) -> Modality | None:
+    """What a file is indexed or embedded as, first rule that applies, or ``None`` when no rule does:
+    an ``assigned`` folder or file (absolute paths), a naming convention, the extension, and for a file
+    without an extension its first bytes."""
+    path = os.path.abspath(os.fspath(path))
+    modality = _assigned(path, assigned or {}) or modality_from_convention(path) or modality_from_extension(path)
+    if modality is None and not os.path.splitext(os.path.basename(path))[1]:
+        modality = _sniffed(path)
+    return modality
+
+
+def content_mismatch(modality: Modality, head: bytes) -> str | None:
+    """Why a file's content cannot be ``modality`` (its table entry's ``accepts``), or ``None`` when it may
+    be or cannot be told."""
+    found = sniff(head)
+    if found is None:
+        return None  # the decoder says what is wrong, if anything (e.g. text that is not UTF-8)
+    if found.family in Modality(modality).spec.accepts:
+        return None
+    return f"the file is named as {modality} but its content is {found.format}"
