@@ -152,7 +152,8 @@ def handled_errors() -> Iterator[None]:
 
 
 CheckpointOpt = Annotated[
-    str | None, typer.Option(envvar="XSEARCH_CHECKPOINT", help="ImageBind checkpoint file (default: cached download).")
+    str | None,
+    typer.Option(help="ImageBind checkpoint file (default: $XSEARCH_CHECKPOINT, else the cached download)."),
 ]
 ModelOpt = Annotated[
     str | None, typer.Option(help="Architecture of --checkpoint (default: the database's, else imagebind_huge).")
