@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -183,6 +184,25 @@ def open_collection(
     return Collection.open(db, choice=ModelChoice(checkpoint, model, device, precision, verify))
 
 
+def output_file(value: str | None, option: str, suffixes: tuple[str, ...] = ()) -> str | None:
+    """An output file named by ``option``, checked before any work: its suffix, and its folder (created when
+    missing, as ``--db`` is). A problem is one usage line and exit 2, never a traceback after the work."""
+    if value is None:
+        return None
+    if suffixes and not value.lower().endswith(suffixes):
+        fail(f"{option} {shown(value)}: expected a file name ending in {', '.join(suffixes)}")
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(value)))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        fail(f"{option} {shown(value)}: cannot create its folder ({exc.strerror or exc})")
+    if os.path.isdir(value):
+        fail(f"{option} {shown(value)}: is a folder, expected a file name")
+    if not os.access(folder, os.W_OK):
+        fail(f"{option} {shown(value)}: its folder {shown(folder)} is not writable")
+    return os.path.expanduser(value)
+
+
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
@@ -195,8 +215,9 @@ def shown(text: object) -> str:
 def note_random_weights(collection) -> None:
     """Every command on a database made with trial weights says that its results mean nothing."""
     if collection.random_weights:
+        where = f"{collection.path} holds embeddings of" if collection.path is not None else "embedded with"
         typer.echo(
-            f"note: {collection.path} holds embeddings of a random-weights model ({collection.model_name}): "
+            f"note: {shown(where)} a random-weights model ({collection.model_name}): "
             "results are meaningless (made for trying xsearch)",
             err=True,
         )

@@ -17,18 +17,19 @@ from xsearch.cli.app import (
     PrecisionOpt,
     VerifyOpt,
     command,
-    fail,
     handled_errors,
+    note_random_weights,
     open_collection,
+    output_file,
     shown,
 )
 
-OUTPUT_SUFFIXES = (".npy", ".parquet", ".arrow")
+OUTPUT_SUFFIXES = (".jsonl", ".npy", ".parquet", ".arrow")
 
 
 @command()
 def embed(
-    paths: Annotated[list[str], typer.Argument(help="Media files to embed.")],
+    paths: Annotated[list[str], typer.Argument(help="Media files, or folders (the files `index` would take).")],
     checkpoint: CheckpointOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -39,43 +40,59 @@ def embed(
     ] = None,
     output: Annotated[
         str | None,
-        typer.Option(help="Write to FILE.npy (vectors of the files that embedded, in order), .parquet or .arrow."),
+        typer.Option(
+            help="Write to FILE.jsonl (the lines printed otherwise), .parquet or .arrow (a row per file), or "
+            ".npy (the vectors that embedded; FILE.paths.json says which file each row is)."
+        ),
     ] = None,
 ) -> None:
     """Embed files: one JSON line per file (path, modality, vector or error), or a file with --output.
 
     A file's modality follows the same rules as `xsearch index` (a folder named depth/thermal/imu, a stem
-    ending _depth..., the extension). Exit code 3 when some files could not be embedded.
+    ending _depth..., the extension, the content: a video file with only sound is audio); a folder stands
+    for the files `index` would take from it. Exit code 3 when some files could not be embedded.
     """
-    if output and not output.endswith(OUTPUT_SUFFIXES):
-        fail(f"--output {output}: expected a file name ending in {', '.join(OUTPUT_SUFFIXES)}")
+    output = output_file(output, "--output", OUTPUT_SUFFIXES)
     with handled_errors():
         collection = open_collection(None, checkpoint, model, device, precision, verify)
         results = collection.embed(paths, modality=as_)
         if output:
-            write_embeddings(results, Path(output), collection.encoder.embed_dim)
+            written = write_embeddings(results, Path(output), collection.encoder)
     failed = [r for r in results if r.error is not None]
     if output:
-        typer.echo(f"{output}: {len(results) - len(failed)} embeddings of {len(results)} files")
+        also = f" (rows: {written})" if written != Path(output) else ""
+        typer.echo(f"{output}: {len(results) - len(failed)} embeddings of {len(results)} files{also}")
         for result in failed:
             typer.echo(f"  failed: {shown(result.message)}", err=True)
     else:
         for result in results:
             typer.echo(json.dumps(result.as_json()))
+    note_random_weights(collection)
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def write_embeddings(results, path: Path, dim: int) -> None:
-    """``.npy``: ``float32 [n, dim]`` of the files that embedded; ``.parquet``/``.arrow``: one row per file
-    (path, modality, embedding or null, error)."""
+def write_embeddings(results, path: Path, encoder) -> Path:
+    """Write ``results`` to ``path`` by its suffix; returns the file that says which row is which file.
+
+    ``.jsonl``: the lines ``embed`` prints. ``.parquet``/``.arrow``: one row per file (path, modality,
+    embedding or null, error), the model id in the schema's metadata. ``.npy``: ``float32 [n, dim]`` of the
+    files that embedded, with ``<name>.paths.json`` beside it: the model id and each row's file.
+    """
     import numpy as np
     import pyarrow as pa
 
+    dim, model = encoder.embed_dim, {"model_id": encoder.model_id}
+    if path.suffix == ".jsonl":
+        with open(path, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(r.as_json()) + "\n" for r in results)
+        return path
     if path.suffix == ".npy":
-        vectors = [r.embedding for r in results if r.embedding is not None]
-        np.save(path, np.stack(vectors) if vectors else np.zeros((0, dim), np.float32))
-        return
+        embedded = [r for r in results if r.embedding is not None]
+        np.save(path, np.stack([r.embedding for r in embedded]) if embedded else np.zeros((0, dim), np.float32))
+        rows = path.with_suffix(".paths.json")
+        rows.write_text(json.dumps({**model, "paths": [r.path for r in embedded]}, indent=1), encoding="utf-8")
+        return rows
     flat = np.concatenate([r.embedding if r.embedding is not None else np.zeros(dim, np.float32) for r in results])
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
     missing = pa.array([r.embedding is None for r in results])
@@ -86,7 +103,7 @@ def write_embeddings(results, path: Path, dim: int) -> None:
             "embedding": pa.compute.if_else(missing, pa.nulls(len(results), vectors.type), vectors),
             "error": [r.message for r in results],
         }
-    )
+    ).replace_schema_metadata({"xsearch": json.dumps(model)})
     if path.suffix == ".parquet":
         import pyarrow.parquet
 
@@ -95,6 +112,7 @@ def write_embeddings(results, path: Path, dim: int) -> None:
         import pyarrow.feather
 
         pyarrow.feather.write_feather(table, path)
+    return path
 
 
 @command(name="random-checkpoint")

@@ -155,6 +155,14 @@ def print_summary(report) -> None:
         )
     if report.by_modality:
         typer.echo("  embedded: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_modality.items())))
+    if report.excluded:
+        typer.echo(f"  excluded: {report.excluded} files or folders (--exclude, --modalities)")
+    for pattern in report.unmatched_excludes:
+        typer.echo(f"  warning: --exclude {shown(pattern)!r} matched nothing", err=True)
+    if report.gone:
+        typer.echo(
+            f"  {report.gone} indexed files are gone from disk and still searchable (run with --prune to remove them)"
+        )
     if report.indexes:
         kinds = ", ".join(f"{m} {i['count']} ({i['kind']})" for m, i in report.indexes.items())
         typer.echo(f"  indices: {kinds}")

@@ -25,10 +25,10 @@ from xsearch.cli.app import (
     PrecisionOpt,
     VerifyOpt,
     command,
-    fail,
     handled_errors,
     note_random_weights,
     open_collection,
+    output_file,
     shown,
 )
 from xsearch.errors import UsageError
@@ -151,6 +151,7 @@ def _search(
 
     Example: xsearch search --db media.db --image bird.jpg:0.6 --audio waves.wav:0.4 --target image
     """
+    html = output_file(html, "--html")
     with handled_errors():
         options = SearchOptions(
             target=target,
@@ -239,8 +240,7 @@ def classify(
     Zero-shot from --labels, or few-shot from --examples DIR where DIR/<label>/ holds a few example files
     of any modality (e.g. DIR/dog/bark.wav, DIR/dog/photo.jpg).
     """
-    if output and not output.endswith((".csv", ".parquet")):
-        fail(f"--output {output}: expected a .csv or .parquet file name")
+    output = output_file(output, "--output", (".csv", ".parquet"))
     with handled_errors():
         collection = open_collection(db, checkpoint, model, device, precision, verify)
         labelled = collection.classify(

@@ -13,12 +13,17 @@ decoder. Here each worker is watched by the indexer's process:
 
 Workers come from a fork server (lance and the encoder's threads are not fork-safe) that preloads the
 decode modules, so a replacement starts in milliseconds; both die with the run (``xsearch.indexer.lifeline``).
+Workers need xsearch's modules and nothing of the caller's: the fork server starts without the current
+folder on its path (a folder named ``xsearch`` there is not the package), and a worker is started without
+the caller's main script, which spawn-style start methods otherwise run again in every child (a script
+without an ``if __name__ == "__main__":`` guard would start indexing again in each worker).
 Each worker holds at most ``_DEPTH`` files: one decoding and one queued behind it, so it never waits for
 the main process, which is busy encoding, to hand it the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -26,7 +31,9 @@ import os
 import pickle
 import resource
 import signal
+import sys
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
@@ -67,6 +74,7 @@ class DecodePool:
         self.memory_bytes = limits.memory_bytes or default_memory_bytes(workers)
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["xsearch.indexer._forkserver_init", "xsearch.indexer.work"])
+        _ensure_forkserver()
 
     def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         pending = deque(tasks)
@@ -125,7 +133,8 @@ class _Worker:
     def __init__(self, context, work, memory_bytes: int):
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, work, memory_bytes), daemon=True)
-        self.process.start()
+        with _main_script_hidden():
+            self.process.start()
         child.close()
         self.held: deque[Task] = deque()
         self.since = time.monotonic()  # when the oldest held file started decoding (or later: never earlier)
@@ -159,6 +168,35 @@ class _Worker:
         self.process.join(timeout=0.5)
         self.kill()
         self.conn.close()
+
+
+def _ensure_forkserver() -> None:
+    """Start the fork server with a safe module path: it runs as ``python -c``, which would put the current
+    folder first on ``sys.path`` (Python 3.11's fork server ignores the parent's path), so an ``xsearch``
+    folder there would shadow the installed package in every worker."""
+    from multiprocessing import forkserver
+
+    saved = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = saved
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """While a worker starts, ``__main__`` is a bare module: multiprocessing records no main script for the
+    child to import, so the caller's script is not run again there (workers only need xsearch)."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _serve(conn, work, memory_bytes: int) -> None:

@@ -68,7 +68,9 @@ class RunReport:
     pruned: int = 0
     prune_skipped: list[str] = field(default_factory=list)  # roots not pruned, and why
     ignored: int = 0  # not media, or symlinks when not following them
-    excluded: int = 0  # --exclude / --modalities
+    excluded: int = 0  # files and folders left out by --exclude / --modalities
+    unmatched_excludes: list[str] = field(default_factory=list)  # --exclude patterns that excluded nothing
+    gone: int = 0  # indexed files under the roots that are gone from disk, kept because --prune was not given
     seconds: float = 0.0
     load_seconds: float = 0.0  # loading the model, before the run (set by ``Collection.index``)
     embed_seconds: float = 0.0
@@ -122,6 +124,9 @@ class Indexer:
                     rejected.append(found)
         report.scanned = len(candidates)
         report.ignored, report.excluded = scanner.stats.ignored, scanner.stats.excluded
+        report.unmatched_excludes = scanner.unmatched()
+        for pattern in report.unmatched_excludes:
+            log.warning("exclude pattern %r matched nothing", pattern)
         return candidates, rejected, scanner.stats.unlisted_dirs
 
     def _plan(self, candidates: list[Task], report: RunReport) -> tuple[list[Task], list[str]]:
@@ -174,8 +179,12 @@ class Indexer:
             batch.flush()  # keep what was embedded; the re-run continues from there
         finally:
             batch.close()
-        if self.cfg.prune and not report.interrupted:
-            report.pruned = self._prune(roots, {c.path for c in candidates}, unlisted, report.prune_skipped)
+        if not report.interrupted:
+            gone = self._gone(roots, {c.path for c in candidates}, unlisted, report.prune_skipped)
+            if self.cfg.prune:
+                report.pruned = self._prune(gone)
+            else:
+                report.gone = len(gone[0])
         if not report.interrupted:
             self.store.compact(KEEP_VERSIONS)  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
@@ -183,16 +192,16 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prune(self, roots: list[str], seen: set[str], unlisted: list[str], skipped: list[str]) -> int:
-        """Delete rows (and error rows) of files under ``roots`` that are gone from disk.
+    def _gone(self, roots, seen: set[str], unlisted: list[str], skipped: list[str]) -> tuple[list[str], list[str]]:
+        """Rows (and error rows) of files under ``roots`` that are gone from disk: what ``--prune`` deletes.
 
-        Only files that no longer exist are pruned: a file skipped by ``--exclude`` or ``--modalities``, or
-        under a folder that could not be listed this time, keeps its row. A root that is missing or empty is
-        not pruned at all: an unmounted drive or an empty mount point looks exactly like that, and pruning
+        Only files that no longer exist count: a file skipped by ``--exclude`` or ``--modalities``, or under
+        a folder that could not be listed this time, keeps its row. A root that is missing or empty is not
+        looked into at all: an unmounted drive or an empty mount point looks exactly like that, and pruning
         would throw away every embedding under it.
         """
         roots = [os.path.abspath(r) for r in roots]
-        unlisted = list(unlisted) + [r for r in roots if _looks_unmounted(r, skipped)]
+        unlisted = list(unlisted) + [r for r in roots if _looks_unmounted(r, skipped, self.cfg.prune)]
 
         def gone(uri: str) -> bool:
             if uri in seen or not any(is_under(uri, r) for r in roots) or any(is_under(uri, d) for d in unlisted):
@@ -201,6 +210,10 @@ class Indexer:
 
         items = [u for u in self.store.scan(["uri"])["uri"].to_pylist() if gone(u)]
         errors = [u for u in self.store.error_rows()["uri"].to_pylist() if gone(u)]
+        return items, errors
+
+    def _prune(self, gone: tuple[list[str], list[str]]) -> int:
+        items, errors = gone
         if items:
             self.store.delete_items(uris=items)
         self.store.clear_errors(errors)
@@ -219,16 +232,18 @@ class Indexer:
         return out
 
 
-def _looks_unmounted(root: str, skipped: list[str]) -> bool:
-    """A missing or empty root, noted in ``skipped``: what an unmounted drive or an empty mount point is."""
+def _looks_unmounted(root: str, skipped: list[str], pruning: bool) -> bool:
+    """A missing or empty root (noted in ``skipped`` when pruning): what an unmounted drive or an empty mount
+    point is."""
     if not os.path.lexists(root):
         reason = "is missing"
     elif os.path.isdir(root) and not os.listdir(root):
         reason = "is empty"
     else:
         return False
-    skipped.append(f"{root} {reason}: rows under it were kept (not pruned)")
-    log.warning("%s %s: not pruned (an unmounted drive looks like this)", root, reason)
+    if pruning:
+        skipped.append(f"{root} {reason}: rows under it were kept (not pruned)")
+        log.warning("%s %s: not pruned (an unmounted drive looks like this)", root, reason)
     return True
 
 

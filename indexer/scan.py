@@ -20,6 +20,7 @@ import errno
 import fnmatch
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -56,7 +57,12 @@ class ScanStats:
     files: int = 0
     ignored: int = 0
     excluded: int = 0
+    matched: Counter = field(default_factory=Counter)  # exclude pattern -> files and folders it excluded
     unlisted_dirs: list[str] = field(default_factory=list)  # folders that could not be listed: never pruned
+
+
+def _is_name_pattern(pattern: str) -> bool:
+    return os.sep not in pattern and "/" not in pattern
 
 
 def printable(path: str) -> str:
@@ -87,7 +93,15 @@ class Scanner:
 
     def _excluded(self, path: str) -> bool:
         name = os.path.basename(path)
-        return any(fnmatch.fnmatch(path, g) or fnmatch.fnmatch(name, g) for g in self.options.exclude)
+        for pattern in self.options.exclude:
+            if fnmatch.fnmatch(name if _is_name_pattern(pattern) else path, pattern):
+                self.stats.matched[pattern] += 1
+                return True
+        return False
+
+    def unmatched(self) -> list[str]:
+        """The exclude patterns that excluded nothing in this scan (a typo, or a folder given relatively)."""
+        return [p for p in self.options.exclude if not self.stats.matched[p]]
 
     def scan(self, roots: list[str]) -> Iterator[Task | Rejected]:
         for root in roots:

@@ -31,7 +31,7 @@ from pathlib import Path
 from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
-from xsearch.options import IndexOptions, SearchOptions, real_path
+from xsearch.options import IndexOptions, ScanOptions, SearchOptions, real_path
 from xsearch.paths import is_under
 
 log = logging.getLogger(__name__)
@@ -227,12 +227,29 @@ class Collection:
 
     def embed(self, paths: Sequence[str | os.PathLike], modality: Modality | str | None = None, thumbnails=False):
         """Embed files with this collection's model by the indexer's rules: one ``Outcome`` per file, in
-        order, with ``embedding`` or ``error`` (``message``: path and reason)."""
+        order, with ``embedding`` or ``error`` (``message``: path and reason). A folder stands for the files
+        ``index`` would take from it (sorted, by the same rules); ``modality`` names the modality of all."""
         try:
             modality = Modality(modality) if modality else None  # a typo fails before the model loads
         except UsageError as exc:
             raise exc.for_argument("modality") from None
-        return self.encoder.encode_files(paths, modality=modality, thumbnails=thumbnails)
+        from xsearch.decode import Outcome
+        from xsearch.indexer.scan import Scanner, Task
+
+        entries: list[str | Outcome] = []  # a file to embed, or the outcome of one the scan refused
+        for path in map(os.fspath, paths):
+            if not os.path.isdir(path):
+                entries.append(path)
+                continue
+            assigned = {real_path(path): modality} if modality else {}
+            for found in Scanner(ScanOptions(assigned=assigned)).scan([path]):
+                if isinstance(found, Task):
+                    entries.append(found.path)
+                else:
+                    entries.append(Outcome(found.uri, found.modality).fail("scan", found.message))
+        files = [e for e in entries if isinstance(e, str)]
+        embedded = iter(self.encoder.encode_files(files, modality, thumbnails=thumbnails) if files else [])
+        return [e if isinstance(e, Outcome) else next(embedded) for e in entries]
 
     def item(self, key: int | str, columns: Sequence[str]) -> dict:
         """One stored item's ``columns``, by id or path (``ItemNotFound`` when it is not indexed)."""

@@ -41,6 +41,13 @@ def absolute_glob(pattern: str, cwd: str | os.PathLike | None = None) -> str:
     return os.path.join(os.fspath(cwd) if cwd is not None else os.getcwd(), pattern)
 
 
+def exclude_glob(pattern: str) -> str:
+    """An ``exclude`` pattern as the scanner matches it: one without a path separator matches file and folder
+    names anywhere (``*.tmp``, ``broken``); one with a separator is a path glob, relative ones taken from the
+    current folder as ``SearchOptions.path`` takes them (``broken/*`` is ``$PWD/broken/*``)."""
+    return absolute_glob(pattern) if "/" in pattern or os.sep in pattern or pattern.startswith("~") else pattern
+
+
 def item_key(key: int | str) -> int | str:
     """How a user names a stored item: an id (an int, or ASCII digits: ``"²"`` is a digit to Python, not an
     id) or a path (anything else)."""
@@ -112,7 +119,7 @@ class ScanOptions:
     """Which files a run takes: modalities kept, globs excluded, links followed, folders assigned."""
 
     modalities: frozenset[Modality] | None = None  # None: all
-    exclude: tuple[str, ...] = ()  # globs matched against the full path and the file name
+    exclude: tuple[str, ...] = ()  # name globs (no separator) and absolute path globs: see ``exclude_glob``
     follow_symlinks: bool = False
     assigned: Mapping[str, Modality] = field(default_factory=dict)  # absolute path -> modality (--as)
 
@@ -165,7 +172,7 @@ class IndexOptions:
         if scan.get("modalities") is not None:
             scan["modalities"] = frozenset(_parsed(scan["modalities"], "modalities"))
         if "exclude" in scan:
-            scan["exclude"] = tuple(scan["exclude"] or ())
+            scan["exclude"] = tuple(exclude_glob(g) for g in scan["exclude"] or ())
         limits = {}
         if "file_timeout" in overrides:
             limits["seconds"] = float(overrides.pop("file_timeout"))

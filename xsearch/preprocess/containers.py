@@ -17,7 +17,8 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         if os.path.getsize(name) == 0:
             raise DecodeError(name, "file is empty (0 bytes)")
-        container = av.open(name, mode="r", metadata_errors="ignore")
+        # As a local file whatever its name holds: FFmpeg reads "take:2.wav" as the URL protocol "take".
+        container = av.open(local_file_url(name), mode="r", metadata_errors="ignore")
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except av.FFmpegError as exc:
@@ -26,6 +27,11 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
         container.close()
         raise DecodeError(name, "no audio or video stream found (damaged or truncated file?)")
     return container
+
+
+def local_file_url(path: str | os.PathLike) -> str:
+    """``path`` for FFmpeg as a local file (its ``file:`` protocol), never as a URL of another protocol."""
+    return "file:" + os.path.abspath(os.fspath(path))
 
 
 def describe(exc: Exception) -> str:

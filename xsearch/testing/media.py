@@ -9,6 +9,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from xsearch.preprocess.containers import local_file_url
+
 
 def gradient_image(path: Path, size=(320, 240), mode="RGB", seed=0, fmt=None) -> Path:
     """A smooth image with some noise: gradients plus a coloured disc, so resizing has real work to do."""
@@ -46,7 +48,7 @@ def write_audio(path: Path, samples: np.ndarray, rate: int, codec: str) -> Path:
     """Encode ``[n, channels]`` float samples with PyAV (mp3 / flac / libopus / vorbis / aac); PyAV converts
     the planar float frames to the codec's sample format and frame size."""
     layout = "mono" if samples.shape[1] == 1 else "stereo"
-    with av.open(str(path), "w") as container:
+    with av.open(local_file_url(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
         for start in range(0, len(samples), 4096):
             frame = av.AudioFrame.from_ndarray(
@@ -65,7 +67,7 @@ def write_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(160, 120)
     """A moving-gradient video; frame i is brighter than frame i-1, so frame choice is visible in tests."""
     rng = np.random.default_rng(seed)
     w, h = size
-    with av.open(str(path), "w") as container:
+    with av.open(local_file_url(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"

@@ -1,0 +1,180 @@
+"""What a new user trips over, round 2 (scripts, folders, colons, outputs, the API page, trial warnings): one
+test per point, each reproducing the newcomer's step as they took it (a script run with ``python``, the
+CLI in a subprocess or typer's runner, the HTTP API through FastAPI's client)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xsearch.cli.main import app
+from xsearch.model import save_random_checkpoint
+from xsearch.testing.media import gradient_image, tone, write_video, write_wav
+
+from scripts import xsearch_script
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory) -> Path:
+    """A trial checkpoint, as ``xsearch random-checkpoint trial.pt`` writes it."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("trial") / "trial.pt", "tiny_test", seed=0)
+
+
+def _photos(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        gradient_image(folder / f"p{i}.jpg", seed=i)
+    return folder
+
+
+# 1 and 2. a script without a main guard, run from a folder that holds a folder named xsearch ---------------------
+
+README_SCRIPT = """\
+from xsearch import Collection, Query
+
+media = Collection.open("media.db")
+report = media.index(["photos"], workers=2)
+print("indexed", report.indexed, "failed", report.failed, [f.message for f in report.failures])
+hits = media.search(Query.item("photos/p0.jpg"), target="image", k=3)
+print("top", Path(hits[0].uri).name)
+"""
+
+
+def test_a_script_without_a_main_guard_indexes_beside_a_folder_named_xsearch(tmp_path, trial):
+    """Decode workers re-ran an unguarded script (and then failed on the writer lock); from a folder holding
+    an ``xsearch`` folder, they imported that folder instead of the package. (The script sits in a folder of
+    its own: a script beside an ``xsearch`` folder shadows an editable install in its own process, before
+    xsearch runs; a regular install is found first.)"""
+    work = tmp_path / "work"
+    (work / "xsearch").mkdir(parents=True)  # the parent of a clone, say
+    _photos(work / "photos")
+    script = tmp_path / "scripts" / "index_my_photos.py"
+    script.parent.mkdir()
+    script.write_text("from pathlib import Path\n" + README_SCRIPT)
+    env = {**os.environ, "XSEARCH_CHECKPOINT": str(trial), "XSEARCH_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "indexed 3 failed 0 []" in done.stdout and "top p0.jpg" in done.stdout, done.stdout + done.stderr
+    assert done.stdout.count("indexed") == 1  # the script ran once, not once more per worker
+
+
+def test_index_from_a_folder_holding_a_folder_named_xsearch(tmp_path, trial):
+    work = tmp_path / "work"
+    (work / "xsearch").mkdir(parents=True)
+    _photos(work / "photos")
+    argv = [xsearch_script(), "index", "photos", "--db", "media.db", "--checkpoint", str(trial), "--workers", "2"]
+    done = subprocess.run([*argv, "--json"], cwd=work, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert (report["indexed"], report["failed"]) == (3, 0), report["failures"]
+
+
+# 3. a file whose name holds a colon is a file, not a URL ---------------------------------------------------------
+
+
+def test_audio_and_video_named_with_colons_given_relatively(tmp_path, monkeypatch, trial):
+    monkeypatch.chdir(tmp_path)
+    write_wav(Path("take:2.wav"), tone(2.0, 16000), 16000)
+    write_video(Path("clip:1.mp4"), seconds=2.0)
+    result = runner.invoke(app, ["embed", "take:2.wav", "clip:1.mp4", "--checkpoint", str(trial)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["path"], line["modality"], "embedding" in line) for line in lines] == [
+        ("take:2.wav", "audio", True),
+        ("clip:1.mp4", "video", True),
+    ]
+
+
+# 4. an output file in a missing folder -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trial_db(tmp_path_factory, trial) -> tuple[Path, Path]:
+    """Three photos and a tone indexed with the trial checkpoint."""
+    root = tmp_path_factory.mktemp("trialdb")
+    media = _photos(root / "media" / "photos")
+    write_wav(media.parent / "tone.wav", tone(2.0, 16000), 16000)
+    db = root / "db"
+    done = runner.invoke(app, ["index", str(media.parent), "--db", str(db), "--checkpoint", str(trial), "-q"])
+    assert done.exit_code == 0, done.output
+    return media.parent, db
+
+
+def test_outputs_in_missing_folders_are_made(tmp_path, trial, trial_db):
+    media, db = trial_db
+    sheet = tmp_path / "new" / "sheet.html"
+    found = runner.invoke(app, ["search", "--db", str(db), "--item", "0", "--html", str(sheet)])
+    assert found.exit_code == 0 and sheet.is_file(), found.output
+    labels = tmp_path / "new2" / "labels.csv"
+    labelled = runner.invoke(
+        app, ["classify", "--db", str(db), "--labels", "a,b", "--output", str(labels), "--checkpoint", str(trial)]
+    )
+    assert labelled.exit_code == 0 and labels.is_file(), labelled.output
+    vectors = tmp_path / "new3" / "v.parquet"
+    embedded = runner.invoke(
+        app, ["embed", str(media / "tone.wav"), "--output", str(vectors), "--checkpoint", str(trial)]
+    )
+    assert embedded.exit_code == 0 and vectors.is_file(), embedded.output
+
+
+def test_an_output_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, trial, trial_db):
+    media, db = trial_db
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["search", "--db", str(db), "--item", "0", "--html", str(tmp_path / "file" / "s.html")])
+    assert result.exit_code == 2 and "--html" in result.output and "cannot create its folder" in result.output
+    assert "rank" not in result.stdout  # no search ran
+
+
+# 5. --exclude with a relative path glob, counted; a pattern that matched nothing is named ------------------------
+
+
+def test_exclude_takes_relative_path_globs_as_search_path_does(tmp_path, trial, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _photos(tmp_path / "media" / "good", 2)
+    _photos(tmp_path / "media" / "broken", 2)
+    argv = ["index", "media", "--db", "db", "--checkpoint", str(trial), "--workers", "0"]
+    done = runner.invoke(app, [*argv, "--exclude", "media/broken/*", "--exclude", "nothing-like-this"])
+    assert done.exit_code == 0, done.output
+    assert "2 new" in done.stdout and "excluded: 2 files or folders" in done.stdout
+    assert "--exclude 'nothing-like-this' matched nothing" in done.output
+    report = json.loads(runner.invoke(app, [*argv, "--exclude", "broken", "--json"]).stdout)
+    assert report["excluded"] == 1 and report["unmatched_excludes"] == []  # a name: the folder itself
+
+
+# 6. embed: folders, .npy rows named, JSON lines to a file --------------------------------------------------------
+
+
+def test_embed_walks_folders_and_says_which_row_is_which_file(tmp_path, trial):
+    folder = _photos(tmp_path / "photos", 2)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.bin").write_bytes(b"\0\1")  # not media: skipped, as index skips it
+    out = tmp_path / "v.npy"
+    done = runner.invoke(app, ["embed", str(folder), "--output", str(out), "--checkpoint", str(trial)])
+    assert done.exit_code == 3, done.output  # one file failed
+    rows = json.loads(out.with_suffix(".paths.json").read_text())
+    assert rows["model_id"] == "tiny_test:random-0"
+    assert [Path(p).name for p in rows["paths"]] == ["p0.jpg", "p1.jpg"] and len(__import__("numpy").load(out)) == 2
+    assert "broken.jpg" in done.output and "random-weights model" in done.output
+    lines = tmp_path / "v.jsonl"
+    runner.invoke(app, ["embed", str(folder), "--output", str(lines), "--checkpoint", str(trial)])
+    parsed = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [(Path(p["path"]).name, p["modality"], "embedding" in p) for p in parsed] == [
+        ("broken.jpg", "image", False),
+        ("p0.jpg", "image", True),
+        ("p1.jpg", "image", True),
+    ]
+
+
+def test_embed_of_an_unknown_file_says_null_not_none(tmp_path, trial):
+    (tmp_path / "what.xyz").write_text("?")
+    done = runner.invoke(app, ["embed", str(tmp_path / "what.xyz"), "--checkpoint", str(trial)])
+    line = json.loads(done.stdout)
+    assert done.exit_code == 3 and line["modality"] is None and "unknown file type" in line["error"]
