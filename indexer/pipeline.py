@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
@@ -103,11 +103,25 @@ class Indexer:
     >>> report = indexer.run(["~/Pictures"])  # doctest: +SKIP
     """
 
-    def __init__(self, store: Store, encoder: Encoder, options: IndexOptions = IndexOptions()):
-        ModelMismatchError.check(store.path, store.model_id, encoder.model_id, argument="checkpoint")
+    def __init__(self, store: Store, encoder: Encoder | Callable[[], Encoder], options: IndexOptions = IndexOptions()):
+        """``encoder``: an ``Encoder``, or a function that loads one, called only when a file needs
+        decoding (a run with nothing new never loads the model)."""
         self.store = store
-        self.encoder = encoder
+        self._encoder = None if callable(encoder) else encoder
+        self._load_encoder = encoder if callable(encoder) else None
         self.cfg = options
+        if self._encoder is not None:
+            self._check(self._encoder)
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = self._check(self._load_encoder())
+        return self._encoder
+
+    def _check(self, encoder: Encoder) -> Encoder:
+        ModelMismatchError.check(self.store.path, self.store.model_id, encoder.model_id, argument="checkpoint")
+        return encoder
 
     # ---- stages ----------------------------------------------------------------------------------------
 

@@ -258,6 +258,7 @@ def test_index_says_it_is_loading_and_counts_the_whole_run(tmp_path, checkpoint)
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert "loading model" in result.output and "(loading the model:" in result.stdout
+    gradient_image(media / "b.jpg", seed=1)  # new work: the next run loads the model (a no-op run does not)
     report = json.loads(runner.invoke(app, [*argv, "--json"]).stdout)
     assert report["load_seconds"] > 0 and report["seconds"] >= report["load_seconds"]
 

@@ -178,3 +178,34 @@ def test_embed_of_an_unknown_file_says_null_not_none(tmp_path, trial):
     done = runner.invoke(app, ["embed", str(tmp_path / "what.xyz"), "--checkpoint", str(trial)])
     line = json.loads(done.stdout)
     assert done.exit_code == 3 and line["modality"] is None and "unknown file type" in line["error"]
+
+
+# 10. a string is a text query; a misspelt constructor is named ---------------------------------------------------
+
+
+def test_a_string_searches_as_text_and_a_misspelt_constructor_is_named(trial_db, trial):
+    from xsearch import Collection, Query
+
+    _, db = trial_db
+    with Collection.open(db, checkpoint=trial) as media:
+        as_text = media.search("a dog barking", k=3)
+        assert [r.id for r in as_text] == [r.id for r in media.search(Query.text("a dog barking"), k=3)]
+    with pytest.raises(AttributeError, match=r"did you mean Query\.image\?"):
+        Query.imgae("bird.jpg")
+
+
+# 12. a run with nothing new loads no model; a second writer is refused before loading ----------------------------
+
+
+def test_a_no_op_run_loads_no_model_and_a_second_writer_is_refused_first(trial_db, trial, tmp_path):
+    from xsearch.store import writer_lock
+
+    media, db = trial_db
+    again = runner.invoke(app, ["index", str(media), "--db", str(db), "--checkpoint", str(trial), "--json"])
+    report = json.loads(again.stdout)
+    assert again.exit_code == 0 and report["unchanged"] == 4 and report["load_seconds"] == 0, again.output
+    missing = tmp_path / "no-such-checkpoint.pt"  # loading it would fail: the lock must be refused first
+    with writer_lock(db):
+        second = runner.invoke(app, ["index", str(media), "--db", str(db), "--checkpoint", str(missing)])
+    assert second.exit_code == 2 and "another xsearch is writing this database" in second.output
+    assert "loading model" not in second.output

@@ -178,27 +178,24 @@ class Collection:
             raise UsageError(f"no such file or folder: {', '.join(missing)}", argument="paths")
         if self.path is None:
             raise UsageError("indexing needs a database (give its path)", argument="db")
-        loading = time.perf_counter()
         if self._encoder is None:
             choice = self.model_choice()  # another model than the database's fails here
             choice.resolved()  # a bad device or precision is a usage error, before "loading model"
-            if options.progress:
-                from tqdm import tqdm
-
-                tqdm.write(f"loading model {choice.describe()} ...", file=sys.stderr)  # beside the progress bars
-        encoder = self.encoder
-        loaded = time.perf_counter()
         from xsearch.store import writer_lock
 
-        with writer_lock(self.path):  # one writer per database: ids and commits never interleave
-            store = self._open_for_writing(encoder)
+        loading = _Loading(self, options.progress)
+        if not self.exists() or options.ray is not None:
+            loading()  # a new database takes its width from the model; a cluster ships it
+        with writer_lock(self.path):  # one writer per database, taken before the model loads
             if options.ray is None:
                 from xsearch.indexer.pipeline import Indexer
 
-                report = Indexer(store, encoder, options).run(roots)
+                # The model loads only if some file needs decoding: a run with nothing new never loads it.
+                store = self._open_for_writing(None if loading.seconds is None else self.encoder)
+                report = Indexer(store, loading, options).run(roots)
             else:
-                report = self._index_on_ray(options, store, encoder, roots)
-        report.load_seconds = loaded - loading
+                report = self._index_on_ray(options, self._open_for_writing(self.encoder), self.encoder, roots)
+        report.load_seconds = loading.seconds or 0.0
         report.seconds = time.perf_counter() - started  # the whole run, model loading included
         return report
 
@@ -217,7 +214,7 @@ class Collection:
                 ray.shutdown()
 
     def search(self, query, options: SearchOptions | None = None, **overrides):
-        """The items nearest to ``query`` (a ``Query``), best first: ``Results``.
+        """The items nearest to ``query`` (a ``Query``, or a text: ``"a dog barking"``), best first: ``Results``.
 
         ``options`` (a ``SearchOptions``) and keyword ``overrides`` say what to search: ``target``
         modalities (default: all; several are merged by calibrated score), ``k``, ``where``, ``path``,
@@ -344,8 +341,32 @@ class Collection:
     # ---- helpers ----------------------------------------------------------------------------------------
 
     def _open_for_writing(self, encoder):
+        """The database, opened to write (created with the encoder's model id and width when new)."""
         from xsearch.store import Store
 
-        self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        if encoder is None:
+            held = Store.open(self.path, create=False).model_id
+            self._store = Store.open(self.path, model_id=held)  # a writer: brings new columns in
+        else:
+            self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         self._engine = None
         return self._store
+
+
+class _Loading:
+    """The collection's encoder, loaded on the first call (with a "loading model" line beside the progress
+    bars); ``seconds`` is how long that took, ``None`` until then."""
+
+    def __init__(self, collection: Collection, progress: bool):
+        self.collection, self.progress, self.seconds = collection, progress, None
+
+    def __call__(self):
+        if self.seconds is None:
+            started = time.perf_counter()
+            if self.progress and self.collection._encoder is None:
+                from tqdm import tqdm
+
+                tqdm.write(f"loading model {self.collection.model_choice().describe()} ...", file=sys.stderr)
+            self.collection.encoder  # noqa: B018  (loads it)
+            self.seconds = time.perf_counter() - started
+        return self.collection.encoder

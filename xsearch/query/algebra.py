@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -178,7 +179,12 @@ class _QueryType(type):
 
             constructor.__doc__ = f"A {modality.spec.help or modality.value} input."
             return constructor
-        raise AttributeError(f"type object 'Query' has no attribute {name!r}")
+        hint = ""
+        if not name.startswith("_"):
+            known = [m.value for m in Modality if m.spec.query_input == "file"] + ["text", "vector", "item"]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean Query.{close[0]}?)" if close else f" (inputs: {', '.join(known)})"
+        raise AttributeError(f"type object 'Query' has no attribute {name!r}{hint}")
 
 
 class Query(metaclass=_QueryType):
@@ -252,6 +258,15 @@ class Query(metaclass=_QueryType):
         if modality.spec.query_input == "text":
             return cls.text(value, weight)
         return cls.file(value, modality, weight)
+
+    @classmethod
+    def of(cls, query: Query | str) -> Query:
+        """``query`` as a ``Query``: a plain string is the text it says (``"a dog barking"``)."""
+        if isinstance(query, Query):
+            return query
+        if isinstance(query, str):
+            return cls.text(query)
+        raise QueryError(f"a query is a Query or a text, not {type(query).__name__} (build one with Query.image(...))")
 
     @classmethod
     def sum(cls, queries: Sequence[Query]) -> Query:

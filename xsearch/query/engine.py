@@ -135,10 +135,11 @@ class Engine:
         named = target if isinstance(target, tuple) else SearchOptions(target=target).target
         return list(named) if named is not None else (snapshot or self.snapshot()).store.modalities()
 
-    def search(self, query: Query, options: SearchOptions | None = None, **overrides) -> Results:
-        """The items nearest to ``query``, best first, as ``options`` (``SearchOptions``, or its fields as
-        keywords) say. One target is ranked by raw cosine; several are merged by calibrated score
-        (``ranking``); then duplicates are folded and the cut-offs applied."""
+    def search(self, query: Query | str, options: SearchOptions | None = None, **overrides) -> Results:
+        """The items nearest to ``query`` (a ``Query``, or a text), best first, as ``options``
+        (``SearchOptions``, or its fields as keywords) say. One target is ranked by raw cosine; several are
+        merged by calibrated score (``ranking``); then duplicates are folded and the cut-offs applied."""
+        query = Query.of(query)
         options = SearchOptions.of(options, **overrides)  # a typo fails here, before any model is loaded
         vector, inputs = self.embed_inputs(query)
         with self._lock:  # one version for everything below
