@@ -116,6 +116,7 @@ FLAGS = {
     "ray_actors": "--ray-actors",
     "sort": "--sort",
     "target": "--target",
+    "token": "--token",
     "where": "--where",
     "workers": "--workers",
 }

@@ -104,10 +104,10 @@ def print_table(results) -> None:
     if not results:
         typer.echo("no results")
         return
-    typer.echo(f"{'rank':>4}  {'score':>7}  {'calib.':>7}  {'modality':<8}  uri")
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'calibrated':>10}  {'modality':<8}  uri")
     for r in results:
         also = f"  (also: {', '.join(map(shown, r.duplicates))})" if r.duplicates else ""
-        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>7.2f}  {r.modality.value:<8}  {shown(r.uri)}{also}"
+        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>10.2f}  {r.modality.value:<8}  {shown(r.uri)}{also}"
         typer.echo(line)
 
 

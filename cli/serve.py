@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from typing import Annotated
 
 import typer
@@ -15,7 +17,9 @@ from xsearch.cli.app import (
     command,
     fail,
     handled_errors,
+    note_random_weights,
     open_collection,
+    shown,
 )
 
 
@@ -32,9 +36,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8765,
     token: Annotated[
-        str | None, typer.Option(envvar="XSEARCH_TOKEN", help="Require this bearer token on every request.")
+        str | None,
+        typer.Option(envvar="XSEARCH_TOKEN", help="Require this bearer token (16+ characters) on every API route."),
     ] = None,
-    no_auth: Annotated[bool, typer.Option(help="Serve another address without a token (anyone can search).")] = False,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve another address without a token (anyone can search).")
+    ] = False,
     max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest upload accepted, in MB.")] = 100,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
@@ -51,10 +58,31 @@ def serve(
         import uvicorn
 
         from xsearch.server import create_app
+        from xsearch.server.app import check_token
 
+        check_token(token)  # arguments first: before the database and the model are looked at
         collection = open_collection(db, checkpoint, model, device, precision)
         facts = collection.info()  # fails now, in one line, when the database is missing or damaged
+        collection.model_choice()  # a trial database without its --checkpoint fails now, not at each search
         app = create_app(collection, token=token, max_upload_bytes=max_upload_mb << 20)
+    listening = _bind(host, port)  # a taken port fails here, before "serving"
+    page = f"http://{host}:{port}/" + (f"#token={token}" if token else "")
     auth = "token required" if token else "no token: anyone who can reach it can search"
-    typer.echo(f"serving {facts['db']} ({facts['items']} items) on http://{host}:{port}/ ({auth})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    typer.echo(f"serving {shown(facts['db'])} ({facts['items']} items) on {page} ({auth})", err=True)
+    note_random_weights(collection)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a port in use is one usage line (exit 2), not a server error."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        fail(f"--port {port}: {reason} ({host})" if exc.errno == errno.EADDRINUSE else f"--host {host}: {reason}")
+    listening.set_inheritable(True)
+    return listening

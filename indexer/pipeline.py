@@ -129,7 +129,8 @@ class Indexer:
         scanner = Scanner(self.cfg.scan)
         candidates: list[Task] = []
         rejected: list[Rejected] = []
-        with tqdm(desc="scan", unit=" files", disable=not self.cfg.progress, leave=False) as bar:
+        # Shown only when a scan takes a while (``delay``): a quick one would flash "scan: 0 files".
+        with tqdm(desc="scan", unit=" files", disable=not self.cfg.progress, leave=False, delay=2.0) as bar:
             for found in scanner.scan(roots):
                 if isinstance(found, Task):
                     candidates.append(found)

@@ -209,3 +209,41 @@ def test_a_no_op_run_loads_no_model_and_a_second_writer_is_refused_first(trial_d
         second = runner.invoke(app, ["index", str(media), "--db", str(db), "--checkpoint", str(missing)])
     assert second.exit_code == 2 and "another xsearch is writing this database" in second.output
     assert "loading model" not in second.output
+
+
+# 13, 14, 15. serve: a taken port, a short token, a trial database without its checkpoint ---------------------------
+
+
+def test_serve_on_a_taken_port_is_one_usage_line(trial_db, trial):
+    import socket
+
+    _, db = trial_db
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--db", str(db), "--checkpoint", str(trial), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"--port {port}: address already in use" in result.output and "serving" not in result.output
+
+
+def test_serve_refuses_a_short_token_and_a_trial_database_without_its_checkpoint(trial_db):
+    _, db = trial_db
+    short = runner.invoke(app, ["serve", "--db", str(db), "--token", "abc"])
+    assert short.exit_code == 2 and "--token" in short.output and "easy to guess" in short.output
+    bare = runner.invoke(app, ["serve", "--db", str(db)], env={"XSEARCH_CHECKPOINT": ""})
+    assert bare.exit_code == 2 and "give the checkpoint file it was made with" in bare.output
+    assert "serving" not in bare.output
+
+
+# 9. trial weights are said on the contact sheet, in JSON and on the page's data ----------------------------------
+
+
+def test_trial_weights_are_marked_on_every_export(trial_db, trial, tmp_path):
+    _, db = trial_db
+    sheet = tmp_path / "sheet.html"
+    found = runner.invoke(app, ["search", "--db", str(db), "--item", "0", "--html", str(sheet), "--json"])
+    assert found.exit_code == 0
+    body = json.loads(found.stdout)
+    assert body["model_id"] == "tiny_test:random-0" and "meaningless" in body["note"]
+    assert "random-weights trial model" in sheet.read_text()

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from xsearch import Collection, Modality
+from xsearch import Collection, Modality, UsageError
 from xsearch.cli.main import app as cli
 from xsearch.encoder import Encoder
 from xsearch.server import create_app
@@ -131,13 +131,40 @@ def test_info_and_classify(client):
     assert len(labels) == 2 and {row["label"] for row in labels} <= {"red", "sound"}
 
 
+TOKEN = "a-token-of-some-length"
+
+
 def test_token_is_required_when_configured(media):
-    guarded = TestClient(create_app(media[2], token="s3cret"))
+    guarded = TestClient(create_app(media[2], token=TOKEN))
     assert guarded.get("/api/info").status_code == 401
-    assert guarded.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert guarded.get("/api/info?token=s3cret").status_code == 200
+    assert guarded.get("/api/info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert guarded.get(f"/api/info?token={TOKEN}").status_code == 401  # never in a URL: logs and history keep them
     assert guarded.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert guarded.get("/api/info", headers={"Authorization": "Bearer café".encode()}).status_code == 401  # not 500
     assert guarded.get("/").status_code == 200  # the page itself holds no data; it asks for the token
+
+
+def test_previews_and_media_are_signed_for_a_while_and_never_carry_the_token(media):
+    _, _, collection = media
+    red = ids(collection)["red"]
+    guarded = TestClient(create_app(collection, token=TOKEN))
+    body = guarded.post(
+        "/api/search", data={"item": [str(red)], "k": "1"}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    hit = body.json()["results"][0]
+    assert TOKEN not in hit["thumbnail_url"] and "signature=" in hit["media_url"]
+    assert guarded.get(hit["thumbnail_url"]).content[:3] == b"\xff\xd8\xff"
+    assert guarded.get(hit["media_url"]).status_code == 200
+    assert guarded.get(f"/api/items/{red}/media").status_code == 401  # unsigned: the token is needed
+    other = hit["media_url"].replace(f"/items/{red}/", f"/items/{red + 1}/")
+    assert guarded.get(other).status_code == 401  # a signature is for one item
+    stale = hit["media_url"].split("?")[0] + "?expires=1&signature=" + hit["media_url"].split("signature=")[1]
+    assert guarded.get(stale).status_code == 401
+
+
+def test_a_short_token_is_refused(media):
+    with pytest.raises(UsageError, match="easy to guess"):
+        create_app(media[2], token="abc")
 
 
 def test_concurrent_searches_and_rows_committed_meanwhile(client, media):
@@ -225,3 +252,24 @@ def test_page_in_chromium(server, media, tmp_path):
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         browser.close()
     assert first is not None and (tmp_path / "serve.png").stat().st_size > 10_000
+
+
+def test_one_error_shape_and_forms_only(client):
+    invalid = client.post("/api/search", data={"item": ["0"], "k": "0"})
+    assert invalid.status_code == 422 and isinstance(invalid.json()["detail"], str) and "k:" in invalid.json()["detail"]
+    as_json = client.post("/api/search", json={"text": ["a dog"]})
+    assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
+
+
+def test_the_query_echo_names_uploads_as_the_client_did(client, media):
+    _, files, _ = media
+    with open(files["red"], "rb") as photo:
+        body = client.post("/api/search", files=[("files", ("my photo.jpg", photo, "image/jpeg"))], data={"k": "1"})
+    assert body.json()["query"][0]["value"] == "my photo.jpg"
+
+
+def test_docs_page_needs_no_cdn(client):
+    page = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower() and "https://" not in page
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "xsearch"

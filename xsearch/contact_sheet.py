@@ -23,10 +23,11 @@ from xsearch.errors import DecodeError
 from xsearch.modalities import Modality, Preview
 from xsearch.paths import is_regular_file
 from xsearch.query import QueryInput, Results, TextTerm
+from xsearch.query.results import RANDOM_WEIGHTS_NOTE
+from xsearch.thumbnails import text_excerpt
 
 AUDIO_PREVIEW_SECONDS = 8.0
 AUDIO_PREVIEW_RATE = 16000
-TEXT_PREVIEW_CHARS = 300
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; background: #fafafa; color: #222; }
@@ -43,6 +44,7 @@ h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8p
 .label { font-size: 12px; color: #555; background: #f0f0f0; border-radius: 4px; padding: 20px 6px; margin: 0 0 6px;
   text-align: center; }
 .missing { font-size: 12px; color: #a00; height: 60px; }
+.note { background: #fff3cd; border: 1px solid #d8b24a; padding: 6px 10px; font-weight: bold; }
 """
 
 
@@ -77,14 +79,6 @@ def audio_preview(path: str, seconds: float = AUDIO_PREVIEW_SECONDS) -> bytes:
     return buffer.getvalue()
 
 
-def _text_preview(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(TEXT_PREVIEW_CHARS)
-    except OSError:
-        return ""
-
-
 def _img(alt: str, jpeg: bytes) -> str:
     return f'<img alt="{html.escape(alt)}" src="{_data_uri("image/jpeg", jpeg)}">'
 
@@ -103,7 +97,7 @@ def _preview(modality: Modality | None, path: str | None, thumbnail: bytes | Non
             player = ""
         return picture + player
     if kind is Preview.TEXT and exists:
-        return f"<pre>{html.escape(_text_preview(path))}</pre>"
+        return f"<pre>{html.escape(text_excerpt(path))}</pre>"
     if kind is Preview.LABEL or (kind is Preview.THUMBNAIL and exists):  # indexed before it had a preview
         return f'<div class="label">{html.escape(modality.spec.help or modality.value)}</div>'
     return '<div class="missing">no preview (file missing or unreadable)</div>'
@@ -153,18 +147,20 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
     result_cards = []
     for r in results:
         score = f'<span class="score{" negative" if r.score < 0 else ""}">{r.score:.3f}</span>'
-        calibrated = f' <span title="calibrated score">z {r.calibrated:.1f}</span>' if r.calibrated is not None else ""
+        calibrated = f" <span>calibrated {r.calibrated:.1f}</span>" if r.calibrated is not None else ""
         lines = [f"#{r.rank} {score}{calibrated} {html.escape(r.modality.value)}", _path(r.uri)]
         if r.duplicates:
             lines.append("also at: " + ", ".join(_path(d) for d in r.duplicates))
         preview = _preview(r.modality, r.uri, thumbnails.get(r.id))
         result_cards.append(_card(preview, lines, _link(r.uri, link_originals)))
     targets = ", ".join(t.value for t in results.targets) or "all"
+    note = f"<p class='note'>Note: {html.escape(RANDOM_WEIGHTS_NOTE)}.</p>" if results.random_weights else ""
+    model = f"model {html.escape(results.model_id)}, " if results.model_id else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>xsearch results</title>"
         f"<style>{_STYLE}</style></head><body>"
-        f"<h1>xsearch: {len(results)} results</h1><div class='meta'>database {html.escape(str(database))}, "
-        f"targets: {html.escape(targets)}</div>"
+        f"<h1>xsearch: {len(results)} results</h1>{note}<div class='meta'>database {html.escape(str(database))}, "
+        f"{model}targets: {html.escape(targets)}</div>"
         f"<h2>Query</h2><div class='grid' id='query'>{query_cards}</div>"
         f"<h2>Results</h2><div class='grid' id='results'>{''.join(result_cards)}</div>"
         "</body></html>"

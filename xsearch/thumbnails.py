@@ -96,3 +96,15 @@ def _jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+TEXT_EXCERPT_CHARS = 300
+
+
+def text_excerpt(path: str, chars: int = TEXT_EXCERPT_CHARS) -> str:
+    """The first ``chars`` characters of a text file, as a results page shows it ("" when unreadable)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(chars).lstrip("\ufeff")
+    except OSError:
+        return ""

@@ -158,7 +158,7 @@ class Engine:
                 fetch *= 2  # duplicates took places: look further down each modality's list
             hits = cut(hits[:k], options, by_calibrated)
             results = _results(hits, rows)
-        return Results(results, query, targets, inputs, _thumbnail_loader(snapshot.store))
+        return Results(results, query, targets, inputs, _thumbnail_loader(snapshot.store), snapshot.store.model_id)
 
     def _gather(self, snapshot, vector, targets, fetch, options, by_calibrated) -> tuple[list[Hit], bool]:
         """Each target's best ``fetch`` hits with raw and calibrated scores, merged; and whether every

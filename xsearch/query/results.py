@@ -15,6 +15,8 @@ import pyarrow as pa
 from xsearch.modalities import Modality
 from xsearch.query.algebra import Query, QueryInput
 
+RANDOM_WEIGHTS_NOTE = "a random-weights trial model made these embeddings: the results are meaningless"
+
 # The metadata columns a result carries (when known), with their Arrow types.
 METADATA_COLUMNS = {"width": pa.int32(), "height": pa.int32(), "duration": pa.float64(), "sample_rate": pa.int32()}
 
@@ -50,8 +52,10 @@ class Results(list):
         targets: Sequence[Modality] = (),
         inputs: Sequence[QueryInput] = (),
         thumbnail_loader: Callable[[list[int]], dict[int, bytes | None]] | None = None,
+        model_id: str | None = None,
     ):
         super().__init__(results)
+        self.model_id = model_id  # of the embeddings searched: exports and pages say when it is a trial model
         self.query = query
         self.targets = list(targets)
         self.inputs = list(inputs)
@@ -81,9 +85,20 @@ class Results(list):
     def to_pandas(self):
         return self.to_arrow().to_pandas()
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether the embeddings come from a random-weights trial model (the ranking means nothing)."""
+        from xsearch.model.config import is_random_weights
+
+        return self.model_id is not None and is_random_weights(self.model_id)
+
     def as_json(self) -> dict:
-        return {
+        out = {
+            "model_id": self.model_id,
             "query": self.query.describe() if self.query else [],
             "targets": [t.value for t in self.targets],
             "results": [r.as_json() for r in self],
         }
+        if self.random_weights:
+            out["note"] = RANDOM_WEIGHTS_NOTE
+        return out

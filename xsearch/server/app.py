@@ -1,52 +1,81 @@
 """``xsearch serve``: a warm search service over one collection, with a JSON API and a browser page.
 
 One process holds the model (each tower loaded when first needed) and the indices; a new commit by a
-concurrent ``xsearch index`` is seen at the next request (the engine checks the store's version). Requests
-run in FastAPI's thread pool, off the event loop; one lock serialises the model, so concurrent searches
-never interleave inside it.
+concurrent ``xsearch index`` is seen at the next request (the engine takes one snapshot per store version).
+Requests run in FastAPI's thread pool, off the event loop; one lock serialises the model, so concurrent
+searches never interleave inside it.
 
-Security: media are served by item id only (never by a path from the client), and only regular files; a
-token, when configured, is required on every route (``Authorization: Bearer``, or ``?token=`` for the
-``<img>`` and ``<audio>`` URLs the page builds).
+Security: media are served by item id only (never by a path from the client), and only regular files. With
+a token, every ``/api`` route needs it as ``Authorization: Bearer``; the previews and media a search
+returns carry short-lived signatures instead (an ``<img>`` or ``<audio>`` cannot send a header), so the token
+itself never appears in a URL, a log or the browser's history. The page (``/``) and the API's description
+(``/docs``, ``/openapi.json``) hold no data and are served to anyone who can reach the server; the page asks
+for the token. ``/docs`` works offline: its assets are served from here, not from a CDN.
+
+Errors have one shape: ``{"detail": "one line"}``, validation errors included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 import tempfile
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
-from xsearch.modalities import Modality
+from xsearch.modalities import Modality, Preview
 from xsearch.options import SearchOptions, item_key
 from xsearch.paths import is_regular_file, modality_of_path
+from xsearch.thumbnails import text_excerpt
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+MIN_TOKEN_LENGTH = 16
+SIGNATURE_SECONDS = 3600  # how long a preview or media URL from a search stays valid
 ITEM_COLUMNS = ["id", "uri", "modality", "sha256", "size", "width", "height", "duration", "sample_rate", "precision"]
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def check_token(token: str | None) -> None:
+    """A token must be hard to guess: at least 16 characters (``UsageError`` otherwise)."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise UsageError(
+            f"a token of {len(token)} characters is easy to guess; use at least {MIN_TOKEN_LENGTH} "
+            '(python -c "import secrets; print(secrets.token_urlsafe())")',
+            argument="token",
+        )
 
 
 def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The application over ``collection`` (a ``Collection``). ``token``: required on every route."""
+    """The application over ``collection`` (a ``Collection``). ``token``: required on every ``/api`` route."""
+    check_token(token)
     app = FastAPI(
         title="xsearch",
         summary="Cross-modal search: any mix of files, text and stored items, weighted, against any modality.",
+        docs_url=None,
+        redoc_url=None,
     )
     lock = threading.Lock()
+    signer = _Signer(token)
+    app.exception_handler(RequestValidationError)(_validation_error)
 
     def authorised(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        given = given or request.query_params.get("token", "")
-        if not secrets.compare_digest(given, token):
+        if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a valid token is required", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorised)]
@@ -54,17 +83,40 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
     def item_row(item_id: str) -> dict:
         """The stored row of an item named by its numeric id; anything else (a path, ``..``) is 404."""
         key = item_key(item_id)
-        if not isinstance(key, int):
+        if not isinstance(key, int) or key >= 2**63:
             raise HTTPException(404, f"no item {item_id}")
         with _http_errors():
             return collection.item(key, [*ITEM_COLUMNS, "thumbnail"])
+
+    def signed_item(item_id: str, kind: str, request: Request) -> dict:
+        """A preview or media request: signed by a search's answer, or with the token itself."""
+        if token is not None and not signer.valid(item_id, kind, request.query_params):
+            authorised(request)
+        return item_row(item_id)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("xsearch.server").joinpath("page.html").read_text(encoding="utf-8")
 
+    docs_assets = _docs_assets()
+    if docs_assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if docs_assets is None:
+            raise HTTPException(404, "the API page needs the fastapi-offline package (pip install fastapi-offline)")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="xsearch API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
     @app.post("/api/search", dependencies=guarded)
     def search(
+        request: Request,
         files: Annotated[list[UploadFile], File(description="Query files, any modality (repeatable).")] = (),
         file_modality: Annotated[
             list[str], Form(description="Per file: its modality, or empty to infer it from the file.")
@@ -86,6 +138,7 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
         """Search with any mix of uploaded files, texts and stored items, each with a weight."""
         from xsearch.query import Query
 
+        _require_form(request)
         if not (files or text or item):
             raise HTTPException(422, "give at least one input: files, text or item")
         with _http_errors():
@@ -114,9 +167,14 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
             with lock if query.needs_model else contextlib.nullcontext(), _http_errors(uploads=uploads):
                 results = collection.search(query, options)
         out = results.as_json()
+        for term in out["query"]:  # the client's own file names, not our temporary copies
+            if term["kind"] == "file":
+                term["value"] = uploads.get(term["value"], term["value"])
         for hit in out["results"]:
-            hit["thumbnail_url"] = f"/api/items/{hit['id']}/thumbnail"
-            hit["media_url"] = f"/api/items/{hit['id']}/media"
+            hit["thumbnail_url"] = signer.url(hit["id"], "thumbnail")
+            hit["media_url"] = signer.url(hit["id"], "media")
+            if Modality(hit["modality"]).spec.preview is Preview.TEXT and is_regular_file(hit["uri"]):
+                hit["excerpt"] = text_excerpt(hit["uri"])
         return out
 
     @app.get("/api/items/{item_id}", dependencies=guarded)
@@ -126,41 +184,98 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
         row.pop("thumbnail")
         return row
 
-    @app.get("/api/items/{item_id}/thumbnail", dependencies=guarded, response_class=Response)
-    def item_thumbnail(item_id: str) -> Response:
+    @app.get("/api/items/{item_id}/thumbnail", response_class=Response)
+    def item_thumbnail(item_id: str, request: Request) -> Response:
         """The preview made at index time (JPEG): picture, video frame, map, waveform or IMU plot."""
-        thumbnail = item_row(item_id)["thumbnail"]
+        thumbnail = signed_item(item_id, "thumbnail", request)["thumbnail"]
         if not thumbnail:
             raise HTTPException(404, f"item {item_id} has no preview")
-        return Response(thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return Response(thumbnail, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/api/items/{item_id}/media", dependencies=guarded)
-    def item_media(item_id: str) -> FileResponse:
+    @app.get("/api/items/{item_id}/media")
+    def item_media(item_id: str, request: Request) -> FileResponse:
         """The original file, with HTTP Range support (players seek)."""
-        uri = item_row(item_id)["uri"]
+        uri = signed_item(item_id, "media", request)["uri"]
         if not is_regular_file(uri):  # gone, or replaced by a pipe or device that would block
             raise HTTPException(404, f"the file of item {item_id} is not readable")
         return FileResponse(uri, filename=os.path.basename(uri), content_disposition_type="inline")
 
     @app.get("/api/info", dependencies=guarded)
     def info() -> dict:
-        """Counts per modality, model, precision, index freshness, errors, size."""
+        """Counts per modality, model (and whether its weights are a random trial), precision, index
+        freshness, errors, size."""
         with _http_errors():
-            return collection.info(check=False)  # per request: counts, not a scan of every row
+            facts = collection.info(check=False)  # per request: counts, not a scan of every row
+        return {**facts, "random_weights": collection.random_weights}
 
     @app.post("/api/classify", dependencies=guarded)
     def classify(
+        request: Request,
         labels: Annotated[str, Form(description='Comma-separated labels, e.g. "dog,cat,rain".')],
         target: Annotated[str, Form()] = "all",
         where: Annotated[str | None, Form()] = None,
         min_confidence: Annotated[float | None, Form()] = None,
     ) -> list[dict]:
         """Zero-shot: each item's best label and its probability."""
+        _require_form(request)
         with lock, _http_errors():
             labelled = collection.classify(labels.split(","), target=target, where=where, min_confidence=min_confidence)
         return labelled.as_json()
 
     return app
+
+
+class _Signer:
+    """Short-lived signed URLs for previews and media, so that a token never travels in a URL: an HMAC of
+    the item, the kind and an expiry time, keyed by the token (no token: plain URLs)."""
+
+    def __init__(self, token: str | None):
+        self.key = hashlib.sha256(token.encode()).digest() if token else None
+
+    def _signature(self, item_id, kind: str, expires: int) -> str:
+        message = f"{item_id}:{kind}:{expires}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
+
+    def url(self, item_id: int, kind: str) -> str:
+        url = f"/api/items/{item_id}/{kind}"
+        if self.key is None:
+            return url
+        expires = int(time.time()) + SIGNATURE_SECONDS
+        return f"{url}?expires={expires}&signature={self._signature(item_id, kind, expires)}"
+
+    def valid(self, item_id: str, kind: str, query) -> bool:
+        try:
+            expires = int(query.get("expires", ""))
+        except ValueError:
+            return False
+        if expires < time.time():
+            return False
+        return hmac.compare_digest(query.get("signature", ""), self._signature(item_id, kind, expires))
+
+
+def _docs_assets() -> str | None:
+    """Swagger UI's files, packaged by fastapi-offline, so ``/docs`` needs no CDN."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    return os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+
+
+def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors in the API's one shape: ``{"detail": "field: problem; ..."}``."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path"))
+        problems.append(f"{where}: {problem.get('msg', 'invalid')}" if where else problem.get("msg", "invalid"))
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+
+def _require_form(request: Request) -> None:
+    """A body that is not a form (JSON, say) would read as an empty form: say what to send instead."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in FORM_TYPES and (kind or request.headers.get("content-length", "0") != "0"):
+        raise HTTPException(415, f"send multipart/form-data (or a url-encoded form), not {kind or 'no body type'}")
 
 
 def _weight(weights: list[float], index: int) -> float:
