@@ -30,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help, in the terminal's width (xsearch.cli.main.plain_help names the values)
 )
 
 
@@ -168,6 +169,10 @@ PrecisionOpt = Annotated[
     str, typer.Option(help="auto (bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32), fp32 or bf16.")
 ]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the cached checkpoint against its record.")]
+AsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--as", help="MODALITY for all PATHS, or MODALITY=PATH for one folder (depth=scans/)."),
+]
 
 
 def open_collection(
@@ -183,6 +188,19 @@ def open_collection(
     from xsearch.model.choice import ModelChoice
 
     return Collection.open(db, choice=ModelChoice(checkpoint, model, device, precision, verify))
+
+
+def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:
+    """``--as MODALITY`` (all PATHS) and ``--as MODALITY=PATH`` -> {path: modality name}; the library
+    checks the names."""
+    assigned: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and not path:
+            raise typer.BadParameter(f"{value!r}: expected MODALITY=PATH", param_hint="--as")
+        for target in [path] if sep else paths:
+            assigned[target] = name
+    return assigned
 
 
 def output_file(value: str | None, option: str, suffixes: tuple[str, ...] = ()) -> str | None:

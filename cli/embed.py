@@ -11,6 +11,7 @@ import typer
 
 from xsearch.cli.app import (
     EXIT_SOME_FAILED,
+    AsOpt,
     CheckpointOpt,
     DeviceOpt,
     ModelOpt,
@@ -21,6 +22,7 @@ from xsearch.cli.app import (
     note_random_weights,
     open_collection,
     output_file,
+    parse_assignments,
     shown,
 )
 
@@ -35,9 +37,7 @@ def embed(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     verify: VerifyOpt = False,
-    as_: Annotated[
-        str | None, typer.Option("--as", help="Modality of all PATHS (default: the rules `index` applies).")
-    ] = None,
+    as_: AsOpt = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -55,7 +55,7 @@ def embed(
     output = output_file(output, "--output", OUTPUT_SUFFIXES)
     with handled_errors():
         collection = open_collection(None, checkpoint, model, device, precision, verify)
-        results = collection.embed(paths, modality=as_)
+        results = collection.embed(paths, assign=parse_assignments(as_ or [], paths))
         if output:
             written = write_embeddings(results, Path(output), collection.encoder)
     failed = [r for r in results if r.error is not None]

@@ -12,6 +12,7 @@ import typer
 from xsearch.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_SOME_FAILED,
+    AsOpt,
     CheckpointOpt,
     DbOpt,
     DeviceOpt,
@@ -23,6 +24,7 @@ from xsearch.cli.app import (
     handled_errors,
     note_random_weights,
     open_collection,
+    parse_assignments,
     shown,
 )
 from xsearch.options import DecodeLimits, IndexOptions
@@ -43,19 +45,6 @@ def terminate_like_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:
-    """``--as MODALITY`` (all PATHS) and ``--as MODALITY=PATH`` -> {path: modality name}; the library
-    checks the names."""
-    assigned: dict[str, str] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if sep and not path:
-            raise typer.BadParameter(f"{value!r}: expected MODALITY=PATH", param_hint="--as")
-        for target in [path] if sep else paths:
-            assigned[target] = name
-    return assigned
 
 
 @command()
@@ -79,10 +68,7 @@ def index(
     modalities: Annotated[str | None, typer.Option(help="Only these, e.g. image,audio.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Skip paths or names matching this glob.")] = None,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links to files and folders.")] = False,
-    as_: Annotated[
-        list[str] | None,
-        typer.Option("--as", help="MODALITY for all PATHS, or MODALITY=PATH for one folder (depth=scans/)."),
-    ] = None,
+    as_: AsOpt = None,
     prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = IndexOptions.prune,
     update_index: Annotated[
         bool, typer.Option(help="Update the FAISS indices after the run.")

@@ -7,33 +7,55 @@ from typing import Annotated
 
 import typer
 
-from xsearch.cli.app import DbOpt, command, handled_errors, note_random_weights, open_collection, shown
+from xsearch.cli.app import (
+    CheckpointOpt,
+    DbOpt,
+    ModelOpt,
+    command,
+    handled_errors,
+    note_random_weights,
+    open_collection,
+    shown,
+)
 
 
 @command()
 def errors(
     db: DbOpt = ...,
-    json_: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="One JSON document (a list of errors) instead of text.")
+    ] = False,
 ) -> None:
     """List the files that could not be indexed, with the reason (retried on the next `xsearch index`)."""
     with handled_errors():
         rows = open_collection(db).errors().to_pylist()
+    if json_:
+        keys = ("uri", "modality", "stage", "message")
+        typer.echo(json.dumps([{k: row[k] for k in keys} for row in rows], indent=1))
+        return
+    if not rows:
+        typer.echo("no errors: every file found so far was indexed")
     for row in rows:
-        if json_:
-            typer.echo(json.dumps({k: row[k] for k in ("uri", "modality", "stage", "message")}))
-        else:
-            typer.echo(f"{shown(row['uri'])}: {shown(row['message'])} [{row['stage']}]")
+        typer.echo(f"{shown(row['uri'])}: {shown(row['message'])} [{row['stage']}]")
 
 
 @command()
 def info(
     db: DbOpt = ...,
-    json_: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON document instead of text.")] = False,
     check: Annotated[bool, typer.Option(help="Read every stored row first (a damaged file is reported).")] = True,
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
 ) -> None:
-    """What a database holds: items per modality, model, index kind and freshness, errors, size."""
+    """What a database holds: items per modality, model, index kind and freshness, errors, size.
+
+    --checkpoint and --model are accepted as on every command; with them, info also checks that they are
+    the database's model.
+    """
     with handled_errors():
-        collection = open_collection(db)
+        collection = open_collection(db, checkpoint, model)
+        if checkpoint or model:
+            collection.model_choice()  # another model than the database's is named now
         facts = collection.info(check=check)
     note_random_weights(collection)
     if json_:

@@ -132,6 +132,12 @@ def _search(
     dedup: Annotated[
         bool, typer.Option(help="Files with the same bytes come back once, listing the others.")
     ] = SearchOptions.dedup,
+    exclude_query_items: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-query-items", help="Leave out the --item inputs themselves (they lead the results otherwise)."
+        ),
+    ] = SearchOptions.exclude_query_items,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
@@ -162,6 +168,7 @@ def _search(
             min_calibrated=min_calibrated,
             autocut=autocut,
             dedup=dedup,
+            exclude_query_items=exclude_query_items,
         )
         query = build_query(inputs)
         collection = open_collection(db, checkpoint, model, device, precision, verify)
@@ -225,10 +232,13 @@ def classify(
     ] = 0.0,
     target: Annotated[str, typer.Option(help="Modalities to label: audio,image,... or all.")] = "all",
     where: Annotated[str | None, typer.Option(help="Lance SQL filter on items.")] = None,
+    path: Annotated[str | None, typer.Option(help="Glob on the file path, e.g. '*/2024/*'.")] = None,
     min_confidence: Annotated[float | None, typer.Option(help="Only items labelled with at least this score.")] = None,
     sort: Annotated[str, typer.Option(help="Order: id (item) or score (most confident first).")] = "id",
     output: Annotated[str | None, typer.Option(help="Write the report to a .csv or .parquet file.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="One JSON document (a list of labels) instead of a table.")
+    ] = False,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
@@ -249,6 +259,7 @@ def classify(
             text_weight=text_weight,
             target=target,
             where=where,
+            path=path,
             min_confidence=min_confidence,
             sort=sort,
         )
@@ -261,8 +272,7 @@ def classify(
     if output and not json_:
         typer.echo(f"{output}: {len(labelled)} items labelled")
     elif json_:
-        for row in labelled.as_json():
-            typer.echo(json.dumps(row))
+        typer.echo(json.dumps(labelled.as_json(), indent=1))
     else:
         typer.echo(f"{'score':>6}  {'label':<20}  {'modality':<8}  uri")
         for row in labelled.as_json():

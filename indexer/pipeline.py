@@ -152,12 +152,14 @@ class Indexer:
         for c in candidates:
             row = rows.get(c.path)
             fallback = c.modality.spec.fallback  # a video file indexed as audio (no picture) is still known
-            if row is None or row["modality"] not in (c.modality.value, fallback and fallback.value):
+            if row is None:
                 tasks.append(c)
+            elif row["modality"] not in (c.modality.value, fallback and fallback.value):
+                tasks.append(replace(c, known=True))  # now another modality (--as): re-embedded, an update
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
             else:
-                tasks.append(replace(c, known_sha256=row["sha256"]))
+                tasks.append(replace(c, known_sha256=row["sha256"], known=True))
         report.unchanged = len(unchanged)
         return tasks, unchanged
 
@@ -339,7 +341,7 @@ class _Batcher:
             metadata=outcome.metadata,
             precision=self.indexer.encoder.precision,
         )
-        self.records.append((record, task.known_sha256 is not None))
+        self.records.append((record, task.known))
         if outcome.node is not None:
             self.nodes.add(outcome.node)
 

@@ -41,6 +41,7 @@ class Task:
     size: int
     mtime: float
     known_sha256: str | None = None
+    known: bool = False  # the store has a row for this path (re-embedding it is an update, not a new file)
 
 
 @dataclass(frozen=True)

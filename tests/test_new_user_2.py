@@ -247,3 +247,109 @@ def test_trial_weights_are_marked_on_every_export(trial_db, trial, tmp_path):
     body = json.loads(found.stdout)
     assert body["model_id"] == "tiny_test:random-0" and "meaningless" in body["note"]
     assert "random-weights trial model" in sheet.read_text()
+
+
+# 16. help in command-line words; every command takes the model flags; classify --path; embed --as M=PATH --------
+
+
+def test_help_shows_kinds_of_values_not_python_types(tmp_path):
+    done = subprocess.run([xsearch_script(), "index", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Usage: xsearch index [OPTIONS] [PATHS]..." in done.stdout
+    assert "<bool>" not in done.stdout and "<str>" not in done.stdout and "<list[str]>" not in done.stdout
+    assert "--batch-size INTEGER" in done.stdout and "--db TEXT" in done.stdout
+    served = subprocess.run([xsearch_script(), "serve", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--no-auth" in served.stdout and "--no-no-auth" not in served.stdout
+
+
+def test_info_takes_the_checkpoint_and_classify_a_path_glob(trial_db, trial, monkeypatch):
+    media, db = trial_db
+    info = runner.invoke(app, ["info", "--db", str(db), "--checkpoint", str(trial), "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["items"] == 4
+    monkeypatch.chdir(media)
+    args = ["classify", "--db", str(db), "--labels", "a,b", "--checkpoint", str(trial), "--json"]
+    photos = json.loads(runner.invoke(app, [*args, "--path", "photos/*"]).stdout)
+    assert sorted(Path(row["uri"]).name for row in photos) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+
+
+def test_embed_takes_as_modality_equals_path_and_as_blames_itself(tmp_path, trial):
+    maps = _photos(tmp_path / "scans", 1)
+    done = runner.invoke(app, ["embed", str(maps / "p0.jpg"), "--as", f"depth={maps}", "--checkpoint", str(trial)])
+    assert done.exit_code == 0 and json.loads(done.stdout)["modality"] == "depth", done.output
+    missing = tmp_path / "nope"
+    argv = ["index", str(maps), "--db", str(tmp_path / "db"), "--as", f"depth={missing}", "--checkpoint", str(trial)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2 and result.output.startswith("error: --as: no such file or folder")
+
+
+# 17. the README's names exist; errors says when there are none -------------------------------------------------
+
+
+def test_labels_rows_and_an_empty_errors_list(trial_db, trial):
+    from xsearch import Collection
+
+    _, db = trial_db
+    with Collection.open(db, checkpoint=trial) as media:
+        labels = media.classify(["a", "b"])
+        assert [row.id for row in labels.rows] == [row["id"] for row in labels.as_json()] and len(labels.rows) == 4
+        frame = media.search("x", k=2).to_pandas()
+    assert list(frame.columns)[:6] == ["rank", "score", "calibrated", "id", "uri", "modality"]
+    said = runner.invoke(app, ["errors", "--db", str(db)])
+    assert said.exit_code == 0 and said.stdout.startswith("no errors")
+
+
+# 18 and 19. duplicates: a stable representative, the query's own item first; an item query leads ---------------
+
+
+@pytest.fixture
+def copies(tmp_path, trial):
+    media = tmp_path / "media"
+    _photos(media / "b", 1)
+    (media / "a").mkdir()
+    (media / "a" / "copy.jpg").write_bytes((media / "b" / "p0.jpg").read_bytes())
+    write_wav(media / "tone.wav", tone(2.0, 16000), 16000)
+    db = tmp_path / "db"
+    runner.invoke(app, ["index", str(media / "b"), "--db", str(db), "--checkpoint", str(trial), "-q"])  # first
+    runner.invoke(app, ["index", str(media), "--db", str(db), "--checkpoint", str(trial), "-q"])
+    return media, db
+
+
+def test_the_representative_of_duplicates_is_stable_and_the_query_item_leads(copies, trial):
+    media, db = copies
+    first, second = str(media / "b" / "p0.jpg"), str(media / "a" / "copy.jpg")
+
+    def top(*args):
+        found = runner.invoke(app, ["search", "--db", str(db), "--checkpoint", str(trial), "--json", *args])
+        return json.loads(found.stdout)["results"][0]
+
+    by_text = top("--text", "x", "--target", "image")
+    assert by_text["uri"] == first and by_text["duplicates"] == [second]  # the first indexed copy stands
+    assert top("--item", second, "--target", "image")["uri"] == second  # the query's own file stands
+    assert top("--text", "x", "--target", "image", "--path", "*/a/*")["uri"] == second
+
+
+def test_an_item_query_over_all_targets_leads_with_the_item_unless_excluded(copies, trial):
+    media, db = copies
+    tone_path = str(media / "tone.wav")
+    args = ["search", "--db", str(db), "--checkpoint", str(trial), "--json", "--item", tone_path, "--target", "all"]
+    led = json.loads(runner.invoke(app, [*args, "--autocut", "1", "--min-calibrated", "1000"]).stdout)["results"]
+    assert led[0]["uri"] == tone_path and led[0]["score"] > 0.999  # exempt from the cut-offs
+    others = json.loads(runner.invoke(app, [*args, "--exclude-query-items"]).stdout)["results"]
+    assert tone_path not in [hit["uri"] for hit in others] and others
+
+
+# 21. replaced rows count as updates; a non-checkpoint file's message; "loading model" names the file ----------
+
+
+def test_reindexing_as_another_modality_counts_updates(tmp_path, trial):
+    maps = _photos(tmp_path / "maps", 2)
+    argv = ["index", str(maps), "--db", str(tmp_path / "db"), "--checkpoint", str(trial), "--json", "--workers", "0"]
+    assert json.loads(runner.invoke(app, argv).stdout)["indexed"] == 2
+    again = json.loads(runner.invoke(app, [*argv, "--as", "depth"]).stdout)
+    assert (again["indexed"], again["updated"]) == (0, 2)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_plainly(tmp_path):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("hello")
+    result = runner.invoke(app, ["embed", str(bogus), "--checkpoint", str(bogus)])
+    assert result.exit_code == 2 and "not a PyTorch zip archive" in result.output and "mmap" not in result.output

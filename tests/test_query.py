@@ -277,7 +277,8 @@ def test_cli_search_json_schema(indexed_db):
     result = runner.invoke(app, [*args, "--target", "image", "-k", "3", "--checkpoint", str(checkpoint), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert set(out) == {"query", "targets", "results"} and out["targets"] == ["image"]
+    assert set(out) == {"model_id", "query", "targets", "results"} and out["targets"] == ["image"]
+    assert out["model_id"] == "tiny_test"
     assert [t["weight"] for t in out["query"]] == [0.6, 0.4]
     assert [t["modality"] for t in out["query"]] == ["image", "audio"]
     assert len(out["results"]) == 3
@@ -321,11 +322,11 @@ def test_cli_classify(indexed_db, tmp_path):
     args = ["classify", "--db", str(db), "--labels", labels, "--checkpoint", str(checkpoint), "--json"]
     result = runner.invoke(app, [*args, "--output", str(tmp_path / "labels.csv")])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    rows = json.loads(result.stdout)  # one JSON document, as every --json
     assert len(rows) == 5 and all(r["label"] in labels.split(",") for r in rows)
     assert (tmp_path / "labels.csv").read_text().count("\n") == 6
     audio = runner.invoke(app, [*args, "--target", "audio"])
-    assert [json.loads(line)["modality"] for line in audio.stdout.splitlines()] == ["audio"]
+    assert [row["modality"] for row in json.loads(audio.stdout)] == ["audio"]
     assert runner.invoke(app, [*args[:4], "--labels", "dog"]).exit_code == 2
 
 

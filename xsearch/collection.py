@@ -32,7 +32,7 @@ from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
 from xsearch.options import IndexOptions, ScanOptions, SearchOptions, real_path
-from xsearch.paths import is_under
+from xsearch.paths import is_under, modality_of_path
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,14 @@ class Collection:
         # Real paths: a root reached through a link (/mnt/photos -> /data/photos) is the same files as its
         # target, and must give them the same uris, or indexing both would store every file twice.
         roots = [real_path(p) for p in paths]
-        roots += [p for p in options.scan.assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
+        assigned = list(options.scan.assigned)
+        for named, argument in ((roots, "paths"), (assigned, "assign")):
+            missing = [p for p in named if not os.path.lexists(p)]
+            if missing:  # a typo or an unmounted drive: nothing is done, nothing is recorded
+                raise UsageError(f"no such file or folder: {', '.join(missing)}", argument=argument)
+        roots += [p for p in assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
         if not roots:
             raise UsageError("nothing to index: give folders or files", argument="paths")
-        missing = [p for p in roots if not os.path.lexists(p)]
-        if missing:  # a typo or an unmounted drive: nothing is done, nothing is recorded
-            raise UsageError(f"no such file or folder: {', '.join(missing)}", argument="paths")
         if self.path is None:
             raise UsageError("indexing needs a database (give its path)", argument="db")
         if self._encoder is None:
@@ -222,31 +224,45 @@ class Collection:
         """
         return self.engine.search(query, SearchOptions.of(options, **overrides))
 
-    def embed(self, paths: Sequence[str | os.PathLike], modality: Modality | str | None = None, thumbnails=False):
+    def embed(
+        self,
+        paths: Sequence[str | os.PathLike],
+        modality: Modality | str | None = None,
+        *,
+        assign: Mapping[str | os.PathLike, Modality | str] | None = None,
+        thumbnails: bool = False,
+    ):
         """Embed files with this collection's model by the indexer's rules: one ``Outcome`` per file, in
         order, with ``embedding`` or ``error`` (``message``: path and reason). A folder stands for the files
-        ``index`` would take from it (sorted, by the same rules); ``modality`` names the modality of all."""
+        ``index`` would take from it (sorted, by the same rules). ``modality`` names the modality of all;
+        ``assign`` maps folders or files to one, as ``index`` takes it (``{"scans/": "depth"}``)."""
         try:
             modality = Modality(modality) if modality else None  # a typo fails before the model loads
         except UsageError as exc:
             raise exc.for_argument("modality") from None
-        from xsearch.decode import Outcome
+        assigned = IndexOptions.of(assign=assign or {}).scan.assigned
+        from xsearch.decode import Outcome, decode
         from xsearch.indexer.scan import Scanner, Task
 
-        entries: list[str | Outcome] = []  # a file to embed, or the outcome of one the scan refused
+        entries: list[tuple[str, Modality | None] | Outcome] = []  # a file to embed, or a scan's refusal
         for path in map(os.fspath, paths):
             if not os.path.isdir(path):
-                entries.append(path)
+                entries.append((path, modality or (modality_of_path(real_path(path), assigned) if assigned else None)))
                 continue
-            assigned = {real_path(path): modality} if modality else {}
-            for found in Scanner(ScanOptions(assigned=assigned)).scan([path]):
+            rules = {**assigned, real_path(path): modality} if modality else assigned
+            for found in Scanner(ScanOptions(assigned=rules)).scan([path]):
                 if isinstance(found, Task):
-                    entries.append(found.path)
+                    entries.append((found.path, found.modality))
                 else:
                     entries.append(Outcome(found.uri, found.modality).fail("scan", found.message))
-        files = [e for e in entries if isinstance(e, str)]
-        embedded = iter(self.encoder.encode_files(files, modality, thumbnails=thumbnails) if files else [])
-        return [e if isinstance(e, Outcome) else next(embedded) for e in entries]
+        if not any(isinstance(e, tuple) for e in entries):
+            return entries  # nothing to decode: no model needed
+        encoder = self.encoder
+        outcomes = [
+            e if isinstance(e, Outcome) else decode(*e, encoder.preprocess, thumbnail=thumbnails) for e in entries
+        ]
+        encoder.encode_outcomes([o for o in outcomes if o.ok])
+        return outcomes
 
     def item(self, key: int | str, columns: Sequence[str]) -> dict:
         """One stored item's ``columns``, by id or path (``ItemNotFound`` when it is not indexed)."""
@@ -271,6 +287,7 @@ class Collection:
         text_weight: float = 0.0,
         target=None,
         where: str | None = None,
+        path: str | None = None,
         min_confidence: float | None = None,
         sort: str = "id",
     ):
@@ -292,7 +309,8 @@ class Collection:
             prototypes = encoder.encode_text(names).numpy()
         else:
             names, prototypes = labelling.example_prototypes(encoder, examples, text_weight)
-        labelled = labelling.classify(self.store, prototypes, names, targets, where)
+        path = SearchOptions(path=path).path  # a relative glob from the current folder, as search takes it
+        labelled = labelling.classify(self.store, prototypes, names, targets, where, path)
         return labelled.filtered(min_confidence).sorted(sort)
 
     def info(self, check: bool = True) -> dict:

@@ -85,7 +85,9 @@ class SearchOptions:
     ``path``: a glob on the file path, made absolute here (``"photos/*"`` from the current folder, ``~``
     expanded; ``"*/2024/*"`` as it is). Cut-offs, all off by default: ``min_score`` (raw cosine),
     ``min_calibrated`` (comparable across modalities), ``autocut`` (keep what comes before the N-th jump).
-    ``dedup``: files with the same bytes come back once.
+    ``dedup``: files with the same bytes come back once (the query's own item, else the first indexed
+    copy, stands for them). A stored item in the query (``Query.item``) leads the results, with its copies,
+    whatever the cut-offs; ``exclude_query_items`` leaves them out instead ("more like this", not "this").
     """
 
     target: tuple[Modality, ...] | None = None
@@ -96,6 +98,7 @@ class SearchOptions:
     min_calibrated: float | None = None
     autocut: int | None = None
     dedup: bool = True
+    exclude_query_items: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", _targets(self.target))

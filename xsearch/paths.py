@@ -9,6 +9,7 @@ file's bytes may be what its name says.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from pathlib import Path
@@ -95,3 +96,8 @@ def content_mismatch(modality: Modality, head: bytes) -> str | None:
     if found.family in Modality(modality).spec.accepts:
         return None
     return f"the file is named as {modality} but its content is {found.format}"
+
+
+def glob_mask(uris: list[str], pattern: str) -> list[bool]:
+    """Which of ``uris`` match ``pattern``, an absolute path glob (``SearchOptions.path``)."""
+    return [fnmatch.fnmatch(uri, pattern) for uri in uris]

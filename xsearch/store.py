@@ -133,7 +133,7 @@ class ItemRecord:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # ---- filters: the only SQL text in xsearch ------------------------------------------------------------------
@@ -462,7 +462,7 @@ class Store:
         """The newest ``indexed_at`` (ISO, UTC) at ``version``: what an index records as covered."""
         column = self.scan(["indexed_at"], version=version)["indexed_at"]
         newest = pc.max(column).as_py() if len(column) else None
-        return newest.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f") if newest else None
+        return newest.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if newest else None
 
     def ids_indexed_after(
         self, moment: str, modality: Modality | None = None, version: int | None = None

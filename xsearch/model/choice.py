@@ -29,8 +29,8 @@ DEFAULT_ARCHITECTURE = "imagebind_huge"
 class ModelChoice:
     """The model arguments, checked and resolved once.
 
-    ``checkpoint``: a file (default: ``$XSEARCH_CHECKPOINT``, read here and only here; else the cached
-    download of published weights). ``architecture``: a model name (``imagebind_huge``, ``tiny_test``) or a
+    ``checkpoint``: a file (default: ``$XSEARCH_CHECKPOINT``, read through ``given_checkpoint``, its one
+    reader; else the cached download of published weights). ``architecture``: a model name (``imagebind_huge``, ``tiny_test``) or a
     database's model id; ``None``: the database's, else what the checkpoint names, else ``imagebind_huge``.
     ``device``: ``auto``, ``cpu``, ``cuda``; ``precision``: ``auto``, ``fp32``, ``bf16``; ``verify``: re-hash a
     cached download even when its size and time are unchanged.
@@ -73,8 +73,11 @@ class ModelChoice:
         return replace(self, architecture=held)
 
     def describe(self) -> str:
-        """What will load, for a "loading model ..." line."""
-        return self.architecture or self.checkpoint or DEFAULT_ARCHITECTURE
+        """What will load, for a "loading model ..." line: the file when one is named (its own model is
+        checked against the database's once it is read), else the model."""
+        if self.checkpoint:
+            return f"from {self.checkpoint}"
+        return self.architecture or DEFAULT_ARCHITECTURE
 
     def resolved(self) -> tuple[object, str]:
         """``(torch.device, precision)`` with ``auto`` decided for this machine (``UsageError`` for a device

@@ -46,6 +46,7 @@ class QueryInput:
     modality: Modality | None = None
     uri: str | None = None
     thumbnail: bytes | None = None  # JPEG, made from the pixels decoded for the model (or stored)
+    item_id: int | None = None  # the stored item an item input is
 
 
 @dataclass(frozen=True)
@@ -159,11 +160,11 @@ class ItemTerm(Term):
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
         store = context.store
-        row = store.lookup(self.key, ["embedding", "uri", "modality", "thumbnail"])
+        row = store.lookup(self.key, ["id", "embedding", "uri", "modality", "thumbnail"])
         if row is None:
             raise ItemNotFound(self.key, store.path)
         vector = np.asarray(row["embedding"], dtype=np.float32)
-        return vector, QueryInput(self, Modality(row["modality"]), row["uri"], row["thumbnail"])
+        return vector, QueryInput(self, Modality(row["modality"]), row["uri"], row["thumbnail"], row["id"])
 
 
 class _QueryType(type):

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from xsearch.errors import QueryError, UsageError
 from xsearch.modalities import Modality
+from xsearch.paths import glob_mask
 from xsearch.store import ItemFilter, embeddings_to_numpy
 
 LOGIT_SCALE = 100.0  # cosine x 100 before the softmax, as CLIP does
@@ -54,6 +55,11 @@ class Labels:
     def __iter__(self) -> Iterator[Label]:
         for row in self._table.to_pylist():
             yield Label(row["id"], row["uri"], Modality(row["modality"]), row["label"], row["score"])
+
+    @property
+    def rows(self) -> list[Label]:
+        """The ``Label`` rows, as a list."""
+        return list(self)
 
     def __repr__(self) -> str:
         return f"Labels({len(self)} items)"
@@ -142,13 +148,20 @@ def example_prototypes(encoder, examples, text_weight: float = 0.0) -> tuple[lis
 
 
 def classify(
-    store, label_vectors: np.ndarray, labels: Sequence[str], targets: Sequence[Modality], where: str | None = None
+    store,
+    label_vectors: np.ndarray,
+    labels: Sequence[str],
+    targets: Sequence[Modality],
+    where: str | None = None,
+    path: str | None = None,
 ) -> Labels:
     """Each item's most likely label and its probability (softmax over the labels of cosine x 100), sorted
-    by id."""
+    by id; ``where`` and ``path`` (an absolute glob) select the items as in a search."""
     tables = []
     for modality in targets:
         table = store.scan(["id", "uri", "modality", "embedding"], ItemFilter(modality=modality, where=where))
+        if path is not None and table.num_rows:
+            table = table.filter(pa.array(glob_mask(table["uri"].to_pylist(), path), pa.bool_()))
         if table.num_rows == 0:
             continue
         logits = embeddings_to_numpy(table["embedding"]) @ np.asarray(label_vectors).T * LOGIT_SCALE

@@ -13,7 +13,6 @@ reading their files again. Indices are never written from here (``IndexSet.curre
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ import pyarrow.compute as pc
 from xsearch.errors import ModelMismatchError, QueryError, SearchIndexError
 from xsearch.modalities import Modality
 from xsearch.options import SearchOptions
+from xsearch.paths import glob_mask
 from xsearch.query.algebra import Query, QueryInput, combine
-from xsearch.query.ranking import Calibration, Hit, cut, fold_duplicates, sample_ids
+from xsearch.query.ranking import Calibration, Hit, cut, fold_duplicates, lead, sample_ids
 from xsearch.query.results import METADATA_COLUMNS, Result, Results
 from xsearch.store import ItemFilter
 
@@ -147,16 +147,20 @@ class Engine:
             targets = self.targets(options.target, snapshot)
             by_calibrated = len(targets) > 1
             k = min(options.k, snapshot.store.count())  # never allocate for more results than there are items
-            fetch, hits, rows = k, [], {}
+            # The query's own stored items (added, not subtracted) and their copies lead, or are left out.
+            own = {i.item_id for i in inputs if i.item_id is not None and i.term.weight > 0}
+            fetch, hits, rows, leading = k, [], {}, set()
             while k:
                 hits, exhausted = self._gather(snapshot, vector, targets, fetch, options, by_calibrated)
                 rows = snapshot.store.rows([h.id for h in hits], RESULT_COLUMNS)  # serves dedup and results
+                leading = _same_bytes(own, rows)
                 if options.dedup:
-                    hits = self._deduplicated(snapshot, hits, rows)
+                    hits = self._deduplicated(snapshot, hits, rows, own)
+                hits = lead(hits, leading, options.exclude_query_items)
                 if len(hits) >= k or exhausted:
                     break
                 fetch *= 2  # duplicates took places: look further down each modality's list
-            hits = cut(hits[:k], options, by_calibrated)
+            hits = cut(hits[:k], options, by_calibrated, kept=leading)
             results = _results(hits, rows)
         return Results(results, query, targets, inputs, _thumbnail_loader(snapshot.store), snapshot.store.model_id)
 
@@ -172,7 +176,7 @@ class Engine:
         hits.sort(key=(lambda h: -h.calibrated) if by_calibrated else (lambda h: -h.score))  # stable
         return hits, exhausted
 
-    def _deduplicated(self, snapshot: Snapshot, hits: list[Hit], rows: dict[int, dict]) -> list[Hit]:
+    def _deduplicated(self, snapshot: Snapshot, hits: list[Hit], rows: dict[int, dict], own: set[int]) -> list[Hit]:
         hashes = {i: row["sha256"] for i, row in rows.items()}
         shared = self._shared_hashes(snapshot)
         known = sorted({h for h in hashes.values() if h in shared})
@@ -180,7 +184,7 @@ class Engine:
         if known:
             for row in snapshot.store.scan(["id", "uri", "sha256"], ItemFilter(sha256s=known)).to_pylist():
                 paths.setdefault(row["sha256"], []).append((row["id"], row["uri"]))
-        return fold_duplicates(hits, hashes, paths)
+        return fold_duplicates(hits, hashes, paths, preferred=own)
 
     def calibration(self, modality: Modality, vector: np.ndarray, snapshot: Snapshot | None = None) -> Calibration:
         """The query's baseline against ``modality``: its cosines to a fixed sample of the stored vectors."""
@@ -197,8 +201,7 @@ class Engine:
         table = store.scan(["id", "uri"], ItemFilter(modality=modality, where=options.where))
         ids = table["id"].to_numpy()
         if options.path is not None and len(ids):
-            keep = [fnmatch.fnmatch(u, options.path) for u in table["uri"].to_pylist()]
-            ids = ids[np.asarray(keep, dtype=bool)]
+            ids = ids[np.asarray(glob_mask(table["uri"].to_pylist(), options.path), dtype=bool)]
         return ids
 
     def _search_modality(self, snapshot, vector, modality, k, options) -> list[tuple[float, int]]:
@@ -243,6 +246,12 @@ class _Context:
     @property
     def encoder(self):
         return self._engine.encoder
+
+
+def _same_bytes(ids: set[int], rows: dict[int, dict]) -> set[int]:
+    """``ids`` and the rows holding the same bytes (sha256) as one of them."""
+    digests = {rows[i]["sha256"] for i in ids if i in rows and rows[i]["sha256"]}
+    return set(ids) | {i for i, row in rows.items() if row["sha256"] in digests}
 
 
 def _results(hits: list[Hit], rows: dict[int, dict]) -> list[Result]:

@@ -90,24 +90,53 @@ def autocut(scores: Sequence[float], jumps: int) -> int:
     return len(scores)
 
 
-def fold_duplicates(hits: list[Hit], hashes: Mapping[int, str | None], paths: Mapping[str, list[tuple[int, str]]]):
-    """The first hit of each distinct sha256 (``hashes``: id -> digest), listing in ``duplicates`` every
-    other path of the same bytes (``paths``: digest -> ``(id, uri)`` of each row holding it)."""
+def fold_duplicates(
+    hits: list[Hit],
+    hashes: Mapping[int, str | None],
+    paths: Mapping[str, list[tuple[int, str]]],
+    preferred: set[int] = frozenset(),
+) -> list[Hit]:
+    """One hit per distinct sha256 (``hashes``: id -> digest), in the place of the group's first hit, listing
+    in ``duplicates`` every other path of the same bytes (``paths``: digest -> ``(id, uri)`` of each row).
+
+    The one that stands for a group is stable: a ``preferred`` id (the query's own item), else the first
+    indexed copy (the lowest id) among the hits, whatever order equal scores came in."""
+    standing: dict[str, Hit] = {}
+    for hit in hits:
+        digest = hashes.get(hit.id)
+        if digest is None:
+            continue
+        best = standing.get(digest)
+        if best is None or (hit.id in preferred, -hit.id) > (best.id in preferred, -best.id):
+            standing[digest] = hit
     kept, seen = [], set()
     for hit in hits:
         digest = hashes.get(hit.id)
-        if digest and digest in seen:
-            continue
-        if digest:
+        if digest is None:
+            kept.append(hit)
+        elif digest not in seen:
             seen.add(digest)
-            hit.duplicates = sorted(uri for i, uri in paths.get(digest, []) if i != hit.id)
-        kept.append(hit)
+            chosen = standing[digest]
+            chosen.duplicates = sorted(uri for i, uri in paths.get(digest, []) if i != chosen.id)
+            kept.append(chosen)
     return kept
 
 
-def cut(hits: list[Hit], options, by_calibrated: bool) -> list[Hit]:
+def lead(hits: list[Hit], leading: set[int], exclude: bool) -> list[Hit]:
+    """The ``leading`` hits (the query's own items and their copies) first, in their order, or left out."""
+    first = [] if exclude else [h for h in hits if h.id in leading]
+    return first + [h for h in hits if h.id not in leading]
+
+
+def cut(hits: list[Hit], options, by_calibrated: bool, kept: set[int] = frozenset()) -> list[Hit]:
     """The hits that pass ``options``' cut-offs (``min_score``, ``min_calibrated``, ``autocut``); ``autocut``
-    reads the score the list is ranked by."""
+    reads the score the list is ranked by. The ``kept`` hits (leading the list) are exempt."""
+    exempt = [h for h in hits if h.id in kept]
+    hits = [h for h in hits if h.id not in kept]
+    return exempt + _cut(hits, options, by_calibrated)
+
+
+def _cut(hits: list[Hit], options, by_calibrated: bool) -> list[Hit]:
     if options.min_score is not None:
         hits = [h for h in hits if h.score >= options.min_score]
     if options.min_calibrated is not None:

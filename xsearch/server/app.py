@@ -134,6 +134,9 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
         min_calibrated: Annotated[float | None, Form(description="Drop hits below this calibrated score.")] = None,
         autocut: Annotated[int | None, Form(ge=1, description="Keep the hits before the N-th jump.")] = None,
         dedup: Annotated[bool, Form(description="Identical files come back once.")] = SearchOptions.dedup,
+        exclude_query_items: Annotated[
+            bool, Form(description="Leave out the stored items of the query (they lead otherwise).")
+        ] = SearchOptions.exclude_query_items,
     ) -> dict:
         """Search with any mix of uploaded files, texts and stored items, each with a weight."""
         from xsearch.query import Query
@@ -151,6 +154,7 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
                 min_calibrated=min_calibrated,
                 autocut=autocut,
                 dedup=dedup,
+                exclude_query_items=exclude_query_items,
             )
         with tempfile.TemporaryDirectory(prefix="xsearch-upload-") as scratch:
             parts, uploads = [], {}
