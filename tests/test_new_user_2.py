@@ -66,6 +66,36 @@ def test_a_script_without_a_main_guard_indexes_beside_a_folder_named_xsearch(tmp
     assert done.stdout.count("indexed") == 1  # the script ran once, not once more per worker
 
 
+def test_the_readme_python_example_runs_as_written(tmp_path, trial):
+    """README's Python block, saved as a script (no main guard) and run from a folder that holds a folder
+    named ``xsearch``, with its ``/data/...`` folders moved under this test's folder and the trial checkpoint
+    in ``XSEARCH_CHECKPOINT``; every file it names exists."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    work = tmp_path / "work"
+    (work / "xsearch").mkdir(parents=True)
+    data = tmp_path / "data"
+    _photos(data / "media", 2)
+    gradient_image(data / "media" / "beach.jpg", seed=7)
+    write_wav(data / "media" / "rain.wav", tone(2.0, 16000), 16000)
+    _photos(data / "scans", 1)
+    for name in ("bird.jpg", "a.jpg", "b.jpg"):
+        gradient_image(work / name, seed=len(name))
+    for name in ("rain.wav", "waves.wav"):
+        write_wav(work / name, tone(2.0, 16000, freq=300), 16000)
+    write_video(work / "clip.mp4", seconds=2.0)
+    (work / "notes.txt").write_text("a note")
+    for label in ("rain", "dry"):
+        write_wav(_photos(work / "examples" / label, 1) / "x.wav", tone(2.0, 16000), 16000)
+    script = tmp_path / "scripts" / "example.py"
+    script.parent.mkdir()
+    script.write_text(block.replace("/data/", f"{data}/") + "\nprint('the example ran')\n")
+    env = {**os.environ, "XSEARCH_CHECKPOINT": str(trial), "XSEARCH_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[0].startswith("5 0 []") and "the example ran" in done.stdout, done.stdout
+
+
 def test_index_from_a_folder_holding_a_folder_named_xsearch(tmp_path, trial):
     work = tmp_path / "work"
     (work / "xsearch").mkdir(parents=True)

@@ -250,6 +250,11 @@ def test_page_in_chromium(server, media, tmp_path):
         page.wait_for_selector("#results .card")
         assert page.locator(".input .name").last.inner_text().startswith("item: ")
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        page.fill("#where", "nope > 1")  # an error: no results of the earlier query stay under it
+        page.click("#search")
+        page.wait_for_selector("#status.error")
+        assert "no column named nope" in page.inner_text("#status") and page.locator("#results .card").count() == 0
+        assert "-0.0" not in page.inner_text("body")
         browser.close()
     assert first is not None and (tmp_path / "serve.png").stat().st_size > 10_000
 
@@ -273,3 +278,13 @@ def test_docs_page_needs_no_cdn(client):
     assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower() and "https://" not in page
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "xsearch"
+
+
+def test_text_hits_carry_an_excerpt(tmp_path, tiny_model):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("\ufeffthe first lines of a note", encoding="utf-8")
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    collection.index([notes], workers=0)
+    hit = TestClient(create_app(collection)).post("/api/search", data={"text": ["a note"]}).json()["results"][0]
+    assert hit["excerpt"] == "the first lines of a note"
