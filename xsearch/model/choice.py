@@ -31,9 +31,10 @@ class ModelChoice:
 
     ``checkpoint``: a file (default: ``$XSEARCH_CHECKPOINT``, read through ``given_checkpoint``, its one
     reader; else the cached download of published weights). ``architecture``: a model name
-    (``imagebind_huge``, ``tiny_test``) or a database's model id; ``None``: the database's, else what the checkpoint names, else ``imagebind_huge``.
-    ``device``: ``auto``, ``cpu``, ``cuda``; ``precision``: ``auto``, ``fp32``, ``bf16``; ``verify``: re-hash a
-    cached download even when its size and time are unchanged.
+    (``imagebind_huge``, ``tiny_test``) or a database's model id; ``None``: the database's, else what the
+    checkpoint names, else ``imagebind_huge``. ``device``: ``auto``, ``cpu``, ``cuda``; ``precision``:
+    ``auto``, ``fp32``, ``bf16``; ``verify``: re-hash a cached download even when its size and time are
+    unchanged.
     """
 
     checkpoint: str | None = None
