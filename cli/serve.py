@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
+import logging
+import resource
 import socket
+import time
 from typing import Annotated
 
 import typer
@@ -64,13 +68,50 @@ def serve(
         collection = open_collection(db, checkpoint, model, device, precision)
         facts = collection.info()  # fails now, in one line, when the database is missing or damaged
         collection.model_choice()  # a trial database without its --checkpoint fails now, not at each search
-        app = create_app(collection, token=token, max_upload_bytes=max_upload_mb << 20)
+        # On a loopback address, only loopback names: a web page cannot reach it through DNS rebinding.
+        hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if _loopback(host) else None
+        app = create_app(collection, token=token, max_upload_bytes=max_upload_mb << 20, allowed_hosts=hosts)
     listening = _bind(host, port)  # a taken port fails here, before "serving"
     page = f"http://{host}:{port}/" + (f"#token={token}" if token else "")
     auth = "token required" if token else "no token: anyone who can reach it can search"
     typer.echo(f"serving {shown(facts['db'])} ({facts['items']} items) on {page} ({auth})", err=True)
     note_random_weights(collection)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+    _quiet_repeated_accept_errors()
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        limit_concurrency=MAX_CONNECTIONS,  # past it, 503 at once: a flood of slow clients cannot exhaust descriptors
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 << 10,  # request line and headers
+    )
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+MAX_CONNECTIONS = 256
+
+
+class _OncePer(logging.Filter):
+    """Lets one record of a kind through per ``seconds`` (1,100 refused accepts wrote 674 MB of the same line)."""
+
+    def __init__(self, seconds: float = 10.0):
+        super().__init__()
+        self.seconds, self.last = seconds, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = str(record.msg)[:80]
+        now = time.monotonic()
+        if now - self.last.get(kind, -self.seconds) < self.seconds:
+            return False
+        self.last[kind] = now
+        return True
+
+
+def _quiet_repeated_accept_errors() -> None:
+    """Raise the open-file limit to what the system allows, and log a failing accept once per 10 s."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else soft, hard))
+    logging.getLogger("asyncio").addFilter(_OncePer())
 
 
 def _bind(host: str, port: int) -> socket.socket:

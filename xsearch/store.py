@@ -157,23 +157,49 @@ def _and(clauses: Iterable[str | None]) -> str | None:
     return " AND ".join(f"({c})" for c in clauses) if clauses else None
 
 
+# Bounds of a caller's predicate: far above what a person writes (an ``IN (...)`` list takes many values in
+# one term), far below what takes Lance's planner down (40,000 OR terms crashed the process).
+MAX_FILTER_CHARS = 16_384
+MAX_FILTER_TERMS = 256  # AND / OR / NOT
+MAX_FILTER_DEPTH = 32  # nested parentheses
+_BOOLEAN = re.compile(r"\b(AND|OR|NOT)\b", re.IGNORECASE)
+
+
 def _check_one_expression(where: str) -> None:
-    """A caller's predicate must be one expression: parentheses balanced outside quotes, so that it cannot
-    close the parentheses it is put in and escape the filters around it (``1=1) OR (modality = 'audio'``)."""
-    depth, quote = 0, None
-    for char in where:
+    """A caller's predicate must be one bounded expression: parentheses balanced outside quotes and no SQL
+    comment (which could hide a parenthesis), so that it cannot close the parentheses it is put in and
+    escape the filters around it (``1=1) OR (modality = 'audio'``); and of a bounded size."""
+
+    def refuse(why: str):
+        shown = where if len(where) <= 200 else where[:200] + "..."
+        raise UsageError(f"bad filter {shown!r}: {why}", argument="where")
+
+    if len(where) > MAX_FILTER_CHARS:
+        refuse(f"{len(where):,} characters, more than the {MAX_FILTER_CHARS:,} a filter may have")
+    depth, deepest, quote, outside = 0, 0, None, []
+    for i, char in enumerate(where):
         if quote:
             quote = None if char == quote else quote  # '' inside a string closes and reopens: same result
-        elif char in "'\"":
+            continue
+        if char in "'\"":
             quote = char
+        elif where.startswith(("--", "/*", "*/"), i) or char == ";":
+            refuse("comments and ';' are not allowed in a filter")
         elif char == "(":
             depth += 1
+            deepest = max(deepest, depth)
         elif char == ")":
             depth -= 1
             if depth < 0:
                 break
+        outside.append(char if not quote else " ")
     if depth != 0 or quote:
-        raise UsageError(f"bad filter {where!r}: unbalanced parentheses or quotes", argument="where")
+        refuse("unbalanced parentheses or quotes")
+    if deepest > MAX_FILTER_DEPTH:
+        refuse(f"parentheses nested {deepest} deep, more than {MAX_FILTER_DEPTH}")
+    terms = len(_BOOLEAN.findall("".join(outside)))
+    if terms > MAX_FILTER_TERMS:
+        refuse(f"{terms} AND/OR/NOT, more than {MAX_FILTER_TERMS} (a list of values is one term: x IN (...))")
 
 
 @dataclass(frozen=True)
@@ -422,8 +448,11 @@ class Store:
         """Columns of ``items`` (the rows ``where`` selects, all when ``None``) as an Arrow table."""
         dataset = self._dataset(version)
         sql = where.sql() if where is not None else None
+        # Belt and braces: rows a caller's predicate selects are re-checked against the modality asked for.
+        recheck = where is not None and where.where is not None and where.modality is not None
+        read = list(columns) + (["modality"] if recheck and "modality" not in columns else [])
         try:
-            return dataset.to_table(columns=list(columns), filter=sql)
+            table = dataset.to_table(columns=read, filter=sql)
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
             if where is None or not where.where:
                 problem = _storage_problem(self.path / f"{ITEMS}.lance", exc)
@@ -433,6 +462,9 @@ class Store:
             raise UsageError(
                 f"bad filter {where.where!r}: {reason} (columns: {filterable})", argument="where"
             ) from None
+        if recheck:
+            table = table.filter(pc.equal(table["modality"], str(where.modality))).select(list(columns))
+        return table
 
     @_guarded
     def modalities(self) -> list[Modality]:

@@ -210,12 +210,30 @@ def _windowed_clips(name: str, samples: int, rate: int, cfg: AudioCfg, seek: boo
     clips = []
     for (_, _, lo, hi), span in zip(windows, spans):
         resampled = torch.from_numpy(_checked(name, [span])).unsqueeze(0)
-        if rate != cfg.sample_rate:
-            resampled = torchaudio.functional.resample(resampled, orig_freq=rate, new_freq=cfg.sample_rate)
+        resampled = resample(resampled, rate, cfg.sample_rate)
         clip = resampled[:, lo:hi].clone()
         clip -= clip.mean()
         clips.append(waveform_to_fbank(clip, cfg))
     return (torch.stack(clips) - cfg.mean) / cfg.std, np.concatenate(spans)
+
+
+# torchaudio's sinc resampler (the reference's) builds a kernel of about (rate / g) x (16000 / g) floats,
+# g = gcd(rate, 16000): small for the usual rates (44.1 kHz: 441 x 160), 1.4 GB for a 22,051 Hz file.
+ODD_RATE_STEP = 1000  # rate / g above this: resampled by FFmpeg's libswresample instead, in bounded memory
+
+
+def resample(waveform: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """Mono ``[1, n]`` at ``rate`` -> at ``target``: torchaudio's resampler, as the reference, for the rates
+    recordings use; libswresample for odd rates, whose torchaudio kernel would be unbounded."""
+    if rate == target:
+        return waveform
+    if rate // math.gcd(rate, target) <= ODD_RATE_STEP:
+        return torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=target)
+    frame = av.AudioFrame.from_ndarray(waveform.reshape(1, -1).numpy().astype(np.float32), format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    pieces = [out.to_ndarray().reshape(-1) for out in [*resampler.resample(frame), *resampler.resample(None)]]
+    return torch.from_numpy(np.concatenate(pieces) if pieces else np.zeros(0, np.float32)).unsqueeze(0)
 
 
 def clip_starts(duration: float, clip_seconds: float, clips: int) -> list[Fraction]:
@@ -248,8 +266,7 @@ def waveform_to_fbank(waveform: torch.Tensor, cfg: AudioCfg = AudioCfg()) -> tor
 
 def waveform_to_clips(waveform: torch.Tensor, sample_rate: int, cfg: AudioCfg = AudioCfg()) -> torch.Tensor:
     """Mono waveform ``[1, N]`` -> normalised clips ``[clips, 1, mel_bins, target_frames]``."""
-    if sample_rate != cfg.sample_rate:
-        waveform = torchaudio.functional.resample(waveform, orig_freq=sample_rate, new_freq=cfg.sample_rate)
+    waveform = resample(waveform, sample_rate, cfg.sample_rate)
     duration = waveform.shape[1] / cfg.sample_rate
     # The reference subtracts each clip's mean in place, on a view of the whole waveform, so overlapping
     # clips (files shorter than 6 s) see the earlier clips' offsets. The released weights were evaluated

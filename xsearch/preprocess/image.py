@@ -22,6 +22,9 @@ from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess.prepared import Preprocessed
 
+# The shorter side is scaled to the model's size, so an N x 1 picture would become a 224N x 224 tensor (an
+# 85-byte 5000 x 1 PNG asked for 2 GB): pictures and frames longer than this many times their width are refused.
+MAX_ASPECT_RATIO = 50
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -63,7 +66,14 @@ def _open(source, cfg: ImageCfg) -> Image.Image:
         raise DecodeError(
             name, f"image is {width}x{height} ({width * height / 1e6:.0f} MP), above the {cfg.max_megapixels:g} MP cap"
         )
+    check_aspect(name, width, height)
     return image
+
+
+def check_aspect(name: str, width: int, height: int, what: str = "image") -> None:
+    """``DecodeError`` for a picture whose scaled copy would be unbounded (see ``MAX_ASPECT_RATIO``)."""
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise DecodeError(name, f"{what} is {width}x{height}: longer than {MAX_ASPECT_RATIO} times its width, refused")
 
 
 def _reason(exc: Exception) -> str:

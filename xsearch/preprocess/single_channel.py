@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._npy import load_npy
-from xsearch.preprocess.image import ImageCfg, _open
+from xsearch.preprocess.image import ImageCfg, _open, check_aspect
 from xsearch.preprocess.prepared import Preprocessed
 
 
@@ -55,6 +55,7 @@ def load_single_channel(path: str | os.PathLike, cfg: SingleChannelCfg = THERMAL
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.ndim != 2:
             raise DecodeError(name, f"expected a 2-D map, got an array of shape {array.shape}")
+        check_aspect(name, array.shape[1], array.shape[0], "map")
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise DecodeError(name, f"expected a numeric array, got dtype {array.dtype}")
         array = _scale_integer(array)

@@ -62,6 +62,10 @@ def _clean(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip().lower()
 
 
+MAX_TEXT_CHARS = 16_384  # read of a text for its first 77 tokens (a token is at least one character)
+MAX_WORD_BYTES = 256  # longer words are merged in pieces of this size (no real word is that long)
+
+
 class Tokenizer:
     """CLIP BPE tokenizer. ``tokenizer(["a dog", "rain"])`` -> ``LongTensor[2, 77]``."""
 
@@ -90,11 +94,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self.encoder)
 
-    def _bpe(self, word: str) -> tuple[str, ...]:
-        cached = self._cache.get(word)
+    def _bpe(self, word: str, ends: bool = True) -> tuple[str, ...]:
+        key = word if ends else word + "\0"  # a piece of a longer word has no end-of-word marker
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
-        parts = [*word[:-1], word[-1] + "</w>"]
+        parts = [*word[:-1], word[-1] + ("</w>" if ends else "")]
         while len(parts) > 1:
             # Merge the adjacent pair that was learned earliest, everywhere it occurs.
             ranked = [(self.merge_rank.get(pair, _NUM_MERGES), pair) for pair in zip(parts, parts[1:])]
@@ -112,15 +117,24 @@ class Tokenizer:
             parts = merged
         result = tuple(parts)
         if len(self._cache) < 100_000:
-            self._cache[word] = result
+            self._cache[key] = result
         return result
 
-    def encode(self, text: str) -> list[int]:
-        """BPE ids of ``text`` without start/end tokens."""
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """BPE ids of ``text`` without start/end tokens; with ``limit``, the first ``limit`` (or a few more).
+
+        Bounded whatever the input: with a limit only the first ``MAX_TEXT_CHARS`` characters are read (77
+        tokens never need more), and a word longer than ``MAX_WORD_BYTES`` is merged in pieces of that size
+        (BPE is quadratic in a word's length: a 30,000-letter word took 36 s)."""
         ids: list[int] = []
-        for piece in _SPLIT.findall(_clean(text)):
-            word = "".join(self._byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[token] for token in self._bpe(word))
+        for piece in _SPLIT.findall(_clean(text if limit is None else text[:MAX_TEXT_CHARS])):
+            data = piece.encode("utf-8")
+            for start in range(0, len(data), MAX_WORD_BYTES):
+                chunk = data[start : start + MAX_WORD_BYTES]
+                word = "".join(self._byte_encoder[b] for b in chunk)
+                ids.extend(self.encoder[token] for token in self._bpe(word, ends=start + MAX_WORD_BYTES >= len(data)))
+            if limit is not None and len(ids) >= limit:
+                break
         return ids
 
     def decode(self, ids) -> str:
@@ -133,7 +147,7 @@ class Tokenizer:
             texts = [texts]
         out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
         for row, text in enumerate(texts):
-            ids = [self.start_id, *self.encode(text)][: self.context_length - 1] + [self.end_id]
+            ids = [self.start_id, *self.encode(text, self.context_length)][: self.context_length - 1] + [self.end_id]
             out[row, : len(ids)] = torch.tensor(ids)
         return out
 

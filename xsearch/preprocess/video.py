@@ -22,7 +22,7 @@ from xsearch.errors import DecodeError, NoStreamError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess.audio import clip_starts
 from xsearch.preprocess.containers import describe, open_container
-from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD
+from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD, check_aspect
 from xsearch.preprocess.prepared import Preprocessed
 
 
@@ -149,6 +149,8 @@ def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[l
         ctx = stream.codec_context
         if ctx.width and ctx.height and ctx.width * ctx.height > cfg.max_pixels_per_frame:
             raise DecodeError(name, f"video frames are {ctx.width}x{ctx.height}, too large")
+        if ctx.width and ctx.height:
+            check_aspect(name, ctx.width, ctx.height, "video frame")
         duration = _duration(stream, container)
         if duration is None:
             raise DecodeError(name, "video duration is unknown")

@@ -255,8 +255,10 @@ def _same_bytes(ids: set[int], rows: dict[int, dict]) -> set[int]:
 
 
 def _results(hits: list[Hit], rows: dict[int, dict]) -> list[Result]:
+    """Hits as results, ranked; a hit whose row is gone (an index damaged in a way its checks missed) is
+    dropped rather than failing the search."""
     results = []
-    for rank, hit in enumerate(hits, start=1):
+    for rank, hit in enumerate((h for h in hits if h.id in rows), start=1):
         row = rows[hit.id]
         metadata = {key: row[key] for key in METADATA_COLUMNS if row[key] is not None}
         results.append(

@@ -17,11 +17,13 @@ Errors have one shape: ``{"detail": "one line"}``, validation errors included.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -34,6 +36,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, Preview
@@ -42,9 +46,23 @@ from xsearch.paths import is_regular_file, modality_of_path
 from xsearch.thumbnails import text_excerpt
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+FIELDS_BYTES = 8 << 20  # a request's texts and other fields, above its uploads
+BODY_SECONDS = 120.0  # a request body must arrive within this (a slow client cannot hold a worker for ever)
 MIN_TOKEN_LENGTH = 16
 SIGNATURE_SECONDS = 3600  # how long a preview or media URL from a search stays valid
-ITEM_COLUMNS = ["id", "uri", "modality", "sha256", "size", "width", "height", "duration", "sample_rate", "precision"]
+ITEM_COLUMNS = [
+    "id",
+    "uri",
+    "modality",
+    "sha256",
+    "size",
+    "mtime",
+    "width",
+    "height",
+    "duration",
+    "sample_rate",
+    "precision",
+]
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -58,8 +76,16 @@ def check_token(token: str | None) -> None:
         )
 
 
-def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The application over ``collection`` (a ``Collection``). ``token``: required on every ``/api`` route."""
+def create_app(
+    collection,
+    token: str | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    allowed_hosts: list[str] | None = None,
+    body_seconds: float = BODY_SECONDS,
+) -> FastAPI:
+    """The application over ``collection`` (a ``Collection``). ``token``: required on every ``/api`` route.
+    ``allowed_hosts``: the names the server answers to (``Host``), ``None`` for any; ``xsearch serve`` on a
+    loopback address answers to loopback names only, which defeats DNS rebinding."""
     check_token(token)
     app = FastAPI(
         title="xsearch",
@@ -70,6 +96,9 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
     lock = threading.Lock()
     signer = _Signer(token)
     app.exception_handler(RequestValidationError)(_validation_error)
+    app.add_middleware(_Guard, max_body=max_upload_bytes + FIELDS_BYTES, seconds=body_seconds, open_api=token is None)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -198,11 +227,19 @@ def create_app(collection, token: str | None = None, max_upload_bytes: int = MAX
 
     @app.get("/api/items/{item_id}/media")
     def item_media(item_id: str, request: Request) -> FileResponse:
-        """The original file, with HTTP Range support (players seek)."""
-        uri = signed_item(item_id, "media", request)["uri"]
-        if not is_regular_file(uri):  # gone, or replaced by a pipe or device that would block
-            raise HTTPException(404, f"the file of item {item_id} is not readable")
-        return FileResponse(uri, filename=os.path.basename(uri), content_disposition_type="inline")
+        """The original file, with HTTP Range support (players seek), if it is still the file indexed."""
+        row = signed_item(item_id, "media", request)
+        handle = _open_indexed(row)
+        if handle is None:
+            raise HTTPException(404, f"the file of item {item_id} is gone or changed since it was indexed")
+        # Served through the descriptor just checked: a file swapped for another (a link to a private key,
+        # say) after the check is not what goes out.
+        return FileResponse(
+            f"/proc/self/fd/{handle}",
+            filename=os.path.basename(row["uri"]),
+            content_disposition_type="inline",
+            background=BackgroundTask(os.close, handle),
+        )
 
     @app.get("/api/info", dependencies=guarded)
     def info() -> dict:
@@ -255,6 +292,91 @@ class _Signer:
         if expires < time.time():
             return False
         return hmac.compare_digest(query.get("signature", ""), self._signature(item_id, kind, expires))
+
+
+class _Guard:
+    """Every request, before FastAPI reads it: a body larger than ``max_body`` is refused from its
+    Content-Length, or as soon as it streams past it (413), a body slower than ``seconds`` is cut (408), and,
+    without a token, a cross-origin POST (any web page the user opens could send one) is refused (403)."""
+
+    def __init__(self, app, max_body: int, seconds: float, open_api: bool):
+        self.app, self.max_body, self.seconds, self.open_api = app, max_body, seconds, open_api
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            return await JSONResponse({"detail": refusal[1]}, status_code=refusal[0])(scope, receive, send)
+        deadline = time.monotonic() + self.seconds
+        received, complete, refused, told = 0, False, None, False
+
+        async def bounded_receive():
+            nonlocal received, complete, refused
+            if complete:  # the body is in: later calls wait for a disconnect, for as long as a response takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                refused = (408, f"the request body did not arrive within {self.seconds:g} s")
+                raise _Refused from None
+            received += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            if received > self.max_body:
+                refused = (413, f"the request is larger than {self.max_body >> 20} MB")
+                raise _Refused
+            return message
+
+        async def tell():
+            nonlocal told
+            if not told:
+                told = True
+                await JSONResponse({"detail": refused[1]}, status_code=refused[0])(scope, receive, send)
+
+        async def answer(message):
+            # Whatever the app makes of a body cut short (FastAPI: "error parsing the body"), the client is
+            # told why it was cut.
+            if refused is None:
+                return await send(message)
+            if message["type"] == "http.response.start":
+                await tell()
+
+        try:
+            await self.app(scope, bounded_receive, answer)
+        except _Refused:
+            await tell()
+
+    def _refusal(self, scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > self.max_body:
+            return 413, f"the request is larger than {self.max_body >> 20} MB"
+        origin = headers.get("origin")
+        if self.open_api and scope["method"] == "POST" and origin and origin != "null":
+            if origin.split("://", 1)[-1] != headers.get("host", ""):
+                return 403, "cross-origin requests are refused (this server has no token)"
+        return None
+
+
+class _Refused(Exception):
+    """A request body cut short by ``_Guard`` (the reason is the guard's)."""
+
+
+def _open_indexed(row: dict) -> int | None:
+    """A descriptor of the item's file if it is still the file indexed: a regular file of the stored size
+    and mtime (``None`` otherwise; a pipe or device in its place is never opened for reading)."""
+    uri = row["uri"]
+    if not is_regular_file(uri):
+        return None
+    try:
+        handle = os.open(uri, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != row["size"] or info.st_mtime != row["mtime"]:
+        os.close(handle)
+        return None
+    return handle
 
 
 def _docs_assets() -> str | None:

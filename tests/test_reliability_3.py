@@ -1,0 +1,232 @@
+"""Reliability, round 3: the server as an attack surface, query inputs bounded like indexed files. Each test
+reproduces the probe's case (generated hostile inputs, slow clients on 127.0.0.1 only, bounded in count and
+time) and checks the bound."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from xsearch import Collection, Modality
+from xsearch.cli.main import app as cli
+from xsearch.encoder import Encoder
+from xsearch.errors import DecodeError
+from xsearch.preprocess import preprocess_file
+from xsearch.server import create_app
+from xsearch.testing.media import gradient_image, tone, write_wav
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("hostile")
+    for i in range(3):
+        gradient_image(root / f"p{i}.jpg", seed=i)
+    write_wav(root / "tone.wav", tone(2.0, 16000), 16000)
+    collection = Collection.open(
+        root.parent / "hostile.db", encoder=Encoder(tiny_model, device="cpu", precision="fp32")
+    )
+    collection.index([root], workers=0)
+    return root, collection
+
+
+# 1 and 9. a filter cannot crash the process, nor escape the target through a comment ----------------------------
+
+
+def test_a_filter_of_40000_terms_is_refused_in_one_line(served):
+    _, collection = served
+    client = TestClient(create_app(collection))
+    huge = " OR ".join(f"width = {i}" for i in range(40_000))  # 520 KB: it segfaulted Lance
+    answer = client.post("/api/search", data={"item": ["0"], "where": huge})
+    assert answer.status_code == 400 and "characters, more than" in answer.json()["detail"]
+    many = " OR ".join(f"width = {i}" for i in range(300))
+    assert "AND/OR/NOT, more than" in client.post("/api/search", data={"item": ["0"], "where": many}).json()["detail"]
+    assert client.post("/api/search", data={"item": ["0"], "k": "2"}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    "payload", ["1=1) OR (modality = 'audio' --", "1=1 /* ) OR (modality = 'audio' */", "width > 0; DROP"]
+)
+def test_a_filter_cannot_escape_its_target(served, payload):
+    _, collection = served
+    answer = TestClient(create_app(collection)).post(
+        "/api/search", data={"item": ["0"], "target": "image", "where": payload}
+    )
+    assert (
+        answer.status_code == 400
+        and "not allowed in a filter" in answer.json()["detail"]
+        or ("unbalanced" in answer.json()["detail"])
+    )
+
+
+def test_rows_a_filter_selects_are_rechecked_against_the_target(served):
+    from xsearch.store import ItemFilter
+
+    _, collection = served
+    rows = collection.store.scan(["id"], ItemFilter(modality=Modality.IMAGE, where="id >= 0"))
+    assert rows.num_rows == 3 and rows.column_names == ["id"]
+
+
+# 2. query inputs are bounded like indexed files -----------------------------------------------------------------
+
+
+def _peak_rss_growth_mb(code: str) -> float:
+    script = (
+        "import resource, torch, torchaudio, av, numpy\n"
+        "from xsearch.preprocess import preprocess_file\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{code}\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_picture_many_times_longer_than_wide_is_refused_before_it_is_scaled(tmp_path):
+    path = tmp_path / "line.png"
+    Image.new("RGB", (20_000, 1)).save(path)  # 99 bytes; scaled, 4.5M x 224 pixels (5.1 GB)
+    with pytest.raises(DecodeError, match="longer than 50 times its width"):
+        preprocess_file(path, "image")
+    with pytest.raises(DecodeError, match="longer than 50 times its width"):
+        preprocess_file(path, "depth")
+    panorama = tmp_path / "panorama.png"
+    gradient_image(panorama, size=(2400, 300))  # 8:1 is a picture
+    assert preprocess_file(panorama, "image").shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("rate", [22_051, 44_101])
+def test_an_odd_sample_rate_is_resampled_in_bounded_memory(tmp_path, rate):
+    """torchaudio's kernel for 22,051 Hz -> 16 kHz needed 6.9 GB; libswresample takes these rates."""
+    path = write_wav(tmp_path / "odd.wav", tone(1.0, rate, noise=0.0), rate)
+    reference = write_wav(tmp_path / "even.wav", tone(1.0, 22_050, noise=0.0), 22_050)
+    growth = _peak_rss_growth_mb(f"x = preprocess_file({str(path)!r}, 'audio')")
+    assert growth < 300, f"{growth:.0f} MB"
+    odd, even = preprocess_file(path, "audio"), preprocess_file(reference, "audio")
+    assert float((odd - even).abs().mean()) < 0.1  # the same tone, heard the same
+
+
+# 3. slow and large requests ---------------------------------------------------------------------------------------
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_read(served):
+    _, collection = served
+    client = TestClient(create_app(collection, max_upload_bytes=1 << 20))
+    fields = {"text": ["x" * 600_000] * 16}  # 9.6 MB of text fields: past 1 MB of uploads + 8 MB of fields
+    answer = client.post("/api/search", data=fields)
+    assert answer.status_code == 413 and "larger than" in answer.json()["detail"]
+
+
+@pytest.fixture
+def live(served):
+    """The app on a real socket (127.0.0.1, an ephemeral port), with a 1 s body deadline."""
+    import uvicorn
+
+    _, collection = served
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    app = create_app(collection, body_seconds=1.0, allowed_hosts=["127.0.0.1", "localhost"])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", limit_concurrency=32))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _raw(port: int, request: bytes, wait: float = 0.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        time.sleep(wait)
+        return conn.recv(65536)
+
+
+def test_a_slow_body_is_cut_and_a_foreign_host_or_origin_refused(live):
+    head = (
+        b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 100\r\n\r\nitem=0"
+    )
+    slow = _raw(live, head, wait=2.0)  # 6 of 100 bytes, then nothing
+    assert slow.startswith(b"HTTP/1.1 408"), slow[:200]
+    rebound = _raw(live, b"GET /api/info HTTP/1.1\r\nHost: attacker.example\r\n\r\n")
+    assert rebound.startswith(b"HTTP/1.1 400"), rebound[:200]  # DNS rebinding: a foreign name
+    body = b"item=0"
+    forged = _raw(
+        live,
+        b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n" + body,
+    )
+    assert forged.startswith(b"HTTP/1.1 403"), forged[:200]
+    fine = _raw(
+        live,
+        f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1:{live}\r\nOrigin: http://127.0.0.1:{live}\r\n".encode()
+        + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\nConnection: close\r\n\r\n"
+        + body,
+    )
+    assert fine.startswith(b"HTTP/1.1 200"), fine[:200]
+
+
+# 4. text: long words and long texts are bounded --------------------------------------------------------------------
+
+
+def test_long_words_and_texts_are_bounded():
+    from xsearch.preprocess.text import MAX_WORD_BYTES, Tokenizer
+
+    tokenizer = Tokenizer()
+    ids = tokenizer(["a" * 100_000, "word " * 500_000])  # 100 k letters took 222 s; 2.5 MB of text too
+    assert ids.shape == (2, 77) and int((ids[1] > 0).sum()) == 77
+    assert max(len(word) for word in tokenizer._cache) <= MAX_WORD_BYTES + 1  # the cache holds no huge words
+    short = tokenizer(["a dog barking in the rain"])
+    assert short[0, :8].tolist() == [49406, 320, 1929, 32676, 530, 518, 2443, 49407]  # ordinary text unchanged
+
+
+# 6. the media route serves only the file that was indexed -------------------------------------------------------
+
+
+def test_a_file_swapped_for_a_link_is_not_served(tmp_path, tiny_model):
+    media = tmp_path / "media"
+    media.mkdir()
+    photo = gradient_image(media / "a.jpg")
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    collection.index([media], workers=0)
+    client = TestClient(create_app(collection))
+    assert client.get("/api/items/0/media").content == photo.read_bytes()
+    photo.unlink()
+    photo.symlink_to(secret)
+    swapped = client.get("/api/items/0/media")
+    assert swapped.status_code == 404 and "changed since it was indexed" in swapped.json()["detail"]
+
+
+# 10. a hit whose row is gone is dropped, not a failed search ----------------------------------------------------
+
+
+def test_results_drop_hits_whose_rows_are_gone():
+    from xsearch.query.engine import _results
+    from xsearch.query.ranking import Hit
+
+    row = {"uri": "/a.jpg", "modality": "image", "sha256": "x", "width": 1, "height": 1, "duration": None}
+    results = _results([Hit(7, 0.9, 1.0), Hit(8, 0.8, 0.5)], {8: {**row, "sample_rate": None}})
+    assert [(r.rank, r.id) for r in results] == [(1, 8)]
+
+
+def test_the_cli_says_a_filter_is_too_large_in_one_line(served):
+    root, collection = served
+    huge = " OR ".join(f"width = {i}" for i in range(40_000))
+    result = runner.invoke(cli, ["search", "--db", str(collection.path), "--item", "0", "--where", huge])
+    assert result.exit_code == 2 and result.output.startswith("error: --where: bad filter")
+    assert len(result.output) < 500 and Path(root).exists()
