@@ -213,20 +213,38 @@ class Indexer:
         """Rows (and error rows) of files under ``roots`` that are gone from disk: what ``--prune`` deletes.
 
         Only files that no longer exist count: a file skipped by ``--exclude`` or ``--modalities``, or under
-        a folder that could not be listed this time, keeps its row. A root that is missing or empty is not
-        looked into at all: an unmounted drive or an empty mount point looks exactly like that, and pruning
-        would throw away every embedding under it.
+        a folder that could not be listed this time, keeps its row. A file counts as gone only where the
+        scan found files: if the deepest folder of its path that still exists holds none of the files
+        scanned (a missing or empty root, a drive that is not mounted, a folder holding only
+        ``lost+found`` or ``.DS_Store``, an empty mount point inside a root), its rows are kept, because an
+        unmounted drive looks exactly like that and pruning would throw away every embedding under it.
         """
         roots = [os.path.abspath(r) for r in roots]
-        unlisted = list(unlisted) + [r for r in roots if _looks_unmounted(r, skipped, self.cfg.prune)]
+        unlisted = list(unlisted)
+        holding = _folders_holding(seen)  # every folder with a scanned file in or under it
+        kept_under: set[str] = set()
 
         def gone(uri: str) -> bool:
             if uri in seen or not any(is_under(uri, r) for r in roots) or any(is_under(uri, d) for d in unlisted):
                 return False
-            return not os.path.lexists(uri)
+            if os.path.lexists(uri):
+                return False
+            root = max((r for r in roots if is_under(uri, r)), key=len)
+            folder = os.path.dirname(uri)
+            while not os.path.lexists(folder) and folder != root:
+                folder = os.path.dirname(folder)  # up to the root, never above it
+            if folder not in holding:  # nothing found there this time: unmounted, or emptied on purpose?
+                kept_under.add(folder)
+                return False
+            return True
 
         items = [u for u in self.store.scan(["uri"])["uri"].to_pylist() if gone(u)]
         errors = [u for u in self.store.error_rows()["uri"].to_pylist() if gone(u)]
+        if self.cfg.prune:
+            for folder in sorted(kept_under):
+                state = _state(folder)
+                skipped.append(f"{folder} {state}: rows under it were kept (not pruned)")
+                log.warning("%s %s: not pruned (an unmounted drive looks like this)", folder, state)
         return items, errors
 
     def _prune(self, gone: tuple[list[str], list[str]]) -> int:
@@ -249,19 +267,24 @@ class Indexer:
         return out
 
 
-def _looks_unmounted(root: str, skipped: list[str], pruning: bool) -> bool:
-    """A missing or empty root (noted in ``skipped`` when pruning): what an unmounted drive or an empty mount
-    point is."""
-    if not os.path.lexists(root):
-        reason = "is missing"
-    elif os.path.isdir(root) and not os.listdir(root):
-        reason = "is empty"
-    else:
-        return False
-    if pruning:
-        skipped.append(f"{root} {reason}: rows under it were kept (not pruned)")
-        log.warning("%s %s: not pruned (an unmounted drive looks like this)", root, reason)
-    return True
+def _state(folder: str) -> str:
+    if not os.path.lexists(folder):
+        return "is missing"
+    try:
+        return "is empty" if not os.listdir(folder) else "holds none of the files indexed under it"
+    except OSError:
+        return "cannot be listed"
+
+
+def _folders_holding(paths: set[str]) -> set[str]:
+    """Every folder that has one of ``paths`` in it or below it."""
+    folders: set[str] = set()
+    for path in paths:
+        folder = os.path.dirname(path)
+        while folder not in folders and folder != os.path.dirname(folder):
+            folders.add(folder)
+            folder = os.path.dirname(folder)
+    return folders
 
 
 class _Batcher:

@@ -230,3 +230,38 @@ def test_the_cli_says_a_filter_is_too_large_in_one_line(served):
     result = runner.invoke(cli, ["search", "--db", str(collection.path), "--item", "0", "--where", huge])
     assert result.exit_code == 2 and result.output.startswith("error: --where: bad filter")
     assert len(result.output) < 500 and Path(root).exists()
+
+
+# 5. prune keeps the rows of folders where nothing was found; a missing root among several ----------------------
+
+
+@pytest.mark.parametrize("leftover", ["lost+found/", ".DS_Store", "usb/"])
+def test_prune_keeps_rows_where_a_drive_looks_unmounted(tmp_path, tiny_model, leftover):
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
+    drive = tmp_path / "drive"
+    target = drive / "usb" if leftover == "usb/" else drive
+    target.mkdir(parents=True)
+    photos = [gradient_image(target / f"{i}.jpg", seed=i) for i in range(3)]
+    if leftover == "usb/":
+        gradient_image(drive / "top.jpg")  # the root itself holds a file: only the nested mount point is empty
+    collection = Collection.open(tmp_path / "db", encoder=encoder)
+    collection.index([drive], workers=0, prune=True)
+    for photo in photos:
+        photo.unlink()
+    if leftover == "lost+found/":
+        (drive / "lost+found").mkdir()
+    elif leftover == ".DS_Store":
+        (drive / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    report = collection.index([drive], workers=0, prune=True)
+    assert report.pruned == 0 and report.prune_skipped, report
+    assert collection.store.count() == (4 if leftover == "usb/" else 3)
+
+
+def test_a_missing_root_among_several_does_not_stop_the_others(tmp_path, tiny_model):
+    present = tmp_path / "present"
+    present.mkdir()
+    gradient_image(present / "a.jpg")
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    report = collection.index([present, tmp_path / "unmounted"], workers=0)
+    assert report.indexed == 1 and report.failed == 1
+    assert "no such file or folder" in report.failures[0].message

@@ -171,9 +171,11 @@ class Collection:
         # target, and must give them the same uris, or indexing both would store every file twice.
         roots = [real_path(p) for p in paths]
         assigned = list(options.scan.assigned)
+        # A typo or an unmounted drive: when no root is there, nothing is done or recorded; when some are, the
+        # others are indexed and each missing one is a failure of the run (its rows are kept, never pruned).
         for named, argument in ((roots, "paths"), (assigned, "assign")):
             missing = [p for p in named if not os.path.lexists(p)]
-            if missing:  # a typo or an unmounted drive: nothing is done, nothing is recorded
+            if missing and (argument == "assign" or len(missing) == len(named)):
                 raise UsageError(f"no such file or folder: {', '.join(missing)}", argument=argument)
         roots += [p for p in assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
         if not roots:
@@ -317,7 +319,7 @@ class Collection:
         """Counts per modality, model id, index kind and freshness, errors, size on disk.
 
         ``check`` reads every stored row first (a damaged data file raises ``DatabaseDamaged``), so the
-        counts it reports are of data that can be read.
+        counts it reports are of data that can be read, and every index file against its checksum.
         """
         from xsearch.index import IndexSet
 
@@ -327,7 +329,7 @@ class Collection:
         counts = {m.value: store.count(m) for m in store.modalities()}
         index_facts = {}
         for name in counts:
-            status = indices.status(Modality(name))
+            status = indices.status(Modality(name), check=check)
             index_facts[name] = {"kind": status.get("kind"), "count": status.get("count"), "fresh": status["fresh"]}
             if "damaged" in status:
                 index_facts[name]["damaged"] = status["damaged"]

@@ -390,11 +390,14 @@ class VectorIndex:
 
     @classmethod
     def load(cls, directory: Path, cfg: IndexCfg | None = None, verify: bool = False) -> tuple[VectorIndex, dict]:
-        """Open an index directory, checking every file against ``meta.json`` (the vectors' checksums only
-        with ``verify``: they are the bulk of the bytes; their sizes are always checked)."""
+        """Open an index directory, checking every file against ``meta.json``. The re-rank vectors (the bulk
+        of the bytes) are checked once per process for each version of the file (``verify``: every time):
+        a damaged page of them would silently rank wrong, so searches check them too."""
         faiss = _faiss()
         directory = Path(directory)
         meta = read_meta(directory)
+        identity = _identity(directory / VECTORS, meta)
+        verify = verify or identity not in _VERIFIED
         try:
             _expect_crc32(directory / TRAINED, meta["trained_crc32"])
             _expect_crc32(directory / meta["dead"], meta["dead_crc32"])
@@ -418,6 +421,8 @@ class VectorIndex:
                     raise SearchIndexError(f"{directory / VECTORS}: rows {start}-{stop} differ from their checksum")
             dead = np.zeros(meta["rows"], bool)
             dead[np.load(directory / meta["dead"])] = True
+            if verify and identity is not None:
+                _VERIFIED.add(identity)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
             raise SearchIndexError(f"{directory}: unreadable index ({str(exc).splitlines()[0]})") from None
         stored_cfg = IndexCfg(**{f.name: meta["cfg"][f.name] for f in fields(IndexCfg) if f.name in meta["cfg"]})
@@ -425,6 +430,19 @@ class VectorIndex:
         out.saved_rows, out.trained_crc32 = meta["rows"], meta["trained_crc32"]
         out._tune(len(out))
         return out, meta
+
+
+_VERIFIED: set[tuple] = set()  # re-rank vector files whose checksums this process has checked
+
+
+def _identity(path: Path, meta: dict) -> tuple | None:
+    """A vectors file as it is now: path, size, mtime, inode and the checksums it must match."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    checksums = tuple(segment.get("vectors_crc32") for segment in meta.get("segments", []))
+    return (str(path), info.st_size, info.st_mtime_ns, info.st_ino, checksums)
 
 
 def _write_trained(template, target: Path) -> int:
@@ -581,13 +599,14 @@ class IndexSet:
             and meta.get("modality") == str(modality)
         )
 
-    def status(self, modality: Modality) -> dict:
-        """What is on disk for ``modality``: kind, count, covered version, whether it is fresh or damaged."""
+    def status(self, modality: Modality, check: bool = False) -> dict:
+        """What is on disk for ``modality``: kind, count, covered version, whether it is fresh or damaged.
+        ``check`` reads every file against its checksum (the re-rank vectors too), not only ``meta.json``."""
         directory = self.directory(modality)
         if not (directory / META).exists():
             return {"modality": str(modality), "exists": False, "fresh": False}
         try:
-            meta = read_meta(directory)
+            meta = VectorIndex.load(directory, self.cfg, verify=True)[1] if check else read_meta(directory)
         except SearchIndexError as exc:
             return {"modality": str(modality), "exists": True, "fresh": False, "damaged": str(exc)}
         fresh = self._is_current(meta, modality, self.store.version)
