@@ -249,3 +249,22 @@ def test_a_planted_part_link_is_not_followed_and_downloads_do_not_collide(tiny_c
     assert victim.read_text() == "precious"
     assert (cache / "tiny.pth").read_bytes() == (root / "tiny.pth").read_bytes()
     assert not list(cache.glob("tiny.pth.*.part"))
+
+
+def test_planted_record_links_are_replaced_not_written_through(tiny_checkpoint, http_server, monkeypatch, tmp_path):
+    """The .sha256 and .verified records are written as the checkpoint is: a new file renamed over the name,
+    so a link planted there (to a file of the user's) is replaced and its target left alone."""
+    root, url = http_server
+    (root / "weights.pth").write_bytes(tiny_checkpoint[1].read_bytes())
+    monkeypatch.setenv("XSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XSEARCH_CHECKPOINT", raising=False)
+    cache = tmp_path / "home" / "checkpoints"
+    cache.mkdir(parents=True)
+    victims = {name: tmp_path / f"victim{name}" for name in (".sha256", ".verified")}
+    for name, victim in victims.items():
+        victim.write_text("the user's own file")
+        (cache / f"imagebind_huge.pth{name}").symlink_to(victim)
+    path = resolve_checkpoint(url=f"{url}/weights.pth")
+    resolve_checkpoint()  # writes .verified
+    assert all(victim.read_text() == "the user's own file" for victim in victims.values())
+    assert not (cache / "imagebind_huge.pth.sha256").is_symlink() and path.is_file()

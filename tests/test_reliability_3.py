@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -265,3 +266,24 @@ def test_a_missing_root_among_several_does_not_stop_the_others(tmp_path, tiny_mo
     report = collection.index([present, tmp_path / "unmounted"], workers=0)
     assert report.indexed == 1 and report.failed == 1
     assert "no such file or folder" in report.failures[0].message
+
+
+# 8. a lost meta table never lets another model's embeddings in ----------------------------------------------------
+
+
+def test_a_lost_meta_table_is_rebuilt_from_the_rows_and_another_model_refused(tmp_path):
+    import shutil
+
+    from xsearch.errors import ModelMismatchError
+    from xsearch.store import ItemRecord, Store
+
+    vector = np.ones(1024, np.float32) / 32
+    Store.open(tmp_path / "db", model_id="tiny_test:random-0", embed_dim=1024).add_items(
+        [ItemRecord("/a.jpg", Modality.IMAGE, vector)]
+    )
+    shutil.rmtree(tmp_path / "db" / "meta.lance")
+    with pytest.raises(ModelMismatchError, match="random-0', not 'tiny_test:random-1'"):
+        Store.open(tmp_path / "db", model_id="tiny_test:random-1", embed_dim=1024)
+    shutil.rmtree(tmp_path / "db" / "meta.lance", ignore_errors=True)
+    reopened = Store.open(tmp_path / "db", model_id="tiny_test:random-0", embed_dim=1024)
+    assert reopened.model_id == "tiny_test:random-0" and reopened.count() == 1

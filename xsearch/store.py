@@ -355,6 +355,11 @@ class Store:
             if model_id is not None:  # a writer: bring columns added since schema 1 to this database
                 store._add_missing_columns()
         else:
+            held = _rows_model(db, path)  # a lost meta table: the rows say whose embeddings they are
+            if held is not None:
+                ModelMismatchError.check(path, held[0], model_id)
+                log.warning("%s: the meta table was missing; rebuilt from the rows (model %s)", path, held[0])
+                model_id, embed_dim = held
             if not embed_dim:
                 raise StoreError(f"{path}: a new database needs the width of its embeddings (embed_dim)")
             store = cls(path, db, model_id, embed_dim)
@@ -692,6 +697,22 @@ def _filter_problem(message: str) -> str:
         return f"syntax error: {parser.group(1)}"
     resolving = re.search(r"Error resolving filter expression .*?: (.*)$", text)
     return (resolving.group(1) if resolving else text).strip().rstrip(".,")
+
+
+def _rows_model(db, path: Path) -> tuple[str, int] | None:
+    """``(model id, width)`` of the rows of an ``items`` table left without its meta table, or ``None`` when
+    there is no such table or it has no rows; rows of several models are damage, never mixed further."""
+    if not (path / f"{ITEMS}.lance").exists():
+        return None
+    with _translated(path / f"{ITEMS}.lance"):
+        table = db.open_table(ITEMS)
+        models = table.to_lance().to_table(columns=["model_id"])["model_id"].unique().to_pylist()
+        width = table.schema.field("embedding").type.list_size
+    if not models:
+        return None
+    if len(models) > 1:
+        raise DatabaseDamaged(path / f"{META}.lance", f"missing, and the rows hold several models: {models}")
+    return models[0], width
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

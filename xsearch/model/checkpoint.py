@@ -76,8 +76,20 @@ def download(
             os.replace(part, dest)
         finally:
             part.unlink(missing_ok=True)
-        dest.with_name(dest.name + ".sha256").write_text(actual + "\n")
+        _write_beside(dest.with_name(dest.name + ".sha256"), actual + "\n")
     return dest
+
+
+def _write_beside(path: Path, text: str) -> None:
+    """Write a small record beside a checkpoint as the checkpoint itself is written: a new temporary file
+    renamed over ``path``, so that a link planted at ``path`` is replaced, never written through."""
+    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _fetch(url: str, out, label: str, progress: bool) -> str:
@@ -144,7 +156,7 @@ def _verify_recorded_sha256(path: Path, verify: bool = False) -> None:
             "the file is damaged: delete it to download again"
         )
     try:
-        verified.write_text(json.dumps({**identity, "sha256": expected}))
+        _write_beside(verified, json.dumps({**identity, "sha256": expected}))
     except OSError:
         log.debug("cannot record the verification of %s (read-only cache?)", path)
 
