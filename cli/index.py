@@ -34,17 +34,19 @@ SHOWN_FAILURES = 10
 
 @contextlib.contextmanager
 def terminate_like_interrupt():
-    """SIGTERM (``kill``, a service manager stopping us) ends the run as Ctrl-C does: what was embedded is
-    committed, the summary says interrupted, exit code 130."""
+    """SIGTERM (``kill``, a service manager stopping us) and SIGHUP (its terminal closed) end the run as Ctrl-C
+    does: what was embedded is committed, the summary says interrupted, exit code 130."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGHUP too: the terminal an index runs in was closed (what was embedded is committed, as for Ctrl-C).
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @command()

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
 
+from xsearch.errors import XsearchError
 from xsearch.indexer.lifeline import die_with_parent
 from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task, failed
 from xsearch.options import DecodeLimits
@@ -48,6 +49,12 @@ GIB = 1 << 30
 _DEPTH = 2  # files handed to a worker at once: the one it decodes and the next
 _POLL_SECONDS = 0.5  # how often deadlines are checked while nothing arrives
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
+_READY = b"ready"  # a worker's first message: it started and takes files (a death before it is the pool's)
+_STARTED = object()
+
+
+class DecodePoolBroken(XsearchError):
+    """Decode workers die before they can take a file: the machine or the installation, not the files."""
 
 
 def default_memory_bytes(workers: int) -> int:
@@ -72,6 +79,7 @@ class DecodePool:
         self.workers = workers
         self.seconds = limits.seconds
         self.memory_bytes = limits.memory_bytes or default_memory_bytes(workers)
+        self.deaths_at_start = 0
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["xsearch.indexer._forkserver_init", "xsearch.indexer.work"])
         _ensure_forkserver()
@@ -91,10 +99,15 @@ class DecodePool:
                         continue
                     if worker.conn in ready or worker.process.sentinel in ready:
                         outcome = worker.receive()
+                        if outcome is _STARTED:
+                            continue
                         if outcome is not None:
                             yield outcome
                             continue
-                        yield self._failed(worker.held.popleft(), self._death(worker))
+                        if not worker.started:  # died before it could take a file: the pool, not the file
+                            self._stillborn(worker)
+                        else:
+                            yield self._failed(worker.held.popleft(), self._death(worker))
                     elif time.monotonic() - worker.since > self.seconds:
                         log.warning("%s: decoding timed out; restarting its worker", worker.held[0].path)
                         worker.kill()
@@ -110,6 +123,16 @@ class DecodePool:
 
     def _start(self) -> _Worker:
         return _Worker(self.context, self.work, self.memory_bytes)
+
+    def _stillborn(self, worker: _Worker) -> None:
+        """A worker that died before it was ready: its files go back to the queue; when workers keep dying
+        so, the pool is broken and the run stops (rather than blaming every file, and dropping their rows)."""
+        self.deaths_at_start += 1
+        if self.deaths_at_start >= max(3, 2 * self.workers):
+            raise DecodePoolBroken(
+                f"the decode workers die as they start ({self._death(worker)}, {self.deaths_at_start} times): "
+                "nothing was recorded against the files; run with --workers 0 or --debug to see why"
+            )
 
     def _death(self, worker: _Worker) -> str:
         worker.process.join(timeout=5)
@@ -138,6 +161,7 @@ class _Worker:
         child.close()
         self.held: deque[Task] = deque()
         self.since = time.monotonic()  # when the oldest held file started decoding (or later: never earlier)
+        self.started = False  # it said it is ready to take files
 
     def send(self, task: Task) -> None:
         if not self.held:
@@ -145,12 +169,17 @@ class _Worker:
         self.held.append(task)
         self.conn.send(task)
 
-    def receive(self) -> Outcome | None:
-        """The oldest held file's outcome, or ``None`` when the process died without sending it."""
+    def receive(self) -> Outcome | object | None:
+        """The oldest held file's outcome, ``_STARTED`` when the worker says it is ready, or ``None`` when
+        the process died without sending it."""
         try:
-            outcome = pickle.loads(self.conn.recv_bytes())
+            message = self.conn.recv_bytes()
         except (EOFError, OSError):
             return None
+        if message == _READY:
+            self.started = True
+            return _STARTED
+        outcome = pickle.loads(message)
         self.held.popleft()
         self.since = time.monotonic()
         return outcome
@@ -207,6 +236,7 @@ def _serve(conn, work, memory_bytes: int) -> None:
 
     torch.set_num_threads(1)  # decoding is per-file parallel already; threads would oversubscribe
     _cap_address_space(memory_bytes)
+    conn.send_bytes(_READY)
     while True:
         try:
             task = conn.recv()

@@ -287,3 +287,39 @@ def test_a_lost_meta_table_is_rebuilt_from_the_rows_and_another_model_refused(tm
     shutil.rmtree(tmp_path / "db" / "meta.lance", ignore_errors=True)
     reopened = Store.open(tmp_path / "db", model_id="tiny_test:random-0", embed_dim=1024)
     assert reopened.model_id == "tiny_test:random-0" and reopened.count() == 1
+
+
+# 12. workers that die as they start stop the run; --workers 0 with worker limits; the lock as a folder ----------
+
+
+def test_workers_dying_at_start_stop_the_run_without_blaming_files():
+    from xsearch.indexer.decode_pool import DecodePool, DecodePoolBroken
+    from xsearch.indexer.scan import Task
+
+    from faulty import DiesOnArrival
+
+    tasks = [Task(f"/nowhere/{i}.jpg", Modality.IMAGE, 1, 0.0) for i in range(6)]
+    outcomes = []
+    with pytest.raises(DecodePoolBroken, match="die as they start"):
+        outcomes.extend(DecodePool(DiesOnArrival(), workers=2).imap_unordered(tasks))
+    assert outcomes == []  # no file was reported as bad
+
+
+def test_worker_limits_without_workers_and_a_lock_that_is_a_folder_are_one_line(tmp_path, tiny_model):
+    from xsearch import IndexOptions, UsageError
+    from xsearch.options import DecodeLimits
+
+    with pytest.raises(UsageError, match="with workers=0 files are decoded in this process"):
+        IndexOptions(workers=0, limits=DecodeLimits(seconds=5))
+    from xsearch.model import save_random_checkpoint
+
+    media = tmp_path / "media"
+    media.mkdir()
+    gradient_image(media / "a.jpg")
+    trial = save_random_checkpoint(tmp_path / "trial.pt")
+    argv = ["index", str(media), "--db", str(tmp_path / "db"), "--workers", "0", "--checkpoint", str(trial)]
+    assert runner.invoke(cli, argv).exit_code == 0
+    (tmp_path / "db" / "writer.lock").unlink()
+    (tmp_path / "db" / "writer.lock").mkdir()
+    result = runner.invoke(cli, argv)
+    assert result.exit_code == 2 and "cannot take the writer lock" in result.output, result.output

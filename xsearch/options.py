@@ -158,6 +158,12 @@ class IndexOptions:
         _at_least_one(self.ray_actors, "ray_actors", "encoder actors")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
             raise UsageError(f"workers must be 0 or more, got {self.workers!r}", argument="workers")
+        if self.workers == 0 and self.limits != DecodeLimits():
+            raise UsageError(
+                "file_timeout and worker_memory_gb bound decode workers; with workers=0 files are decoded in this "
+                "process, without them (give workers=1 or more)",
+                argument="workers",
+            )
         if not self.limits.seconds > 0:
             raise UsageError(
                 f"file_timeout must be above 0 seconds, got {self.limits.seconds}", argument="file_timeout"

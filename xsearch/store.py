@@ -56,8 +56,14 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path}: exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / WRITER_LOCK, "a+")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / WRITER_LOCK, "a+")
+    except OSError as exc:  # a read-only database, a lock that is a folder: one line, not a traceback
+        problem = _storage_problem(path / WRITER_LOCK, exc)
+        raise problem or StoreError(
+            f"{path / WRITER_LOCK}: cannot take the writer lock ({exc.strerror or exc})"
+        ) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
