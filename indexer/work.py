@@ -12,12 +12,19 @@ from xsearch.decode import OUT_OF_MEMORY, Outcome, decode
 from xsearch.indexer.scan import Task
 from xsearch.preprocess import PreprocessCfg
 
-__all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare"]
+__all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare", "prepare_query"]
 
 
 def prepare(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
     """Hash, check and decode ``task``'s file as its planned modality (with a preview for results pages)."""
     outcome = decode(task.path, task.modality, cfg, thumbnail=True, digest=True, known_sha256=task.known_sha256)
+    outcome.task = task
+    return outcome
+
+
+def prepare_query(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
+    """A query input decoded in a worker, under the indexer's per-file limits (with its preview)."""
+    outcome = decode(task.path, task.modality, cfg, thumbnail=True)
     outcome.task = task
     return outcome
 

@@ -388,7 +388,8 @@ def test_contact_sheet_decodes_query_files_once_and_runs_no_query(indexed_db, ti
     calls = []
     original = image_module.prepare
     monkeypatch.setattr(image_module, "prepare", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
-    collection = Collection.open(db, encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
+    collection = Collection.open(db, encoder=encoder, query_limits=None)  # decoded here, where the spy is
     results = collection.search(Query.image(root / "red.jpg"), target="image", k=3)
     results.thumbnails()  # what the page needs from the store, read through the results
     monkeypatch.setattr(Store, "scan", lambda *a, **k: pytest.fail("the contact sheet ran a query"))

@@ -323,3 +323,21 @@ def test_worker_limits_without_workers_and_a_lock_that_is_a_folder_are_one_line(
     (tmp_path / "db" / "writer.lock").mkdir()
     result = runner.invoke(cli, argv)
     assert result.exit_code == 2 and "cannot take the writer lock" in result.output, result.output
+
+
+# 2. query files are decoded in a supervised worker, under the indexer's limits ------------------------------------
+
+
+def test_query_files_are_decoded_under_the_indexers_limits(served, tmp_path):
+    from xsearch import Query, QueryError
+    from xsearch.options import DecodeLimits
+
+    root, collection = served
+    big = gradient_image(tmp_path / "big.png", size=(4000, 3000))  # about 150 MB to decode and scale
+    tight = Collection.open(
+        collection.path, encoder=collection.encoder, query_limits=DecodeLimits(memory_bytes=20 << 20)
+    )
+    with pytest.raises(QueryError, match=r"big.png: needs more than 0.0195 GB of memory to decode"):
+        tight.search(Query.image(big), k=1)
+    roomy = Collection.open(collection.path, encoder=collection.encoder)  # the default: the indexer's limits
+    assert roomy.search(Query.image(root / "p0.jpg"), k=1)[0].uri == str(root / "p0.jpg")

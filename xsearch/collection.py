@@ -31,7 +31,7 @@ from pathlib import Path
 from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
-from xsearch.options import IndexOptions, ScanOptions, SearchOptions, real_path
+from xsearch.options import DecodeLimits, IndexOptions, ScanOptions, SearchOptions, real_path
 from xsearch.paths import is_under, modality_of_path
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ class Collection:
     ``verify_checkpoint``) are folded into one ``ModelChoice`` here, or given whole as ``choice``. The
     model is the one asked for, else the one the database was made with, else ``imagebind_huge``; it loads
     on first need (a search of stored items never needs it). Pass ``encoder`` to use one already loaded.
-    ``path=None`` is a collection without a database: only ``embed`` works.
+    ``path=None`` is a collection without a database: only ``embed`` works. ``query_limits``: query files
+    are decoded in a supervised worker under these limits, as indexed files are (``None``: in this
+    process).
     """
 
     def __init__(
@@ -61,12 +63,14 @@ class Collection:
         choice: ModelChoice | None = None,
         encoder=None,
         index_cfg=None,
+        query_limits: DecodeLimits | None = DecodeLimits(),
     ):
         self.path = Path(path).expanduser() if path is not None else None
         self.choice = choice or ModelChoice(checkpoint, model, device, precision, verify_checkpoint)
         self._encoder = encoder
         self._injected_encoder = encoder is not None
         self._index_cfg = index_cfg
+        self.query_limits = query_limits
         self._store = None
         self._engine = None
 
@@ -150,7 +154,8 @@ class Collection:
         if self._engine is None:
             from xsearch.query.engine import Engine
 
-            self._engine = Engine(self.store, lambda: self.encoder, self._index_cfg)
+            decoder = None if self.query_limits is None else _QueryDecoder(self.query_limits)
+            self._engine = Engine(self.store, lambda: self.encoder, self._index_cfg, decoder=decoder)
         return self._engine
 
     # ---- jobs -------------------------------------------------------------------------------------------
@@ -371,6 +376,26 @@ class Collection:
             self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         self._engine = None
         return self._store
+
+
+class _QueryDecoder:
+    """Decodes a query file in a supervised worker (``xsearch.indexer.decode_pool``) under ``limits``: a
+    file that crashes, hangs or overruns its memory costs that worker and comes back as an error."""
+
+    def __init__(self, limits: DecodeLimits):
+        self.limits = limits
+
+    def __call__(self, path: str, modality: Modality, cfg):
+        import functools
+
+        from xsearch.indexer.decode_pool import DecodePool
+        from xsearch.indexer.scan import Task
+        from xsearch.indexer.work import prepare_query
+
+        work = functools.partial(prepare_query, cfg=cfg)
+        outcome = next(DecodePool(work, 1, self.limits).imap_unordered([Task(path, modality, 0, 0.0)]))
+        outcome.path = path
+        return outcome
 
 
 class _Loading:

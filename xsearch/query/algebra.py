@@ -37,6 +37,9 @@ class EmbedContext(Protocol):
     @property
     def store(self): ...
 
+    def embed_file(self, path: str, modality: Modality):
+        """The file decoded (under the same limits as indexed files) and encoded: an ``Outcome``."""
+
 
 @dataclass(frozen=True)
 class QueryInput:
@@ -99,7 +102,7 @@ class FileTerm(Term):
         return f"Query.{self.modality.value}({self.path!r})"
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
-        result = context.encoder.encode_files([self.path], modality=self.modality, thumbnails=True)[0]
+        result = context.embed_file(self.path, self.modality)
         if result.error is not None:
             raise QueryError(f"query input {result.message}")
         return result.embedding, QueryInput(self, self.modality, self.path, result.thumbnail)

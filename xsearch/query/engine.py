@@ -60,12 +60,18 @@ class Engine:
     search of stored items never loads a model.
     """
 
-    def __init__(self, store, encoder=None, index_cfg=None, exact_filter_limit: int = EXACT_FILTER_LIMIT):
+    def __init__(
+        self, store, encoder=None, index_cfg=None, exact_filter_limit: int = EXACT_FILTER_LIMIT, decoder=None
+    ):
+        """``decoder(path, modality, cfg) -> Outcome`` decodes query files (default: ``xsearch.decode`` in
+        this process; ``Collection`` passes one that decodes in a supervised worker under the indexer's
+        limits, so a hostile upload costs a worker, never the server)."""
         from xsearch.index import IndexCfg
 
         self.store = store
         self.index_cfg = index_cfg or IndexCfg()
         self.exact_filter_limit = exact_filter_limit
+        self.decoder = decoder
         self._snapshot: Snapshot | None = None
         self._lock = threading.RLock()  # snapshots and their indices change only under it
         self._encoder = encoder if encoder is None or not callable(encoder) else None
@@ -238,7 +244,8 @@ class Engine:
 
 
 class _Context:
-    """What query terms embed against: the engine's encoder (loaded on first need) and one snapshot."""
+    """What query terms embed against: the engine's encoder (loaded on first need), its decoder and one
+    snapshot."""
 
     def __init__(self, engine: Engine, store):
         self._engine, self.store = engine, store
@@ -246,6 +253,19 @@ class _Context:
     @property
     def encoder(self):
         return self._engine.encoder
+
+    def embed_file(self, path: str, modality: Modality):
+        encoder = self.encoder
+        outcome = (self._engine.decoder or _in_process)(path, modality, encoder.preprocess)
+        if outcome.ok:
+            encoder.encode_outcomes([outcome])
+        return outcome
+
+
+def _in_process(path: str, modality: Modality, cfg):
+    from xsearch.decode import decode
+
+    return decode(path, modality, cfg, thumbnail=True)
 
 
 def _same_bytes(ids: set[int], rows: dict[int, dict]) -> set[int]:
