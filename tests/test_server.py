@@ -142,6 +142,11 @@ def test_token_is_required_when_configured(media):
     assert guarded.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/api/info", headers={"Authorization": "Bearer café".encode()}).status_code == 401  # not 500
     assert guarded.get("/").status_code == 200  # the page itself holds no data; it asks for the token
+    assert guarded.get("/docs").status_code == 401 and guarded.get("/openapi.json").status_code == 401
+    session = guarded.post("/api/session", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert session.status_code == 204 and "httponly" in session.headers["set-cookie"].lower()
+    assert guarded.get("/openapi.json").json()["info"]["title"] == "xsearch"  # the cookie stands for the token
+    assert guarded.get("/api/info").status_code == 200
 
 
 def test_previews_and_media_are_signed_for_a_while_and_never_carry_the_token(media):

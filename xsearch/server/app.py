@@ -8,9 +8,10 @@ searches never interleave inside it.
 Security: media are served by item id only (never by a path from the client), and only regular files. With
 a token, every ``/api`` route needs it as ``Authorization: Bearer``; the previews and media a search
 returns carry short-lived signatures instead (an ``<img>`` or ``<audio>`` cannot send a header), so the token
-itself never appears in a URL, a log or the browser's history. The page (``/``) and the API's description
-(``/docs``, ``/openapi.json``) hold no data and are served to anyone who can reach the server; the page asks
-for the token. ``/docs`` works offline: its assets are served from here, not from a CDN.
+itself never appears in a URL, a log or the browser's history. The page (``/``) holds no data and is served
+to anyone who can reach the server; it asks for the token, then for a session cookie standing for it
+(HttpOnly, same site only), with which the API's description (``/docs``, ``/openapi.json``, under the token
+too) opens in the browser. ``/docs`` works offline: its assets are served from here, not from a CDN.
 
 Errors have one shape: ``{"detail": "one line"}``, validation errors included.
 """
@@ -49,6 +50,7 @@ MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 FIELDS_BYTES = 8 << 20  # a request's texts and other fields, above its uploads
 BODY_SECONDS = 120.0  # a request body must arrive within this (a slow client cannot hold a worker for ever)
 MIN_TOKEN_LENGTH = 16
+SESSION_COOKIE = "xsearch_session"
 SIGNATURE_SECONDS = 3600  # how long a preview or media URL from a search stays valid
 ITEM_COLUMNS = [
     "id",
@@ -92,6 +94,7 @@ def create_app(
         summary="Cross-modal search: any mix of files, text and stored items, weighted, against any modality.",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served below, under the token when there is one
     )
     lock = threading.Lock()
     signer = _Signer(token)
@@ -101,11 +104,15 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     def authorised(request: Request) -> None:
+        """The token as a bearer header, or the session cookie the page gets for it (``/api/session``)."""
         if token is None:
             return
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "a valid token is required", headers={"WWW-Authenticate": "Bearer"})
+        if secrets.compare_digest(given.encode(), token.encode()):
+            return
+        if secrets.compare_digest(request.cookies.get(SESSION_COOKIE, "").encode(), signer.session().encode()):
+            return
+        raise HTTPException(401, "a valid token is required", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorised)]
 
@@ -131,12 +138,24 @@ def create_app(
     if docs_assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
 
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    @app.post("/api/session", dependencies=guarded, include_in_schema=False)
+    def session() -> Response:
+        """A cookie standing for the token (HttpOnly, same site only), so that a browser can open ``/docs``."""
+        answer = Response(status_code=204)
+        if token is not None:
+            answer.set_cookie(SESSION_COOKIE, signer.session(), httponly=True, samesite="strict")
+        return answer
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> dict:
+        return app.openapi()
+
+    @app.get("/docs", response_class=HTMLResponse, dependencies=guarded, include_in_schema=False)
     def docs() -> HTMLResponse:
         if docs_assets is None:
             raise HTTPException(404, "the API page needs the fastapi-offline package (pip install fastapi-offline)")
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
+            openapi_url="/openapi.json",
             title="xsearch API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
@@ -283,6 +302,10 @@ class _Signer:
             return url
         expires = int(time.time()) + SIGNATURE_SECONDS
         return f"{url}?expires={expires}&signature={self._signature(item_id, kind, expires)}"
+
+    def session(self) -> str:
+        """The session cookie's value: derived from the token, useless without the server's key."""
+        return hmac.new(self.key, b"session", hashlib.sha256).hexdigest() if self.key else ""
 
     def valid(self, item_id: str, kind: str, query) -> bool:
         try:
