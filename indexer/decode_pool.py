@@ -122,7 +122,15 @@ class DecodePool:
                 worker.close()
 
     def _start(self) -> _Worker:
-        return _Worker(self.context, self.work, self.memory_bytes)
+        """A new worker; a fork server that died (killed, say) is started again, twice at most."""
+        for attempt in range(3):
+            try:
+                return _Worker(self.context, self.work, self.memory_bytes)
+            except (EOFError, ConnectionError, OSError) as exc:
+                log.warning("the decode fork server failed to start a worker (%s); starting it again", exc)
+                if attempt == 2:
+                    raise DecodePoolBroken(f"decode workers cannot be started ({exc})") from None
+                _ensure_forkserver()
 
     def _stillborn(self, worker: _Worker) -> None:
         """A worker that died before it was ready: its files go back to the queue; when workers keep dying

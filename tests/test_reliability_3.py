@@ -341,3 +341,30 @@ def test_query_files_are_decoded_under_the_indexers_limits(served, tmp_path):
         tight.search(Query.image(big), k=1)
     roomy = Collection.open(collection.path, encoder=collection.encoder)  # the default: the indexer's limits
     assert roomy.search(Query.image(root / "p0.jpg"), k=1)[0].uri == str(root / "p0.jpg")
+
+
+def test_the_id_high_water_mark_is_never_guessed(tmp_path):
+    from xsearch.errors import DatabaseDamaged, StoreError
+    from xsearch.store import ItemRecord, Store
+
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    record = ItemRecord("/a.jpg", Modality.IMAGE, np.ones(1024, np.float32) / 32)
+    store.add_items([record])
+    (tmp_path / "db" / "next_id").write_text("garbage")
+    with pytest.raises(DatabaseDamaged, match="next_id .*not an id"):
+        store.add_items([ItemRecord("/b.jpg", Modality.IMAGE, record.embedding)])
+    (tmp_path / "db" / "next_id").write_text(str(2**63 - 1))
+    with pytest.raises(StoreError, match="item ids are exhausted"):
+        store.add_items([ItemRecord("/b.jpg", Modality.IMAGE, record.embedding)])
+
+
+def test_a_missing_data_file_is_damage_not_a_bug(tmp_path, tiny_model):
+    media = tmp_path / "media"
+    media.mkdir()
+    gradient_image(media / "a.jpg")
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    collection.index([media], workers=0)
+    for data in (tmp_path / "db" / "items.lance" / "data").glob("*.lance"):
+        data.unlink()
+    result = runner.invoke(cli, ["info", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "database damaged" in result.output and "(missing)" in result.output

@@ -267,6 +267,9 @@ def _storage_problem(path: Path, exc: BaseException) -> StoreError | None:
         return StoreError(f"{path}: read-only file system; searching works, indexing needs a writable copy")
     if code == errno.EACCES or "Permission denied" in text:
         return StoreError(f"{path}: permission denied; searching works, indexing needs write access")
+    gone = re.search(r"Not found: /?(\S+\.lance)\b", text)  # a data file of a table is missing
+    if gone:
+        return DatabaseDamaged("/" + gone.group(1).lstrip("/"), "missing")
     missing = re.search(r"Table '(\w+)' was not found", text)
     if missing:
         return DatabaseDamaged(path if path.suffix == ".lance" else path / f"{missing.group(1)}.lance", "missing")
@@ -541,10 +544,17 @@ class Store:
         table = self.items()
         highest = int(pc.max(self.scan(["id"])["id"]).as_py()) + 1 if table.count_rows() else 0
         try:
-            reserved = int((self.path / NEXT_ID).read_text())
-        except (OSError, ValueError):
-            reserved = 0
-        return max(highest, reserved)
+            text = (self.path / NEXT_ID).read_text().strip()
+        except FileNotFoundError:
+            text = "0"  # a database from before the high-water mark was kept
+        except OSError as exc:
+            raise DatabaseDamaged(self.path / NEXT_ID, f"unreadable ({exc.strerror or exc})") from None
+        if not text.isdigit():
+            raise DatabaseDamaged(self.path / NEXT_ID, f"holds {text[:40]!r}, not an id (it must not be guessed)")
+        next_id = max(highest, int(text))
+        if next_id >= 2**63 - 2**20:
+            raise StoreError(f"{self.path}: item ids are exhausted ({next_id}); index into a new database")
+        return next_id
 
     @_guarded
     def _reserve_ids(self, next_id: int) -> None:
