@@ -388,6 +388,12 @@ class _QueryDecoder:
     def __call__(self, path: str, modality: Modality, cfg):
         import functools
 
+        from xsearch.modalities import BUILT_IN
+
+        if modality.value not in BUILT_IN:  # registered in this process only: its workers would not know it
+            from xsearch.decode import decode
+
+            return decode(path, modality, cfg, thumbnail=True)
         from xsearch.indexer.decode_pool import DecodePool
         from xsearch.indexer.scan import Task
         from xsearch.indexer.work import prepare_query

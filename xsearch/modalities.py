@@ -326,4 +326,7 @@ __all__ = [
     "unregister",
 ]
 
+# What every process has on import (decode workers included); ``register`` adds to the table of this one only.
+BUILT_IN: frozenset[str] = frozenset(m.value for m in REGISTRY)
+
 del _name, _spec
