@@ -39,7 +39,7 @@ from xsearch.store import ItemRecord, Store
 log = logging.getLogger(__name__)
 
 
-KEEP_VERSIONS = dt.timedelta(minutes=10)  # old table versions a concurrent search may still be reading
+KEEP_VERSIONS = dt.timedelta(seconds=60)  # old versions kept for readers that take no lease (store.MIN_KEEP)
 
 
 def default_workers() -> int:

@@ -368,3 +368,42 @@ def test_a_missing_data_file_is_damage_not_a_bug(tmp_path, tiny_model):
         data.unlink()
     result = runner.invoke(cli, ["info", "--db", str(tmp_path / "db")])
     assert result.exit_code == 2 and "database damaged" in result.output and "(missing)" in result.output
+
+
+# 11. compaction keeps what a live reader holds, and only that ----------------------------------------------------
+
+
+def test_compaction_keeps_the_versions_readers_hold_and_only_those(tmp_path):
+    import datetime as dt
+
+    from xsearch.errors import StoreError
+    from xsearch.store import ItemRecord, ReaderLease, Store
+
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    vector = np.ones(1024, np.float32) / 32
+    store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, vector)])
+    lease = ReaderLease(store.path)
+    held = store.snapshot(lease)  # a search (or serve) reading this version
+    for i in range(3):
+        store.upsert_items([ItemRecord("/a.jpg", Modality.IMAGE, vector * (1 + i))])  # rewrites the row
+    store.compact(min_keep=dt.timedelta(0))
+    assert held.count() == 1 and held.scan(["uri"]).num_rows == 1  # its files are still there
+    versions = len(store._dataset().versions())
+    lease.release()
+    store.compact(min_keep=dt.timedelta(0))
+    assert len(store._dataset().versions()) < versions  # released: reclaimed
+    with pytest.raises(StoreError, match="database damaged"):  # what a reader without a lease would meet
+        held.scan(["uri", "embedding"]).to_pylist()
+
+
+def test_a_dead_readers_lease_expires(tmp_path):
+    import json as json_module
+
+    from xsearch.store import READERS, Store, _held_since
+
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    (store.path / READERS).mkdir()
+    note = {"version": 1, "at": time.time(), "pid": 2**22 + 12345, "host": socket.gethostname()}  # no such pid
+    (store.path / READERS / "dead.json").write_text(json_module.dumps(note))
+    assert _held_since(store.path, store._dataset().versions()) is None
+    assert not (store.path / READERS / "dead.json").exists()

@@ -82,6 +82,8 @@ class Collection:
     def close(self) -> None:
         """Let go of the model, the indices and the database handles (a later call loads them again); an
         encoder passed in is the caller's and is kept."""
+        if self._engine is not None:
+            self._engine.close()
         self._engine = None
         self._store = None
         if not self._injected_encoder:

@@ -16,15 +16,19 @@ Rows are selected with ``ItemFilter``: the one place in xsearch where filter SQL
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import errno
 import fcntl
 import functools
+import json
 import logging
 import os
 import re
+import secrets
 import socket
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,9 @@ SCHEMA_VERSION = 1
 ITEMS, ERRORS, META = "items", "errors", "meta"
 NEXT_ID = "next_id"  # the id high-water mark, beside the tables
 WRITER_LOCK = "writer.lock"
+READERS = "readers"  # one lease file per reader holding a version (``ReaderLease``)
+LEASE_SECONDS = 900  # a lease not renewed for this long is a dead reader's (a killed process leaves one)
+MIN_KEEP = dt.timedelta(seconds=60)  # old versions kept for readers that take no lease (other tools)
 
 
 @contextlib.contextmanager
@@ -410,13 +417,18 @@ class Store:
         return self._pinned.version if self._pinned is not None else self.items().version
 
     @_guarded
-    def snapshot(self) -> Store:
+    def snapshot(self, lease: ReaderLease | None = None) -> Store:
         """This store frozen at its current version: every read through the copy (counts, rows, vectors,
         ids, the indices built from it) sees that version and no later commit. ``key`` is its
-        ``version_key``, a name that cannot come back."""
+        ``version_key``, a name that cannot come back. ``lease`` records the version, so that a writer's
+        compaction keeps it while the lease lives (taken before the version is read: no gap)."""
+        if lease is not None:
+            lease.hold(None)  # "the newest version as of now", until the number is known
         pinned = Store(self.path, self._db, self.model_id, self.embed_dim)
         pinned._pinned = self._dataset()
         pinned.key = pinned.version_key()
+        if lease is not None:
+            lease.hold(pinned._pinned.version)
         return pinned
 
     @_guarded
@@ -681,15 +693,20 @@ class Store:
             self.errors().delete(_in("uri", uris))
 
     @_guarded
-    def compact(self, keep: dt.timedelta) -> None:
-        """Merge small data files and delete versions older than ``keep``.
+    def compact(self, min_keep: dt.timedelta = MIN_KEEP) -> None:
+        """Merge small data files and delete the versions no reader holds.
 
         Every commit adds a version and a touched file rewrites its row (Lance updates are copy-on-write),
-        so without this a database grows with every run. ``keep`` protects readers: a search that opened an
-        older version keeps its files for that long.
+        so without this a database grows with every run. A reader holding a version says so in a lease
+        (``ReaderLease``): every version from the oldest one held on is kept, and otherwise those of the last
+        ``min_keep`` (for readers that take no lease), so a run every minute keeps the database's size.
         """
-        for table in (self.items(), self.errors()):
-            table.optimize(cleanup_older_than=keep)
+        held = _held_since(self.path, self._dataset().versions())
+        keep = min_keep if held is None else max(min_keep, _now() - held + dt.timedelta(seconds=1))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=")  # we know who reads
+            for table in (self.items(), self.errors()):
+                table.optimize(cleanup_older_than=keep)
 
     @_guarded
     def error_rows(self) -> pa.Table:
@@ -713,6 +730,74 @@ def _filter_problem(message: str) -> str:
         return f"syntax error: {parser.group(1)}"
     resolving = re.search(r"Error resolving filter expression .*?: (.*)$", text)
     return (resolving.group(1) if resolving else text).strip().rstrip(".,")
+
+
+class ReaderLease:
+    """A reader's note, in ``<db>/readers/``, of the ``items`` version it holds (``None``: the newest as of
+    the note), so that a writer's compaction keeps it. Renewed at each new snapshot, removed by ``release``;
+    a killed reader's note expires after ``LEASE_SECONDS``. A database the reader cannot write takes no
+    note (nothing compacts it either)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.file = Path(path) / READERS / f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        self.held: int | None = None
+        self.noted = False
+        atexit.register(self.release)
+
+    def hold(self, version: int | None) -> None:
+        """Note ``version`` (``None``: the newest as of now). Holding an older version than the one read is
+        safe (compaction keeps everything from it on), so a reader renews its note only when it moves."""
+        if self.noted and (version is None or version == self.held):
+            return
+        self.held, self.noted = version, True
+        note = {"version": version, "at": _now().timestamp(), "pid": os.getpid(), "host": socket.gethostname()}
+        try:
+            self.file.parent.mkdir(exist_ok=True)
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(note))
+            os.replace(tmp, self.file)
+        except OSError:
+            log.debug("%s: cannot note the version this reader holds (read-only?)", self.file.parent)
+
+    def release(self) -> None:
+        self.noted = False
+        with contextlib.suppress(OSError):
+            self.file.unlink(missing_ok=True)
+
+
+def _held_since(path: Path, versions: list[dict]) -> dt.datetime | None:
+    """The commit time of the oldest version a live reader holds (``None``: none is held)."""
+    times = sorted((v["timestamp"].astimezone(dt.UTC), v["version"]) for v in versions)
+    oldest = None
+    for lease in (path / READERS).glob("*.json") if (path / READERS).is_dir() else []:
+        try:
+            note = json.loads(lease.read_text())
+            at = dt.datetime.fromtimestamp(float(note["at"]), dt.UTC)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not _alive(note) or (_now() - at).total_seconds() > LEASE_SECONDS:
+            lease.unlink(missing_ok=True)  # a dead reader's
+            continue
+        if note.get("version") is not None:
+            held = next((t for t, v in times if v == note["version"]), None)
+        else:  # noted before it read: the newest version committed by then
+            held = max((t for t, _ in times if t <= at), default=None)
+        if held is not None and (oldest is None or held < oldest):
+            oldest = held
+    return oldest
+
+
+def _alive(note: dict) -> bool:
+    """Whether the reader that wrote ``note`` may still run (on another host: assume so until it expires)."""
+    if note.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(note["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError, TypeError):
+        return True
+    return True
 
 
 def _rows_model(db, path: Path) -> tuple[str, int] | None:

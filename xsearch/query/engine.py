@@ -27,7 +27,7 @@ from xsearch.paths import glob_mask
 from xsearch.query.algebra import Query, QueryInput, combine
 from xsearch.query.ranking import Calibration, Hit, cut, fold_duplicates, lead, sample_ids
 from xsearch.query.results import METADATA_COLUMNS, Result, Results
-from xsearch.store import ItemFilter
+from xsearch.store import ItemFilter, ReaderLease
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Engine:
         self.index_cfg = index_cfg or IndexCfg()
         self.exact_filter_limit = exact_filter_limit
         self.decoder = decoder
+        self._lease = ReaderLease(store.path)  # the version this engine reads, kept by writers' compaction
         self._snapshot: Snapshot | None = None
         self._lock = threading.RLock()  # snapshots and their indices change only under it
         self._encoder = encoder if encoder is None or not callable(encoder) else None
@@ -81,6 +82,10 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({str(self.store.path)!r}, model={self.store.model_id!r})"
+
+    def close(self) -> None:
+        """Let writers' compaction reclaim the version this engine held."""
+        self._lease.release()
 
     def check_model(self, model_id: str) -> None:
         ModelMismatchError.check(self.store.path, self.store.model_id, model_id, argument="checkpoint")
@@ -102,7 +107,7 @@ class Engine:
         from xsearch.index import IndexSet
 
         with self._lock:
-            pinned = self.store.snapshot()
+            pinned = self.store.snapshot(self._lease)
             previous = self._snapshot
             if previous is not None and previous.key == pinned.key:
                 return previous
