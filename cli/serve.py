@@ -77,8 +77,11 @@ def serve(
     typer.echo(f"serving {shown(facts['db'])} ({facts['items']} items) on {page} ({auth})", err=True)
     note_random_weights(collection)
     _quiet_repeated_accept_errors()
+    from xsearch.server.protocol import TimelyH11Protocol
+
     config = uvicorn.Config(
         app,
+        http=TimelyH11Protocol,  # a connection that sends no request head in 20 s is closed
         log_level="warning",
         limit_concurrency=MAX_CONNECTIONS,  # past it, 503 at once: a flood of slow clients cannot exhaust descriptors
         timeout_keep_alive=5,

@@ -136,8 +136,13 @@ def live(served):
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     port = listening.getsockname()[1]
+    from xsearch.server.protocol import TimelyH11Protocol
+
+    class Hasty(TimelyH11Protocol):
+        HEAD_SECONDS = 1.0
+
     app = create_app(collection, body_seconds=1.0, allowed_hosts=["127.0.0.1", "localhost"])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", limit_concurrency=32))
+    server = uvicorn.Server(uvicorn.Config(app, http=Hasty, log_level="warning", limit_concurrency=32))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -153,6 +158,15 @@ def _raw(port: int, request: bytes, wait: float = 0.0) -> bytes:
         conn.sendall(request)
         time.sleep(wait)
         return conn.recv(65536)
+
+
+def test_a_client_that_says_nothing_is_disconnected(live):
+    silent = [socket.create_connection(("127.0.0.1", live), timeout=10) for _ in range(20)]
+    time.sleep(2.0)  # past the 1 s head deadline
+    assert all(conn.recv(1) == b"" for conn in silent)  # closed by the server
+    for conn in silent:
+        conn.close()
+    assert _raw(live, b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").startswith(b"HTTP/1.1 200")
 
 
 def test_a_slow_body_is_cut_and_a_foreign_host_or_origin_refused(live):
