@@ -1,10 +1,10 @@
 """Decode processes die with the run that started them.
 
-The indexer's workers come from a fork server. If the run is killed (``kill -9``, an OOM kill), nothing
-tells the fork server or its workers, and they would live on holding memory. Linux can: a process that
-asks ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` is killed when its parent dies. The fork server asks when it
-starts (it preloads ``xsearch.indexer._forkserver_init``, whose import does that and nothing else); each worker
-asks in its ``worker_init_fn`` (its parent is the fork server). Elsewhere than Linux this is a no-op.
+The indexer's workers come from a fork server. If the run is killed (``kill -9``, an OOM kill), the fork
+server sees the end of a pipe only the run held and exits; nothing would tell its workers, and they would
+live on holding memory. Linux can: a process that asks ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` is killed when
+its parent dies (strictly, the thread that forked it: the fork server's only thread). Each worker asks
+as it starts. Elsewhere than Linux this is a no-op.
 """
 
 from __future__ import annotations

@@ -421,3 +421,55 @@ def test_a_dead_readers_lease_expires(tmp_path):
     (store.path / READERS / "dead.json").write_text(json_module.dumps(note))
     assert _held_since(store.path, store._dataset().versions()) is None
     assert not (store.path / READERS / "dead.json").exists()
+
+
+# Done when: the server's memory under the probe's hostile uploads -------------------------------------------------
+
+
+def test_hostile_uploads_leave_the_server_within_a_bounded_memory(served, tmp_path, tiny_model):
+    """The probe's query files (an 85-byte 5000 x 1 PNG: 2.1 GB; a 99-byte 20000 x 1 PNG: 5.1 GB; a 1 s WAV
+    at 22,051 Hz: 6.9 GB; at 44,101 Hz; an 8192 x 2 video), posted to the app in a fresh process: its peak
+    RSS grows by far less than 1 GB, and it answers after each."""
+    import av
+
+    from xsearch.model import save_checkpoint
+    from xsearch.preprocess.containers import local_file_url
+
+    root, collection = served
+    weights = save_checkpoint(tiny_model, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
+    Image.new("RGB", (5000, 1)).save(tmp_path / "line5000.png")
+    Image.new("RGB", (20000, 1)).save(tmp_path / "line20000.png")
+    write_wav(tmp_path / "odd.wav", tone(1.0, 22_051), 22_051)
+    write_wav(tmp_path / "odder.wav", tone(1.0, 44_101), 44_101)
+    with av.open(local_file_url(tmp_path / "wide.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 8192, 2, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((2, 8192, 3), 20 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    script = f"""
+import resource, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from xsearch import Collection
+from xsearch.server import create_app
+client = TestClient(create_app(Collection.open({str(collection.path)!r}, checkpoint={str(weights)!r})))
+with open({str(root / "p0.jpg")!r}, "rb") as photo:  # warm: imports, model, index, store, decode workers
+    assert client.post("/api/search", files=[("files", ("p0.jpg", photo.read()))]).status_code == 200
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+statuses = []
+for name in ["line5000.png", "line20000.png", "odd.wav", "odder.wav", "wide.mp4"]:
+    with open(Path({str(tmp_path)!r}) / name, "rb") as handle:
+        statuses.append(client.post("/api/search", files=[("files", (name, handle.read()))]).status_code)
+    statuses.append(client.post("/api/search", data={{"item": ["0"]}}).status_code)
+print(statuses, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    statuses, growth = done.stdout.strip().splitlines()[-1].rsplit("] ", 1)
+    assert "500" not in statuses and statuses.count("200") >= 5, statuses  # refused or answered; never down
+    print(f"hostile uploads: statuses {statuses}], peak RSS growth {float(growth):.0f} MB")
+    assert float(growth) < 1024, f"{float(growth):.0f} MB"
