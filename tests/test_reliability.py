@@ -149,8 +149,10 @@ def test_a_killed_run_leaves_no_worker_or_fork_server_behind(tmp_path, tiny_mode
     assert _gone(process.pid) == []
 
 
-def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
-    """SIGTERM mid-run: what was embedded is committed, exit 130, and nothing is left running."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model, sig):
+    """SIGTERM (or SIGHUP: its terminal closed) mid-run: what was embedded is committed, exit 130, and
+    nothing is left running."""
     checkpoint = _checkpoint(tmp_path, tiny_model)
     media = _photos(tmp_path / "media", 60, ".jpg", size=(1600, 1200))
     xsearch = xsearch_script()
@@ -161,7 +163,7 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model):
     versions = db / "items.lance" / "_versions"
     while time.monotonic() < deadline and len(list(versions.glob("*.manifest")) if versions.exists() else []) < 3:
         time.sleep(0.05)  # wait until a few commits landed: the run is mid-way
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     assert process.wait(timeout=60) == 130
     kept = Store.open(db, create=False).count()
     assert 0 < kept < 60

@@ -118,6 +118,7 @@ def test_items_metadata_thumbnail_and_media_with_ranges(client, media):
         "/api/items/../../etc/passwd",
         "/api/items/-1/media",
         "/api/items/1e3/media",
+        "/api/items/99999999999999999999999/media",  # past int64: 404, not a 500
     ],
 )
 def test_media_only_by_id(client, path):
