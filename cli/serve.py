@@ -66,6 +66,8 @@ def serve(
 
         check_token(token)  # arguments first: before the database and the model are looked at
         collection = open_collection(db, checkpoint, model, device, precision)
+        on, _ = collection.choice.resolved()
+        collection.exact_device = str(on) if on.type == "cuda" else None  # on a GPU: exact search there
         facts = collection.info()  # fails now, in one line, when the database is missing or damaged
         collection.model_choice()  # a trial database without its --checkpoint fails now, not at each search
         # On a loopback address, only loopback names: a web page cannot reach it through DNS rebinding.

@@ -48,7 +48,8 @@ class Collection:
     on first need (a search of stored items never needs it). Pass ``encoder`` to use one already loaded.
     ``path=None`` is a collection without a database: only ``embed`` works. ``query_limits``: query files
     are decoded in a supervised worker under these limits, as indexed files are (``None``: in this
-    process).
+    process). ``exact_device``: searches keep each modality's vectors on this device (a GPU) and answer
+    exactly where they fit half its free memory (``serve`` on a GPU does); ``None``: the FAISS index.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Collection:
         encoder=None,
         index_cfg=None,
         query_limits: DecodeLimits | None = DecodeLimits(),
+        exact_device: str | None = None,
     ):
         self.path = Path(path).expanduser() if path is not None else None
         self.choice = choice or ModelChoice(checkpoint, model, device, precision, verify_checkpoint)
@@ -71,6 +73,7 @@ class Collection:
         self._injected_encoder = encoder is not None
         self._index_cfg = index_cfg
         self.query_limits = query_limits
+        self.exact_device = exact_device
         self._store = None
         self._engine = None
 
@@ -157,7 +160,9 @@ class Collection:
             from xsearch.query.engine import Engine
 
             decoder = None if self.query_limits is None else _QueryDecoder(self.query_limits)
-            self._engine = Engine(self.store, lambda: self.encoder, self._index_cfg, decoder=decoder)
+            self._engine = Engine(
+                self.store, lambda: self.encoder, self._index_cfg, decoder=decoder, exact_device=self.exact_device
+            )
         return self._engine
 
     # ---- jobs -------------------------------------------------------------------------------------------

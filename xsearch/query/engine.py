@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,17 +62,26 @@ class Engine:
     """
 
     def __init__(
-        self, store, encoder=None, index_cfg=None, exact_filter_limit: int = EXACT_FILTER_LIMIT, decoder=None
+        self,
+        store,
+        encoder=None,
+        index_cfg=None,
+        exact_filter_limit: int = EXACT_FILTER_LIMIT,
+        decoder=None,
+        exact_device=None,
     ):
         """``decoder(path, modality, cfg) -> Outcome`` decodes query files (default: ``xsearch.decode`` in
         this process; ``Collection`` passes one that decodes in a supervised worker under the indexer's
-        limits, so a hostile upload costs a worker, never the server)."""
+        limits, so a hostile upload costs a worker, never the server). ``exact_device``: a GPU on which
+        each modality's vectors are kept and searched exactly, where they fit (``VectorIndex.use_exact``)."""
         from xsearch.index import IndexCfg
 
         self.store = store
         self.index_cfg = index_cfg or IndexCfg()
         self.exact_filter_limit = exact_filter_limit
         self.decoder = decoder
+        self.exact_device = exact_device
+        self._exact_tried: weakref.WeakSet = weakref.WeakSet()  # indices already offered the device
         self._lease = ReaderLease(store.path)  # the version this engine reads, kept by writers' compaction
         self._snapshot: Snapshot | None = None
         self._lock = threading.RLock()  # snapshots and their indices change only under it
@@ -124,7 +134,11 @@ class Engine:
             cached = snapshot.loaded.get(modality)
             if cached is None or cached[1].get("version_key") != snapshot.key:
                 cached = snapshot.loaded[modality] = snapshot.indices.current(modality, persist=False, previous=cached)
-            return cached[0]
+            index = cached[0]
+            if self.exact_device is not None and index not in self._exact_tried:
+                self._exact_tried.add(index)
+                index.use_exact(self.exact_device)
+            return index
 
     # ---- embedding ------------------------------------------------------------------------------------
 
