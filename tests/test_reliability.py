@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from xsearch.model import save_checkpoint
 from xsearch.store import ItemRecord, Store, writer_lock
 from xsearch.testing.media import gradient_image
 
+from measure import peak_rss_growth_mb
 from scripts import xsearch_script
 
 runner = CliRunner()
@@ -265,20 +265,6 @@ def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
     assert time.monotonic() - started < 60
 
 
-def _peak_rss_growth_mb(code: str) -> float:
-    """Peak RSS growth of ``code`` run in a fresh interpreter after the decode modules are imported."""
-    script = (
-        "import resource, torch, torchaudio, av, numpy\n"
-        "from xsearch.preprocess import audio, video, single_channel\n"
-        "from xsearch import thumbnails\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"{code}\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
-
-
 def _without_duration(flac: Path) -> Path:
     """The FLAC as a pipe writes it: STREAMINFO's total-samples field is 0 (unknown)."""
     data = bytearray(flac.read_bytes())
@@ -319,10 +305,10 @@ def test_long_audio_and_large_video_decode_in_bounded_memory(tmp_path):
         for _ in range(120):
             handle.write(np.stack([block, block], 1))
     for path in (flac, _without_duration(flac)):  # decoding it whole held 1.9 GB (4 h: 22 GB)
-        assert _peak_rss_growth_mb(f"audio.prepare({str(path)!r}, audio.AudioCfg())") < 250
+        assert peak_rss_growth_mb(f"audio.prepare({str(path)!r}, audio.AudioCfg())") < 250
     clip = write_video(tmp_path / "sixty_fps.mp4", seconds=2.5, fps=60, size=(1024, 1024))
     # Every frame of each 2 s clip was held (120 x 1.5 MB); the model sees two of them.
-    assert _peak_rss_growth_mb(f"video.decode_video({str(clip)!r})") < 120
+    assert peak_rss_growth_mb(f"video.decode_video({str(clip)!r})") < 120
 
 
 def test_a_npy_header_is_checked_before_its_data_is_read(tmp_path):

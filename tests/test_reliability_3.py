@@ -25,6 +25,8 @@ from xsearch.preprocess import preprocess_file
 from xsearch.server import create_app
 from xsearch.testing.media import gradient_image, tone, write_wav
 
+from measure import peak_rss_growth_mb
+
 runner = CliRunner()
 
 
@@ -81,18 +83,6 @@ def test_rows_a_filter_selects_are_rechecked_against_the_target(served):
 # 2. query inputs are bounded like indexed files -----------------------------------------------------------------
 
 
-def _peak_rss_growth_mb(code: str) -> float:
-    script = (
-        "import resource, torch, torchaudio, av, numpy\n"
-        "from xsearch.preprocess import preprocess_file\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"{code}\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
-
-
 def test_a_picture_many_times_longer_than_wide_is_refused_before_it_is_scaled(tmp_path):
     path = tmp_path / "line.png"
     Image.new("RGB", (20_000, 1)).save(path)  # 99 bytes; scaled, 4.5M x 224 pixels (5.1 GB)
@@ -110,7 +100,7 @@ def test_an_odd_sample_rate_is_resampled_in_bounded_memory(tmp_path, rate):
     """torchaudio's kernel for 22,051 Hz -> 16 kHz needed 6.9 GB; libswresample takes these rates."""
     path = write_wav(tmp_path / "odd.wav", tone(1.0, rate, noise=0.0), rate)
     reference = write_wav(tmp_path / "even.wav", tone(1.0, 22_050, noise=0.0), 22_050)
-    growth = _peak_rss_growth_mb(f"x = preprocess_file({str(path)!r}, 'audio')")
+    growth = peak_rss_growth_mb(f"x = preprocess_file({str(path)!r}, 'audio')")
     assert growth < 300, f"{growth:.0f} MB"
     odd, even = preprocess_file(path, "audio"), preprocess_file(reference, "audio")
     assert float((odd - even).abs().mean()) < 0.1  # the same tone, heard the same
