@@ -2,11 +2,12 @@
 
     python benchmarks/embed.py --towers vision text audio depth thermal imu --batch 8 --repeats 3
 
-Full ``imagebind_huge`` towers with random weights (identical in both models). For each tower the three
-runs (reference fp32, ours fp32, ours bf16) are interleaved, ``--repeats`` times, and the medians compared:
-one JSON line per tower and precision with seconds per batch, items/s, the speed-up over the reference, and
-the smallest cosine between our vector at that precision and our fp32 vector. ``--load`` also times loading
-one tower against the whole model from a checkpoint file, each in a fresh process (seconds and peak RSS).
+Full ``imagebind_huge`` towers with random weights (identical in both models). For each tower the runs
+(reference fp32, ours fp32, ours bf16, and with ``--int8`` ours int8 through ONNX Runtime) are interleaved,
+``--repeats`` times, and the medians compared: one JSON line per tower and precision with seconds per batch,
+items/s, the speed-up over the reference, and the smallest cosine between our vector at that precision and
+our fp32 vector (int8: also the export's seconds and the cache's size). ``--load`` also times loading one
+tower against the whole model from a checkpoint file, each in a fresh process (seconds and peak RSS).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xsearch.encoder import cpu_flags  # noqa: E402
-from xsearch.model import create_model, save_checkpoint  # noqa: E402
-from xsearch.testing.inputs import sample_inputs  # noqa: E402
+from xsearch.encoder import cpu_flags
+from xsearch.modalities import Tower
+from xsearch.model import create_model, save_checkpoint
+from xsearch.testing.inputs import sample_inputs
 
 
 def reference_module():
@@ -46,7 +48,7 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
-def bench_tower(tower: str, reference, ours_fp32, ours_bf16, batch: int, repeats: int) -> list[dict]:
+def bench_tower(tower: str, reference, ours_fp32, ours_bf16, batch: int, repeats: int, int8=None) -> list[dict]:
     x = sample_inputs(batch=batch, seed=3)[tower]
     if tower == "audio":
         x = x[:, 0]  # one 2 s clip per item
@@ -56,6 +58,13 @@ def bench_tower(tower: str, reference, ours_fp32, ours_bf16, batch: int, repeats
         "ours fp32": lambda: ours_fp32.embed(tower, x),
         "ours bf16": lambda: ours_bf16.embed(tower, fast_input),
     }
+    extra = {}
+    if int8 is not None and int8.covers(Tower(tower)):
+        started = time.perf_counter()
+        int8.run(Tower(tower), x)  # exports and quantises once (timed here), then cached
+        extra["export_seconds"] = round(time.perf_counter() - started, 1)
+        extra["cache_mb"] = round(sum(f.stat().st_size for f in int8.cache.rglob("*.onnx")) / 2**20)
+        runs["ours int8"] = lambda: int8.run(Tower(tower), x)
     for run in runs.values():  # warm-up (oneDNN picks its kernels on the first call)
         timed(run)
     times = {name: [] for name in runs}
@@ -66,6 +75,9 @@ def bench_tower(tower: str, reference, ours_fp32, ours_bf16, batch: int, repeats
         exact = F.normalize(ours_fp32.embed(tower, x), dim=-1)
         fast = F.normalize(ours_bf16.embed(tower, fast_input).float(), dim=-1)
     cosines = {"ours fp32": 1.0, "ours bf16": float((exact * fast).sum(-1).min())}
+    if "ours int8" in runs:
+        quantised = F.normalize(int8.run(Tower(tower), x), dim=-1)
+        cosines["ours int8"] = float((exact * quantised).sum(-1).min())
     base = statistics.median(times["reference fp32"])
     out = []
     for name, samples in times.items():
@@ -75,6 +87,8 @@ def bench_tower(tower: str, reference, ours_fp32, ours_bf16, batch: int, repeats
         line["x_reference"] = round(base / median, 2)
         if name in cosines:
             line["min_cosine_vs_fp32"] = round(cosines[name], 6)
+        if name == "ours int8":
+            line.update(extra)
         out.append(line)
     return out
 
@@ -116,6 +130,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--load", action="store_true", help="also time tower-only loads against a full load")
+    parser.add_argument("--int8", action="store_true", help="also ours int8 (ONNX Runtime; export timed, cached)")
     args = parser.parse_args()
 
     flags = sorted(cpu_flags() & {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512f"})
@@ -127,8 +142,13 @@ def main() -> None:
     ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
     ours.eval()
     ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+    int8 = None
+    if args.int8:
+        from xsearch.int8 import Int8Towers
+
+        int8 = Int8Towers(ours, cache=Path(tempfile.mkdtemp(prefix="xsearch-int8-")))
     for tower in args.towers:
-        for line in bench_tower(tower, reference, ours, ours_bf16, args.batch, args.repeats):
+        for line in bench_tower(tower, reference, ours, ours_bf16, args.batch, args.repeats, int8):
             print(json.dumps(line), flush=True)
     if args.load:
         del reference, ours_bf16

@@ -166,7 +166,11 @@ DbOpt = Annotated[str, typer.Option("--db", envvar="XSEARCH_DB", help="Database 
 
 
 PrecisionOpt = Annotated[
-    str, typer.Option(help="auto (bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32), fp32 or bf16.")
+    str,
+    typer.Option(
+        help="auto (bf16 on GPUs and CPUs with AMX or AVX512-BF16; on other CPUs int8 with ONNX Runtime "
+        "installed, else fp32), fp32, bf16 or int8 (pip install 'xsearch[cpu]')."
+    ),
 ]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the cached checkpoint against its record.")]
 AsOpt = Annotated[

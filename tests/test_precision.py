@@ -31,13 +31,18 @@ CPU = torch.device("cpu")
     [
         ({"avx512f", "amx_bf16", "amx_tile"}, CPU, "bf16"),  # Sapphire Rapids and later
         ({"avx512f", "avx512_bf16"}, CPU, "bf16"),  # Cooper Lake, Zen 4
-        ({"avx2", "fma"}, CPU, "fp32"),  # no fast bf16: fp32 is faster and exact
+        ({"avx2", "fma"}, CPU, "fp32"),  # no fast bf16 and no ONNX Runtime: fp32 is faster and exact
         (set(), torch.device("cuda"), "bf16"),
     ],
 )
 def test_auto_precision(flags, device, expected):
-    assert resolve_precision("auto", device, frozenset(flags)) == expected
+    assert resolve_precision("auto", device, frozenset(flags), onnxruntime=False) == expected
     assert resolve_precision("fp32", device, frozenset(flags)) == "fp32"
+
+
+def test_auto_takes_int8_on_a_cpu_without_bf16_where_onnxruntime_is_installed():
+    assert resolve_precision("auto", CPU, frozenset({"avx2", "fma"}), onnxruntime=True) == "int8"
+    assert resolve_precision("auto", CPU, frozenset({"avx512_bf16"}), onnxruntime=True) == "bf16"  # bf16 first
 
 
 def test_unknown_precision_is_a_usage_error():

@@ -1,10 +1,12 @@
 """Encoder: preprocessed batches -> L2-normalised float32 embeddings, on CPU or CUDA.
 
-Precision: ``"fp32"`` (the parity path) or ``"bf16"`` (weights and activations in bfloat16: several times
-faster on GPUs and on CPUs with AMX or AVX512-BF16, whose matrix units PyTorch's oneDNN uses; cosine to the
-fp32 vector above 0.999, see BENCHMARKS.md). ``"auto"`` picks bf16 where the hardware has it. What comes
-back is always float32 unit vectors on the CPU, ``[B, embed_dim]``. Clip axes (audio ``[B, 3, ...]``,
-video ``[B, 15, ...]``) are averaged inside the model, then re-normalised here.
+Precision: ``"fp32"`` (the parity path), ``"bf16"`` (weights and activations in bfloat16: several times faster
+on GPUs and on CPUs with AMX or AVX512-BF16, whose matrix units PyTorch's oneDNN uses; cosine to the fp32
+vector above 0.999, see BENCHMARKS.md) or ``"int8"`` (CPUs without those units: each tower exported to ONNX
+with int8 weights and run by ONNX Runtime, ``xsearch.int8``). ``"auto"`` picks bf16 where the hardware has it,
+int8 where ONNX Runtime is installed on other CPUs, else fp32. What comes back is always float32 unit vectors
+on the CPU, ``[B, embed_dim]``. Clip axes (audio ``[B, 3, ...]``, video ``[B, 15, ...]``) are averaged inside
+the model, then re-normalised here.
 
 Built from a checkpoint (``from_pretrained``), an encoder loads each tower the first time a batch needs it.
 """
@@ -30,8 +32,8 @@ from xsearch.preprocess import PreprocessCfg, get_tokenizer
 log = logging.getLogger(__name__)
 
 
-Precision = Literal["auto", "fp32", "bf16"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+Precision = Literal["auto", "fp32", "bf16", "int8"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: fp32 weights, exported
 FAST_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # CPU features that make bf16 matmuls fast
 
 
@@ -48,15 +50,31 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def resolve_precision(precision: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
-    """``"auto"`` -> ``"bf16"`` on CUDA and on CPUs with AMX or AVX512-BF16, ``"fp32"`` elsewhere."""
+def resolve_precision(
+    precision: str, device: torch.device, flags: frozenset[str] | None = None, onnxruntime: bool | None = None
+) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA and on CPUs with AMX or AVX512-BF16; on other CPUs ``"int8"`` where ONNX
+    Runtime is installed (``xsearch[cpu]``), else ``"fp32"``. ``"int8"`` is a CPU path."""
+    from xsearch.int8 import onnxruntime_available, require_onnxruntime
+
     if precision not in ("auto", *_DTYPES):
-        raise UsageError(f"unknown precision {precision!r} (expected auto, fp32 or bf16)", argument="precision")
+        raise UsageError(
+            f"unknown precision {precision!r} (expected auto, fp32, bf16 or int8)", argument="precision"
+        )
+    if precision == "int8":
+        if device.type != "cpu":
+            raise UsageError("precision int8 runs on the CPU (use bf16 on a GPU)", argument="precision")
+        if onnxruntime is None:
+            require_onnxruntime()
+        elif not onnxruntime:
+            raise UsageError("precision int8 needs ONNX Runtime: pip install 'xsearch[cpu]'", argument="precision")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16"
-    return "bf16" if FAST_BF16_FLAGS & (cpu_flags() if flags is None else flags) else "fp32"
+    if FAST_BF16_FLAGS & (cpu_flags() if flags is None else flags):
+        return "bf16"
+    return "int8" if (onnxruntime_available() if onnxruntime is None else onnxruntime) else "fp32"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,6 +115,11 @@ class Encoder:
         self.dtype = _DTYPES[self.precision]
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.towers = towers
+        self.int8 = None
+        if self.precision == "int8":
+            from xsearch.int8 import Int8Towers
+
+            self.int8 = Int8Towers(self.model)
         # Input shapes belong to the model: its config makes the preprocessing config.
         self.preprocess = preprocess if preprocess is not None else PreprocessCfg.for_model(model.cfg)
         self.model_id = model.model_id
@@ -125,6 +148,16 @@ class Encoder:
         self.towers.add(self.model, [tower])
         self.model.to(device=self.device, dtype=self.dtype)
 
+    def _embed_int8(self, tower: Tower, x: torch.Tensor) -> torch.Tensor:
+        """``model.embed`` through ONNX Runtime: clips flattened and averaged here, as the model does."""
+        from xsearch.model.imagebind import _BATCH_NDIM
+
+        if x.ndim <= _BATCH_NDIM[tower]:
+            return self.int8.run(tower, x)
+        clips = x.shape[1]
+        out = self.int8.run(tower, x.flatten(0, 1))
+        return out.unflatten(0, (-1, clips)).mean(dim=1)
+
     @property
     def embed_dim(self) -> int:
         return self.model.cfg.embed_dim
@@ -137,7 +170,8 @@ class Encoder:
         x = batch.to(self.device, non_blocking=True)
         if x.is_floating_point():
             x = x.to(self.dtype)
-        out = self.model.embed(tower, x)
+        quantised = self.int8 is not None and self.int8.covers(tower)
+        out = self._embed_int8(tower, x) if quantised else self.model.embed(tower, x)
         return F.normalize(out.float(), dim=-1).cpu()
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:

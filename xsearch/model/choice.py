@@ -21,7 +21,7 @@ from xsearch.errors import ModelMismatchError, UsageError
 from xsearch.model.config import architecture_of, get_config
 from xsearch.model.pretrained import CHECKPOINT_ENV, PRETRAINED, given_checkpoint
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEFAULT_ARCHITECTURE = "imagebind_huge"
 
 

@@ -1,0 +1,114 @@
+"""The int8 CPU path: towers exported to ONNX with int8 weights, run by ONNX Runtime (``xsearch[cpu]``).
+
+On the tiny model: int8 vectors equal fp32 ones within cosine 0.999 for every exported tower and any batch
+size; an export is cached and reused, another checkpoint's weights get their own, and a killed export leaves
+nothing a later run would take for finished. The full-size audio tower (random weights) is checked too (slow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xsearch.encoder import Encoder, resolve_precision
+from xsearch.errors import UsageError
+from xsearch.model import create_model
+from xsearch.testing.media import gradient_image, tone, write_map, write_video, write_wav
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is the int8 path's engine (pip install 'xsearch[cpu]')")
+
+
+def _pair(home, seed: int = 0, name: str = "tiny_test"):
+    torch.manual_seed(seed)
+    fp32 = Encoder(create_model(name), device="cpu", precision="fp32")
+    torch.manual_seed(seed)
+    int8 = Encoder(create_model(name), device="cpu", precision="int8")
+    int8.int8.cache = home / "int8"
+    return fp32, int8
+
+
+@pytest.fixture
+def media(tmp_path):
+    return {
+        "image": [gradient_image(tmp_path / f"{i}.jpg", seed=i) for i in range(3)],
+        "video": [tmp_path / "v.mp4"],
+        "audio": [write_wav(tmp_path / "a.wav", tone(2.5, 16000), 16000)],
+        "depth": [write_map(tmp_path / "d.png")],
+        "thermal": [write_map(tmp_path / "t.png", seed=3)],
+    } | ({"video": [write_video(tmp_path / "v.mp4", seconds=2.0)]})
+
+
+def test_int8_equals_fp32_within_cosine_0999_on_every_exported_tower(tmp_path, media):
+    fp32, int8 = _pair(tmp_path)
+    for modality, files in media.items():
+        a = np.stack([r.embedding for r in fp32.encode_files(files, modality=modality)])
+        b = np.stack([r.embedding for r in int8.encode_files(files, modality=modality)])
+        assert (a * b).sum(1).min() >= 0.999, modality
+        one = int8.encode_files(files[:1], modality=modality)[0].embedding  # another batch size than exported
+        assert float(one @ b[0]) >= 0.999  # activations are quantised per batch: close, not bit-equal
+    texts = ["a dog barking", "rain on a tin roof", "x"]
+    assert (fp32.encode_text(texts).numpy() * int8.encode_text(texts).numpy()).sum(1).min() >= 0.999
+    assert not np.allclose(a, b)  # it is the int8 path, not the fp32 one under another name
+
+
+def test_exports_are_cached_and_keyed_by_the_weights(tmp_path, media, monkeypatch):
+    from xsearch.int8 import Int8Towers
+
+    _, first = _pair(tmp_path)
+    first.encode_files(media["image"], modality="image")
+    exported = sorted(p.name for p in (tmp_path / "int8").iterdir() if p.is_dir())
+    assert len(exported) == 1
+
+    def refuse(*args):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(Int8Towers, "_export", refuse)
+    _, again = _pair(tmp_path)  # the same weights, a new process's encoder
+    again.encode_files(media["image"], modality="image")  # reused: no export
+    monkeypatch.undo()
+    _, other = _pair(tmp_path, seed=1)  # another checkpoint: its own export
+    other.encode_files(media["image"], modality="image")
+    assert len([p for p in (tmp_path / "int8").iterdir() if p.is_dir()]) == 2
+
+
+def test_a_killed_export_leaves_nothing_half_written(tmp_path, media, monkeypatch):
+    from xsearch.int8 import Int8Towers
+
+    original = Int8Towers._export
+
+    def dies_halfway(self, tower, example, folder):
+        (folder / "model.int8.onnx").write_bytes(b"half an export")
+        raise KeyboardInterrupt  # as a kill would stop it
+
+    monkeypatch.setattr(Int8Towers, "_export", dies_halfway)
+    _, int8 = _pair(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        int8.encode_files(media["image"], modality="image")
+    assert [p for p in (tmp_path / "int8").iterdir() if p.is_dir()] == []  # no folder, finished or not
+    monkeypatch.setattr(Int8Towers, "_export", original)
+    assert int8.encode_files(media["image"], modality="image")[0].embedding is not None
+
+
+def test_without_onnxruntime_int8_is_one_clear_line(monkeypatch):
+    import xsearch.int8
+
+    monkeypatch.setattr(xsearch.int8, "onnxruntime_available", lambda: False)
+    with pytest.raises(UsageError, match=r"pip install 'xsearch\[cpu\]'") as raised:
+        resolve_precision("int8", torch.device("cpu"))
+    assert raised.value.argument == "precision"
+    with pytest.raises(UsageError, match="runs on the CPU"):
+        resolve_precision("int8", torch.device("cuda"), onnxruntime=True)
+
+
+@pytest.mark.slow
+def test_the_full_size_audio_tower_in_int8(tmp_path):
+    """imagebind_huge's audio tower (85M parameters, random weights): int8 within cosine 0.999 of fp32."""
+    torch.manual_seed(0)
+    model = create_model("imagebind_huge", towers=["audio"])
+    fp32 = Encoder(model, device="cpu", precision="fp32")
+    int8 = Encoder(model, device="cpu", precision="int8")
+    int8.int8.cache = tmp_path / "int8"
+    clips = torch.randn(2, 3, 1, 128, 204)
+    a, b = fp32.encode("audio", clips).numpy(), int8.encode("audio", clips).numpy()
+    assert (a * b).sum(1).min() >= 0.999
