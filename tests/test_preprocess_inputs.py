@@ -285,3 +285,16 @@ def test_directory_given_as_file(tmp_path):
         preprocess_file(tmp_path / "folder.jpg", "image")
     with pytest.raises(DecodeError, match="folder.jpg: is a directory"):
         preprocess_file(tmp_path / "folder.jpg", "text")
+
+
+def test_images_are_handed_over_as_pixels_and_normalised_exactly_where_encoded(tmp_path):
+    """Decode workers send uint8 pixels (a quarter of float32's bytes); normalising them gives exactly the
+    model input the float path gives."""
+    from xsearch.preprocess import PreprocessCfg, preprocess_with_metadata
+
+    path = gradient_image(tmp_path / "p.jpg", size=(640, 480))
+    cfg = PreprocessCfg()
+    handed = preprocess_with_metadata(path, "image", cfg, thumbnail=False).tensor
+    assert handed.dtype == torch.uint8 and handed.shape == (3, 224, 224)
+    assert handed.numel() * handed.element_size() == 150_528  # 150 KB, not 600 KB
+    torch.testing.assert_close(cfg.image.normalise(handed), preprocess_image(path), atol=0, rtol=0)

@@ -168,6 +168,8 @@ class Encoder:
         tower = as_tower(modality)
         self._ensure(tower)
         x = batch.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:  # pixels as decode workers hand them over: normalised here, on the device
+            x = self.preprocess[Modality(modality)].normalise(x)
         if x.is_floating_point():
             x = x.to(self.dtype)
         quantised = self.int8 is not None and self.int8.covers(tower)

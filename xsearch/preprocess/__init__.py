@@ -78,8 +78,9 @@ class PreprocessCfg(Mapping):
 def preprocess_with_metadata(
     path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg | None = None, thumbnail: bool = True
 ) -> Preprocessed:
-    """Model input for ``path`` as ``modality``, with the size, duration and (when ``thumbnail``) a preview
-    made from the pixels already decoded. Raises ``DecodeError`` naming the file on failure."""
+    """Model input for ``path`` as ``modality`` (images as ``uint8`` pixels, which ``Encoder.encode``
+    normalises), with the size, duration and (when ``thumbnail``) a preview made from the pixels already
+    decoded. Raises ``DecodeError`` naming the file on failure."""
     modality = Modality(modality)
     cfg = cfg if cfg is not None else PreprocessCfg()
     return modality.spec.preprocess_fn()(path, cfg[modality], thumbnail)
@@ -88,8 +89,13 @@ def preprocess_with_metadata(
 def preprocess_file(
     path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg | None = None
 ) -> torch.Tensor:
-    """Decode and preprocess one file as ``modality``; raises ``DecodeError`` naming the file on failure."""
-    return preprocess_with_metadata(path, modality, cfg, thumbnail=False).tensor
+    """Decode and preprocess one file as ``modality`` into model input; raises ``DecodeError`` naming the file
+    on failure. (``preprocess_with_metadata`` may hand over ``uint8`` pixels, which the encoder normalises;
+    this returns the float input the model takes.)"""
+    modality = Modality(modality)
+    cfg = cfg if cfg is not None else PreprocessCfg()
+    tensor = preprocess_with_metadata(path, modality, cfg, thumbnail=False).tensor
+    return cfg[modality].normalise(tensor) if tensor.dtype == torch.uint8 else tensor
 
 
 __all__ = [
