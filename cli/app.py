@@ -103,6 +103,7 @@ FLAGS = {
     "commit_every": "--commit-every",
     "db": "--db",
     "file_timeout": "--file-timeout",
+    "gpu_decode": "--gpu-decode",
     "k": "-k",
     "labels": "--labels",
     "min_calibrated": "--min-calibrated",

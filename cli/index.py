@@ -58,8 +58,13 @@ def index(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     verify: VerifyOpt = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Files per model batch.")] = IndexOptions.batch_size,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: cores - 1, max 8).")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Files per model batch (default: 16 on a CPU; 128 images, 512 texts on a GPU)."),
+    ] = IndexOptions.batch_size,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decode processes (default: cores - 1; at most 8 on a CPU).")
+    ] = None,
     file_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds one file may take to decode before it is an error.")
     ] = DecodeLimits.seconds,
@@ -83,6 +88,13 @@ def index(
     ray_actors: Annotated[
         int | None, typer.Option(min=1, help="Encoder actors (default: one per node or GPU).")
     ] = None,
+    gpu_decode: Annotated[
+        bool | None,
+        typer.Option(
+            "--gpu-decode/--cpu-decode",
+            help="Decode JPEGs in batches on the encoder's device (default: on a GPU, with torchvision).",
+        ),
+    ] = IndexOptions.gpu_decode,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
 ) -> None:
@@ -111,6 +123,7 @@ def index(
             ray=ray,
             ray_actors=ray_actors,
             commit_every=commit_every,
+            gpu_decode=gpu_decode,
             progress=not (quiet or json_),
         )
         collection = open_collection(db, checkpoint, model, device, precision, verify)

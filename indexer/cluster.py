@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
-from xsearch.indexer.pipeline import Indexer
+from xsearch.indexer.pipeline import CPU_BATCH, Indexer
 from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.options import IndexOptions
 from xsearch.preprocess import PreprocessCfg
@@ -104,8 +104,8 @@ class RayIndexer(Indexer):
         )
         dataset = dataset.map_batches(
             _Embedder,
-            fn_constructor_args=(self.encoder_source, self.cfg.batch_size),
-            batch_size=self.cfg.batch_size,
+            fn_constructor_args=(self.encoder_source, self.cfg.batch_size or CPU_BATCH),
+            batch_size=self.cfg.batch_size or CPU_BATCH,
             concurrency=actors,
             num_cpus=_ACTOR_CPUS,
             num_gpus=1 if gpus else 0,

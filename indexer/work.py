@@ -15,9 +15,18 @@ from xsearch.preprocess import PreprocessCfg
 __all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare", "prepare_query"]
 
 
-def prepare(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
-    """Hash, check and decode ``task``'s file as its planned modality (with a preview for results pages)."""
-    outcome = decode(task.path, task.modality, cfg, thumbnail=True, digest=True, known_sha256=task.known_sha256)
+def prepare(task: Task, cfg: PreprocessCfg | None = None, defer_jpeg: bool = False) -> Outcome:
+    """Hash, check and decode ``task``'s file as its planned modality (with a preview for results pages);
+    with ``defer_jpeg``, a JPEG's bytes are left for the encoder's batched decode on its GPU."""
+    outcome = decode(
+        task.path,
+        task.modality,
+        cfg,
+        thumbnail=True,
+        digest=True,
+        known_sha256=task.known_sha256,
+        defer_jpeg=defer_jpeg,
+    )
     outcome.task = task
     return outcome
 

@@ -53,6 +53,7 @@ class Outcome:
     vector: np.ndarray | None = None  # the unit vector, once encoded
     node: str | None = None  # the cluster node that encoded it (``xsearch index --ray``)
     task: object | None = None
+    jpeg: bytes | None = None  # a JPEG left for the encoder to decode in a batch on its device (``defer_jpeg``)
 
     @property
     def ok(self) -> bool:
@@ -94,10 +95,13 @@ def decode(
     digest: bool = False,
     known_sha256: str | None = None,
     attempts: int = 3,
+    defer_jpeg: bool = False,
 ) -> Outcome:
     """``path`` as model input for ``modality`` (``None``: the indexer's rules decide), never raising for a
     bad file. ``digest`` hashes the bytes decoded; with ``known_sha256``, a file whose bytes are unchanged
-    comes back ``unchanged`` without being decoded."""
+    comes back ``unchanged`` without being decoded. With ``defer_jpeg``, a JPEG image is checked (header,
+    size caps) but not decoded: its bytes go to the encoder, which decodes JPEGs in batches on its device
+    (``Encoder.encode_outcomes``, ``xsearch.preprocess.jpeg_batch``)."""
     path = os.fspath(path)
     modality = Modality(modality) if modality else modality_of_path(path)
     if modality is None:
@@ -106,14 +110,16 @@ def decode(
     digest = digest or known_sha256 is not None
     for _ in range(attempts):
         before = _identity(path)
-        outcome = _decode_once(path, modality, cfg, thumbnail, digest, known_sha256)
+        outcome = _decode_once(path, modality, cfg, thumbnail, digest, known_sha256, defer_jpeg)
         if not digest or before is None or outcome.stage == "read" or _identity(path) == before:
             return outcome
         log.info("%s changed while it was read; reading it again", path)
     return Outcome(path, modality).fail("read", "the file kept changing while it was read (retried next run)")
 
 
-def _decode_once(path: str, modality: Modality, cfg, thumbnail: bool, digest: bool, known_sha256) -> Outcome:
+def _decode_once(
+    path: str, modality: Modality, cfg, thumbnail: bool, digest: bool, known_sha256, defer_jpeg: bool = False
+) -> Outcome:
     outcome = Outcome(path, modality)
     try:
         head, outcome.sha256 = _read_head(path, digest)
@@ -133,6 +139,8 @@ def _decode_once(path: str, modality: Modality, cfg, thumbnail: bool, digest: bo
     mismatch = content_mismatch(outcome.modality, head)
     if mismatch:
         return outcome.fail("decode", mismatch)
+    if defer_jpeg and outcome.modality is Modality.IMAGE and found is not None and found.format == "a JPEG image":
+        return _deferred_jpeg(outcome, cfg)
     try:
         try:
             prepared = preprocess_with_metadata(path, outcome.modality, cfg, thumbnail)
@@ -152,6 +160,26 @@ def _decode_once(path: str, modality: Modality, cfg, thumbnail: bool, digest: bo
         log.debug("unexpected error decoding %s", path, exc_info=True)
         return outcome.fail("decode", f"could not decode ({type(exc).__name__}: {str(exc)[:200]})")
     outcome.tensor, outcome.metadata = prepared.tensor, prepared.metadata
+    return outcome
+
+
+def _deferred_jpeg(outcome: Outcome, cfg) -> Outcome:
+    """A JPEG's bytes and upright size for the encoder's batched decode, its header checked as the PIL path
+    checks it (megapixel cap, aspect ratio)."""
+    from xsearch.preprocess.image import _open
+
+    try:
+        with open(outcome.path, "rb") as handle:
+            data = handle.read()
+        image = _open(data, cfg[Modality.IMAGE])
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation, read from the header alone
+            width, height = height, width  # a quarter turn: the upright size, as the PIL path reports
+    except DecodeError as exc:
+        return outcome.fail("decode", exc.reason)
+    except OSError as exc:
+        return outcome.fail("read", DecodeError.from_os_error(outcome.path, exc).reason)
+    outcome.jpeg, outcome.metadata = data, {"width": width, "height": height}
     return outcome
 
 

@@ -58,9 +58,7 @@ def resolve_precision(
     from xsearch.int8 import onnxruntime_available, require_onnxruntime
 
     if precision not in ("auto", *_DTYPES):
-        raise UsageError(
-            f"unknown precision {precision!r} (expected auto, fp32, bf16 or int8)", argument="precision"
-        )
+        raise UsageError(f"unknown precision {precision!r} (expected auto, fp32, bf16 or int8)", argument="precision")
     if precision == "int8":
         if device.type != "cpu":
             raise UsageError("precision int8 runs on the CPU (use bf16 on a GPU)", argument="precision")
@@ -193,13 +191,47 @@ class Encoder:
 
     def encode_outcomes(self, outcomes: list[Outcome], batch_size: int = 16) -> None:
         """Set each decoded outcome's ``vector``, in batches of one modality, or its encode error; frees the
-        model inputs. The indexer's batches, the cluster's actors and ``encode_files`` all come here."""
+        model inputs. The indexer's batches, the cluster's actors and ``encode_files`` all come here. JPEGs
+        left undecoded (``decode(..., defer_jpeg=True)``) are decoded here first, in one batch on this
+        encoder's device."""
+        self._decode_jpegs([o for o in outcomes if o.jpeg is not None])
+        outcomes = [o for o in outcomes if o.ok]
         groups: dict[Modality, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             groups[outcome.modality].append(outcome)
         for modality, group in groups.items():
             for start in range(0, len(group), batch_size):
                 self._encode_batch(modality, group[start : start + batch_size])
+
+    def _decode_jpegs(self, outcomes: list[Outcome]) -> None:
+        """Deferred JPEGs -> model pixels on this device and a thumbnail; what the batched decoder refuses
+        is decoded the usual way, so every file still gets its input or its error."""
+        if not outcomes:
+            return
+        from PIL import Image
+
+        from xsearch import thumbnails
+        from xsearch.preprocess.jpeg_batch import model_pixels_and_previews
+
+        cfg = self.preprocess[Modality.IMAGE]
+        decoded = model_pixels_and_previews(
+            [o.jpeg for o in outcomes], cfg.size, thumbnails.THUMBNAIL_SIZE, self.device
+        )
+        for outcome, done in zip(outcomes, decoded):
+            outcome.jpeg = None
+            if done is None:  # CMYK on nvJPEG, an odd subsampling, corrupt data: the PIL path says which
+                again = decode(outcome.path, Modality.IMAGE, self.preprocess, thumbnail=True)
+                outcome.tensor, outcome.metadata, outcome.error, outcome.stage = (
+                    again.tensor,
+                    again.metadata,
+                    again.error,
+                    again.stage,
+                )
+                continue
+            pixels, small = done
+            outcome.tensor = pixels
+            preview = Image.fromarray(small.permute(1, 2, 0).numpy())
+            outcome.metadata = {**outcome.metadata, "thumbnail": thumbnails.jpeg_thumbnail(preview)}
 
     def _encode_batch(self, modality: Modality, outcomes: list[Outcome]) -> None:
         try:

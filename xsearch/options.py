@@ -142,8 +142,8 @@ class IndexOptions:
 
     scan: ScanOptions = ScanOptions()
     limits: DecodeLimits = DecodeLimits()
-    batch_size: int = 16  # files per model batch
-    workers: int | None = None  # decode processes; None: one per core but one, at most 8; 0: in-process
+    batch_size: int | None = None  # files per model batch; None: 16 on a CPU, sized per tower on a GPU
+    workers: int | None = None  # decode processes; None: one per core but one (at most 8 on a CPU); 0: in-process
     commit_every: int = 256  # files per store commit
     commit_seconds: float = 30.0  # ... or sooner when this long has passed since the last one
     prune: bool = False  # delete rows of files under the scanned roots that no longer exist
@@ -151,6 +151,7 @@ class IndexOptions:
     progress: bool = False  # tqdm bars on stderr
     ray: str | None = None
     ray_actors: int | None = None  # encoder actors on the cluster; None: one per node or GPU
+    gpu_decode: bool | None = None  # JPEGs decoded in batches on the encoder's device; None: when it is a GPU
 
     def __post_init__(self) -> None:
         _at_least_one(self.batch_size, "batch_size", "files per batch")
