@@ -1,6 +1,8 @@
-"""The index on a GPU against the CPU, in one call: build (train + add) with the CPU recipe and with its
-centroids found on the GPU (the same kind of files), then search with the CPU index and exactly on the GPU
-from the re-rank vectors: recall@10 against exact search, batch QPS, p50 of single queries.
+"""GPU against CPU, in one call. The index: build (train + add) with the CPU recipe and with its centroids
+found on the GPU (the same kind of files), then search with the CPU index and exactly on the GPU from the
+re-rank vectors: recall@10 against exact search, batch QPS, p50 of single queries. Photos: decode rate of
+generated JPEGs through the PIL path and batched on the device, and an end-to-end ``Collection.index`` of
+them with each (tiny model with ``--quick``, else the full vision tower with random weights).
 
     python benchmarks/gpu.py                      # on a CUDA machine: 1M vectors (add --n 10000000 for 10M)
     python benchmarks/gpu.py --device cpu --quick # every code path on small sizes, on any machine
@@ -43,6 +45,40 @@ def _search_figures(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, 
     }
 
 
+def _photo_rows(record, device: str, count: int, megapixels: float, quick: bool) -> None:
+    """Decode rates (PIL path vs batched on ``device``) and end-to-end indexing of generated JPEGs."""
+    import tempfile
+    from pathlib import Path
+
+    from xsearch import Collection
+    from xsearch.encoder import Encoder
+    from xsearch.model import create_model
+    from xsearch.preprocess import jpeg_batch
+    from xsearch.preprocess.image import preprocess_image
+    from xsearch.testing.media import gradient_image
+
+    side = int((megapixels * 1e6 * 4 / 3) ** 0.5)
+    with tempfile.TemporaryDirectory(prefix="xsearch-gpu-bench-") as scratch:
+        folder = Path(scratch) / "photos"
+        folder.mkdir()
+        files = [gradient_image(folder / f"{i}.jpg", size=(side, side * 3 // 4), seed=i) for i in range(count)]
+        _, took = _timed(lambda: [preprocess_image(f) for f in files])
+        record("decode: PIL path, 1 process", n=count, files_per_s=round(count / took, 1), megapixels=megapixels)
+        if jpeg_batch.available():
+            datas = [f.read_bytes() for f in files]
+            jpeg_batch.pixels_from_jpegs(datas[:2], 224, device)  # warm-up
+            _, took = _timed(lambda: jpeg_batch.pixels_from_jpegs(datas, 224, device))
+            record(f"decode: batched on {device}", n=count, files_per_s=round(count / took, 1), megapixels=megapixels)
+        torch.manual_seed(0)
+        model = create_model("tiny_test" if quick else "imagebind_huge", towers=["vision"])
+        for gpu_decode in (False, True) if jpeg_batch.available() else (False,):
+            encoder = Encoder(model, device=device, precision="auto")
+            collection = Collection.open(Path(scratch) / f"db-{gpu_decode}", encoder=encoder)
+            report = collection.index([folder], gpu_decode=gpu_decode)
+            name = f"index: {'batched decode' if gpu_decode else 'PIL decode'}, {encoder.precision} on {device}"
+            record(name, n=count, files_per_s=round(report.files_per_second, 1), indexed=report.indexed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -75,10 +111,12 @@ def main() -> None:
         record(f"search: exact on {args.device}", **_search_figures(cpu, queries, truth, k))
     else:
         record(f"search: exact on {args.device}", skipped="vectors past the memory budget")
+    _photo_rows(record, args.device, 24 if args.quick else 512, 2.0 if args.quick else 12.0, args.quick)
     print(f"\n{platform.node()}, torch {torch.__version__}, {args.device}")
-    print("| row | n | seconds | recall@10 | batch QPS | p50 ms |\n| --- | --- | --- | --- | --- | --- |")
+    print("| row | n | seconds | recall@10 | batch QPS | p50 ms | files/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        cells = [row.get(key, "") for key in ("seconds", "recall_at_10", "batch_qps", "p50_ms")]
+        cells = [row.get(key, "") for key in ("seconds", "recall_at_10", "batch_qps", "p50_ms", "files_per_s")]
         print(f"| {row['row']} | {row['n']:,} | " + " | ".join(map(str, cells)) + " |")
 
 
