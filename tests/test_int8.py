@@ -102,13 +102,22 @@ def test_without_onnxruntime_int8_is_one_clear_line(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_full_size_audio_tower_in_int8(tmp_path):
-    """imagebind_huge's audio tower (85M parameters, random weights): int8 within cosine 0.999 of fp32."""
+@pytest.mark.parametrize(
+    "tower, batch",
+    [
+        ("audio", torch.randn(2, 3, 1, 128, 204, generator=torch.Generator().manual_seed(1))),  # 85M parameters
+        ("text", torch.randint(1, 49000, (2, 77), generator=torch.Generator().manual_seed(2))),  # 302M
+        ("vision", torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))),  # 630M: ~10 GB to export
+    ],
+)
+def test_the_full_size_towers_in_int8(tmp_path, tower, batch):
+    """imagebind_huge's towers (random weights): int8 within cosine 0.999 of fp32."""
     torch.manual_seed(0)
-    model = create_model("imagebind_huge", towers=["audio"])
+    model = create_model("imagebind_huge", towers=[tower])
     fp32 = Encoder(model, device="cpu", precision="fp32")
     int8 = Encoder(model, device="cpu", precision="int8")
     int8.int8.cache = tmp_path / "int8"
-    clips = torch.randn(2, 3, 1, 128, 204)
-    a, b = fp32.encode("audio", clips).numpy(), int8.encode("audio", clips).numpy()
+    if tower == "text":
+        batch[:, 10], batch[:, 11:] = 49407, 0  # an end token, then padding
+    a, b = fp32.encode(tower, batch).numpy(), int8.encode(tower, batch).numpy()
     assert (a * b).sum(1).min() >= 0.999
