@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import os
@@ -37,9 +36,6 @@ from xsearch.options import IndexOptions
 from xsearch.store import ItemRecord, Store
 
 log = logging.getLogger(__name__)
-
-
-KEEP_VERSIONS = dt.timedelta(seconds=60)  # old versions kept for readers that take no lease (store.MIN_KEEP)
 
 
 CPU_BATCH = 16
@@ -232,7 +228,7 @@ class Indexer:
             else:
                 report.gone = len(gone[0])
         if not report.interrupted:
-            self.store.compact(KEEP_VERSIONS)  # before the index update, which then covers the compacted version
+            self.store.compact()  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
             report.indexes = self.update_indexes()
         report.seconds = time.perf_counter() - started

@@ -8,7 +8,7 @@ supervised processes).
 
 from __future__ import annotations
 
-from xsearch.decode import OUT_OF_MEMORY, Outcome, decode
+from xsearch.decode import OUT_OF_MEMORY, Outcome, decode, decode_query_file
 from xsearch.indexer.scan import Task
 from xsearch.preprocess import PreprocessCfg
 
@@ -33,7 +33,7 @@ def prepare(task: Task, cfg: PreprocessCfg | None = None, defer_jpeg: bool = Fal
 
 def prepare_query(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
     """A query input decoded in a worker, under the indexer's per-file limits (with its preview)."""
-    outcome = decode(task.path, task.modality, cfg, thumbnail=True)
+    outcome = decode_query_file(task.path, task.modality, cfg)
     outcome.task = task
     return outcome
 

@@ -329,10 +329,10 @@ def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch
     import os
 
     from xsearch import Collection
+    from xsearch import store as store_module
     from xsearch.encoder import Encoder
-    from xsearch.indexer import pipeline
 
-    monkeypatch.setattr(pipeline, "KEEP_VERSIONS", __import__("datetime").timedelta(0))
+    monkeypatch.setattr(store_module, "MIN_KEEP", __import__("datetime").timedelta(0))
     media = _photos(tmp_path / "media", 6)
     (media / "broken.jpg").write_bytes(b"not a jpeg")
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))

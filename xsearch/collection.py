@@ -236,7 +236,7 @@ class Collection:
         modalities (default: all; several are merged by calibrated score), ``k``, ``where``, ``path``,
         the cut-offs ``min_score``, ``min_calibrated``, ``autocut``, and ``dedup``.
         """
-        return self.engine.search(query, SearchOptions.of(options, **overrides))
+        return self.engine.search(query, options, **overrides)
 
     def embed(
         self,
@@ -398,17 +398,15 @@ class _QueryDecoder:
         from xsearch.modalities import BUILT_IN
 
         if modality.value not in BUILT_IN:  # registered in this process only: its workers would not know it
-            from xsearch.decode import decode
+            from xsearch.decode import decode_query_file
 
-            return decode(path, modality, cfg, thumbnail=True)
+            return decode_query_file(path, modality, cfg)
         from xsearch.indexer.decode_pool import DecodePool
         from xsearch.indexer.scan import Task
         from xsearch.indexer.work import prepare_query
 
         work = functools.partial(prepare_query, cfg=cfg)
-        outcome = next(DecodePool(work, 1, self.limits).imap_unordered([Task(path, modality, 0, 0.0)]))
-        outcome.path = path
-        return outcome
+        return next(DecodePool(work, 1, self.limits).imap_unordered([Task(path, modality, 0, 0.0)]))
 
 
 class _Loading:

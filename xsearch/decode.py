@@ -163,6 +163,11 @@ def _decode_once(
     return outcome
 
 
+def decode_query_file(path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg | None = None) -> Outcome:
+    """A query input as model input, with the preview a results page shows of it."""
+    return decode(path, modality, cfg, thumbnail=True)
+
+
 def _deferred_jpeg(outcome: Outcome, cfg) -> Outcome:
     """A JPEG's bytes and upright size for the encoder's batched decode, its header checked as the PIL path
     checks it (megapixel cap, aspect ratio)."""

@@ -35,13 +35,11 @@ class ExactSearcher:
         """What ``rows`` vectors of ``dim`` take on a GPU (float16)."""
         return rows * dim * 2
 
-    def refresh(self, rows_f16: np.ndarray, dead: np.ndarray) -> None:
-        """Bring the device copy up to ``rows_f16`` (rows are only ever appended) and its mask to ``dead``."""
-        have = len(self)
-        if len(rows_f16) < have:  # rebuilt from scratch: start over
-            self.vectors, have = None, 0
-        if len(rows_f16) > have:
-            added = torch.from_numpy(np.ascontiguousarray(rows_f16[have:])).to(self.device, self.dtype)
+    def refresh(self, added_f16: np.ndarray, dead: np.ndarray) -> None:
+        """Append the rows added since the last refresh (an index's rows are only ever appended; a rebuild
+        is a new index with a new searcher) and take the dead-row mask ``dead``."""
+        if len(added_f16):
+            added = torch.from_numpy(np.ascontiguousarray(added_f16)).to(self.device, self.dtype)
             self.vectors = added if self.vectors is None else torch.cat([self.vectors, added])
         self.dead = torch.from_numpy(np.asarray(dead, bool)).to(self.device)
 

@@ -175,9 +175,15 @@ class _Rows:
         self.vector_parts.append(vectors.astype(np.float16))
         self._ids = None
 
-    def vectors_f16(self) -> np.ndarray:
-        """Every row's float16 vector, in one array."""
-        return np.concatenate(self.vector_parts) if self.vector_parts else np.empty((0, self.dim), np.float16)
+    def vectors_f16(self, start: int = 0) -> np.ndarray:
+        """The float16 vectors of the rows from ``start`` on, in one array (only the parts holding them are
+        copied: a top-up's new rows, not every row)."""
+        parts, first = [], 0
+        for part in self.vector_parts:
+            if first + len(part) > start:
+                parts.append(part[max(start - first, 0) :])
+            first += len(part)
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), np.float16)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """float32 vectors of ``rows`` (any shape), gathered from the parts they live in."""
@@ -328,7 +334,7 @@ class VectorIndex:
             return scores, out_ids
         if self._exact is not None:
             if self._exact_stale:
-                self._exact.refresh(self.rows.vectors_f16(), self.dead)
+                self._exact.refresh(self.rows.vectors_f16(start=len(self._exact)), self.dead)
                 self._exact_stale = False
             s, rows = self._exact.search(queries, k_eff)
             self._check(s)

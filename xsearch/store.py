@@ -693,14 +693,16 @@ class Store:
             self.errors().delete(_in("uri", uris))
 
     @_guarded
-    def compact(self, min_keep: dt.timedelta = MIN_KEEP) -> None:
+    def compact(self, min_keep: dt.timedelta | None = None) -> None:
         """Merge small data files and delete the versions no reader holds.
 
         Every commit adds a version and a touched file rewrites its row (Lance updates are copy-on-write),
         so without this a database grows with every run. A reader holding a version says so in a lease
         (``ReaderLease``): every version from the oldest one held on is kept, and otherwise those of the last
-        ``min_keep`` (for readers that take no lease), so a run every minute keeps the database's size.
+        ``min_keep`` (default ``MIN_KEEP``; for readers that take no lease), so a run every minute keeps the
+        database's size.
         """
+        min_keep = MIN_KEEP if min_keep is None else min_keep
         held = _held_since(self.path, self._dataset().versions())
         keep = min_keep if held is None else max(min_keep, _now() - held + dt.timedelta(seconds=1))
         with warnings.catch_warnings():

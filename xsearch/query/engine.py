@@ -142,9 +142,10 @@ class Engine:
 
     # ---- embedding ------------------------------------------------------------------------------------
 
-    def embed_inputs(self, query: Query, snapshot: Snapshot | None = None) -> tuple[np.ndarray, list[QueryInput]]:
-        """The query's unit vector ``float32 [dim]`` and what each input turned out to be."""
-        context = _Context(self, (snapshot or self.snapshot()).store)
+    def embed_inputs(self, query: Query) -> tuple[np.ndarray, list[QueryInput]]:
+        """The query's unit vector ``float32 [dim]`` and what each input turned out to be (stored items are
+        read at the store's newest version; the search that follows takes its one snapshot)."""
+        context = _Context(self, self.store)
         embedded = [term.embed(context) for term in query.terms]
         vectors = np.stack([np.asarray(v, dtype=np.float64) for v, _ in embedded])
         return combine(vectors, [t.weight for t in query.terms]), [info for _, info in embedded]
@@ -274,17 +275,13 @@ class _Context:
         return self._engine.encoder
 
     def embed_file(self, path: str, modality: Modality):
+        from xsearch.decode import decode_query_file  # decoders import torch: only when a query has files
+
         encoder = self.encoder
-        outcome = (self._engine.decoder or _in_process)(path, modality, encoder.preprocess)
+        outcome = (self._engine.decoder or decode_query_file)(path, modality, encoder.preprocess)
         if outcome.ok:
             encoder.encode_outcomes([outcome])
         return outcome
-
-
-def _in_process(path: str, modality: Modality, cfg):
-    from xsearch.decode import decode
-
-    return decode(path, modality, cfg, thumbnail=True)
 
 
 def _same_bytes(ids: set[int], rows: dict[int, dict]) -> set[int]:
