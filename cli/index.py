@@ -27,6 +27,7 @@ from xsearch.cli.app import (
     parse_assignments,
     shown,
 )
+from xsearch.moments import MomentCfg
 from xsearch.options import DecodeLimits, IndexOptions
 
 SHOWN_FAILURES = 10
@@ -95,6 +96,21 @@ def index(
             help="Decode JPEGs in batches on the encoder's device (default: on a GPU, with torchvision).",
         ),
     ] = IndexOptions.gpu_decode,
+    moments: Annotated[
+        bool,
+        typer.Option(
+            "--moments",
+            help="Also embed every audio and video file segment by segment, so search --moments finds when "
+            "(remembered: later runs keep doing it).",
+        ),
+    ] = False,
+    moment_seconds: Annotated[
+        float | None,
+        typer.Option(help=f"Seconds per moment, a multiple of 2 (default {MomentCfg.seconds:g}; with --moments)."),
+    ] = None,
+    moment_stride: Annotated[
+        float | None, typer.Option(help="Seconds from one moment's start to the next (default: --moment-seconds).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
 ) -> None:
@@ -125,6 +141,9 @@ def index(
             commit_every=commit_every,
             gpu_decode=gpu_decode,
             progress=not (quiet or json_),
+            moments=moments or None,
+            moment_seconds=moment_seconds,
+            moment_stride=moment_stride,
         )
         collection = open_collection(db, checkpoint, model, device, precision, verify)
         report = collection.index(paths, options)
@@ -164,9 +183,14 @@ def print_summary(report) -> None:
         typer.echo(
             f"  {report.gone} indexed files are gone from disk and still searchable (run with --prune to remove them)"
         )
+    if report.moments:
+        typer.echo(f"  moments: {report.moments} segments of audio and video embedded")
     if report.indexes:
         kinds = ", ".join(f"{m} {i['count']} ({i['kind']})" for m, i in report.indexes.items())
         typer.echo(f"  indices: {kinds}")
+    if report.moment_indexes:
+        kinds = ", ".join(f"{m} {i['count']} ({i['kind']})" for m, i in report.moment_indexes.items())
+        typer.echo(f"  moment indices: {kinds}")
     if report.interrupted:
         typer.echo("  interrupted: what was embedded is saved; run the same command again to continue")
     for failure in report.failures[:SHOWN_FAILURES]:

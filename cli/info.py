@@ -66,8 +66,17 @@ def info(
     if facts["precision"]:
         typer.echo("precision " + ", ".join(f"{name} ({count} items)" for name, count in facts["precision"].items()))
     typer.echo(f"items     {facts['items']}  (errors: {facts['errors']}, see `xsearch errors`)")
-    for modality, count in facts["by_modality"].items():
-        index = facts["indices"][modality]
+    _modality_lines(facts["by_modality"], facts["indices"])
+    moments = facts.get("moments")
+    if moments:
+        cut = f"{moments['seconds']:g} s every {moments['stride']:g} s" if moments["seconds"] else "settings missing"
+        typer.echo(f"moments   {moments['moments']}  ({cut})")
+        _modality_lines(moments["by_modality"], moments["indices"])
+
+
+def _modality_lines(counts: dict[str, int], indices: dict[str, dict]) -> None:
+    for modality, count in counts.items():
+        index = indices[modality]
         state = "missing" if index["kind"] is None else f"{index['kind']}, {'fresh' if index['fresh'] else 'stale'}"
         if "damaged" in index:
             state = "damaged or from an older xsearch (xsearch index rebuilds it)"

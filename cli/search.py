@@ -5,7 +5,9 @@ made from the table when this module loads, plus ``--item`` for stored items.
 
 Weights: a text is always taken whole, unless it starts with ``WEIGHT::`` (``"0.5::at night"``), a prefix
 no sentence has by accident; ``"meeting at 10:30"`` is that text, weight 1. A file or item takes a
-``:WEIGHT`` suffix (``bird.jpg:0.6``), but a path that exists as written is always the path.
+``:WEIGHT`` suffix (``bird.jpg:0.6``), but a path that exists as written is always the path. A moment of
+an item, ``--item ID@TIME`` (``12@63.5``, ``talk.mp4@12:03``), takes its weight as a prefix, as texts do
+(``0.5::12@63.5``), since its time may hold colons.
 """
 
 from __future__ import annotations
@@ -78,6 +80,17 @@ def split_file_weight(value: str, option: str, must_exist: bool = True) -> tuple
     return head, _weight(tail, option, value)
 
 
+def split_moment(value: str) -> tuple[tuple[str, float], float] | None:
+    """``"0.5::12@1:03"`` -> ``(("12", 63.0), 0.5)``: an item's moment, when the text after the last ``@``
+    is a time (seconds, ``M:SS`` or ``H:MM:SS``); ``None`` for anything else (a path with an ``@`` in it)."""
+    from xsearch.moments import parse_clock
+
+    text, weight = split_text_weight(value, f"--{ITEM}")
+    key, sep, when = text.rpartition("@")
+    at = parse_clock(when) if sep and key else None
+    return None if at is None else ((key, at), weight)
+
+
 def build_query(inputs: dict[str, list[str] | None]):
     """{option name: [values]} -> one ``Query`` summing every input with its weight."""
     from xsearch.query import Query
@@ -86,8 +99,13 @@ def build_query(inputs: dict[str, list[str] | None]):
     for option, values in inputs.items():
         is_text = option != ITEM and Modality(option).spec.query_input == "text"
         for value in values or []:
+            moment = split_moment(value) if option == ITEM else None
             if is_text:
                 target, weight = split_text_weight(value, f"--{option}")
+            elif moment is not None:
+                (target, at), weight = moment
+                parts.append(Query.item(target, weight, at=at))
+                continue
             else:
                 target, weight = split_file_weight(value, f"--{option}", must_exist=option != ITEM)
             if option == ITEM:
@@ -101,13 +119,16 @@ def build_query(inputs: dict[str, list[str] | None]):
 
 
 def print_table(results) -> None:
+    from xsearch.moments import clock
+
     if not results:
         typer.echo("no results")
         return
     typer.echo(f"{'rank':>4}  {'score':>7}  {'calibrated':>10}  {'modality':<8}  uri")
     for r in results:
         also = f"  (also: {', '.join(map(shown, r.duplicates))})" if r.duplicates else ""
-        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>10.2f}  {r.modality.value:<8}  {shown(r.uri)}{also}"
+        when = f" @ {clock(r.start)}-{clock(r.end)}" if r.is_moment else ""
+        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>10.2f}  {r.modality.value:<8}  {shown(r.uri)}{when}{also}"
         typer.echo(line)
 
 
@@ -138,6 +159,13 @@ def _search(
             "--exclude-query-items", help="Leave out the --item inputs themselves (they lead the results otherwise)."
         ),
     ] = SearchOptions.exclude_query_items,
+    moments: Annotated[
+        bool,
+        typer.Option("--moments", help="Find moments of audio and video (index --moments): file @ start-end."),
+    ] = SearchOptions.moments,
+    per_file: Annotated[
+        int | None, typer.Option(min=1, help="With --moments: at most this many moments of one file (default 1).")
+    ] = SearchOptions.per_file,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
@@ -169,6 +197,8 @@ def _search(
             autocut=autocut,
             dedup=dedup,
             exclude_query_items=exclude_query_items,
+            moments=moments,
+            per_file=per_file,
         )
         query = build_query(inputs)
         collection = open_collection(db, checkpoint, model, device, precision, verify)
@@ -193,7 +223,10 @@ def _input_parameters() -> list[inspect.Parameter]:
         shape = '"TEXT" or "WEIGHT::TEXT"' if spec.query_input == "text" else "FILE or FILE:WEIGHT"
         option = typer.Option(f"--{spec.name}", help=f"{spec.help or spec.name}: {shape}, repeatable.")
         params.append(_option(spec.name, option))
-    item_help = "Indexed file (path or id), or ITEM:WEIGHT: its stored embedding, no model run; repeatable."
+    item_help = (
+        "Indexed file (path or id), or ITEM:WEIGHT: its stored embedding, no model run; ID@SECONDS (or ID@M:SS, "
+        "WEIGHT::ID@SECONDS) for its moment at that time; repeatable."
+    )
     params.append(_option(ITEM, typer.Option(f"--{ITEM}", help=item_help)))
     return params
 

@@ -89,6 +89,11 @@ class RayIndexer(Indexer):
         encoder_source: Encoder | Callable[[], Encoder] | None = None,
     ):
         super().__init__(store, encoder, options)
+        if self.moments is not None:
+            raise UsageError(
+                f"{store.path} keeps moments, which are cut and embedded on one machine: run without --ray",
+                argument="ray",
+            )
         self.encoder_source = encoder_source or encoder  # a recipe (a checkpoint path) ships better than weights
 
     def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:

@@ -68,6 +68,8 @@ def default_memory_bytes(workers: int) -> int:
 
 class DecodePool:
     """Runs ``work(task) -> Outcome`` in ``workers`` supervised processes, yielding outcomes as they finish.
+    An outcome's ``follow_up`` tasks (a long file's moment chunks) are run next, before other files, so a
+    file's pieces come back close together.
 
     ``work`` must be picklable (a module-level function or a ``functools.partial`` of one).
     """
@@ -86,9 +88,11 @@ class DecodePool:
 
     def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         pending = deque(tasks)
-        pool = [self._start() for _ in range(min(self.workers, len(pending)))]
+        pool: list[_Worker] = []
         try:
             while pending or any(w.held for w in pool):
+                while len(pool) < self.workers and len(pending) > sum(1 for w in pool if not w.held):
+                    pool.append(self._start())  # one per file waiting, up to ``workers``: follow-ups add some
                 for worker in pool:
                     while len(worker.held) < _DEPTH and pending:
                         worker.send(pending.popleft())
@@ -102,6 +106,7 @@ class DecodePool:
                         if outcome is _STARTED:
                             continue
                         if outcome is not None:
+                            pending.extendleft(reversed(outcome.follow_up))  # its file's next pieces first
                             yield outcome
                             continue
                         if not worker.started:  # died before it could take a file: the pool, not the file

@@ -10,6 +10,12 @@
   re-embedded only when its bytes changed. Earlier failures are retried on every run.
 - A known file that now fails (corrupted, unreadable, gone between scan and decode) loses its row in the
   same commit that records its error: a stale embedding never keeps answering searches.
+- Moments (``--moments``, then remembered by the database): a decoded audio or video file brings the
+  chunks of its segments as follow-up work; the file's row waits until every chunk is encoded, then the
+  row and its moments are committed together (row first, then the file's moment set replaced in one
+  commit). A run killed between the two leaves a row whose moments are missing or another version's: the
+  next run's plan sees it and embeds the file again, and ``Store.sweep_moments`` drops moments of rows
+  that are gone.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 from tqdm import tqdm
 
 from xsearch.encoder import Encoder
@@ -32,8 +39,9 @@ from xsearch.indexer.decode_pool import DecodePool
 from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
 from xsearch.indexer.work import Outcome, prepare
 from xsearch.modalities import Modality
+from xsearch.moments import MOMENT_MODALITIES, MomentTask, clock
 from xsearch.options import IndexOptions
-from xsearch.store import ItemRecord, Store
+from xsearch.store import ItemRecord, Moment, Store
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,8 @@ class RunReport:
     indexes: dict[str, dict] = field(default_factory=dict)
     interrupted: bool = False
     nodes: list[str] = field(default_factory=list)  # cluster nodes that encoded files (--ray)
+    moments: int = 0  # moments (segments of audio and video) written
+    moment_indexes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def files_per_second(self) -> float:
@@ -114,6 +124,8 @@ class Indexer:
         self._encoder = None if callable(encoder) else encoder
         self._load_encoder = encoder if callable(encoder) else None
         self.cfg = options
+        # How files are cut into moments: as asked, else as the database keeps them (None: no moments).
+        self.moments = options.moments or store.moment_cfg()
         if self._encoder is not None:
             self._check(self._encoder)
 
@@ -150,8 +162,9 @@ class Indexer:
 
     def _plan(self, candidates: list[Task], report: RunReport) -> tuple[list[Task], list[str]]:
         """Tasks for new and changed files; the uris of those skipped as unchanged."""
-        known = self.store.scan(["uri", "modality", "size", "mtime", "sha256"]).to_pylist()
+        known = self.store.scan(["id", "uri", "modality", "size", "mtime", "sha256"]).to_pylist()
         rows = {row["uri"]: row for row in known}
+        cut = self.store.moment_sets() if self.moments else {}
         tasks, unchanged = [], []
         for c in candidates:
             row = rows.get(c.path)
@@ -160,6 +173,12 @@ class Indexer:
                 tasks.append(c)
             elif row["modality"] not in (c.modality.value, fallback and fallback.value):
                 tasks.append(replace(c, known=True))  # now another modality (--as): re-embedded, an update
+            elif (
+                self.moments
+                and Modality(row["modality"]) in MOMENT_MODALITIES
+                and cut.get(row["id"]) != {row["sha256"]}
+            ):
+                tasks.append(replace(c, known=True))  # moments missing (new --moments, or a killed run)
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
             else:
@@ -188,12 +207,15 @@ class Indexer:
         return self.cfg.gpu_decode
 
     def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
-        """One outcome per task, in the order they finish; batches are formed per modality by the caller."""
-        work = functools.partial(prepare, cfg=self.encoder.preprocess, defer_jpeg=self._gpu_decode())
+        """One outcome per task and per follow-up (moment chunks), in the order they finish; batches are
+        formed per modality by the caller."""
+        work = functools.partial(
+            prepare, cfg=self.encoder.preprocess, defer_jpeg=self._gpu_decode(), moments=self.moments
+        )
         default = default_workers(gpu=self.on_gpu())
-        workers = min(default if self.cfg.workers is None else self.cfg.workers, len(tasks))
+        workers = default if self.cfg.workers is None else self.cfg.workers
         if workers == 0:
-            return map(work, tasks)
+            return _in_process(work, tasks)
         return DecodePool(work, workers, self.cfg.limits).imap_unordered(tasks)
 
     # ---- run -------------------------------------------------------------------------------------------
@@ -203,6 +225,8 @@ class Indexer:
         started = time.perf_counter()
         report = RunReport(db=str(self.store.path), model_id=self.store.model_id)
         candidates, rejected, unlisted = self._scan(roots, report)
+        if self.cfg.moments is not None:
+            self.store.keep_moments(self.cfg.moments)  # remembered: later runs and serve keep cutting so
         tasks, unchanged = self._plan(candidates, report)
         batch = _Batcher(self, report)
         batch.fail_scan(rejected)
@@ -212,7 +236,8 @@ class Indexer:
                 with tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar:
                     for outcome in self._decoded(tasks):
                         batch.take(outcome)
-                        bar.update()
+                        if not isinstance(outcome.task, MomentTask):
+                            bar.update()
                         if report.failed:
                             bar.set_postfix(failed=report.failed, refresh=False)
             batch.flush()
@@ -228,9 +253,12 @@ class Indexer:
             else:
                 report.gone = len(gone[0])
         if not report.interrupted:
+            self.store.sweep_moments()  # of rows pruned or replaced by a run killed before their moments
             self.store.compact()  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
             report.indexes = self.update_indexes()
+            if self.store.has_moments():
+                report.moment_indexes = self.update_indexes(self.store.moments())
         report.seconds = time.perf_counter() - started
         return report
 
@@ -279,10 +307,11 @@ class Indexer:
         self.store.clear_errors(errors)
         return len(items)
 
-    def update_indexes(self) -> dict[str, dict]:
-        """Bring every modality's FAISS index up to date with the store."""
-        indices = IndexSet(self.store)
-        modalities = set(self.store.modalities())
+    def update_indexes(self, store: Store | None = None) -> dict[str, dict]:
+        """Bring every modality's FAISS index up to date with the store (or its moments: ``store.moments()``)."""
+        store = store or self.store
+        indices = IndexSet(store)
+        modalities = set(store.modalities())
         if indices.root.exists():  # an index whose last rows were pruned must be emptied too
             modalities |= {Modality(p.name) for p in indices.root.iterdir() if p.is_dir() and p.name in Modality}
         out = {}
@@ -290,6 +319,15 @@ class Indexer:
             index = indices.fresh(modality)
             out[modality.value] = {"kind": index.kind, "count": len(index)}
         return out
+
+
+def _in_process(work, tasks: list[Task]) -> Iterator[Outcome]:
+    """``work`` over ``tasks`` in this process (``workers=0``), each outcome's follow-ups right after it."""
+    pending = list(reversed(tasks))
+    while pending:
+        outcome = work(pending.pop())
+        pending.extend(reversed(outcome.follow_up))
+        yield outcome
 
 
 def _state(folder: str) -> str:
@@ -312,6 +350,17 @@ def _folders_holding(paths: set[str]) -> set[str]:
     return folders
 
 
+@dataclass
+class _Cutting:
+    """A file whose row waits for its moments: the chunks still out, its row once encoded, its moments."""
+
+    modality: Modality
+    chunks: int
+    record: tuple[ItemRecord, bool] | None = None
+    moments: list[Moment] = field(default_factory=list)
+    failed: bool = False
+
+
 class _Batcher:
     """Collects outcomes into per-modality encoder batches and encoded rows into store commits."""
 
@@ -325,6 +374,7 @@ class _Batcher:
         self.restat: list[Outcome] = []
         self.errors: list[tuple[str, str | None, str, str]] = []
         self.cleared: list[str] = []
+        self.cutting: dict[str, _Cutting] = {}  # files whose moments are still being embedded
         self.last_commit = time.monotonic()
         self.by_modality: Counter = Counter()
         self.nodes: set[str] = set()
@@ -347,7 +397,11 @@ class _Batcher:
 
     def take(self, outcome: Outcome) -> None:
         task = outcome.task
-        if outcome.error is not None:
+        if outcome.follow_up:  # its moments' chunks follow: the row waits for them
+            self.cutting[task.path] = _Cutting(outcome.modality, len(outcome.follow_up))
+        if isinstance(task, MomentTask):
+            self._take_moments(outcome)
+        elif outcome.error is not None:
             self._error(task.path, outcome.modality, outcome.stage, outcome.error)
         elif outcome.unchanged:
             self.restat.append(outcome)
@@ -376,8 +430,12 @@ class _Batcher:
     def _record(self, outcome: Outcome) -> None:
         """An encoded outcome -> a row to commit (or an error row when encoding failed)."""
         task = outcome.task
+        due = self.cutting.get(task.path)
         if outcome.error is not None:
             self._error(task.path, outcome.modality, outcome.stage, outcome.error)
+            if due is not None:
+                due.failed = True
+                self._settle(task.path)
             return
         record = ItemRecord(
             task.path,
@@ -389,9 +447,53 @@ class _Batcher:
             metadata=outcome.metadata,
             precision=self.indexer.encoder.precision,
         )
-        self.records.append((record, task.known))
         if outcome.node is not None:
             self.nodes.add(outcome.node)
+        if due is None:
+            self.records.append((record, task.known))
+        else:
+            due.record = (record, task.known)
+            self._settle(task.path)
+
+    def _take_moments(self, outcome: Outcome) -> None:
+        """One chunk of a file's segments: embedded now (it holds many inputs already), kept with the file."""
+        task: MomentTask = outcome.task
+        due = self.cutting.get(task.path)
+        if due is None:  # the file was given up (an earlier chunk or its row failed)
+            return
+        due.chunks -= 1
+        if outcome.error is None and not due.failed:
+            started = time.perf_counter()
+            try:
+                vectors = self.indexer.encoder.encode_stacked(
+                    task.modality, outcome.tensor, self.indexer.batch_size(task.modality)
+                )
+                if not np.isfinite(vectors).all():
+                    outcome.fail("encode", "the model produced NaN")
+            except (RuntimeError, ValueError) as exc:
+                outcome.fail("encode", f"the model failed ({exc})")
+            self.report.embed_seconds += time.perf_counter() - started
+            outcome.tensor = None
+            if outcome.error is None:
+                due.moments += [Moment(task.modality, a, b, v) for (a, b), v in zip(task.spans, vectors)]
+        if outcome.error is not None and not due.failed:
+            due.failed = True
+            (start, _), (_, end) = task.spans[0], task.spans[-1]
+            where = f"{task.modality} moments {clock(start)}-{clock(end)}"
+            self._error(task.path, due.modality, outcome.stage, f"{where}: {outcome.error}")
+        self._settle(task.path)
+
+    def _settle(self, path: str) -> None:
+        """A file whose chunks are all back: its row and moments go to the next commit (or, when any part
+        failed, nothing does: its error row is recorded, and a known file's old row goes with it)."""
+        due = self.cutting[path]
+        if due.chunks or (due.record is None and not due.failed):
+            return
+        del self.cutting[path]
+        if not due.failed:
+            record, is_update = due.record
+            record.moments = due.moments
+            self.records.append((record, is_update))
 
     def flush(self) -> None:
         """Encode what waits, commit it, and wait for every commit to be written."""
@@ -422,7 +524,9 @@ class _Batcher:
         """One upsert of embedded rows, then the error table; both keyed on uri, so replaying is harmless."""
         store = self.store
         if records:
-            store.upsert_items([r for r, _ in records])
+            store.upsert_items([r for r, _ in records])  # sets the ids of new rows, which moments use
+            store.replace_moments([r for r, _ in records])
+            self.report.moments += sum(len(r.moments or ()) for r, _ in records)
         if restat:
             store.update_file_stats({o.task.path: (o.task.size, o.task.mtime) for o in restat})
         store.clear_errors([r.uri for r, _ in records] + [o.task.path for o in restat] + cleared)

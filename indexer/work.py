@@ -10,14 +10,24 @@ from __future__ import annotations
 
 from xsearch.decode import OUT_OF_MEMORY, Outcome, decode, decode_query_file
 from xsearch.indexer.scan import Task
+from xsearch.moments import MOMENT_MODALITIES, MomentCfg, MomentTask, decode_chunk, plan
 from xsearch.preprocess import PreprocessCfg
 
 __all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare", "prepare_query"]
 
 
-def prepare(task: Task, cfg: PreprocessCfg | None = None, defer_jpeg: bool = False) -> Outcome:
+def prepare(
+    task: Task | MomentTask,
+    cfg: PreprocessCfg | None = None,
+    defer_jpeg: bool = False,
+    moments: MomentCfg | None = None,
+) -> Outcome:
     """Hash, check and decode ``task``'s file as its planned modality (with a preview for results pages);
-    with ``defer_jpeg``, a JPEG's bytes are left for the encoder's batched decode on its GPU."""
+    with ``defer_jpeg``, a JPEG's bytes are left for the encoder's batched decode on its GPU. With
+    ``moments``, a decoded audio or video file's outcome brings the chunks of its segments as follow-up
+    work (``xsearch.moments``), and a ``MomentTask`` is one such chunk."""
+    if isinstance(task, MomentTask):
+        return decode_chunk(task, cfg or PreprocessCfg())
     outcome = decode(
         task.path,
         task.modality,
@@ -28,6 +38,9 @@ def prepare(task: Task, cfg: PreprocessCfg | None = None, defer_jpeg: bool = Fal
         defer_jpeg=defer_jpeg,
     )
     outcome.task = task
+    duration = outcome.metadata.get("duration")
+    if moments is not None and outcome.ok and outcome.modality in MOMENT_MODALITIES and duration:
+        outcome.follow_up = plan(task.path, outcome.modality, task.size, task.mtime, duration, moments)
     return outcome
 
 

@@ -333,18 +333,21 @@ class Collection:
         ``check`` reads every stored row first (a damaged data file raises ``DatabaseDamaged``), so the
         counts it reports are of data that can be read, and every index file against its checksum.
         """
-        from xsearch.index import IndexSet
 
         store = self.store
         checked = store.check() if check else None
-        indices = IndexSet(store)
-        counts = {m.value: store.count(m) for m in store.modalities()}
-        index_facts = {}
-        for name in counts:
-            status = indices.status(Modality(name), check=check)
-            index_facts[name] = {"kind": status.get("kind"), "count": status.get("count"), "fresh": status["fresh"]}
-            if "damaged" in status:
-                index_facts[name]["damaged"] = status["damaged"]
+        counts, index_facts = _counts_and_indices(store, check)
+        moments = None
+        if store.has_moments():
+            cut = store.moment_cfg()
+            by_modality, moment_indices = _counts_and_indices(store.moments(), check)
+            moments = {
+                "moments": sum(by_modality.values()),
+                "seconds": cut.seconds if cut else None,
+                "stride": cut.stride if cut else None,
+                "by_modality": by_modality,
+                "indices": moment_indices,
+            }
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         precisions: dict[str, int] = {}
         if store.has_column("precision"):  # databases written before it was recorded: "unknown"
@@ -362,6 +365,7 @@ class Collection:
             "by_modality": counts,
             "errors": store.errors().count_rows(),
             "indices": index_facts,
+            "moments": moments,
             "bytes": size,
             "rows_read": checked,
         }
@@ -383,6 +387,21 @@ class Collection:
             self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         self._engine = None
         return self._store
+
+
+def _counts_and_indices(store, check: bool) -> tuple[dict[str, int], dict[str, dict]]:
+    """Rows per modality of a store (or of its moments) and the state of each modality's index."""
+    from xsearch.index import IndexSet
+
+    indices = IndexSet(store)
+    counts = {m.value: store.count(m) for m in store.modalities()}
+    facts = {}
+    for name in counts:
+        status = indices.status(Modality(name), check=check)
+        facts[name] = {"kind": status.get("kind"), "count": status.get("count"), "fresh": status["fresh"]}
+        if "damaged" in status:
+            facts[name]["damaged"] = status["damaged"]
+    return counts, facts
 
 
 class _QueryDecoder:

@@ -54,6 +54,7 @@ class Outcome:
     node: str | None = None  # the cluster node that encoded it (``xsearch index --ray``)
     task: object | None = None
     jpeg: bytes | None = None  # a JPEG left for the encoder to decode in a batch on its device (``defer_jpeg``)
+    follow_up: list = field(default_factory=list)  # more work on the same file (its moments' chunks)
 
     @property
     def ok(self) -> bool:
@@ -141,26 +142,39 @@ def _decode_once(
         return outcome.fail("decode", mismatch)
     if defer_jpeg and outcome.modality is Modality.IMAGE and found is not None and found.format == "a JPEG image":
         return _deferred_jpeg(outcome, cfg)
-    try:
+
+    def prepare():
         try:
-            prepared = preprocess_with_metadata(path, outcome.modality, cfg, thumbnail)
+            return preprocess_with_metadata(path, outcome.modality, cfg, thumbnail)
         except NoStreamError:
             fallback = outcome.modality.spec.fallback
             if fallback is None:
                 raise
             outcome.modality = fallback  # a container without the stream asked for: try its fallback's
-            prepared = preprocess_with_metadata(path, outcome.modality, cfg, thumbnail)
+            return preprocess_with_metadata(path, outcome.modality, cfg, thumbnail)
+
+    prepared = guarded_decode(outcome, prepare)
+    if prepared is not None:
+        outcome.tensor, outcome.metadata = prepared.tensor, prepared.metadata
+    return outcome
+
+
+def guarded_decode(outcome: Outcome, run):
+    """``run()``, or ``None`` with ``outcome`` failed for the reason a person reads: a decode error as it
+    says, an allocation refused as ``OUT_OF_MEMORY``, a decoder bug on a hostile file as one line."""
+    try:
+        return run()
     except DecodeError as exc:
-        return outcome.fail("decode", OUT_OF_MEMORY if _is_allocation_failure(exc) else exc.reason)
+        outcome.fail("decode", OUT_OF_MEMORY if _is_allocation_failure(exc) else exc.reason)
     except MemoryError:
-        return outcome.fail("decode", OUT_OF_MEMORY)
+        outcome.fail("decode", OUT_OF_MEMORY)
     except Exception as exc:  # a decoder bug on a hostile file must cost one file, not the run
         if _is_allocation_failure(exc):
-            return outcome.fail("decode", OUT_OF_MEMORY)
-        log.debug("unexpected error decoding %s", path, exc_info=True)
-        return outcome.fail("decode", f"could not decode ({type(exc).__name__}: {str(exc)[:200]})")
-    outcome.tensor, outcome.metadata = prepared.tensor, prepared.metadata
-    return outcome
+            outcome.fail("decode", OUT_OF_MEMORY)
+        else:
+            log.debug("unexpected error decoding %s", outcome.path, exc_info=True)
+            outcome.fail("decode", f"could not decode ({type(exc).__name__}: {str(exc)[:200]})")
+    return None
 
 
 def decode_query_file(path: str | os.PathLike, modality: Modality | str, cfg: PreprocessCfg | None = None) -> Outcome:

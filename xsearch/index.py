@@ -641,12 +641,14 @@ def _gpu_resources():
 
 
 class IndexSet:
-    """The per-modality indices of one store, kept next to it in ``<db>/faiss/<modality>/``."""
+    """The per-modality indices of one store, kept next to it in ``<db>/faiss/<modality>/`` (those of its
+    moments, ``store.moments()``, in ``<db>/faiss-moments/<modality>/``)."""
 
     def __init__(self, store, cfg: IndexCfg = IndexCfg()):
         self.store = store
         self.cfg = cfg
-        self.root = Path(store.path) / "faiss"
+        table = getattr(store, "table", "items")
+        self.root = Path(store.path) / ("faiss" if table == "items" else f"faiss-{table}")
 
     def directory(self, modality: Modality) -> Path:
         return self.root / str(modality)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from xsearch.errors import UsageError
 from xsearch.modalities import Modality, parse_modalities
+from xsearch.moments import MomentCfg
 
 DEFAULT_K = 10
 
@@ -88,6 +89,9 @@ class SearchOptions:
     ``dedup``: files with the same bytes come back once (the query's own item, else the first indexed
     copy, stands for them). A stored item in the query (``Query.item``) leads the results, with its copies,
     whatever the cut-offs; ``exclude_query_items`` leaves them out instead ("more like this", not "this").
+    ``moments``: return moments of audio and video files (``xsearch.moments``) instead of files, at most
+    ``per_file`` of each file (default 1); ``where`` then filters moment columns (``start``, ``end``,
+    ``uri``, ``modality``).
     """
 
     target: tuple[Modality, ...] | None = None
@@ -99,10 +103,15 @@ class SearchOptions:
     autocut: int | None = None
     dedup: bool = True
     exclude_query_items: bool = False
+    moments: bool = False
+    per_file: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", _targets(self.target))
         _at_least_one(self.k, "k", "results")
+        _at_least_one(self.per_file, "per_file", "moments per file")
+        if self.per_file is not None and not self.moments:
+            raise UsageError("per_file counts moments: give it with moments", argument="per_file")
         _at_least_one(self.autocut, "autocut", "jumps")
         _finite(self.min_score, "min_score")
         _finite(self.min_calibrated, "min_calibrated")
@@ -152,6 +161,7 @@ class IndexOptions:
     ray: str | None = None
     ray_actors: int | None = None  # encoder actors on the cluster; None: one per node or GPU
     gpu_decode: bool | None = None  # JPEGs decoded in batches on the encoder's device; None: when it is a GPU
+    moments: MomentCfg | None = None  # keep moments cut so (``xsearch.moments``); None: as the database says
 
     def __post_init__(self) -> None:
         _at_least_one(self.batch_size, "batch_size", "files per batch")
@@ -165,6 +175,8 @@ class IndexOptions:
                 "process, without them (give workers=1 or more)",
                 argument="workers",
             )
+        if self.moments is not None and self.ray is not None:
+            raise UsageError("moments are indexed on this machine: leave out --ray with --moments", argument="ray")
         if not self.limits.seconds > 0:
             raise UsageError(
                 f"file_timeout must be above 0 seconds, got {self.limits.seconds}", argument="file_timeout"
@@ -174,8 +186,16 @@ class IndexOptions:
     def of(cls, options: IndexOptions | None = None, /, **overrides) -> IndexOptions:
         """``options`` with ``overrides`` by field name, or by the flat names the CLI and ``Collection.index``
         use for the parts: ``modalities``, ``exclude``, ``follow_symlinks``, ``assign`` (scan),
-        ``file_timeout``, ``worker_memory_gb`` (limits)."""
+        ``file_timeout``, ``worker_memory_gb`` (limits), ``moments=True``, ``moment_seconds``,
+        ``moment_stride`` (a ``MomentCfg``)."""
         options = options or cls()
+        cut = {k: overrides.pop(k) for k in ("moment_seconds", "moment_stride") if k in overrides}
+        cut = {k.removeprefix("moment_"): v for k, v in cut.items() if v is not None}
+        wanted = overrides.get("moments")
+        if wanted is True or (cut and wanted is None):  # a way of cutting, given alone, asks for moments
+            overrides["moments"] = MomentCfg(**cut)
+        elif wanted is False:
+            overrides["moments"] = None
         scan = {k: overrides.pop(k) for k in ("modalities", "exclude", "follow_symlinks") if k in overrides}
         if "assign" in overrides:
             scan["assigned"] = assignments(overrides.pop("assign") or {})

@@ -7,6 +7,11 @@ Tables (plain Lance tables, readable with ``lancedb``, ``pyarrow`` or pandas wit
   (``width``, ``height``, ``duration``, ``sample_rate``, ``thumbnail``).
 - ``errors``: files that could not be indexed (``uri``, ``modality``, ``stage``, ``message``, ``at``).
 - ``meta``: one row naming the model whose embeddings the database holds, and the schema version.
+- ``moments`` (with ``xsearch index --moments``): one row per segment of an audio or video file: ``id``
+  (``item_id << 20 | n``), ``item_id``, ``uri``, ``modality`` (a video's sound track is ``audio``),
+  ``start`` and ``end`` in seconds, the file's ``sha256``, ``model_id``, ``embedding``
+  (``fixed_size_list<float16, 1024>``: half the bytes, and the precision the re-rank reads anyway) and
+  ``indexed_at``. How files are cut is in ``moments.json`` beside the tables (``xsearch.moments``).
 
 Every write is one Lance commit (a new table version written after its data files), so a writer killed at
 any moment leaves the previous version intact and readers never see half a batch.
@@ -44,7 +49,8 @@ from xsearch.options import item_key
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-ITEMS, ERRORS, META = "items", "errors", "meta"
+ITEMS, ERRORS, META, MOMENTS = "items", "errors", "meta", "moments"
+MOMENT_SETTINGS = "moments.json"  # the database's ``MomentCfg``: present once moments are on
 NEXT_ID = "next_id"  # the id high-water mark, beside the tables
 WRITER_LOCK = "writer.lock"
 READERS = "readers"  # one lease file per reader holding a version (``ReaderLease``)
@@ -111,6 +117,23 @@ def items_schema(dim: int) -> pa.Schema:
     )
 
 
+def moments_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("item_id", pa.int64(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("modality", pa.string(), nullable=False),
+            pa.field("start", pa.float64(), nullable=False),
+            pa.field("end", pa.float64(), nullable=False),
+            pa.field("sha256", pa.string()),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
+            pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
 ERRORS_SCHEMA = pa.schema(
     [
         pa.field("uri", pa.string(), nullable=False),
@@ -143,6 +166,17 @@ class ItemRecord:
     id: int | None = None
     metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate, thumbnail
     precision: str | None = None  # the encoder's: fp32 or bf16
+    moments: list[Moment] | None = None  # its segments, when the database keeps moments (``None``: not cut)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One segment of a file: ``[start, end)`` seconds of ``modality`` and its unit vector."""
+
+    modality: Modality
+    start: float
+    end: float
+    embedding: np.ndarray
 
 
 def _now() -> dt.datetime:
@@ -232,6 +266,7 @@ class ItemFilter:
     ids: Sequence[int] | None = None
     uris: Sequence[str] | None = None
     sha256s: Sequence[str] | None = None
+    item_ids: Sequence[int] | None = None  # moments of these items (the ``moments`` table's ``item_id``)
     indexed_after: str | None = None  # as returned by ``Store.last_indexed_at``
     where: str | None = None
 
@@ -252,6 +287,7 @@ class ItemFilter:
                 _in("id", self.ids) if self.ids is not None else None,
                 _in("uri", self.uris) if self.uris is not None else None,
                 _in("sha256", self.sha256s) if self.sha256s is not None else None,
+                _in("item_id", self.item_ids) if self.item_ids is not None else None,
                 f"indexed_at > TIMESTAMP {_quote(self.indexed_after)}" if self.indexed_after else None,
                 self.where,
             ]
@@ -319,12 +355,16 @@ class Store:
     >>> store.add_items([ItemRecord("a.jpg", "image", vector)])  # doctest: +SKIP
     """
 
-    def __init__(self, path: Path, db, model_id: str, embed_dim: int):
+    def __init__(self, path: Path, db, model_id: str, embed_dim: int, table: str = ITEMS):
         self.path = path
         self._db = db
         self.model_id = model_id
         self.embed_dim = embed_dim
-        self._pinned = None  # the items dataset at one version, for a snapshot (``snapshot``)
+        # The table this object reads: ``items``, or ``moments`` for the view ``moments()`` returns, which
+        # the index layer and the engine read exactly as they read items (ids, modality, vectors, versions).
+        self.table = table
+        self._pinned = None  # the table's dataset at one version, for a snapshot (``snapshot``)
+        self._moments: Store | None = None  # a snapshot's moments, pinned with it
         self.key: str | None = None  # that version's ``version_key``
 
     # ---- opening -------------------------------------------------------------------------------------
@@ -411,10 +451,152 @@ class Store:
         with _translated(self.path / f"{ERRORS}.lance"):
             return self._db.open_table(ERRORS)
 
+    def _table(self):
+        """The table this object reads (``items``, or ``moments`` for a moments view) at its latest version."""
+        with _translated(self.path / f"{self.table}.lance"):
+            return self._db.open_table(self.table)
+
+    # ---- moments ---------------------------------------------------------------------------------------
+
+    def moment_cfg(self):
+        """How this database cuts files into moments (a ``MomentCfg``), or ``None`` when it keeps none."""
+        from xsearch.moments import MomentCfg
+
+        try:
+            return MomentCfg.from_json(json.loads((self.path / MOMENT_SETTINGS).read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, UsageError) as exc:
+            raise DatabaseDamaged(self.path / MOMENT_SETTINGS, f"unreadable ({exc})") from None
+
+    @_guarded
+    def keep_moments(self, cfg) -> None:
+        """From now on, keep moments cut as ``cfg`` says (the table first, then the settings that say so).
+        A database keeps one way of cutting: another one is refused rather than mixed."""
+        held = self.moment_cfg()
+        if held is not None and held != cfg:
+            raise UsageError(
+                f"{self.path} keeps moments of {held.seconds:g} s every {held.stride:g} s; it cannot mix in "
+                f"{cfg.seconds:g} s every {cfg.stride:g} s (index into a new database to change them)",
+                argument="moment_seconds",
+            )
+        self._db.create_table(MOMENTS, schema=moments_schema(self.embed_dim), exist_ok=True)
+        if held is None:
+            tmp = self.path / (MOMENT_SETTINGS + ".tmp")
+            tmp.write_text(json.dumps(cfg.as_json()))
+            os.replace(tmp, self.path / MOMENT_SETTINGS)
+
+    def has_moments(self) -> bool:
+        return (self.path / f"{MOMENTS}.lance").exists()
+
+    def moments(self) -> Store:
+        """The ``moments`` table seen as a store of its own (read-only): counts, ids, vectors, versions and
+        snapshots of moments, which ``IndexSet`` and the engine read as they read items."""
+        if self.table == MOMENTS:
+            return self
+        if self._moments is not None:
+            return self._moments
+        if not self.has_moments():
+            raise StoreError(f"{self.path}: no moments indexed here (run xsearch index --moments)")
+        return Store(self.path, self._db, self.model_id, self.embed_dim, table=MOMENTS)
+
+    @_guarded
+    def replace_moments(self, records: Sequence[ItemRecord]) -> None:
+        """Each record's moments replace whatever its item had, all in one commit (a file's moments are
+        one set, old or new, never both). Records need their ``id`` (``upsert_items`` sets it)."""
+        from xsearch.moments import MAX_ITEM_ID, moment_id
+
+        records = [r for r in records if r.moments is not None]
+        if not records:
+            return
+        if any(r.id is None or r.id >= MAX_ITEM_ID for r in records):
+            raise StoreError(f"{self.path}: item ids past {MAX_ITEM_ID} cannot hold moments; index into a new database")
+        rows = {name: [] for name in moments_schema(self.embed_dim).names}
+        vectors, now = [], _now()
+        for record in records:
+            for n, moment in enumerate(sorted(record.moments, key=lambda m: (str(m.modality), m.start))):
+                vector = np.asarray(moment.embedding, dtype=np.float32).reshape(-1)
+                if vector.shape[0] != self.embed_dim or not np.isfinite(vector).all():
+                    raise StoreError(f"{record.uri}: a moment's embedding is not {self.embed_dim} finite values")
+                vectors.append(vector)
+                for key, value in (
+                    ("id", moment_id(record.id, n)),
+                    ("item_id", record.id),
+                    ("uri", record.uri),
+                    ("modality", str(moment.modality)),
+                    ("start", float(moment.start)),
+                    ("end", float(moment.end)),
+                    ("sha256", record.sha256),
+                    ("model_id", self.model_id),
+                    ("indexed_at", now),
+                ):
+                    rows[key].append(value)
+        schema = moments_schema(self.embed_dim)
+        flat = np.stack(vectors).astype(np.float16) if vectors else np.empty((0, self.embed_dim), np.float16)
+        arrays = [
+            pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), self.embed_dim)
+            if f.name == "embedding"
+            else pa.array(rows[f.name], type=f.type)
+            for f in schema
+        ]
+        table = self._db.open_table(MOMENTS)
+        owners = _in("item_id", [r.id for r in records])
+        if not vectors:
+            if table.count_rows(owners):
+                table.delete(owners)
+            return
+        (
+            table.merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(owners)
+            .execute(pa.Table.from_arrays(arrays, schema=schema))
+        )
+
+    @_guarded
+    def moment_at(self, item_id: int, seconds: float, prefer: Modality | None = None) -> dict | None:
+        """The moment of ``item_id`` holding ``seconds`` (``id``, ``modality``, ``start``, ``end``,
+        ``embedding``), of modality ``prefer`` when it has one (a video's picture before its sound); the
+        last one when ``seconds`` is its end. ``None`` when there is none."""
+        columns = ["id", "modality", "start", "end", "embedding"]
+        rows = self.moments().scan(columns, ItemFilter(item_ids=[item_id])).to_pylist()
+        held = [r for r in rows if r["start"] <= seconds < r["end"] or seconds == r["end"]]
+        held.sort(key=lambda r: (r["modality"] != str(prefer), r["end"] == seconds, r["start"]))
+        return held[0] if held else None
+
+    def moment_sets(self) -> dict[int, set[str | None]]:
+        """``{item id: the sha256s its moments were made from}``: one each, unless a run was killed between
+        the item's commit and its moments'."""
+        if not self.has_moments():
+            return {}
+        table = self._db.open_table(MOMENTS).to_lance().to_table(columns=["item_id", "sha256"])
+        pairs = table.group_by(["item_id", "sha256"]).aggregate([]).to_pylist()
+        sets: dict[int, set[str | None]] = {}
+        for pair in pairs:
+            sets.setdefault(pair["item_id"], set()).add(pair["sha256"])
+        return sets
+
+    @_guarded
+    def sweep_moments(self) -> int:
+        """Delete moments whose file's row is gone or holds other bytes (left by a killed run): one commit
+        when there are any. Returns how many."""
+        if not self.has_moments():
+            return 0
+        items = self.scan(["id", "sha256"]).to_pylist()
+        current = {row["id"]: row["sha256"] for row in items}
+        stale = [i for i, hashes in self.moment_sets().items() if i not in current or hashes != {current[i]}]
+        if not stale:
+            return 0
+        table = self._db.open_table(MOMENTS)
+        doomed = _in("item_id", stale)
+        count = table.count_rows(doomed)
+        table.delete(doomed)
+        return count
+
     @property
     def version(self) -> int:
-        """The ``items`` table version (a snapshot's own): what an index built from it records as covered."""
-        return self._pinned.version if self._pinned is not None else self.items().version
+        """The table's version (a snapshot's own): what an index built from it records as covered."""
+        return self._pinned.version if self._pinned is not None else self._table().version
 
     @_guarded
     def snapshot(self, lease: ReaderLease | None = None) -> Store:
@@ -424,11 +606,13 @@ class Store:
         compaction keeps it while the lease lives (taken before the version is read: no gap)."""
         if lease is not None:
             lease.hold(None)  # "the newest version as of now", until the number is known
-        pinned = Store(self.path, self._db, self.model_id, self.embed_dim)
+        pinned = Store(self.path, self._db, self.model_id, self.embed_dim, self.table)
         pinned._pinned = self._dataset()
         pinned.key = pinned.version_key()
+        if self.table == ITEMS and self.has_moments():  # pinned after the items: never older than they are
+            pinned._moments = self.moments().snapshot()
         if lease is not None:
-            lease.hold(pinned._pinned.version)
+            lease.hold(pinned._pinned.version, pinned._moments.version if pinned._moments else None)
         return pinned
 
     @_guarded
@@ -436,10 +620,10 @@ class Store:
         return self._dataset(version).count_rows(ItemFilter(modality=modality).sql())
 
     def _dataset(self, version: int | None = None):
-        """The ``items`` Lance dataset at ``version`` (when ``None``: a snapshot's, else the latest)."""
+        """The table's Lance dataset at ``version`` (when ``None``: a snapshot's, else the latest)."""
         if self._pinned is not None and version in (None, self._pinned.version):
             return self._pinned
-        dataset = self.items().to_lance()
+        dataset = self._table().to_lance()
         return dataset if version is None else dataset.checkout_version(version)
 
     @_guarded
@@ -455,7 +639,7 @@ class Store:
         batches = self._dataset(version).to_batches(
             columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows
         )
-        with _translated(self.path / f"{ITEMS}.lance"):
+        with _translated(self.path / f"{self.table}.lance"):
             for batch in batches:
                 if batch.num_rows:
                     yield batch.column("id").to_numpy(), embeddings_to_numpy(batch.column("embedding"))
@@ -481,10 +665,13 @@ class Store:
             table = dataset.to_table(columns=read, filter=sql)
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
             if where is None or not where.where:
-                problem = _storage_problem(self.path / f"{ITEMS}.lance", exc)
-                raise problem or StoreError(f"{self.path}: reading items failed ({_one_line(str(exc))})") from None
+                problem = _storage_problem(self.path / f"{self.table}.lance", exc)
+                raise problem or StoreError(
+                    f"{self.path}: reading {self.table} failed ({_one_line(str(exc))})"
+                ) from None
             reason = _filter_problem(str(exc))
-            filterable = ", ".join(n for n in items_schema(self.embed_dim).names if n not in _NOT_FILTERABLE)
+            schema = items_schema if self.table == ITEMS else moments_schema
+            filterable = ", ".join(n for n in schema(self.embed_dim).names if n not in _NOT_FILTERABLE)
             raise UsageError(
                 f"bad filter {where.where!r}: {reason} (columns: {filterable})", argument="where"
             ) from None
@@ -666,7 +853,11 @@ class Store:
             clauses.append(_in("uri", uris))
         table = self.items()
         if clauses:
-            table.delete(" OR ".join(f"({c})" for c in clauses))
+            where = " OR ".join(f"({c})" for c in clauses)
+            doomed = self.scan(["id"], ItemFilter(where=where))["id"].to_pylist() if self.has_moments() else []
+            table.delete(where)
+            if doomed:  # after the rows: a kill between the two leaves moments that ``sweep_moments`` removes
+                self._db.open_table(MOMENTS).delete(_in("item_id", doomed))
         return table.version
 
     @_guarded
@@ -703,12 +894,20 @@ class Store:
         database's size.
         """
         min_keep = MIN_KEEP if min_keep is None else min_keep
-        held = _held_since(self.path, self._dataset().versions())
-        keep = min_keep if held is None else max(min_keep, _now() - held + dt.timedelta(seconds=1))
+
+        def keep(table, held_as: str) -> dt.timedelta:
+            held = _held_since(self.path, table.to_lance().versions(), held_as)
+            return min_keep if held is None else max(min_keep, _now() - held + dt.timedelta(seconds=1))
+
+        items = self.items()
+        plan = [(items, keep(items, "version")), (self.errors(), keep(items, "version"))]
+        if self.has_moments():
+            moments = self._db.open_table(MOMENTS)
+            plan.append((moments, keep(moments, "moments")))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=")  # we know who reads
-            for table in (self.items(), self.errors()):
-                table.optimize(cleanup_older_than=keep)
+            for table, kept in plan:
+                table.optimize(cleanup_older_than=kept)
 
     @_guarded
     def error_rows(self) -> pa.Table:
@@ -743,16 +942,24 @@ class ReaderLease:
     def __init__(self, path: str | os.PathLike):
         self.file = Path(path) / READERS / f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
         self.held: int | None = None
+        self.held_moments: int | None = None
         self.noted = False
         atexit.register(self.release)
 
-    def hold(self, version: int | None) -> None:
-        """Note ``version`` (``None``: the newest as of now). Holding an older version than the one read is
-        safe (compaction keeps everything from it on), so a reader renews its note only when it moves."""
-        if self.noted and (version is None or version == self.held):
+    def hold(self, version: int | None, moments: int | None = None) -> None:
+        """Note ``version`` of items and ``moments`` of the moments table (``None``: the newest as of now).
+        Holding an older version than the one read is safe (compaction keeps everything from it on), so a
+        reader renews its note only when it moves."""
+        if self.noted and (version is None or (version, moments) == (self.held, self.held_moments)):
             return
-        self.held, self.noted = version, True
-        note = {"version": version, "at": _now().timestamp(), "pid": os.getpid(), "host": socket.gethostname()}
+        self.held, self.held_moments, self.noted = version, moments, True
+        note = {
+            "version": version,
+            "moments": moments,
+            "at": _now().timestamp(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         try:
             self.file.parent.mkdir(exist_ok=True)
             tmp = self.file.with_suffix(".tmp")
@@ -767,8 +974,9 @@ class ReaderLease:
             self.file.unlink(missing_ok=True)
 
 
-def _held_since(path: Path, versions: list[dict]) -> dt.datetime | None:
-    """The commit time of the oldest version a live reader holds (``None``: none is held)."""
+def _held_since(path: Path, versions: list[dict], field: str = "version") -> dt.datetime | None:
+    """The commit time of the oldest version of a table (``versions``) that a live reader holds (``None``:
+    none is held); ``field`` names the table in a lease note (``version``: items, ``moments``)."""
     times = sorted((v["timestamp"].astimezone(dt.UTC), v["version"]) for v in versions)
     oldest = None
     for lease in (path / READERS).glob("*.json") if (path / READERS).is_dir() else []:
@@ -780,8 +988,10 @@ def _held_since(path: Path, versions: list[dict]) -> dt.datetime | None:
         if not _alive(note) or (_now() - at).total_seconds() > LEASE_SECONDS:
             lease.unlink(missing_ok=True)  # a dead reader's
             continue
-        if note.get("version") is not None:
-            held = next((t for t, v in times if v == note["version"]), None)
+        if note.get(field) is not None:
+            held = next((t for t, v in times if v == note[field]), None)
+        elif note.get("version") is not None:  # holds items read before this table existed: nothing of it
+            continue
         else:  # noted before it read: the newest version committed by then
             held = max((t for t, _ in times if t <= at), default=None)
         if held is not None and (oldest is None or held < oldest):
@@ -819,8 +1029,8 @@ def _rows_model(db, path: Path) -> tuple[str, int] | None:
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A ``fixed_size_list<float32, d>`` column -> ``float32 [n, d]`` without a Python loop."""
+    """A ``fixed_size_list<float32 or float16, d>`` column -> ``float32 [n, d]`` without a Python loop."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)

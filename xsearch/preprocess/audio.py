@@ -42,7 +42,7 @@ class AudioCfg:
     frame_shift_ms: float = 10.0
     mean: float = -4.268
     std: float = 9.138
-    max_seconds: float = 4 * 3600.0  # longer files are refused (counted as decoded, whatever the header says)
+    max_seconds: float = 24 * 3600.0  # longer files are refused (counted as decoded, whatever the header says)
     whole_file_seconds: float = 120.0  # longer files are decoded only around their clips
 
     @classmethod
@@ -144,25 +144,36 @@ def _counted_pieces(container, stream, rate: int, name: str, cfg: AudioCfg, limi
         yield piece
 
 
-def _clip_windows(samples: int, rate: int, cfg: AudioCfg) -> list[tuple[int, int, int, int]]:
-    """Per clip: the native-rate span to decode and where the clip lies in its resampled output.
+def _clip_windows(
+    samples: int, rate: int, cfg: AudioCfg, starts: list | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Per clip (at ``starts`` seconds; default: the file's evenly spaced ones): the native-rate span to
+    decode and where the clip lies in its resampled output.
 
     ``(in_start, in_stop, clip_start, clip_stop)``. Spans start on a multiple of ``rate / gcd(rate, 16k)``
     input samples, where the resampler's output grid meets the input grid, so resampling a span gives the
     same samples as resampling the whole file; the margin covers the resampling filter's reach.
     """
-    g = math.gcd(rate, cfg.sample_rate)
-    step_in, step_out = rate // g, cfg.sample_rate // g
     total_out = -(-samples * cfg.sample_rate // rate)  # the resampled length, as torchaudio makes it
-    margin = cfg.sample_rate // 4
+    if starts is None:
+        starts = clip_starts(total_out / cfg.sample_rate, cfg.clip_seconds, cfg.clips)
     windows = []
-    for start in clip_starts(total_out / cfg.sample_rate, cfg.clip_seconds, cfg.clips):
+    for start in starts:
         lo = int(start * cfg.sample_rate)
         hi = min(int((start + cfg.clip_seconds) * cfg.sample_rate), total_out)
-        first = max(lo - margin, 0) // step_out
-        last = -(-(hi + margin) // step_out)
-        windows.append((first * step_in, min(last * step_in, samples), lo - first * step_out, hi - first * step_out))
+        windows.append(_output_window(lo, hi, samples, rate, cfg))
     return windows
+
+
+def _output_window(lo: int, hi: int, samples: int, rate: int, cfg: AudioCfg) -> tuple[int, int, int, int]:
+    """Resampled samples ``[lo, hi)`` -> ``(in_start, in_stop, lo, hi)`` with ``lo, hi`` made relative to
+    the output of resampling the input span alone (see ``_clip_windows``)."""
+    g = math.gcd(rate, cfg.sample_rate)
+    step_in, step_out = rate // g, cfg.sample_rate // g
+    margin = cfg.sample_rate // 4
+    first = max(lo - margin, 0) // step_out
+    last = -(-(hi + margin) // step_out)
+    return first * step_in, min(last * step_in, samples), lo - first * step_out, hi - first * step_out
 
 
 def _read_spans(name: str, spans: list[tuple[int, int]], cfg: AudioCfg, seek: bool) -> list[np.ndarray]:
@@ -215,6 +226,37 @@ def _windowed_clips(name: str, samples: int, rate: int, cfg: AudioCfg, seek: boo
         clip -= clip.mean()
         clips.append(waveform_to_fbank(clip, cfg))
     return (torch.stack(clips) - cfg.mean) / cfg.std, np.concatenate(spans)
+
+
+def segment_clips(path: str | os.PathLike, segments: list[list[float]], cfg: AudioCfg = AudioCfg()) -> torch.Tensor:
+    """The clips of consecutive segments of one file (``segments``: each one's clip starts in seconds) ->
+    ``[S, clips, 1, mel_bins, target_frames]``, decoding only the span they cover (one seek).
+
+    Each clip is cut and normalised exactly as a file of that clip alone would be (``waveform_to_clips``
+    on a 2 s file), so a moment's input equals the input of the same seconds cut out as a file.
+    """
+    name = os.fspath(path)
+    with open_container(name) as container:
+        _, rate, duration = _audio_stream(container, name, cfg)
+    seek = duration is not None
+    samples = round(duration * rate) if seek else _count_samples(name, cfg)
+    total_out = -(-samples * cfg.sample_rate // rate)
+    starts = [start for clips in segments for start in clips]
+    bounds = [(int(s * cfg.sample_rate), min(int((s + cfg.clip_seconds) * cfg.sample_rate), total_out)) for s in starts]
+    lo, hi = min(a for a, _ in bounds), max(b for _, b in bounds)
+    in_start, in_stop, offset, _ = _output_window(lo, hi, samples, rate, cfg)
+    (span,) = _read_spans(name, [(in_start, in_stop)], cfg, seek)
+    resampled = resample(torch.from_numpy(_checked(name, [span])).unsqueeze(0), rate, cfg.sample_rate)
+    first = lo - offset  # the output sample at resampled[0]
+    clips = []
+    for a, b in bounds:
+        clip = resampled[:, max(a - first, 0) : max(b - first, 0)].clone()
+        if clip.shape[-1] == 0:
+            raise DecodeError(name, f"no audio samples at {a / cfg.sample_rate:.1f} s")
+        clip -= clip.mean()
+        clips.append(waveform_to_fbank(clip, cfg))
+    stacked = (torch.stack(clips) - cfg.mean) / cfg.std
+    return stacked.unflatten(0, (len(segments), -1))
 
 
 # torchaudio's sinc resampler (the reference's) builds a kernel of about (rate / g) x (16000 / g) floats,

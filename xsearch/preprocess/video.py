@@ -138,22 +138,28 @@ def frames_to_clips(clip_frames: list[list[np.ndarray]], cfg: VideoCfg = VideoCf
     return torch.stack(out)
 
 
+def _video_stream(container, name: str, cfg: VideoCfg):
+    """The first video stream, its size checked against the caps, and its duration."""
+    if not container.streams.video:
+        raise NoStreamError(name, "no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    ctx = stream.codec_context
+    if ctx.width and ctx.height and ctx.width * ctx.height > cfg.max_pixels_per_frame:
+        raise DecodeError(name, f"video frames are {ctx.width}x{ctx.height}, too large")
+    if ctx.width and ctx.height:
+        check_aspect(name, ctx.width, ctx.height, "video frame")
+    duration = _duration(stream, container)
+    if duration is None:
+        raise DecodeError(name, "video duration is unknown")
+    return stream, duration
+
+
 def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[list[list[np.ndarray]], float]:
     """``(frames of each clip, duration in seconds)``, decoded with one seek per clip."""
     name = os.fspath(path)
     with open_container(path) as container:
-        if not container.streams.video:
-            raise NoStreamError(name, "no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        ctx = stream.codec_context
-        if ctx.width and ctx.height and ctx.width * ctx.height > cfg.max_pixels_per_frame:
-            raise DecodeError(name, f"video frames are {ctx.width}x{ctx.height}, too large")
-        if ctx.width and ctx.height:
-            check_aspect(name, ctx.width, ctx.height, "video frame")
-        duration = _duration(stream, container)
-        if duration is None:
-            raise DecodeError(name, "video duration is unknown")
+        stream, duration = _video_stream(container, name, cfg)
         clips = []
         try:
             for start in clip_starts(duration, cfg.clip_seconds, cfg.clips):
@@ -166,6 +172,56 @@ def decode_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tuple[l
         except av.FFmpegError as exc:
             raise DecodeError(name, f"video data is corrupt ({describe(exc)})") from None
     return clips, float(duration)
+
+
+def _windows_in_one_pass(container, stream, windows: list[tuple[float, float]]) -> list[list]:
+    """The first and the last frame of each ``[start, end)`` window (the nearest earlier frame for a window
+    that holds none), decoding once from the first window on: dense windows share their keyframes."""
+    first_start, last_end = min(a for a, _ in windows), max(b for _, b in windows)
+    offset = int(first_start / stream.time_base) + (stream.start_time or 0) if stream.time_base else 0
+    container.seek(max(offset, 0), stream=stream, backward=True, any_frame=False)
+    firsts, lasts, before = [None] * len(windows), [None] * len(windows), [None] * len(windows)
+    for frame in container.decode(stream):
+        t = _frame_time(frame, stream)
+        if t is None:
+            continue
+        if t >= last_end:
+            break
+        for i, (start, end) in enumerate(windows):
+            if t < start:
+                before[i] = frame
+            elif t < end:
+                if firsts[i] is None:
+                    firsts[i] = frame
+                lasts[i] = frame
+    return [
+        [first, last] if first is not None else ([near, near] if near is not None else [])
+        for first, last, near in zip(firsts, lasts, before)
+    ]
+
+
+def decode_segments(path: str | os.PathLike, segments: list[list[float]], cfg: VideoCfg = VideoCfg()) -> torch.Tensor:
+    """The clips of consecutive segments of one file (``segments``: each one's clip starts in seconds) ->
+    ``[S, clips * crops, 3, T, size, size]``, each clip made as the whole-file path makes a clip."""
+    name = os.fspath(path)
+    windows = [(float(s), float(s) + cfg.clip_seconds) for clips in segments for s in clips]
+    with open_container(path) as container:
+        stream, _ = _video_stream(container, name, cfg)
+        try:
+            if cfg.frames_per_clip == 2:
+                frames = [
+                    [f.to_ndarray(format="rgb24") for f in pair]
+                    for pair in _windows_in_one_pass(container, stream, windows)
+                ]
+            else:
+                frames = [_clip_frames(container, stream, a, b, cfg.frames_per_clip) for a, b in windows]
+        except av.FFmpegError as exc:
+            raise DecodeError(name, f"video data is corrupt ({describe(exc)})") from None
+    for (start, _), clip in zip(windows, frames):
+        if not clip:
+            raise DecodeError(name, f"no decodable frame near {start:.2f} s")
+    per_segment = len(windows) // len(segments)
+    return torch.stack([frames_to_clips(frames[i : i + per_segment], cfg) for i in range(0, len(frames), per_segment)])
 
 
 def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> torch.Tensor:

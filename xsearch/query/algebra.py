@@ -50,6 +50,7 @@ class QueryInput:
     uri: str | None = None
     thumbnail: bytes | None = None  # JPEG, made from the pixels decoded for the model (or stored)
     item_id: int | None = None  # the stored item an item input is
+    moment_id: int | None = None  # the stored moment a ``Query.item(..., at=)`` input is
 
 
 @dataclass(frozen=True)
@@ -153,21 +154,44 @@ class VectorTerm(Term):
 
 @dataclass(frozen=True)
 class ItemTerm(Term):
-    """An indexed item's stored embedding, by id or path: no model run."""
+    """An indexed item's stored embedding, by id or path: no model run. With ``at`` (seconds), the stored
+    moment of the item that holds that second ("more like this moment")."""
 
     key: int | str
+    at: float | None = None
     kind: ClassVar[str] = "item"
 
+    def __post_init__(self) -> None:
+        if self.at is not None and not (math.isfinite(self.at) and self.at >= 0):
+            raise QueryError(f"item {self.key!r}: a moment is a time of 0 seconds or more, got {self.at!r}")
+        super().__post_init__()
+
     def _shown(self):
-        return self.key
+        return self.key if self.at is None else f"{self.key}@{self.at:g}"
+
+    def constructor(self) -> str:
+        return f"Query.item({self.key!r})" if self.at is None else f"Query.item({self.key!r}, at={self.at:g})"
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
+        from xsearch.moments import clock
+
         store = context.store
         row = store.lookup(self.key, ["id", "embedding", "uri", "modality", "thumbnail"])
         if row is None:
             raise ItemNotFound(self.key, store.path)
-        vector = np.asarray(row["embedding"], dtype=np.float32)
-        return vector, QueryInput(self, Modality(row["modality"]), row["uri"], row["thumbnail"], row["id"])
+        modality = Modality(row["modality"])
+        if self.at is None:
+            vector = np.asarray(row["embedding"], dtype=np.float32)
+            return vector, QueryInput(self, modality, row["uri"], row["thumbnail"], row["id"])
+        moment = store.moment_at(row["id"], self.at, prefer=modality) if store.has_moments() else None
+        if moment is None:
+            raise QueryError(
+                f"item {self.key!r} ({row['uri']}) has no moment at {clock(self.at)}"
+                + ("" if store.has_moments() else " (index it with --moments)")
+            )
+        vector = np.asarray(moment["embedding"], dtype=np.float32)
+        shown = Modality(moment["modality"])
+        return vector, QueryInput(self, shown, row["uri"], row["thumbnail"], row["id"], moment["id"])
 
 
 class _QueryType(type):
@@ -251,9 +275,10 @@ class Query(metaclass=_QueryType):
         return cls([VectorTerm(np.asarray(vector, dtype=np.float32).reshape(-1), weight=float(weight))])
 
     @classmethod
-    def item(cls, id_or_uri: int | str, weight: float = 1.0) -> Query:
-        """A stored item's embedding, by id (``12`` or ``"12"``) or path: no model run."""
-        return cls([ItemTerm(item_key(id_or_uri), weight=float(weight))])
+    def item(cls, id_or_uri: int | str, weight: float = 1.0, *, at: float | None = None) -> Query:
+        """A stored item's embedding, by id (``12`` or ``"12"``) or path: no model run. ``at``: the item's
+        moment holding that second instead (``xsearch index --moments``)."""
+        return cls([ItemTerm(item_key(id_or_uri), None if at is None else float(at), weight=float(weight))])
 
     @classmethod
     def input(cls, modality: Modality | str, value: str, weight: float = 1.0) -> Query:

@@ -4,6 +4,11 @@ Strategy: with no filter, the modality's FAISS index answers. With a filter (``w
 matching ids are read from the store; up to ``exact_filter_limit`` of them are scored exactly against
 their stored vectors, more than that over-fetch the index and keep the matches.
 
+Moments (``SearchOptions.moments``): the same machinery over the store's ``moments`` table, seen as a store
+of its own (``Store.moments``) with its own indices and calibration samples; a moment whose file's row is
+gone or holds other bytes (a run killed between the two commits) is never returned, duplicates fold on
+the same seconds of the same bytes, and each file gives at most ``per_file`` moments.
+
 One snapshot per version: everything a search reads (indices, calibration samples, the hashes held by
 several rows, counts, rows) comes from the store frozen at one version (``Store.snapshot``), so an answer
 never mixes the commits of a concurrent ``xsearch index``. The snapshot is kept while the store's
@@ -33,6 +38,7 @@ from xsearch.store import ItemFilter, ReaderLease
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["uri", "modality", "sha256", *METADATA_COLUMNS]
+MOMENT_COLUMNS = ["item_id", "uri", "modality", "sha256", "start", "end"]
 # With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
 EXACT_FILTER_LIMIT = 200_000
 FILTER_OVERFETCH = 20  # candidates per wanted hit when the index is searched under a large filter
@@ -84,6 +90,7 @@ class Engine:
         self._exact_tried: weakref.WeakSet = weakref.WeakSet()  # indices already offered the device
         self._lease = ReaderLease(store.path)  # the version this engine reads, kept by writers' compaction
         self._snapshot: Snapshot | None = None
+        self._moments: Snapshot | None = None  # the moments of ``_snapshot``'s version, once searched
         self._lock = threading.RLock()  # snapshots and their indices change only under it
         self._encoder = encoder if encoder is None or not callable(encoder) else None
         self._make_encoder = encoder if callable(encoder) else None
@@ -125,6 +132,20 @@ class Engine:
             if previous is not None:  # its indices are topped up in memory on first use
                 self._snapshot.loaded = dict(previous.loaded)
             return self._snapshot
+
+    def moments(self, snapshot: Snapshot) -> Snapshot:
+        """The moments pinned with ``snapshot`` (``Store.snapshot``), with their indices and samples."""
+        from xsearch.index import IndexSet
+
+        with self._lock:
+            pinned = snapshot.store.moments()
+            previous = self._moments
+            if previous is not None and previous.key == pinned.key:
+                return previous
+            self._moments = Snapshot(pinned, IndexSet(pinned, self.index_cfg))
+            if previous is not None:
+                self._moments.loaded = dict(previous.loaded)
+            return self._moments
 
     def index(self, modality: Modality, snapshot: Snapshot | None = None):
         """The modality's FAISS index at ``snapshot``'s version (default: the current one), brought up to
@@ -168,6 +189,8 @@ class Engine:
         query = Query.of(query)
         options = SearchOptions.of(options, **overrides)  # a typo fails here, before any model is loaded
         vector, inputs = self.embed_inputs(query)
+        if options.moments:
+            return self._search_moments(query, options, vector, inputs)
         with self._lock:  # one version for everything below
             snapshot = self.snapshot()
             targets = self.targets(options.target, snapshot)
@@ -189,6 +212,49 @@ class Engine:
             hits = cut(hits[:k], options, by_calibrated, kept=leading)
             results = _results(hits, rows)
         return Results(results, query, targets, inputs, _thumbnail_loader(snapshot.store), snapshot.store.model_id)
+
+    def _search_moments(self, query: Query, options: SearchOptions, vector, inputs) -> Results:
+        """``search`` for moments: hits are segments; at most ``per_file`` per file (default 1)."""
+        with self._lock:
+            snapshot = self.snapshot()
+            moments = self.moments(snapshot)
+            held = moments.store.modalities()
+            targets = [m for m in self.targets(options.target, moments) if m in held]
+            by_calibrated = len(targets) > 1
+            k = min(options.k, moments.store.count())
+            per_file = options.per_file or 1
+            own = {i.moment_id for i in inputs if i.moment_id is not None and i.term.weight > 0}
+            fetch, hits, rows, items, leading = k * per_file, [], {}, {}, set()
+            while k:
+                hits, exhausted = self._gather(moments, vector, targets, fetch, options, by_calibrated)
+                rows = moments.store.rows([h.id for h in hits], MOMENT_COLUMNS)
+                items = snapshot.store.rows(sorted({r["item_id"] for r in rows.values()}), RESULT_COLUMNS)
+                hits = [h for h in hits if _current(rows.get(h.id), items)]
+                leading = own & set(rows)
+                if options.dedup:
+                    hits = self._moments_deduplicated(snapshot, moments, hits, rows, own)
+                hits = _per_file(lead(hits, leading, options.exclude_query_items), rows, per_file, leading)
+                if len(hits) >= k or exhausted:
+                    break
+                fetch *= 2
+            hits = cut(hits[:k], options, by_calibrated, kept=leading)
+            results = _moment_results(hits, rows, items)
+        return Results(results, query, targets, inputs, _thumbnail_loader(snapshot.store), snapshot.store.model_id)
+
+    def _moments_deduplicated(self, snapshot, moments, hits, rows, own) -> list[Hit]:
+        """One hit per moment of the same bytes (files with the same sha256) at the same seconds."""
+
+        def digest(row: dict) -> str:
+            return f"{row['sha256']}|{row['modality']}|{row['start']:g}"
+
+        hashes = {i: digest(row) for i, row in rows.items() if row["sha256"]}
+        shared = sorted({row["sha256"] for row in rows.values()} & self._shared_hashes(snapshot))
+        paths: dict[str, list[tuple[int, str]]] = {}
+        if shared:
+            columns = ["id", "uri", "sha256", "modality", "start"]
+            for row in moments.store.scan(columns, ItemFilter(sha256s=shared)).to_pylist():
+                paths.setdefault(digest(row), []).append((row["id"], row["uri"]))
+        return fold_duplicates(hits, hashes, paths, preferred=own)
 
     def _gather(self, snapshot, vector, targets, fetch, options, by_calibrated) -> tuple[list[Hit], bool]:
         """Each target's best ``fetch`` hits with raw and calibrated scores, merged; and whether every
@@ -300,6 +366,49 @@ def _results(hits: list[Hit], rows: dict[int, dict]) -> list[Result]:
         results.append(
             Result(
                 rank, hit.score, hit.id, row["uri"], Modality(row["modality"]), metadata, hit.calibrated, hit.duplicates
+            )
+        )
+    return results
+
+
+def _current(row: dict | None, items: dict[int, dict]) -> bool:
+    """A moment whose file's row is there and holds the bytes it was cut from."""
+    return row is not None and row["item_id"] in items and items[row["item_id"]]["sha256"] == row["sha256"]
+
+
+def _per_file(hits: list[Hit], rows: dict[int, dict], per_file: int, kept: set[int]) -> list[Hit]:
+    """At most ``per_file`` hits of each file (the ``kept`` ones apart), in order."""
+    counts: dict[int, int] = {}
+    out = []
+    for hit in hits:
+        owner = rows[hit.id]["item_id"]
+        if hit.id not in kept:
+            if counts.get(owner, 0) >= per_file:
+                continue
+            counts[owner] = counts.get(owner, 0) + 1
+        out.append(hit)
+    return out
+
+
+def _moment_results(hits: list[Hit], rows: dict[int, dict], items: dict[int, dict]) -> list[Result]:
+    """Moment hits as results: the file's id, uri and metadata, the moment's modality and seconds."""
+    results = []
+    for rank, hit in enumerate(hits, start=1):
+        row = rows[hit.id]
+        item = items[row["item_id"]]
+        metadata = {key: item[key] for key in METADATA_COLUMNS if item[key] is not None}
+        results.append(
+            Result(
+                rank,
+                hit.score,
+                row["item_id"],
+                row["uri"],
+                Modality(row["modality"]),
+                metadata,
+                hit.calibrated,
+                hit.duplicates,
+                start=row["start"],
+                end=row["end"],
             )
         )
     return results

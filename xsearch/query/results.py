@@ -34,9 +34,23 @@ class Result:
     metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate (when known)
     calibrated: float | None = None
     duplicates: list[str] = field(default_factory=list)  # other paths of the same bytes (same sha256)
+    start: float | None = None  # a moment's seconds in its file (``SearchOptions.moments``)
+    end: float | None = None
+
+    @property
+    def is_moment(self) -> bool:
+        return self.start is not None
+
+    @property
+    def fragment(self) -> str:
+        """The media fragment a player starts from (``#t=12,18``), or ``""`` for a whole file."""
+        return f"#t={self.start:g},{self.end:g}" if self.is_moment else ""
 
     def as_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.is_moment:
+            del out["start"], out["end"]
+        return out
 
 
 class Results(list):
@@ -77,6 +91,9 @@ class Results(list):
             "uri": pa.array([r.uri for r in self], pa.string()),
             "modality": pa.array([r.modality.value for r in self], pa.string()),
         }
+        if any(r.is_moment for r in self):
+            columns["start"] = pa.array([r.start for r in self], pa.float64())
+            columns["end"] = pa.array([r.end for r in self], pa.float64())
         for key, kind in METADATA_COLUMNS.items():
             columns[key] = pa.array([r.metadata.get(key) for r in self], kind)
         columns["duplicates"] = pa.array([r.duplicates for r in self], pa.list_(pa.string()))

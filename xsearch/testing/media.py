@@ -84,6 +84,47 @@ def write_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(160, 120)
     return path
 
 
+def event_recording(seconds: float, rate: int, event_at: float, event_seconds: float = 2.0, seed=0) -> np.ndarray:
+    """``[n, 1]`` float32: quiet tones that change every 2 s over noise, with one distinctive event (a loud
+    rising chirp over white noise) of ``event_seconds`` from ``event_at``: a recording whose moment matters."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    pitch = 200.0 + 40.0 * rng.integers(0, 20, size=int(seconds // 2) + 1)[(t // 2).astype(int)]
+    samples = 0.2 * np.sin(2 * np.pi * pitch * t) + 0.02 * rng.standard_normal(n)
+    lo, hi = min(int(event_at * rate), n), min(int((event_at + event_seconds) * rate), n)
+    local = t[lo:hi] - event_at
+    samples[lo:hi] = 0.6 * np.sin(2 * np.pi * (600 + 1500 * local) * local) + 0.3 * rng.standard_normal(hi - lo)
+    return samples.astype(np.float32)[:, None]
+
+
+def write_event_video(
+    path: Path, seconds: float, event_at: float, event_seconds: float = 2.0, fps: int = 4, size=(96, 96), seed=0
+) -> Path:
+    """A video of dim noise whose frames turn a bright red checkerboard for ``event_seconds`` from
+    ``event_at`` (keyframes every second, so seeks land near any time)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    checker = ((np.indices((h, w)) // 12).sum(axis=0) % 2).astype(np.uint8)
+    with av.open(local_file_url(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"g": str(fps)})
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        for i in range(int(seconds * fps)):
+            if event_at <= i / fps < event_at + event_seconds:
+                rgb = np.stack([55 + 200 * checker, 20 * checker, 20 * checker], axis=-1).astype(np.uint8)
+            else:
+                rgb = rng.integers(20, 70, (h, w, 3)).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
 def write_map(path: Path, size=(200, 150), bits: int = 16, seed=0) -> Path:
     """A single-channel depth/thermal map (PNG, 8 or 16 bit, or .npy float)."""
     rng = np.random.default_rng(seed)

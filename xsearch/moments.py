@@ -1,0 +1,196 @@
+"""Moments: one vector per segment along long audio and video, so a search can say *when*.
+
+An item's vector averages a few 2 s clips of the whole file (3 for audio, 5 for video): a 40-minute
+podcast is one point in the space. With moments on, every audio and video file is also cut into segments
+of ``MomentCfg.seconds`` (6 s by default) every ``MomentCfg.stride`` seconds, along the whole file; each
+segment's vector averages its 2 s clips (ImageBind's unit: 3 clips for 6 s), each clip made exactly as the
+clip of a 2 s file would be, so the seconds of a segment cut out as a file of their own embed as the
+segment does. A video's sound track is cut into audio moments of the same file, so a sound or a sentence
+finds the moment in a video where it is heard. The last segment of a file is shorter; its clips are moved
+back to end at the file's end.
+
+Long files are streamed: the decode stage hands the indexer a file's segments in chunks (``MomentTask``,
+a few minutes of audio or seconds of video each), so memory does not grow with length, and each chunk is
+bounded by the per-file time limit as a file is.
+
+Moment ids are ``item id << MOMENT_BITS | n``: derived from the file's row, so a file's moments are replaced
+as a set in one commit and never need an id table of their own. Light on purpose (no torch): options
+import it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from xsearch.errors import UsageError
+from xsearch.modalities import Modality
+
+CLIP_SECONDS = 2  # ImageBind's audio and video clip
+MOMENT_BITS = 20  # moments per file: 2**20 segments (72 days at 6 s)
+MAX_ITEM_ID = 2 ** (63 - MOMENT_BITS)
+MOMENT_MODALITIES = (Modality.AUDIO, Modality.VIDEO)
+# Segments per decode chunk: a chunk's model input stays near 20 MB of audio clips (300 s at 6 s) or
+# 55 MB of video clips (30 s: 9 clip-crops of 2 x 224 x 224 per segment, float32).
+CHUNK_SEGMENTS = {Modality.AUDIO: 50, Modality.VIDEO: 5}
+
+
+@dataclass(frozen=True)
+class MomentCfg:
+    """How files are cut into moments: segments of ``seconds`` (a multiple of the 2 s clip) starting every
+    ``stride`` seconds (default: ``seconds``, segments side by side)."""
+
+    seconds: float = 6.0
+    stride: float | None = None
+
+    def __post_init__(self) -> None:
+        seconds = self.seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise UsageError(f"moment_seconds must be a number of seconds, got {seconds!r}", argument="moment_seconds")
+        if seconds < CLIP_SECONDS or seconds > 60 or seconds % CLIP_SECONDS:
+            raise UsageError(
+                f"moment_seconds must be a multiple of {CLIP_SECONDS} between {CLIP_SECONDS} and 60 "
+                f"(the model hears {CLIP_SECONDS} s clips), got {seconds:g}",
+                argument="moment_seconds",
+            )
+        stride = self.seconds if self.stride is None else self.stride
+        if isinstance(stride, bool) or not isinstance(stride, (int, float)) or not 0.5 <= stride <= 600:
+            raise UsageError(
+                f"moment_stride must be between 0.5 and 600 seconds, got {stride!r}", argument="moment_stride"
+            )
+        object.__setattr__(self, "seconds", float(seconds))
+        object.__setattr__(self, "stride", float(stride))
+
+    @property
+    def clips(self) -> int:
+        return int(self.seconds // CLIP_SECONDS)
+
+    def spans(self, duration: float) -> list[tuple[float, float]]:
+        """``[start, end)`` of each segment of a file of ``duration`` seconds (one, at least)."""
+        spans, start = [], 0.0
+        while start < duration or not spans:
+            end = min(start + self.seconds, duration)
+            spans.append((start, end))
+            if end >= duration:
+                break
+            start = round(start + self.stride, 6)
+        return spans
+
+    def clip_starts(self, start: float, end: float) -> list[float]:
+        """The segment's clips, side by side from its start; in a short (last) segment, moved back to end at
+        its end (and repeated when it is shorter than one clip)."""
+        latest = max(end - CLIP_SECONDS, start)
+        return [min(start + i * CLIP_SECONDS, latest) for i in range(self.clips)]
+
+    def as_json(self) -> dict:
+        return {"seconds": self.seconds, "stride": self.stride}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MomentCfg:
+        return cls(float(data["seconds"]), float(data["stride"]))
+
+
+def moment_id(item_id: int, n: int) -> int:
+    return (int(item_id) << MOMENT_BITS) | n
+
+
+def item_of(moment: int) -> int:
+    return int(moment) >> MOMENT_BITS
+
+
+@dataclass(frozen=True)
+class MomentTask:
+    """A chunk of one file's segments for the decode stage: ``spans`` of ``modality`` (a video's sound track
+    is ``audio``), numbered from ``first`` among the file's segments of that modality; ``chunks`` is how
+    many chunks the file has in all (the indexer commits the file when each has come back)."""
+
+    path: str
+    modality: Modality
+    size: int
+    mtime: float
+    spans: tuple[tuple[float, float], ...]
+    first: int
+    cfg: MomentCfg
+    chunks: int = 1
+
+
+def plan(path: str, modality: Modality, size: int, mtime: float, duration: float, cfg: MomentCfg) -> list[MomentTask]:
+    """The chunks of a decoded audio or video file: its own segments, and a video's sound track's."""
+    tracks = [(modality, duration)]
+    if modality is Modality.VIDEO:
+        heard = _sound_track_seconds(path)
+        if heard:
+            tracks.append((Modality.AUDIO, heard))
+    pieces = []
+    for track, seconds in tracks:
+        spans = cfg.spans(seconds)
+        step = CHUNK_SEGMENTS[track]
+        pieces += [(track, tuple(spans[i : i + step]), i) for i in range(0, len(spans), step)]
+    return [MomentTask(path, track, size, mtime, spans, first, cfg, len(pieces)) for track, spans, first in pieces]
+
+
+def _sound_track_seconds(path: str) -> float | None:
+    """The length of a video's first audio stream (its header's, else the container's), or ``None``."""
+    import av
+
+    from xsearch.preprocess.containers import open_container
+
+    try:
+        with open_container(path) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            return container.duration / av.time_base if container.duration else None
+    except Exception:  # no readable sound track: the video's moments stand alone
+        return None
+
+
+def decode_chunk(task: MomentTask, cfg) -> object:
+    """A ``MomentTask`` -> an ``Outcome`` whose tensor holds its segments' clips (``[S, clips, ...]``), or
+    its error. The file must be the one the indexer hashed: one changed since fails (retried next run)."""
+    from xsearch.decode import Outcome, guarded_decode
+
+    outcome = Outcome(task.path, task.modality, task=task)
+    try:
+        info = os.stat(task.path)
+    except OSError as exc:
+        return outcome.fail("read", f"cannot read it again for its moments ({exc.strerror or exc})")
+    if info.st_size != task.size or info.st_mtime != task.mtime:
+        return outcome.fail("read", "the file changed while its moments were read (retried next run)")
+    segments = [task.cfg.clip_starts(start, end) for start, end in task.spans]
+    outcome.tensor = guarded_decode(outcome, lambda: _segment_tensor(task.path, task.modality, segments, cfg))
+    return outcome
+
+
+def _segment_tensor(path: str, modality: Modality, segments: list[list[float]], cfg):
+    if modality is Modality.AUDIO:
+        from xsearch.preprocess.audio import segment_clips
+
+        return segment_clips(path, segments, cfg[Modality.AUDIO])
+    from xsearch.preprocess.video import decode_segments
+
+    return decode_segments(path, segments, cfg[Modality.VIDEO])
+
+
+def clock(seconds: float) -> str:
+    """``83.0`` -> ``"1:23"``, ``3723.5`` -> ``"1:02:03"`` (whole seconds, as players show them)."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def parse_clock(text: str) -> float | None:
+    """``"83"``, ``"83.5"``, ``"1:23"``, ``"1:02:03"`` -> seconds; ``None`` when ``text`` is not a time."""
+    parts = text.strip().split(":")
+    if not 1 <= len(parts) <= 3 or not all(p.replace(".", "", 1).isdigit() for p in parts):
+        return None
+    if any("." in p for p in parts[:-1]):
+        return None
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + float(part)
+    return seconds
