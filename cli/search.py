@@ -83,11 +83,10 @@ def split_file_weight(value: str, option: str, must_exist: bool = True) -> tuple
 def split_moment(value: str) -> tuple[tuple[str, float], float] | None:
     """``"0.5::12@1:03"`` -> ``(("12", 63.0), 0.5)``: an item's moment, when the text after the last ``@``
     is a time (seconds, ``M:SS`` or ``H:MM:SS``); ``None`` for anything else (a path with an ``@`` in it)."""
-    from xsearch.moments import parse_clock
+    from xsearch.moments import split_item_time
 
     text, weight = split_text_weight(value, f"--{ITEM}")
-    key, sep, when = text.rpartition("@")
-    at = parse_clock(when) if sep and key else None
+    key, at = split_item_time(text)
     return None if at is None else ((key, at), weight)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from xsearch.errors import DecodeError
 from xsearch.modalities import Modality, Preview
+from xsearch.moments import clock
 from xsearch.paths import is_regular_file
 from xsearch.query import QueryInput, Results, TextTerm
 from xsearch.query.results import RANDOM_WEIGHTS_NOTE
@@ -44,6 +45,10 @@ h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8p
 .label { font-size: 12px; color: #555; background: #f0f0f0; border-radius: 4px; padding: 20px 6px; margin: 0 0 6px;
   text-align: center; }
 .missing { font-size: 12px; color: #a00; height: 60px; }
+.when { font-weight: 600; color: #222; }
+.timeline { position: relative; height: 8px; background: #e4e4ec; border-radius: 4px; margin: 4px 0; }
+.timeline span { position: absolute; top: 0; height: 8px; min-width: 3px; background: #36c; border-radius: 4px; }
+.timeline span.this { background: #e63; }
 .note { background: #fff3cd; border: 1px solid #d8b24a; padding: 6px 10px; font-weight: bold; }
 """
 
@@ -52,24 +57,30 @@ def _data_uri(mime: str, data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def audio_preview(path: str, seconds: float = AUDIO_PREVIEW_SECONDS) -> bytes:
-    """The first ``seconds`` of an audio (or video) file as a small 16 kHz mono 16-bit WAV."""
+def audio_preview(path: str, seconds: float = AUDIO_PREVIEW_SECONDS, start: float = 0.0) -> bytes:
+    """``seconds`` of an audio (or video) file from ``start`` as a small 16 kHz mono 16-bit WAV."""
     import av
 
     from xsearch.preprocess.containers import open_container
 
-    samples = []
+    samples, skip = [], 0
     wanted = int(seconds * AUDIO_PREVIEW_RATE)
     with open_container(path) as container:
         if not container.streams.audio:
             raise DecodeError(path, "no audio stream")
+        stream = container.streams.audio[0]
+        if start > 0 and stream.time_base:
+            container.seek(int(start / stream.time_base) + (stream.start_time or 0), stream=stream)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_PREVIEW_RATE)
-        for frame in container.decode(container.streams.audio[0]):
+        for frame in container.decode(stream):
+            if start > 0 and not samples and frame.pts is not None and stream.time_base:
+                at = float((frame.pts - (stream.start_time or 0)) * stream.time_base)  # seeks land before
+                skip = max(int((start - at) * AUDIO_PREVIEW_RATE), 0)
             for out in resampler.resample(frame):
                 samples.append(out.to_ndarray().reshape(-1))
-            if sum(len(s) for s in samples) >= wanted:
+            if sum(len(s) for s in samples) >= wanted + skip:
                 break
-    pcm = np.concatenate(samples)[:wanted] if samples else np.zeros(0, np.int16)
+    pcm = np.concatenate(samples)[skip : skip + wanted] if samples else np.zeros(0, np.int16)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
@@ -83,18 +94,23 @@ def _img(alt: str, jpeg: bytes) -> str:
     return f'<img alt="{html.escape(alt)}" src="{_data_uri("image/jpeg", jpeg)}">'
 
 
-def _preview(modality: Modality | None, path: str | None, thumbnail: bytes | None) -> str:
-    """The HTML for one card's preview, as the modality table says the modality is shown."""
+def _preview(
+    modality: Modality | None, path: str | None, thumbnail: bytes | None, moment: tuple[float, float] | None = None
+) -> str:
+    """The HTML for one card's preview, as the modality table says the modality is shown; for a
+    ``moment`` of audio, its own seconds are the excerpt that plays."""
     kind = modality.spec.preview if modality is not None else None
     exists = path is not None and is_regular_file(path)  # a pipe or device in its place would block the read
     if kind is Preview.THUMBNAIL and thumbnail:
         return _img(modality.value, thumbnail)
     if kind is Preview.AUDIO and (exists or thumbnail):
         picture = _img("waveform", thumbnail) if thumbnail else ""
+        start, seconds = (moment[0], moment[1] - moment[0]) if moment else (0.0, AUDIO_PREVIEW_SECONDS)
         try:
-            player = f'<audio controls src="{_data_uri("audio/wav", audio_preview(path))}"></audio>' if exists else ""
+            excerpt = audio_preview(path, seconds, start) if exists else None
         except DecodeError:
-            player = ""
+            excerpt = None
+        player = f'<audio controls src="{_data_uri("audio/wav", excerpt)}"></audio>' if excerpt else ""
         return picture + player
     if kind is Preview.TEXT and exists:
         return f"<pre>{html.escape(text_excerpt(path))}</pre>"
@@ -139,6 +155,26 @@ def _input_card(given: QueryInput, link_originals: bool) -> str:
     return _card(preview, [head, shown], _link(given.uri, link_originals), subtracted)
 
 
+def _timeline(result, results: Results) -> str:
+    """A bar of the file's length marking where its moments in these results lie (this one highlighted)."""
+    length = result.metadata.get("duration") or result.end
+    marks = "".join(
+        f'<span class="{"this" if other is result else ""}" style="left:{100 * other.start / length:.2f}%;'
+        f'width:{100 * (other.end - other.start) / length:.2f}%"></span>'
+        for other in results
+        if other.id == result.id and other.is_moment and length
+    )
+    return f'<div class="timeline">{marks}</div>'
+
+
+def _moment_player(result, link_originals: bool) -> str:
+    """A video moment's player, starting at the moment (a media fragment), when the page links originals."""
+    if not (link_originals and result.modality is Modality.VIDEO and os.path.isabs(result.uri)):
+        return ""
+    src = html.escape(Path(result.uri).as_uri() + result.fragment)
+    return f'<video controls preload="none" src="{src}"></video>'
+
+
 def render(results: Results, database: str = "", link_originals: bool = False) -> str:
     """The page as a string. ``link_originals`` links each card to its file (``file://``); the page is
     self-contained either way."""
@@ -149,10 +185,20 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
         score = f'<span class="score{" negative" if r.score < 0 else ""}">{r.score:.3f}</span>'
         calibrated = f" <span>calibrated {r.calibrated:.1f}</span>" if r.calibrated is not None else ""
         lines = [f"#{r.rank} {score}{calibrated} {html.escape(r.modality.value)}", _path(r.uri)]
+        if r.is_moment:
+            lines.append(f'<span class="when">@ {clock(r.start)}-{clock(r.end)}</span>{_timeline(r, results)}')
         if r.duplicates:
             lines.append("also at: " + ", ".join(_path(d) for d in r.duplicates))
-        preview = _preview(r.modality, r.uri, thumbnails.get(r.id))
-        result_cards.append(_card(preview, lines, _link(r.uri, link_originals)))
+        link = _link(r.uri, link_originals)
+        if r.is_moment:  # players in the card: the link to the file (at the moment) is a line of its own
+            if link:
+                lines.append(f'<a href="{html.escape(link + r.fragment)}">open at {clock(r.start)}</a>')
+            preview = _moment_player(r, link_originals) + _preview(
+                r.modality, r.uri, thumbnails.get(r.id), (r.start, r.end)
+            )
+            result_cards.append(_card(preview, lines))
+        else:
+            result_cards.append(_card(_preview(r.modality, r.uri, thumbnails.get(r.id)), lines, link))
     targets = ", ".join(t.value for t in results.targets) or "all"
     note = f"<p class='note'>Note: {html.escape(RANDOM_WEIGHTS_NOTE)}.</p>" if results.random_weights else ""
     model = f"model {html.escape(results.model_id)}, " if results.model_id else ""

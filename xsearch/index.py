@@ -217,6 +217,9 @@ class VectorIndex:
         self._live_ids = None
         self._exact = None  # an ExactSearcher holding the rows on a GPU (``use_exact``)
         self._exact_stale = True
+        # A flat index over float16 vectors (moments) keeps them only in ``rows.f16``: its segment files are
+        # empty and filled from the rows when loaded (the float32 copy would hold nothing more).
+        self.vectors_in_rows = False
 
     def __len__(self) -> int:
         return int(len(self.dead) - self.dead.sum())
@@ -406,7 +409,8 @@ class VectorIndex:
                 vectors = exact.astype(np.float16)
             _append_exactly(target / IDS, ids, start * 8)
             _append_exactly(target / VECTORS, vectors, start * 2 * self.rows.dim)
-            segments = [*segments, _segment(target, generation, segment, start, stop, _crc32(ids), _crc32(vectors))]
+            crcs = _crc32(ids), _crc32(vectors)
+            segments = [*segments, _segment(target, generation, segment, start, stop, *crcs, self._in_rows)]
             segments[-1]["topup"] = topup
         self._commit(target, segments, covers)
         if fresh:
@@ -414,6 +418,10 @@ class VectorIndex:
         self.saved_rows = stop
         self.rows = _open_rows(directory, self.rows.dim, stop)  # the saved rows, memory-mapped again
         return segments
+
+    @property
+    def _in_rows(self) -> bool:
+        return self.vectors_in_rows and self.kind == "flat"
 
     def _commit(self, target: Path, segments: list[dict], covers: dict) -> None:
         """The mask, then ``meta.json`` (atomically): what readers trust is written last."""
@@ -430,6 +438,7 @@ class VectorIndex:
             "segments": segments,
             "dead": dead_name,
             "dead_crc32": _file_crc32(target / dead_name),
+            "vectors_in_rows": self.vectors_in_rows,
             **covers,
         }
         tmp = target / (META + ".tmp")
@@ -454,16 +463,18 @@ class VectorIndex:
             _expect_crc32(directory / meta["dead"], meta["dead_crc32"])
             template = faiss.read_index(str(directory / TRAINED))
             index = faiss.clone_index(template)
+            rows = _open_rows(directory, meta["dim"], meta["rows"])
             for segment in meta["segments"]:
                 _expect_crc32(directory / segment["file"], segment["crc32"])
                 part = faiss.read_index(str(directory / segment["file"]))
                 start, stop = segment["rows"]
+                if segment.get("in_rows"):  # a flat segment kept as its float16 rows
+                    part.add(_to_float32(rows.vector_parts[0][start:stop]))
                 if part.ntotal != stop - start or index.ntotal != start:
                     raise SearchIndexError(
                         f"{directory / segment['file']}: holds {part.ntotal} rows, not {stop - start}"
                     )
                 index.merge_from(part, 0)
-            rows = _open_rows(directory, meta["dim"], meta["rows"])
             for segment in meta["segments"]:
                 start, stop = segment["rows"]
                 if _crc32(rows.ids_parts[0][start:stop]) != segment["ids_crc32"]:
@@ -479,6 +490,7 @@ class VectorIndex:
         stored_cfg = IndexCfg(**{f.name: meta["cfg"][f.name] for f in fields(IndexCfg) if f.name in meta["cfg"]})
         out = cls(index, template, rows, dead, meta["kind"], cfg or stored_cfg)
         out.saved_rows, out.trained_crc32 = meta["rows"], meta["trained_crc32"]
+        out.vectors_in_rows = bool(meta.get("vectors_in_rows"))
         out._tune(len(out))
         return out, meta
 
@@ -501,11 +513,14 @@ def _write_trained(template, target: Path) -> int:
     return _file_crc32(target / TRAINED)
 
 
-def _segment(target: Path, generation: int, index, start: int, stop: int, ids_crc32: int, vectors_crc32: int):
+def _segment(
+    target: Path, generation: int, index, start: int, stop: int, ids_crc32: int, vectors_crc32: int, in_rows: bool
+) -> dict:
+    """Write a segment's FAISS file (for a flat index kept in its rows, an empty one) and describe it."""
     name = f"seg-{generation}.faiss"
-    _faiss().write_index(index, str(target / name))
+    _faiss().write_index(_faiss().IndexFlatIP(index.d) if in_rows else index, str(target / name))
     return {"file": name, "rows": [start, stop], "crc32": _file_crc32(target / name),
-            "ids_crc32": ids_crc32, "vectors_crc32": vectors_crc32}  # fmt: skip
+            "ids_crc32": ids_crc32, "vectors_crc32": vectors_crc32, "in_rows": in_rows}  # fmt: skip
 
 
 class _RowFiles:
@@ -649,6 +664,7 @@ class IndexSet:
         self.cfg = cfg
         table = getattr(store, "table", "items")
         self.root = Path(store.path) / ("faiss" if table == "items" else f"faiss-{table}")
+        self.vectors_in_rows = table != "items"  # moments are float16 at the source: rows.f16 loses nothing
 
     def directory(self, modality: Modality) -> Path:
         return self.root / str(modality)
@@ -716,7 +732,9 @@ class IndexSet:
         index.dead = np.zeros(files.count, bool)
         index.saved_rows = files.count
         index.trained_crc32 = _write_trained(index.template, building)
-        segment = _segment(building, 0, index.index, 0, files.count, files.ids_crc32, files.vectors_crc32)
+        index.vectors_in_rows = self.vectors_in_rows
+        crcs = files.ids_crc32, files.vectors_crc32
+        segment = _segment(building, 0, index.index, 0, files.count, *crcs, index._in_rows)
         index._commit(building, [segment], self._covers(modality, version))
         _replace_directory(directory, building)
         index.rows = _open_rows(directory, self.store.embed_dim, files.count)

@@ -113,6 +113,7 @@ class MomentTask:
     first: int
     cfg: MomentCfg
     chunks: int = 1
+    seconds: float | None = None  # the track's length, for a stream whose header does not say
 
 
 def plan(path: str, modality: Modality, size: int, mtime: float, duration: float, cfg: MomentCfg) -> list[MomentTask]:
@@ -127,7 +128,10 @@ def plan(path: str, modality: Modality, size: int, mtime: float, duration: float
         spans = cfg.spans(seconds)
         step = CHUNK_SEGMENTS[track]
         pieces += [(track, tuple(spans[i : i + step]), i) for i in range(0, len(spans), step)]
-    return [MomentTask(path, track, size, mtime, spans, first, cfg, len(pieces)) for track, spans, first in pieces]
+    return [
+        MomentTask(path, track, size, mtime, spans, first, cfg, len(pieces), spans[-1][1])
+        for track, spans, first in pieces
+    ]
 
 
 def _sound_track_seconds(path: str) -> float | None:
@@ -161,18 +165,18 @@ def decode_chunk(task: MomentTask, cfg) -> object:
     if info.st_size != task.size or info.st_mtime != task.mtime:
         return outcome.fail("read", "the file changed while its moments were read (retried next run)")
     segments = [task.cfg.clip_starts(start, end) for start, end in task.spans]
-    outcome.tensor = guarded_decode(outcome, lambda: _segment_tensor(task.path, task.modality, segments, cfg))
+    outcome.tensor = guarded_decode(outcome, lambda: _segment_tensor(task, segments, cfg))
     return outcome
 
 
-def _segment_tensor(path: str, modality: Modality, segments: list[list[float]], cfg):
-    if modality is Modality.AUDIO:
+def _segment_tensor(task: MomentTask, segments: list[list[float]], cfg):
+    if task.modality is Modality.AUDIO:
         from xsearch.preprocess.audio import segment_clips
 
-        return segment_clips(path, segments, cfg[Modality.AUDIO])
+        return segment_clips(task.path, segments, cfg[Modality.AUDIO], task.seconds)
     from xsearch.preprocess.video import decode_segments
 
-    return decode_segments(path, segments, cfg[Modality.VIDEO])
+    return decode_segments(task.path, segments, cfg[Modality.VIDEO])
 
 
 def clock(seconds: float) -> str:
@@ -181,6 +185,14 @@ def clock(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def split_item_time(text: str) -> tuple[str, float | None]:
+    """``"12@1:03"`` -> ``("12", 63.0)``: an item and the second of the moment asked for, when the text after
+    the last ``@`` is a time; else ``(text, None)`` (a path with an ``@`` in its name)."""
+    key, sep, when = text.rpartition("@")
+    at = parse_clock(when) if sep and key else None
+    return (text, None) if at is None else (key, at)
 
 
 def parse_clock(text: str) -> float | None:

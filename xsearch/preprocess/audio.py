@@ -228,16 +228,21 @@ def _windowed_clips(name: str, samples: int, rate: int, cfg: AudioCfg, seek: boo
     return (torch.stack(clips) - cfg.mean) / cfg.std, np.concatenate(spans)
 
 
-def segment_clips(path: str | os.PathLike, segments: list[list[float]], cfg: AudioCfg = AudioCfg()) -> torch.Tensor:
+def segment_clips(
+    path: str | os.PathLike, segments: list[list[float]], cfg: AudioCfg = AudioCfg(), seconds: float | None = None
+) -> torch.Tensor:
     """The clips of consecutive segments of one file (``segments``: each one's clip starts in seconds) ->
     ``[S, clips, 1, mel_bins, target_frames]``, decoding only the span they cover (one seek).
 
     Each clip is cut and normalised exactly as a file of that clip alone would be (``waveform_to_clips``
     on a 2 s file), so a moment's input equals the input of the same seconds cut out as a file.
+    ``seconds``: the stream's length when its header does not say (known from decoding it whole once),
+    so a long file's chunks seek instead of each decoding it from the start.
     """
     name = os.fspath(path)
     with open_container(name) as container:
         _, rate, duration = _audio_stream(container, name, cfg)
+    duration = duration if duration is not None else seconds
     seek = duration is not None
     samples = round(duration * rate) if seek else _count_samples(name, cfg)
     total_out = -(-samples * cfg.sample_rate // rate)

@@ -42,6 +42,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, Preview
+from xsearch.moments import split_item_time
 from xsearch.options import SearchOptions, item_key
 from xsearch.paths import is_regular_file, modality_of_path
 from xsearch.thumbnails import text_excerpt
@@ -172,7 +173,9 @@ def create_app(
         file_weight: Annotated[list[float], Form(description="Per file: its weight (default 1).")] = (),
         text: Annotated[list[str], Form(description="Query texts (repeatable).")] = (),
         text_weight: Annotated[list[float], Form(description="Per text: its weight (default 1).")] = (),
-        item: Annotated[list[str], Form(description="Stored items by id or path (repeatable).")] = (),
+        item: Annotated[
+            list[str], Form(description="Stored items by id or path, or ID@SECONDS for a moment (repeatable).")
+        ] = (),
         item_weight: Annotated[list[float], Form(description="Per item: its weight (default 1).")] = (),
         target: Annotated[str, Form(description="Modalities to search: image,audio,... or all.")] = "all",
         k: Annotated[int, Form(ge=1, le=1000, description="Number of results.")] = SearchOptions.k,
@@ -185,6 +188,10 @@ def create_app(
         exclude_query_items: Annotated[
             bool, Form(description="Leave out the stored items of the query (they lead otherwise).")
         ] = SearchOptions.exclude_query_items,
+        moments: Annotated[
+            bool, Form(description="Find moments of audio and video (indexed with --moments).")
+        ] = SearchOptions.moments,
+        per_file: Annotated[int | None, Form(ge=1, le=1000, description="Moments per file (default 1).")] = None,
     ) -> dict:
         """Search with any mix of uploaded files, texts and stored items, each with a weight."""
         from xsearch.query import Query
@@ -203,6 +210,8 @@ def create_app(
                 autocut=autocut,
                 dedup=dedup,
                 exclude_query_items=exclude_query_items,
+                moments=moments,
+                per_file=per_file,
             )
         with tempfile.TemporaryDirectory(prefix="xsearch-upload-") as scratch:
             parts, uploads = [], {}
@@ -213,7 +222,9 @@ def create_app(
                 modality = _modality(named, saved, upload.filename)
                 parts.append(Query.file(saved, modality, _weight(file_weight, i)))
             parts += [Query.text(t, _weight(text_weight, i)) for i, t in enumerate(text)]
-            parts += [Query.item(v, _weight(item_weight, i)) for i, v in enumerate(item)]
+            for i, value in enumerate(item):
+                key, at = split_item_time(value)
+                parts.append(Query.item(key, _weight(item_weight, i), at=at))
             query = Query.sum(parts)
             # The model is one: searches that embed take turns; stored-item searches run side by side.
             with lock if query.needs_model else contextlib.nullcontext(), _http_errors(uploads=uploads):
@@ -222,9 +233,9 @@ def create_app(
         for term in out["query"]:  # the client's own file names, not our temporary copies
             if term["kind"] == "file":
                 term["value"] = uploads.get(term["value"], term["value"])
-        for hit in out["results"]:
+        for hit, result in zip(out["results"], results):
             hit["thumbnail_url"] = signer.url(hit["id"], "thumbnail")
-            hit["media_url"] = signer.url(hit["id"], "media")
+            hit["media_url"] = signer.url(hit["id"], "media") + result.fragment  # players start at a moment
             if Modality(hit["modality"]).spec.preview is Preview.TEXT and is_regular_file(hit["uri"]):
                 hit["excerpt"] = text_excerpt(hit["uri"])
         return out

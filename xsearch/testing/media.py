@@ -86,7 +86,8 @@ def write_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(160, 120)
 
 def event_recording(seconds: float, rate: int, event_at: float, event_seconds: float = 2.0, seed=0) -> np.ndarray:
     """``[n, 1]`` float32: quiet tones that change every 2 s over noise, with one distinctive event (a loud
-    rising chirp over white noise) of ``event_seconds`` from ``event_at``: a recording whose moment matters."""
+    rising chirp over white noise, the same samples wherever it is put) of ``event_seconds`` from
+    ``event_at``: a recording whose moment matters."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate))
     t = np.arange(n) / rate
@@ -94,15 +95,25 @@ def event_recording(seconds: float, rate: int, event_at: float, event_seconds: f
     samples = 0.2 * np.sin(2 * np.pi * pitch * t) + 0.02 * rng.standard_normal(n)
     lo, hi = min(int(event_at * rate), n), min(int((event_at + event_seconds) * rate), n)
     local = t[lo:hi] - event_at
-    samples[lo:hi] = 0.6 * np.sin(2 * np.pi * (600 + 1500 * local) * local) + 0.3 * rng.standard_normal(hi - lo)
+    burst = 0.3 * np.random.default_rng(1234).standard_normal(hi - lo)
+    samples[lo:hi] = 0.6 * np.sin(2 * np.pi * (600 + 1500 * local) * local) + burst
     return samples.astype(np.float32)[:, None]
 
 
 def write_event_video(
-    path: Path, seconds: float, event_at: float, event_seconds: float = 2.0, fps: int = 4, size=(96, 96), seed=0
+    path: Path,
+    seconds: float,
+    event_at: float,
+    event_seconds: float = 2.0,
+    fps: int = 4,
+    size=(96, 96),
+    seed=0,
+    sound: np.ndarray | None = None,
+    rate: int = 16000,
 ) -> Path:
     """A video of dim noise whose frames turn a bright red checkerboard for ``event_seconds`` from
-    ``event_at`` (keyframes every second, so seeks land near any time)."""
+    ``event_at`` (keyframes every second, so seeks land near any time); with ``sound`` (``[n, 1]`` float
+    samples at ``rate``), a sound track of it, as 16-bit PCM (exact samples: use a .mkv or .mov path)."""
     rng = np.random.default_rng(seed)
     w, h = size
     checker = ((np.indices((h, w)) // 12).sum(axis=0) % 2).astype(np.uint8)
@@ -111,6 +122,16 @@ def write_event_video(
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
+        if sound is not None:
+            track = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+            pcm = (np.clip(sound[:, 0], -1, 1) * 32767).astype(np.int16)
+            for start in range(0, len(pcm), 4096):
+                piece = av.AudioFrame.from_ndarray(pcm[None, start : start + 4096], format="s16", layout="mono")
+                piece.sample_rate, piece.pts = rate, start
+                for packet in track.encode(piece):
+                    container.mux(packet)
+            for packet in track.encode(None):
+                container.mux(packet)
         for i in range(int(seconds * fps)):
             if event_at <= i / fps < event_at + event_seconds:
                 rgb = np.stack([55 + 200 * checker, 20 * checker, 20 * checker], axis=-1).astype(np.uint8)

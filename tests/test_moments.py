@@ -1,0 +1,429 @@
+"""Moments: per-segment vectors of audio and video, found by time.
+
+Honest with random weights because identical content embeds identically: a recording holds a distinctive
+event at a known second among tones and noise, and the query is that event cut out on the segment grid; a
+moment whose segment holds the event carries the event's own clip vector, which no other moment has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from xsearch import Collection, Modality, Query, UsageError
+from xsearch.cli.main import app as cli
+from xsearch.encoder import Encoder
+from xsearch.errors import QueryError
+from xsearch.model import save_checkpoint
+from xsearch.moments import MomentCfg, item_of, parse_clock, split_item_time
+from xsearch.options import IndexOptions, SearchOptions
+from xsearch.preprocess.audio import AudioCfg, preprocess_audio, segment_clips
+from xsearch.preprocess.video import VideoCfg, _clip_frames, _video_stream, decode_segments, frames_to_clips
+from xsearch.server import create_app
+from xsearch.testing.media import event_recording, gradient_image, write_event_video, write_wav
+
+RATE = 16000
+runner = CliRunner()
+
+
+def cut(samples: np.ndarray, start: float, end: float) -> np.ndarray:
+    return samples[int(start * RATE) : int(end * RATE)]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model):
+    return Encoder(tiny_model, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, encoder):
+    """A 60 s recording with the event at 30 s, two distractor recordings without it, a 30 s video whose
+    picture turns red at 12 s and whose sound track has the event at 20 s, and a photo; indexed with
+    moments."""
+    root = tmp_path_factory.mktemp("moments")
+    media = root / "media"
+    media.mkdir()
+    talk = event_recording(60, RATE, event_at=30.0)
+    files = {
+        "talk": write_wav(media / "talk.wav", talk, RATE),
+        "birds": write_wav(media / "birds.wav", event_recording(48, RATE, event_at=500.0, seed=1), RATE),
+        "rain": write_wav(media / "rain.wav", event_recording(36, RATE, event_at=500.0, seed=2), RATE),
+        "film": write_event_video(
+            media / "film.mkv", 30, event_at=12.0, sound=event_recording(30, RATE, event_at=20.0, seed=3)
+        ),
+        "photo": gradient_image(media / "photo.jpg"),
+    }
+    queries = root / "queries"
+    queries.mkdir()
+    files["event"] = write_wav(queries / "event.wav", cut(talk, 30, 32), RATE)
+    files["red"] = write_event_video(queries / "red.mkv", 2, event_at=0.0)
+    collection = Collection(root / "db", encoder=encoder)
+    report = collection.index([media], moments=True, workers=2)
+    assert report.failed == 0, report.failures
+    return root, files, collection, report
+
+
+def uri(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def moment_rows(collection) -> list[dict]:
+    return collection.store.moments().scan(["id", "item_id", "uri", "modality", "start", "end", "sha256"]).to_pylist()
+
+
+# ---- cutting ---------------------------------------------------------------------------------------------
+
+
+def test_segments_tile_the_file_and_the_last_one_ends_it():
+    cfg = MomentCfg()
+    assert cfg.spans(20.5) == [(0.0, 6.0), (6.0, 12.0), (12.0, 18.0), (18.0, 20.5)]
+    assert cfg.clip_starts(6.0, 12.0) == [6.0, 8.0, 10.0]  # side by side: every second is heard
+    assert cfg.clip_starts(18.0, 20.5) == [18.0, 18.5, 18.5]  # moved back to end at the file's end
+    assert cfg.spans(1.0) == [(0.0, 1.0)]
+    assert MomentCfg(6, 3).spans(13) == [(0.0, 6.0), (3.0, 9.0), (6.0, 12.0), (9.0, 13)]
+    for bad in ({"seconds": 5}, {"seconds": 0}, {"seconds": 62}, {"seconds": 6, "stride": 0}):
+        with pytest.raises(UsageError):
+            MomentCfg(**bad)
+
+
+def test_times_are_read_as_people_write_them():
+    assert parse_clock("83") == 83 and parse_clock("1:23") == 83 and parse_clock("1:02:03.5") == 3723.5
+    assert parse_clock("soon") is None and parse_clock("1.5:20") is None
+    assert split_item_time("12@1:03") == ("12", 63.0)
+    assert split_item_time("me@home.wav") == ("me@home.wav", None)  # a path with an @ stays a path
+    assert IndexOptions.of(moment_seconds=4).moments == MomentCfg(4)  # a way of cutting asks for moments
+    with pytest.raises(UsageError, match="per_file"):
+        SearchOptions(per_file=2)  # counts moments: without them it means nothing
+
+
+def test_a_moments_audio_input_is_that_of_the_same_seconds_cut_out(corpus):
+    _, files, _, _ = corpus
+    moment = segment_clips(files["talk"], [[30.0, 32.0, 34.0]], AudioCfg())
+    alone = preprocess_audio(files["event"], AudioCfg())  # the 2 s file: three equal clips
+    assert moment.shape == (1, 3, 1, 128, 204)
+    assert np.abs(moment[0, 0].numpy() - alone[0].numpy()).max() < 2e-3  # the reference's clip mean rounding
+
+
+def test_video_segments_decoded_in_one_pass_match_a_seek_per_clip(corpus):
+    import av
+
+    _, files, _, _ = corpus
+    cfg = VideoCfg(size=64)
+    starts = [10.0, 12.0, 14.0]
+    one_pass = decode_segments(files["film"], [starts], cfg)
+    with av.open(str(files["film"])) as container:
+        stream, _ = _video_stream(container, str(files["film"]), cfg)
+        frames = [_clip_frames(container, stream, s, s + 2, 2) for s in starts]
+    assert np.array_equal(one_pass[0].numpy(), frames_to_clips(frames, cfg).numpy())
+
+
+# ---- indexing ----------------------------------------------------------------------------------------------
+
+
+def test_every_audio_and_video_file_is_cut_along_its_whole_length(corpus):
+    _, files, collection, report = corpus
+    rows = moment_rows(collection)
+    by_file: dict[tuple[str, str], list] = {}
+    for row in rows:
+        by_file.setdefault((Path(row["uri"]).stem, row["modality"]), []).append((row["start"], row["end"]))
+    expected = {
+        ("talk", "audio"): MomentCfg().spans(60),
+        ("birds", "audio"): MomentCfg().spans(48),
+        ("rain", "audio"): MomentCfg().spans(36),
+        ("film", "video"): MomentCfg().spans(30),
+        ("film", "audio"): MomentCfg().spans(30),  # its sound track: audio moments of the same file
+    }
+    assert {k: sorted(v) for k, v in by_file.items()} == expected
+    assert report.moments == len(rows) == sum(len(v) for v in expected.values())
+    assert all(item_of(r["id"]) == r["item_id"] for r in rows)
+    assert collection.info()["moments"]["moments"] == len(rows)
+    assert collection.info()["moments"]["by_modality"] == {"video": 5, "audio": 29}
+    assert set(report.moment_indexes) == {"audio", "video"}
+
+
+def test_item_vectors_are_the_same_with_moments_or_without(corpus, encoder, tmp_path):
+    _, files, collection, _ = corpus
+    plain = Collection(tmp_path / "plain.db", encoder=encoder)
+    plain.index([files["talk"], files["film"]], workers=0)
+    assert not plain.store.has_moments()
+    for name in ("talk", "film"):
+        with_moments = collection.item(uri(files[name]), ["embedding"])["embedding"]
+        without = plain.item(uri(files[name]), ["embedding"])["embedding"]
+        # The same decode and model path; only the batch mates differ (float sums in another order).
+        assert np.allclose(np.asarray(with_moments), np.asarray(without), atol=1e-6)
+
+
+# ---- searching ---------------------------------------------------------------------------------------------
+
+
+def test_the_event_is_found_at_its_second_in_the_right_file(corpus):
+    _, files, collection, _ = corpus
+    results = collection.search(Query.audio(files["event"]), moments=True, target="audio", k=3)
+    top = results[0]
+    assert (top.uri, top.start, top.end) == (uri(files["talk"]), 30.0, 36.0)  # on the grid, holding 30-32 s
+    assert top.modality is Modality.AUDIO and top.metadata["duration"] == 60.0
+    assert len({r.uri for r in results}) == len(results)  # one moment per file by default
+    assert results[1].score < top.score - 0.01
+
+
+def test_a_video_sound_track_answers_for_when_it_is_heard(corpus):
+    _, files, collection, _ = corpus
+    results = collection.search(Query.audio(files["event"]), moments=True, target="audio", k=5)
+    film = next(r for r in results if r.uri == uri(files["film"]))
+    assert (film.start, film.end) == (18.0, 24.0)  # the event at 20 s of its sound track
+    assert film.modality is Modality.AUDIO
+
+
+def test_the_red_seconds_of_a_video_are_found(corpus):
+    _, files, collection, _ = corpus
+    results = collection.search(Query.video(files["red"]), moments=True, target="video", per_file=5)
+    assert (results[0].start, results[0].end) == (12.0, 18.0)
+
+
+def test_per_file_and_the_exact_grid_at_two_seconds(corpus, encoder, tmp_path):
+    _, files, collection, _ = corpus
+    several = collection.search(Query.audio(files["event"]), moments=True, target="audio", per_file=3, k=20)
+    per_file = {}
+    for r in several:
+        per_file[r.uri] = per_file.get(r.uri, 0) + 1
+    assert max(per_file.values()) == 3
+    fine = Collection(tmp_path / "fine.db", encoder=encoder)
+    fine.index([files["talk"]], moments=True, moment_seconds=2, workers=0)
+    top = fine.search(Query.audio(files["event"]), moments=True)[0]
+    assert (top.start, top.end) == (30.0, 32.0) and top.score > 0.9999  # the very clip
+
+
+def test_more_like_this_moment(corpus):
+    _, files, collection, _ = corpus
+    talk = collection.item(uri(files["talk"]), ["id"])["id"]
+    results = collection.search(Query.item(talk, at=31.5), moments=True, per_file=2)
+    assert (results[0].id, results[0].start, results[0].score) == (talk, 30.0, pytest.approx(1.0, abs=1e-3))
+    alone = collection.search(Query.item(talk, at=31.5), moments=True, exclude_query_items=True)
+    assert all((r.id, r.start) != (talk, 30.0) for r in alone)
+    with pytest.raises(QueryError, match="no moment at 1:40"):
+        collection.search(Query.item(talk, at=100), moments=True)
+    photo = collection.item(uri(files["photo"]), ["id"])["id"]
+    with pytest.raises(QueryError, match="no moment"):
+        collection.search(Query.item(photo, at=1), moments=True)
+
+
+def test_filters_and_composed_queries_apply_to_moments(corpus):
+    _, files, collection, _ = corpus
+    late = collection.search(Query.audio(files["event"]), moments=True, where="start >= 40", per_file=10, k=50)
+    assert late and all(r.start >= 40 for r in late)
+    only = collection.search(Query.audio(files["event"]), moments=True, path=str(files["film"]), k=5)
+    assert {r.uri for r in only} == {uri(files["film"])}
+    mixed = Query.audio(files["event"]) * 0.7 + Query.video(files["red"]) * 0.3
+    both = collection.search(mixed, moments=True, per_file=1, k=10)
+    assert {r.modality for r in both} == {Modality.AUDIO, Modality.VIDEO}
+    assert all(r.calibrated is not None for r in both)
+    assert collection.search(Query.audio(files["event"]), moments=True, min_score=2.0) == []
+
+
+def test_cli_index_search_json_and_table(corpus, encoder, tmp_path):
+    root, files, _, _ = corpus
+    checkpoint = save_checkpoint(encoder.model, tmp_path / "tiny.pt")
+    model = ["--model", "tiny_test"]
+    db = tmp_path / "cli.db"
+    done = runner.invoke(
+        cli, ["index", str(files["talk"]), "--db", str(db), "--checkpoint", str(checkpoint), "--moments", "-q", *model]
+    )
+    assert done.exit_code == 0, done.output
+    again = runner.invoke(
+        cli, ["index", str(files["talk"]), "--db", str(db), "--checkpoint", str(checkpoint), "--json", *model]
+    )
+    assert json.loads(again.output)["unchanged"] == 1  # remembered: no --moments needed, nothing to redo
+    found = runner.invoke(
+        cli,
+        ["search", "--db", str(db), "--checkpoint", str(checkpoint), "--audio", str(files["event"]), "--moments"],
+    )
+    assert found.exit_code == 0, found.output
+    assert f"{uri(files['talk'])} @ 0:30-0:36" in found.output
+    talk = Collection(db).item(uri(files["talk"]), ["id"])["id"]
+    shown = runner.invoke(cli, ["search", "--db", str(db), "--item", f"{talk}@0:31", "--moments", "--json"])
+    assert shown.exit_code == 0, shown.output
+    first = json.loads(shown.output)["results"][0]
+    assert (first["id"], first["start"], first["end"], first["uri"]) == (talk, 30.0, 36.0, uri(files["talk"]))
+    info = runner.invoke(cli, ["info", "--db", str(db)])
+    assert "moments   10  (6 s every 6 s)" in info.output
+    mixed = runner.invoke(
+        cli,
+        [
+            "index",
+            str(files["talk"]),
+            "--db",
+            str(db),
+            "--checkpoint",
+            str(checkpoint),
+            "--moment-seconds",
+            "4",
+            *model,
+        ],
+    )
+    assert mixed.exit_code == 2 and "cannot mix in 4 s" in mixed.output
+
+
+def test_serve_returns_moments_with_players_that_start_there(corpus):
+    _, files, collection, _ = corpus
+    client = TestClient(create_app(collection))
+    talk = collection.item(uri(files["talk"]), ["id"])["id"]
+    response = client.post("/api/search", data={"item": f"{talk}@31", "moments": "true", "per_file": "2"})
+    assert response.status_code == 200, response.text
+    hits = response.json()["results"]
+    assert (hits[0]["start"], hits[0]["end"]) == (30.0, 36.0)
+    assert hits[0]["media_url"].endswith("#t=30,36")
+    media = client.get(hits[0]["media_url"].split("#")[0], headers={"Range": "bytes=0-99"})
+    assert media.status_code == 206
+    assert client.get("/api/info").json()["moments"]["moments"] > 0
+    page = client.get("/").text
+    assert 'id="moments"' in page and "timeline" in page
+
+
+def test_contact_sheet_plays_the_moment_and_shows_where_it_is(corpus, tmp_path):
+    from xsearch.contact_sheet import render
+
+    _, files, collection, _ = corpus
+    talk = collection.item(uri(files["talk"]), ["id"])["id"]
+    results = collection.search(Query.item(talk, at=31), moments=True, per_file=2)
+    page = render(results, link_originals=True)
+    assert "@ 0:30-0:36" in page and 'class="timeline"' in page and "left:50.00%" in page
+    assert "#t=30,36" in page and "<audio controls" in page
+
+
+# ---- changes, pruning, kills -------------------------------------------------------------------------------
+
+
+def test_a_changed_file_gets_its_new_moments_and_a_pruned_one_loses_them(encoder, tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    talk = event_recording(30, RATE, event_at=6.0)
+    write_wav(media / "talk.wav", talk, RATE)
+    write_wav(media / "other.wav", event_recording(24, RATE, event_at=500.0, seed=1), RATE)
+    event = write_wav(tmp_path / "event.wav", cut(talk, 6, 8), RATE)
+    collection = Collection(tmp_path / "db", encoder=encoder)
+    collection.index([media], moments=True, workers=0)
+    first = collection.search(Query.audio(event), moments=True)[0]
+    assert (Path(first.uri).name, first.start) == ("talk.wav", 6.0)
+    write_wav(media / "talk.wav", event_recording(42, RATE, event_at=24.0), RATE)  # longer, event later
+    os.utime(media / "talk.wav", (time.time() + 5, time.time() + 5))
+    report = collection.index([media], workers=0)
+    assert report.updated == 1
+    rows = [r for r in moment_rows(collection) if r["uri"].endswith("talk.wav")]
+    assert sorted((r["start"], r["end"]) for r in rows) == MomentCfg().spans(42)  # one set, the new one
+    assert len({r["sha256"] for r in rows}) == 1
+    moved = collection.search(Query.audio(event), moments=True)[0]
+    assert (Path(moved.uri).name, moved.start) == ("talk.wav", 24.0)
+    (media / "other.wav").unlink()
+    collection.index([media], prune=True, workers=0)
+    assert {Path(r["uri"]).name for r in moment_rows(collection)} == {"talk.wav"}
+    assert collection.info()["moments"]["indices"]["audio"]["count"] == 7
+
+
+def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monkeypatch):
+    """The file's row commits first and its moments second: a run killed between them leaves a row
+    without moments, which the next run sees and embeds again."""
+    from xsearch.store import Store
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_wav(media / "a.wav", event_recording(18, RATE, event_at=6.0), RATE)
+    collection = Collection(tmp_path / "db", encoder=encoder)
+
+    def killed(self, records):
+        raise RuntimeError("killed between the commits")
+
+    monkeypatch.setattr(Store, "replace_moments", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        collection.index([media], moments=True, workers=0)
+    monkeypatch.undo()
+    assert collection.store.count() == 1 and collection.store.moments().count() == 0
+    report = collection.index([media], workers=0)
+    assert report.updated == 1 and report.moments == 3
+    assert collection.store.moment_sets() == {0: {collection.item(0, ["sha256"])["sha256"]}}
+
+
+_INDEX_SCRIPT = """
+import sys
+from xsearch import Collection
+from xsearch.encoder import Encoder
+from xsearch.model import load_checkpoint
+encoder = Encoder(load_checkpoint(sys.argv[3], "tiny_test"), device="cpu", precision="fp32")
+Collection(sys.argv[1], encoder=encoder).index([sys.argv[2]], moments=True, workers=1, commit_every=1)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_one_moment_set_per_file(encoder, tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(10):
+        write_wav(media / f"r{i}.wav", event_recording(90 + 6 * i, RATE, event_at=12.0, seed=i), RATE)
+    checkpoint = save_checkpoint(encoder.model, tmp_path / "tiny.pt")
+    db = tmp_path / "db"
+    started = time.perf_counter()  # a whole run, to kill the others in the middle of theirs
+    subprocess.run(
+        [sys.executable, "-c", _INDEX_SCRIPT, str(tmp_path / "whole"), str(media), str(checkpoint)], check=True
+    )
+    whole = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    killed = 0
+    for _ in range(4):
+        run = subprocess.Popen([sys.executable, "-c", _INDEX_SCRIPT, str(db), str(media), str(checkpoint)])
+        time.sleep(rng.uniform(0.5, 0.9) * whole)
+        killed += run.poll() is None  # still running: killed in the middle of something
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert killed >= 2
+    done = subprocess.run([sys.executable, "-c", _INDEX_SCRIPT, str(db), str(media), str(checkpoint)], check=True)
+    assert done.returncode == 0
+    collection = Collection(db)
+    rows = moment_rows(collection)
+    items = {r["id"]: r for r in collection.store.scan(["id", "uri", "sha256", "duration"]).to_pylist()}
+    assert len(items) == 10
+    for item_id, item in items.items():
+        mine = [r for r in rows if r["item_id"] == item_id]
+        assert sorted((r["start"], r["end"]) for r in mine) == MomentCfg().spans(item["duration"])  # one set
+        assert {r["sha256"] for r in mine} == {item["sha256"]}
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_a_small_moments_index_keeps_its_vectors_once(corpus):
+    """Below the IVF-PQ threshold the index is exact; over moments (float16 at the source) its vectors stay
+    in the float16 re-rank rows alone, not also in a float32 FAISS file: 2.5 MB per hour, not 4.9."""
+    _, _, collection, _ = corpus
+    folder = collection.path / "faiss-moments" / "audio"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["kind"] == "flat" and meta["vectors_in_rows"] and meta["segments"][0]["in_rows"]
+    assert (folder / "seg-0.faiss").stat().st_size < 1000
+    assert (folder / "rows.f16").stat().st_size == 29 * 1024 * 2
+    status = collection.info(check=True)["moments"]["indices"]["audio"]
+    assert status == {"kind": "flat", "count": 29, "fresh": True}
+
+
+@pytest.mark.slow
+def test_an_hour_of_audio_indexes_in_the_memory_of_two_minutes(tmp_path):
+    """Moments stream in chunks: a 1-hour file adds at most 1.5x the memory a 2-minute one does."""
+    from measure import peak_rss_growth_mb
+
+    grown = {}
+    for minutes in (2, 60):
+        path = write_wav(tmp_path / f"{minutes}.wav", event_recording(minutes * 60, RATE, 30.0), RATE)
+        loaded = (  # the model is loaded before the measure starts: what grows is the run's own
+            "from xsearch import Collection\nfrom xsearch.encoder import Encoder\n"
+            "from xsearch.model import create_model\n"
+            "encoder = Encoder(create_model('tiny_test'), device='cpu', precision='fp32')\n"
+        )
+        db = tmp_path / str(minutes)
+        code = f"Collection({str(db)!r}, encoder=encoder).index([{str(path)!r}], moments=True, workers=0)"
+        grown[minutes] = peak_rss_growth_mb(code, loaded)
+    assert grown[60] <= 1.5 * grown[2], grown
