@@ -25,6 +25,16 @@ def misbehave(task: Task) -> Outcome:
     return Outcome(task.path, task.modality, sha256=name, task=task)
 
 
+def hangs_on_late_moments(task) -> Outcome:
+    """Decodes as the indexer does, with moments of 2 s; the chunk of moments from 100 s on never returns."""
+    from xsearch.indexer.work import prepare
+    from xsearch.moments import MomentCfg, MomentTask
+
+    if isinstance(task, MomentTask) and task.spans[0][0] >= 100:
+        time.sleep(3600)
+    return prepare(task, moments=MomentCfg(2))
+
+
 class DiesOnArrival:
     """A work function that kills the worker process as it is handed over (unpickled), before the worker
     can say it is ready: what a broken installation or a machine out of processes looks like."""

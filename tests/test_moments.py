@@ -352,6 +352,68 @@ def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monk
     assert collection.store.moment_sets() == {0: {collection.item(0, ["sha256"])["sha256"]}}
 
 
+def test_a_chunk_of_moments_is_bounded_by_the_per_file_time_limit(tmp_path):
+    from xsearch.indexer.decode_pool import DecodePool
+    from xsearch.indexer.scan import Task
+    from xsearch.options import DecodeLimits
+
+    from faulty import hangs_on_late_moments
+
+    path = write_wav(tmp_path / "long.wav", event_recording(120, RATE, 30.0), RATE)
+    task = Task(str(path), Modality.AUDIO, path.stat().st_size, path.stat().st_mtime)
+    pool = DecodePool(hangs_on_late_moments, 1, DecodeLimits(seconds=3))
+    outcomes = list(pool.imap_unordered([task]))
+    assert len(outcomes) == 3  # the file, then its two chunks of moments (50 + 10 segments of 2 s)
+    assert outcomes[0].task == task and len(outcomes[0].follow_up) == 2
+    assert outcomes[1].error is None and outcomes[1].tensor.shape[:2] == (50, 1)
+    assert outcomes[2].error == "timed out after 3 s" and outcomes[2].task.spans[0] == (100.0, 102.0)
+
+
+def test_a_file_whose_moments_fail_is_an_error_not_half_indexed(encoder, tmp_path, monkeypatch):
+    import xsearch.moments
+    from xsearch.errors import DecodeError
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_wav(media / "good.wav", event_recording(12, RATE, 3.0), RATE)
+    broken = write_wav(media / "broken.wav", event_recording(400, RATE, 3.0), RATE)
+    real = xsearch.moments._segment_tensor
+
+    def fails_late(task, segments, cfg):
+        if task.path == str(broken) and task.spans[0][0] >= 300:
+            raise DecodeError(task.path, "audio data is corrupt (Invalid data found)")
+        return real(task, segments, cfg)
+
+    monkeypatch.setattr(xsearch.moments, "_segment_tensor", fails_late)
+    collection = Collection(tmp_path / "db", encoder=encoder)
+    report = collection.index([media], moments=True, workers=0)
+    assert report.failed == 1
+    assert report.failures[0].message == "audio moments 5:00-6:40: audio data is corrupt (Invalid data found)"
+    assert [Path(r["uri"]).name for r in collection.store.scan(["uri"]).to_pylist()] == ["good.wav"]
+    assert {Path(r["uri"]).name for r in moment_rows(collection)} == {"good.wav"}
+    assert collection.errors()["uri"].to_pylist() == [str(broken)]
+
+
+def test_copies_fold_into_one_moment_and_a_database_without_moments_says_so(encoder, tmp_path):
+    from xsearch.errors import StoreError
+
+    media = tmp_path / "media"
+    media.mkdir()
+    talk = event_recording(18, RATE, 6.0)
+    write_wav(media / "a.wav", talk, RATE)
+    write_wav(media / "b.wav", talk, RATE)  # the same bytes
+    event = write_wav(tmp_path / "event.wav", cut(talk, 6, 8), RATE)
+    collection = Collection(tmp_path / "db", encoder=encoder)
+    collection.index([media], moments=True, workers=0)
+    top = collection.search(Query.audio(event), moments=True)
+    assert (Path(top[0].uri).name, top[0].start, [Path(d).name for d in top[0].duplicates]) == ("a.wav", 6.0, ["b.wav"])
+    assert len(top) == 1  # b.wav's moments fold into a.wav's, and a.wav gives one
+    plain = Collection(tmp_path / "plain", encoder=encoder)
+    plain.index([media / "a.wav"], workers=0)
+    with pytest.raises(StoreError, match="run xsearch index --moments"):
+        plain.search(Query.audio(event), moments=True)
+
+
 _INDEX_SCRIPT = """
 import sys
 from xsearch import Collection

@@ -652,6 +652,10 @@ class Store:
                 rows += batch.num_rows
         with _translated(self.path / f"{ERRORS}.lance"):
             self.errors().to_arrow()
+        if self.has_moments():
+            with _translated(self.path / f"{MOMENTS}.lance"):
+                for _ in self.moments()._dataset().to_batches(batch_size=batch_rows):
+                    pass
         return rows
 
     def scan(self, columns: Sequence[str], where: ItemFilter | None = None, version: int | None = None) -> pa.Table:
