@@ -65,10 +65,11 @@ def high_water_mb():
     return int(line.split()[1]) / 1024
 
 arch, precision, db, path, towers = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
+seconds_each = float(sys.argv[6])
 encoder = Encoder(create_model(arch, towers=[Tower(t) for t in towers]), device="cpu", precision=precision)
 base = high_water_mb()
 started = time.perf_counter()
-report = Collection(db, encoder=encoder).index([path], moments=True, workers=0)
+report = Collection(db, encoder=encoder).index([path], moment_seconds=seconds_each, workers=0)
 seconds = time.perf_counter() - started
 parts = (db / "moments.lance", db / "faiss-moments")
 stored = sum(f.stat().st_size for d in parts for f in d.rglob("*") if f.is_file())
@@ -89,7 +90,17 @@ def index_step(args) -> None:
             shutil.rmtree(db, ignore_errors=True)
             towers = "vision,audio" if video else "audio"
             done = subprocess.run(
-                [sys.executable, "-c", _CHILD, args.model, args.precision, str(db), str(path), towers],
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD,
+                    args.model,
+                    args.precision,
+                    str(db),
+                    str(path),
+                    towers,
+                    str(args.seconds),
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -100,6 +111,7 @@ def index_step(args) -> None:
                 "index",
                 model=args.model,
                 file=path.name,
+                moment_seconds=args.seconds,
                 media_seconds=duration,
                 **facts,
                 moments_per_s=round(facts["moments"] / facts["seconds"], 1),
@@ -108,28 +120,9 @@ def index_step(args) -> None:
             )
 
 
-def measure(search, queries: np.ndarray, truth: np.ndarray) -> dict:
-    from xsearch.testing.synthetic import recall_at_k
-
-    search(queries[:16])
-    batch = []
-    for _ in range(3):
-        started = time.perf_counter()
-        ids = search(queries)
-        batch.append(time.perf_counter() - started)
-    singles = []
-    for q in queries[:200]:
-        started = time.perf_counter()
-        search(q[None])
-        singles.append(time.perf_counter() - started)
-    return {
-        "qps": round(len(queries) / float(np.median(batch)), 1),
-        "p50_ms": round(float(np.median(singles)) * 1e3, 3),
-        "recall@10": round(recall_at_k(ids, truth), 4),
-    }
-
-
 def search_step(args) -> None:
+    from scale import measure  # this folder: batch QPS, p50, recall@10 measured as for items
+
     from xsearch.index import IndexCfg, IndexSet
     from xsearch.modalities import Modality
     from xsearch.moments import MomentCfg
@@ -186,6 +179,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--minutes", default="2,60", help="recording lengths, comma-separated")
     parser.add_argument("--video-minutes", type=float, default=None)
+    parser.add_argument("--seconds", type=float, default=6.0, help="moment length (index --moment-seconds)")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--reuse", action="store_true", help="search the database of an earlier run")

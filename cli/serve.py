@@ -51,6 +51,14 @@ def serve(
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="On a GPU: GB of its memory for exact search per modality (default: half of what is free); "
+            "past it the index proposes candidates and the GPU re-ranks them.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a database: a browser page at / and a JSON API (documented at /docs), the model kept warm.
 
@@ -68,6 +76,7 @@ def serve(
         collection = open_collection(db, checkpoint, model, device, precision)
         on, _ = collection.choice.resolved()
         collection.exact_device = str(on) if on.type == "cuda" else None  # on a GPU: exact search there
+        collection.exact_budget_bytes = int(gpu_memory * (1 << 30)) if gpu_memory is not None else None
         facts = collection.info()  # fails now, in one line, when the database is missing or damaged
         collection.model_choice()  # a trial database without its --checkpoint fails now, not at each search
         # On a loopback address, only loopback names: a web page cannot reach it through DNS rebinding.

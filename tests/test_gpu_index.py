@@ -81,10 +81,17 @@ def test_exact_search_on_cpu_equals_flat_search_before_and_after_top_ups(vectors
     assert not np.isin(found, ids[:100]).any()
 
 
-def test_past_its_budget_the_index_keeps_the_ivf_path(vectors):
+def test_past_its_budget_the_ivf_candidates_are_reranked_on_the_device(vectors):
     index = VectorIndex.build(np.arange(6000), vectors, IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
+    queries = clustered_embeddings(40, dim=64, seed=11)
+    on_cpu = index.search(queries, 10)
     assert not index.use_exact("cpu", budget_bytes=1000)
+    assert index._exact is None and index._rerank_device is not None  # the device re-ranks the candidates
+    on_device = index.search(queries, 10)
+    assert (on_device[1] == on_cpu[1]).mean() > 0.99  # the same candidates, the same exact scores
+    assert np.allclose(on_device[0], on_cpu[0], atol=1e-5)
     assert index.search(vectors[:1], 1)[1][0, 0] == 0
+    assert index.use_exact("cpu", budget_bytes=1 << 30) and index._rerank_device is None
 
 
 def test_a_collection_with_an_exact_device_answers_as_the_index_does(tmp_path, vectors):

@@ -49,7 +49,8 @@ class Collection:
     ``path=None`` is a collection without a database: only ``embed`` works. ``query_limits``: query files
     are decoded in a supervised worker under these limits, as indexed files are (``None``: in this
     process). ``exact_device``: searches keep each modality's vectors on this device (a GPU) and answer
-    exactly where they fit half its free memory (``serve`` on a GPU does); ``None``: the FAISS index.
+    exactly where they fit ``exact_budget_bytes`` (default: half its free memory; ``serve`` on a GPU does);
+    past it, the FAISS index proposes candidates and the device re-ranks them. ``None``: the FAISS index.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Collection:
         index_cfg=None,
         query_limits: DecodeLimits | None = DecodeLimits(),
         exact_device: str | None = None,
+        exact_budget_bytes: int | None = None,
     ):
         self.path = Path(path).expanduser() if path is not None else None
         self.choice = choice or ModelChoice(checkpoint, model, device, precision, verify_checkpoint)
@@ -74,6 +76,7 @@ class Collection:
         self._index_cfg = index_cfg
         self.query_limits = query_limits
         self.exact_device = exact_device
+        self.exact_budget_bytes = exact_budget_bytes
         self._store = None
         self._engine = None
 
@@ -161,7 +164,12 @@ class Collection:
 
             decoder = None if self.query_limits is None else _QueryDecoder(self.query_limits)
             self._engine = Engine(
-                self.store, lambda: self.encoder, self._index_cfg, decoder=decoder, exact_device=self.exact_device
+                self.store,
+                lambda: self.encoder,
+                self._index_cfg,
+                decoder=decoder,
+                exact_device=self.exact_device,
+                exact_budget_bytes=self.exact_budget_bytes,
             )
         return self._engine
 

@@ -8,6 +8,9 @@ answers exactly (``VectorIndex.use_exact``); the files are the same either way. 
 
 Rows are appended as an index is topped up (the tensor grows, rows never move) and the dead-row mask is
 applied to the scores, so the answer is what ``IndexFlatIP`` over the live rows would give.
+
+Past the memory budget the IVF index proposes candidates on the CPU and ``rerank`` scores them exactly on
+the device: each query's float16 candidate vectors go over in one batched product.
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ import numpy as np
 import torch
 
 QUERY_BLOCK = 256  # queries scored together (bounds the [q, n] score matrix)
+
+
+@torch.inference_mode()
+def rerank(candidates_f16: np.ndarray, queries: np.ndarray, device: str | torch.device) -> np.ndarray:
+    """Exact scores ``float32 [q, c]`` of each query ``[q, d]`` against its candidates ``float16 [q, c, d]``,
+    computed on ``device`` (float16 products on a GPU, float32 elsewhere)."""
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    candidates = torch.from_numpy(np.ascontiguousarray(candidates_f16)).to(device, dtype, non_blocking=True)
+    block = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).to(device, dtype)
+    return torch.bmm(candidates, block[:, :, None])[..., 0].float().cpu().numpy()
 
 
 class ExactSearcher:

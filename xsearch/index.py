@@ -185,19 +185,20 @@ class _Rows:
             first += len(part)
         return np.concatenate(parts) if parts else np.empty((0, self.dim), np.float16)
 
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """float32 vectors of ``rows`` (any shape), gathered from the parts they live in."""
+    def vectors(self, rows: np.ndarray, half: bool = False) -> np.ndarray:
+        """float32 (``half``: the stored float16) vectors of ``rows`` (any shape), gathered from the parts
+        they live in."""
         if len(self.vector_parts) == 1:
-            half = self.vector_parts[0][rows]
+            gathered = self.vector_parts[0][rows]
         else:
-            half = np.empty((*rows.shape, self.dim), np.float16)
+            gathered = np.empty((*rows.shape, self.dim), np.float16)
             start = 0
             for part in self.vector_parts:
                 inside = (rows >= start) & (rows < start + len(part))
                 if inside.any():
-                    half[inside] = part[rows[inside] - start]
+                    gathered[inside] = part[rows[inside] - start]
                 start += len(part)
-        return _to_float32(half)
+        return _to_float32(gathered) if not half else gathered
 
 
 class VectorIndex:
@@ -216,6 +217,7 @@ class VectorIndex:
         self._selector = None
         self._live_ids = None
         self._exact = None  # an ExactSearcher holding the rows on a GPU (``use_exact``)
+        self._rerank_device = None  # past the exact budget: IVF candidates re-ranked there (``use_exact``)
         self._exact_stale = True
         # A flat index over float16 vectors (moments) keeps them only in ``rows.f16``: its segment files are
         # empty and filled from the rows when loaded (the float32 copy would hold nothing more).
@@ -293,17 +295,17 @@ class VectorIndex:
     def use_exact(self, device, budget_bytes: int | None = None) -> bool:
         """Answer searches exactly on ``device`` (a GPU) from the rows' float16 vectors, when they fit
         ``budget_bytes`` (default: half the device's free memory). Returns whether it does; the index files
-        are unchanged, and past the budget searches keep the IVF path."""
+        are unchanged. Past the budget, the IVF index proposes candidates and the device re-ranks them."""
         from xsearch.exact import ExactSearcher
 
         device = torch_device(device)
         if budget_bytes is None:
             budget_bytes = _free_bytes(device) // 2
         if ExactSearcher.bytes_for(len(self.rows), self.rows.dim) > budget_bytes:
-            log.info("%d vectors exceed the exact-search budget on %s: IVF search", len(self.rows), device)
-            self._exact = None
+            log.info("%d vectors exceed the exact-search budget on %s: IVF, re-ranked there", len(self.rows), device)
+            self._exact, self._rerank_device = None, device
             return False
-        self._exact, self._exact_stale = ExactSearcher(device), True
+        self._exact, self._exact_stale, self._rerank_device = ExactSearcher(device), True, None
         return True
 
     def needs_rebuild(self, topups: int) -> str | None:
@@ -357,7 +359,7 @@ class VectorIndex:
             valid = block >= 0
             rows = np.where(valid, block, 0)
             # Exact scores of all candidates of a block of queries at once: [q, c, d] @ [q, d] -> [q, c].
-            exact = np.matmul(self.rows.vectors(rows), queries[start : start + _RERANK_CHUNK, :, None])[..., 0]
+            exact = self._rerank(rows, queries[start : start + _RERANK_CHUNK])
             self._check(exact[valid])
             exact[~valid] = -np.inf
             top = np.argsort(-exact, axis=1)[:, :k_eff]
@@ -368,6 +370,15 @@ class VectorIndex:
                 np.isfinite(top_scores), self.rows.ids[np.maximum(top_rows, 0)], -1
             )
         return scores, out_ids
+
+    def _rerank(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Exact scores ``[q, c]`` of each query against its candidate rows ``[q, c]``: on the CPU, or on the
+        re-rank device past the exact budget (``use_exact``)."""
+        if self._rerank_device is not None:
+            from xsearch.exact import rerank
+
+            return rerank(self.rows.vectors(rows, half=True), queries, self._rerank_device)
+        return np.matmul(self.rows.vectors(rows), queries[:, :, None])[..., 0]
 
     @staticmethod
     def _check(scores: np.ndarray) -> None:

@@ -75,11 +75,13 @@ class Engine:
         exact_filter_limit: int = EXACT_FILTER_LIMIT,
         decoder=None,
         exact_device=None,
+        exact_budget_bytes: int | None = None,
     ):
         """``decoder(path, modality, cfg) -> Outcome`` decodes query files (default: ``xsearch.decode`` in
         this process; ``Collection`` passes one that decodes in a supervised worker under the indexer's
         limits, so a hostile upload costs a worker, never the server). ``exact_device``: a GPU on which
-        each modality's vectors are kept and searched exactly, where they fit (``VectorIndex.use_exact``)."""
+        each modality's vectors are kept and searched exactly, where they fit ``exact_budget_bytes``
+        (default: half its free memory), else re-ranked there (``VectorIndex.use_exact``)."""
         from xsearch.index import IndexCfg
 
         self.store = store
@@ -87,6 +89,7 @@ class Engine:
         self.exact_filter_limit = exact_filter_limit
         self.decoder = decoder
         self.exact_device = exact_device
+        self.exact_budget_bytes = exact_budget_bytes
         self._exact_tried: weakref.WeakSet = weakref.WeakSet()  # indices already offered the device
         self._lease = ReaderLease(store.path)  # the version this engine reads, kept by writers' compaction
         self._snapshot: Snapshot | None = None
@@ -158,7 +161,7 @@ class Engine:
             index = cached[0]
             if self.exact_device is not None and index not in self._exact_tried:
                 self._exact_tried.add(index)
-                index.use_exact(self.exact_device)
+                index.use_exact(self.exact_device, self.exact_budget_bytes)
             return index
 
     # ---- embedding ------------------------------------------------------------------------------------

@@ -50,16 +50,7 @@ def write_audio(path: Path, samples: np.ndarray, rate: int, codec: str) -> Path:
     layout = "mono" if samples.shape[1] == 1 else "stereo"
     with av.open(local_file_url(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
-        for start in range(0, len(samples), 4096):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[start : start + 4096].T), format="fltp", layout=layout
-            )
-            frame.sample_rate = rate
-            frame.pts = start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+        _mux(container, stream, _audio_frames(samples.T, rate, "fltp", layout))
     return path
 
 
@@ -67,21 +58,36 @@ def write_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(160, 120)
     """A moving-gradient video; frame i is brighter than frame i-1, so frame choice is visible in tests."""
     rng = np.random.default_rng(seed)
     w, h = size
+    base = rng.integers(0, 60, (h, w, 3))
+    frames = (
+        np.clip(base + i * 4 + np.linspace(0, 120, w)[None, :, None], 0, 255).astype(np.uint8)
+        for i in range(int(seconds * fps))
+    )
     with av.open(local_file_url(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        base = rng.integers(0, 60, (h, w, 3))
-        for i in range(int(seconds * fps)):
-            frame_rgb = np.clip(base + i * 4 + np.linspace(0, 120, w)[None, :, None], 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+        _mux(container, _video_stream(container, codec, fps, size), map(_rgb_frame, frames))
     return path
+
+
+def _video_stream(container, codec: str, fps: int, size, options: dict | None = None):
+    stream = container.add_stream(codec, rate=fps, options=options or {})
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.time_base = Fraction(1, fps)
+    return stream
+
+
+def _rgb_frame(rgb: np.ndarray):
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+
+
+def _mux(container, stream, frames) -> None:
+    """Encode ``frames`` (numbered in order: their ``pts``) into ``stream``, then flush it."""
+    for i, frame in enumerate(frames):
+        frame.pts = i if frame.pts is None else frame.pts
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
 
 
 def event_recording(seconds: float, rate: int, event_at: float, event_seconds: float = 2.0, seed=0) -> np.ndarray:
@@ -117,33 +123,29 @@ def write_event_video(
     rng = np.random.default_rng(seed)
     w, h = size
     checker = ((np.indices((h, w)) // 12).sum(axis=0) % 2).astype(np.uint8)
+    red = np.stack([55 + 200 * checker, 20 * checker, 20 * checker], axis=-1).astype(np.uint8)
+    frames = (
+        red if event_at <= i / fps < event_at + event_seconds else rng.integers(20, 70, (h, w, 3)).astype(np.uint8)
+        for i in range(int(seconds * fps))
+    )
     with av.open(local_file_url(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"g": str(fps)})
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, fps)
+        stream = _video_stream(container, "libx264", fps, size, {"g": str(fps)})
         if sound is not None:
             track = container.add_stream("pcm_s16le", rate=rate, layout="mono")
-            pcm = (np.clip(sound[:, 0], -1, 1) * 32767).astype(np.int16)
-            for start in range(0, len(pcm), 4096):
-                piece = av.AudioFrame.from_ndarray(pcm[None, start : start + 4096], format="s16", layout="mono")
-                piece.sample_rate, piece.pts = rate, start
-                for packet in track.encode(piece):
-                    container.mux(packet)
-            for packet in track.encode(None):
-                container.mux(packet)
-        for i in range(int(seconds * fps)):
-            if event_at <= i / fps < event_at + event_seconds:
-                rgb = np.stack([55 + 200 * checker, 20 * checker, 20 * checker], axis=-1).astype(np.uint8)
-            else:
-                rgb = rng.integers(20, 70, (h, w, 3)).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            pcm = (np.clip(sound[:, 0], -1, 1) * 32767).astype(np.int16)[None]
+            _mux(container, track, _audio_frames(pcm, rate, "s16", "mono"))
+        _mux(container, stream, map(_rgb_frame, frames))
     return path
+
+
+def _audio_frames(samples: np.ndarray, rate: int, fmt: str, layout: str):
+    """``[channels, n]`` samples (``[1, n]`` when packed) as frames of 4,096, timed by their first sample."""
+    for start in range(0, samples.shape[1], 4096):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples[:, start : start + 4096]), format=fmt, layout=layout
+        )
+        frame.sample_rate, frame.pts = rate, start
+        yield frame
 
 
 def write_map(path: Path, size=(200, 150), bits: int = 16, seed=0) -> Path:
