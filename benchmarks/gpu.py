@@ -1,8 +1,10 @@
 """GPU against CPU, in one call. The index: build (train + add) with the CPU recipe and with its centroids
 found on the GPU (the same kind of files), then search with the CPU index and exactly on the GPU from the
-re-rank vectors: recall@10 against exact search, batch QPS, p50 of single queries. Photos: decode rate of
-generated JPEGs through the PIL path and batched on the device, and an end-to-end ``Collection.index`` of
-them with each (tiny model with ``--quick``, else the full vision tower with random weights).
+re-rank vectors: recall@10 against exact search, batch QPS, p50 of single queries. Encoders: items/s per
+tower, ours (``Encoder.encode``, host in and out, its automatic precision) against Meta's reference on the
+same weights in fp32 and under bf16 autocast. Photos: decode rate of generated JPEGs through the PIL path
+and batched on the device, and an end-to-end ``Collection.index`` of them with each (tiny model with
+``--quick``, else the full towers with random weights).
 
     python benchmarks/gpu.py                      # on a CUDA machine: 1M vectors (add --n 10000000 for 10M)
     python benchmarks/gpu.py --device cpu --quick # every code path on small sizes, on any machine
@@ -43,6 +45,65 @@ def _search_figures(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, 
         "batch_qps": round(len(queries) / seconds),
         "p50_ms": round(statistics.median(singles), 3),
     }
+
+
+def _encoder_rows(record, device: str, quick: bool) -> None:
+    """Items/s per tower: the reference in fp32 and under bf16 autocast, and ours, on the same weights."""
+    import sys
+
+    import torchvision.transforms.functional as tv_functional
+
+    from xsearch.encoder import Encoder
+    from xsearch.model import IMAGEBIND_HUGE, TINY_TEST, create_model
+    from xsearch.testing.inputs import sample_inputs
+
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", tv_functional)  # pytorchvideo's import
+    from imagebind.models import imagebind_model
+
+    cfg = TINY_TEST if quick else IMAGEBIND_HUGE
+    sizes = {"out_embed_dim": cfg.embed_dim}
+    for tower in ("vision", "text", "audio", "depth", "thermal", "imu"):
+        t = cfg.tower(tower)
+        sizes.update({f"{tower}_embed_dim": t.width, f"{tower}_num_blocks": t.layers, f"{tower}_num_heads": t.heads})
+    torch.manual_seed(0)
+    reference = imagebind_model.ImageBindModel(**sizes).eval()
+    ours = create_model(cfg.name, device="meta")
+    ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    encoder = Encoder(ours, device=device, precision="auto")  # moves (and casts) our copy
+    reference.to(device)
+    synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    repeats = 2 if quick else 5
+    for tower, batch in {"vision": 128, "text": 512, "audio": 96}.items():
+        batch = 4 if quick else batch
+        x = sample_inputs(batch, seed=3, cfg=cfg)[tower]
+        on_device = x.to(device)
+
+        def reference_bf16(x=on_device, tower=tower):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                return reference({tower: x})
+
+        runs = {
+            "reference fp32": lambda x=on_device, tower=tower: reference({tower: x}),
+            "reference bf16 autocast": reference_bf16,
+            f"ours {encoder.precision}": lambda x=x, tower=tower: encoder.encode(tower, x),
+        }
+        medians = {}
+        for name, run in runs.items():
+            with torch.inference_mode():
+                run()  # warm-up: kernels chosen, weights touched
+                synchronise()
+                times = []
+                for _ in range(repeats):
+                    _, took = _timed(lambda run=run: (run(), synchronise()))
+                    times.append(took)
+            medians[name] = statistics.median(times)
+        for name, seconds in medians.items():
+            record(
+                f"embed: {tower}, {name}",
+                n=batch,
+                items_per_s=round(batch / seconds, 1),
+                x_reference_bf16=round(medians["reference bf16 autocast"] / seconds, 2),
+            )
 
 
 def _photo_rows(record, device: str, count: int, megapixels: float, quick: bool) -> None:
@@ -113,12 +174,14 @@ def main() -> None:
         record(f"search: exact on {args.device}", **_search_figures(cpu, queries, truth, k))
     else:
         record(f"search: exact on {args.device}", skipped="vectors past the memory budget")
+    _encoder_rows(record, args.device, args.quick)
     _photo_rows(record, args.device, 24 if args.quick else 512, 2.0 if args.quick else 12.0, args.quick)
     print(f"\n{platform.node()}, torch {torch.__version__}, {args.device}")
-    print("| row | n | seconds | recall@10 | batch QPS | p50 ms | files/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| row | n | seconds | recall@10 | batch QPS | p50 ms | items/s | files/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        cells = [row.get(key, "") for key in ("seconds", "recall_at_10", "batch_qps", "p50_ms", "files_per_s")]
+        keys = ("seconds", "recall_at_10", "batch_qps", "p50_ms", "items_per_s", "files_per_s")
+        cells = [row.get(key, "") for key in keys]
         print(f"| {row['row']} | {row['n']:,} | " + " | ".join(map(str, cells)) + " |")
 
 
