@@ -858,7 +858,9 @@ class Store:
         table = self.items()
         if clauses:
             where = " OR ".join(f"({c})" for c in clauses)
-            doomed = self.scan(["id"], ItemFilter(where=where))["id"].to_pylist() if self.has_moments() else []
+            doomed = (
+                self._dataset().to_table(columns=["id"], filter=where)["id"].to_pylist() if self.has_moments() else []
+            )
             table.delete(where)
             if doomed:  # after the rows: a kill between the two leaves moments that ``sweep_moments`` removes
                 self._db.open_table(MOMENTS).delete(_in("item_id", doomed))
