@@ -489,3 +489,24 @@ def test_an_hour_of_audio_indexes_in_the_memory_of_two_minutes(tmp_path):
         code = f"Collection({str(db)!r}, encoder=encoder).index([{str(path)!r}], moments=True, workers=0)"
         grown[minutes] = peak_rss_growth_mb(code, loaded)
     assert grown[60] <= 1.5 * grown[2], grown
+
+
+def test_deleting_many_rows_deletes_their_moments_in_one_go(tmp_path):
+    """``--prune`` of thousands of files: the ids whose moments go are read without the 16 KB cap on a
+    user's filter."""
+    from xsearch.store import ItemRecord, Moment, Store
+
+    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
+    store.keep_moments(MomentCfg())
+    vector = np.eye(8, dtype=np.float32)[0]
+    records = [
+        ItemRecord(
+            f"/media/{i:05d}.wav", Modality.AUDIO, vector, sha256=str(i), moments=[Moment(Modality.AUDIO, 0, 6, vector)]
+        )
+        for i in range(3)
+    ]
+    store.upsert_items(records)
+    store.replace_moments(records)
+    assert store.moments().count() == 3
+    store.delete_items(uris=[f"/media/{i:05d}.wav" for i in range(2, 3000)])  # 50 KB of SQL
+    assert store.moments().count() == 2 and store.moment_sets() == {0: {"0"}, 1: {"1"}}
