@@ -1,10 +1,11 @@
 """GPU against CPU, in one call. The index: build (train + add) with the CPU recipe and with its centroids
-found on the GPU (the same kind of files), then search with the CPU index and exactly on the GPU from the
-re-rank vectors: recall@10 against exact search, batch QPS, p50 of single queries. Encoders: items/s per
-tower, ours (``Encoder.encode``, host in and out, its automatic precision) against Meta's reference on the
-same weights in fp32 and under bf16 autocast. Photos: decode rate of generated JPEGs through the PIL path
-and batched on the device, and an end-to-end ``Collection.index`` of them with each (tiny model with
-``--quick``, else the full towers with random weights).
+found, and its rows assigned to lists, on the GPU (the same kind of files), then search with the CPU index,
+with its candidates re-ranked on the device, and exactly on the device from the re-rank vectors: recall@10
+against exact search, batch QPS, p50 of single queries. Encoders: items/s per tower, ours
+(``Encoder.encode``, host in and out, its automatic precision) against Meta's reference on the same weights
+in fp32 and under bf16 autocast. Photos: decode rate of generated JPEGs through the PIL path and batched
+on the device, and an end-to-end ``Collection.index`` of them with each (tiny model with ``--quick``, else
+the full towers with random weights).
 
     python benchmarks/gpu.py                      # on a CUDA machine: 1M vectors (add --n 10000000 for 10M)
     python benchmarks/gpu.py --device cpu --quick # every code path on small sizes, on any machine
@@ -166,7 +167,7 @@ def main() -> None:
     record("build: CPU recipe", seconds=round(built, 2), code_size=cpu.index.code_size)
     trained_on = "GPU" if on_gpu else "CPU (no GPU: the same path)"
     gpu_built, built = _timed(lambda: VectorIndex.build(ids, vectors, IndexCfg(flat_threshold=0, use_gpu=on_gpu)))
-    record(f"build: centroids on {trained_on}", seconds=round(built, 2), code_size=gpu_built.index.code_size)
+    record(f"build: centroids and lists on {trained_on}", seconds=round(built, 2), code_size=gpu_built.index.code_size)
     record("search: CPU IVF-PQ + re-rank", **_search_figures(cpu, queries, truth, k))
     cpu.use_exact(args.device, budget_bytes=0)  # past any budget: CPU IVF candidates, re-ranked on the device
     record(f"search: CPU IVF-PQ + re-rank on {args.device}", **_search_figures(cpu, queries, truth, k))

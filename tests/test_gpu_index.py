@@ -81,6 +81,24 @@ def test_exact_search_on_cpu_equals_flat_search_before_and_after_top_ups(vectors
     assert not np.isin(found, ids[:100]).any()
 
 
+def test_rows_assigned_by_another_copy_of_the_centroids_make_the_same_files(vectors):
+    """A build assigns rows to lists through a GPU copy of the centroids where there is one
+    (``assigned_by``); any copy of them gives the same lists and codes, and the saved index keeps its own."""
+    import faiss
+
+    from xsearch.index import assigned_by
+
+    template, _ = _train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
+    plain, assigned = faiss.clone_index(template), faiss.clone_index(template)
+    ids = np.arange(len(vectors), dtype=np.int64)
+    plain.add_with_ids(vectors, ids)
+    copy = faiss.clone_index(faiss.extract_index_ivf(assigned).quantizer)  # a GPU machine: index_cpu_to_gpu
+    with assigned_by(assigned, copy):
+        assigned.add_with_ids(vectors, ids)
+    assert faiss.extract_index_ivf(assigned).quantizer.this != copy.this  # its own quantiser is back
+    assert np.array_equal(faiss.serialize_index(assigned), faiss.serialize_index(plain))
+
+
 def test_past_its_budget_the_ivf_candidates_are_reranked_on_the_device(vectors):
     index = VectorIndex.build(np.arange(6000), vectors, IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
     queries = clustered_embeddings(40, dim=64, seed=11)
@@ -115,6 +133,8 @@ def test_gpu_clustering_builds_the_cpu_recipe_and_exact_search_runs_on_cuda(vect
     assert type(cpu) is type(gpu) and cpu.code_size == gpu.code_size  # the same kind of files
     centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 32) for i in (cpu, gpu)]
     assert np.abs(centroids[0] - centroids[1]).max() < 1e-3  # k-means on the GPU: the same centroids
-    index = VectorIndex.build(np.arange(6000), vectors, IndexCfg(flat_threshold=0, nlist=32))
+    index = VectorIndex.build(np.arange(6000), vectors, IndexCfg(flat_threshold=0, nlist=32))  # lists on the GPU
+    on_cpu = VectorIndex.build(np.arange(6000), vectors, IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
+    assert (index.search(vectors[:50], 1)[1] == on_cpu.search(vectors[:50], 1)[1]).all()
     assert index.use_exact("cuda")
     assert (index.search(vectors[:50], 1)[1][:, 0] == np.arange(50)).all()

@@ -28,6 +28,7 @@ index codes and one batch, never all vectors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -63,7 +64,9 @@ class IndexCfg:
     chunk_rows: int = 16_384  # rows read from the store per batch while building
     max_segments: int = 16  # more top-ups than this and the next writer rebuilds
     max_dead_fraction: float = 0.25  # ... or more masked rows than this
-    use_gpu: bool | None = None  # k-means of the IVF centroids on a GPU; None: when faiss sees one
+    use_gpu: bool | None = (
+        None  # k-means of the IVF centroids, and a build's list assignment, on a GPU; None: when faiss sees one
+    )
 
 
 def search_defaults(n: int) -> tuple[int, int, int]:
@@ -257,8 +260,9 @@ class VectorIndex:
             picks = np.random.default_rng(0).choice(len(ids), min(len(ids), _train_size(len(ids), cfg)), False)
             sample = vectors[np.sort(picks)]
         index = cls.empty(vectors.shape[1], len(ids), cfg, sample)
-        for start in range(0, len(ids), cfg.chunk_rows):
-            index.add(ids[start : start + cfg.chunk_rows], vectors[start : start + cfg.chunk_rows])
+        with assigned_by(index.index, _gpu_quantizer(index.index, cfg)):
+            for start in range(0, len(ids), cfg.chunk_rows):
+                index.add(ids[start : start + cfg.chunk_rows], vectors[start : start + cfg.chunk_rows])
         log.info("built %s index of %d vectors", index.kind, len(ids))
         return index
 
@@ -660,6 +664,34 @@ def _gpu_clustering_index(d: int, cfg: IndexCfg):
     return faiss.GpuIndexFlatIP(_gpu_resources(), d, config)
 
 
+def _gpu_quantizer(index, cfg: IndexCfg):
+    """The IVF centroids of ``index`` in an exact index on GPU 0, for a build to assign its rows to lists
+    there; ``None`` for a flat index or without a GPU."""
+    if isinstance(index, _faiss().IndexFlat) or not (gpu_available() if cfg.use_gpu is None else cfg.use_gpu):
+        return None
+    faiss = _faiss()
+    return faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.extract_index_ivf(index).quantizer)
+
+
+@contextlib.contextmanager
+def assigned_by(index, quantizer):
+    """Rows added inside are assigned to their IVF lists by ``quantizer`` (the same centroids, held where
+    the nearest one is found faster: a GPU); the index's own quantiser is back when done, so what is saved
+    is the CPU recipe. ``quantizer=None``: the index's own. The PQ codes are made on the CPU either way
+    (fast-scan codes have no GPU encoder, and FAISS's ``add_core`` with precomputed lists fails on their
+    block inverted lists in faiss 1.15.1), so this is the one part of adding a GPU can take."""
+    if quantizer is None:
+        yield
+        return
+    ivf = _faiss().extract_index_ivf(index)
+    own = ivf.quantizer
+    ivf.quantizer = quantizer
+    try:
+        yield
+    finally:
+        ivf.quantizer = own
+
+
 @functools.lru_cache(maxsize=1)
 def _gpu_resources():
     """FAISS's GPU memory and streams, made once per process (they are costly) and kept alive."""
@@ -722,8 +754,9 @@ class IndexSet:
         del sample
         batches = self.store.iter_vectors(where, version, self.cfg.chunk_rows)
         if not persist:
-            for ids, vectors in batches:
-                index.add(ids, vectors)
+            with assigned_by(index.index, _gpu_quantizer(index.index, self.cfg)):
+                for ids, vectors in batches:
+                    index.add(ids, vectors)
             return index
         # Rows go straight to files as they are added: RAM holds the index codes and one batch, never every
         # vector. The directory is built beside the old one and renamed over it when complete.
@@ -733,10 +766,11 @@ class IndexSet:
         building.mkdir(parents=True)
         files = _RowFiles(building)
         try:
-            for ids, vectors in batches:
-                vectors = _normalise(vectors)
-                _add_rows(index.index, vectors, files.count)
-                files.write(np.asarray(ids, np.int64), vectors.astype(np.float16))
+            with assigned_by(index.index, _gpu_quantizer(index.index, self.cfg)):
+                for ids, vectors in batches:
+                    vectors = _normalise(vectors)
+                    _add_rows(index.index, vectors, files.count)
+                    files.write(np.asarray(ids, np.int64), vectors.astype(np.float16))
         finally:
             files.close()
         index.rows = _open_rows(building, self.store.embed_dim, files.count)
