@@ -352,13 +352,15 @@ def _folders_holding(paths: set[str]) -> set[str]:
 
 @dataclass
 class _Cutting:
-    """A file whose row waits for its moments: the chunks still out, its row once encoded, its moments."""
+    """A file whose row waits for its moments: the chunks still out, its row once encoded, its moments, and
+    what failed (its row: the file is an error; a chunk: the row stands, without moments)."""
 
     modality: Modality
     chunks: int
     record: tuple[ItemRecord, bool] | None = None
     moments: list[Moment] = field(default_factory=list)
-    failed: bool = False
+    row_failed: bool = False
+    moments_failed: str | None = None
 
 
 class _Batcher:
@@ -434,7 +436,7 @@ class _Batcher:
         if outcome.error is not None:
             self._error(task.path, outcome.modality, outcome.stage, outcome.error)
             if due is not None:
-                due.failed = True
+                due.row_failed = True
                 self._settle(task.path)
             return
         record = ItemRecord(
@@ -462,7 +464,7 @@ class _Batcher:
         if due is None:  # the file was given up (an earlier chunk or its row failed)
             return
         due.chunks -= 1
-        if outcome.error is None and not due.failed:
+        if outcome.error is None and not (due.row_failed or due.moments_failed):
             started = time.perf_counter()
             try:
                 vectors = self.indexer.encoder.encode_stacked(
@@ -476,24 +478,29 @@ class _Batcher:
             outcome.tensor = None
             if outcome.error is None:
                 due.moments += [Moment(task.modality, a, b, v) for (a, b), v in zip(task.spans, vectors)]
-        if outcome.error is not None and not due.failed:
-            due.failed = True
+        if outcome.error is not None and due.moments_failed is None:
             (start, _), (_, end) = task.spans[0], task.spans[-1]
-            where = f"{task.modality} moments {clock(start)}-{clock(end)}"
-            self._error(task.path, due.modality, outcome.stage, f"{where}: {outcome.error}")
+            due.moments_failed = f"{task.modality} moments {clock(start)}-{clock(end)}: {outcome.error}"
         self._settle(task.path)
 
     def _settle(self, path: str) -> None:
-        """A file whose chunks are all back: its row and moments go to the next commit (or, when any part
-        failed, nothing does: its error row is recorded, and a known file's old row goes with it)."""
+        """A file whose chunks are all back: its row and moments go to the next commit. When its row failed,
+        nothing does (its error row is recorded). When a chunk failed, the row does, without moments: the
+        file stays searchable as a whole, the failure is reported, and the next run, seeing no moments,
+        tries them again (never half a set)."""
         due = self.cutting[path]
-        if due.chunks or (due.record is None and not due.failed):
+        if due.chunks or (due.record is None and not due.row_failed):
             return
         del self.cutting[path]
-        if not due.failed:
-            record, is_update = due.record
-            record.moments = due.moments
-            self.records.append((record, is_update))
+        if due.row_failed:
+            return
+        record, is_update = due.record
+        record.moments = [] if due.moments_failed else due.moments
+        if due.moments_failed:
+            log.warning("%s: %s (its moments are tried again next run)", path, due.moments_failed)
+            self.report.failed += 1
+            self.report.failures.append(Failure(path, "moments", due.moments_failed))
+        self.records.append((record, is_update))
 
     def flush(self) -> None:
         """Encode what waits, commit it, and wait for every commit to be written."""
