@@ -481,6 +481,10 @@ class _Batcher:
         if outcome.error is not None and due.moments_failed is None:
             (start, _), (_, end) = task.spans[0], task.spans[-1]
             due.moments_failed = f"{task.modality} moments {clock(start)}-{clock(end)}: {outcome.error}"
+        if not due.chunks and due.record is None and not due.row_failed:
+            # Its moments are done and its row waits in a batch still filling: encode that batch now, so the
+            # file is committed (its moments' work is what a kill would lose), not when the batch is full.
+            self._encode(due.modality)
         self._settle(task.path)
 
     def _settle(self, path: str) -> None:
@@ -488,9 +492,9 @@ class _Batcher:
         nothing does (its error row is recorded). When a chunk failed, the row does, without moments: the
         file stays searchable as a whole, the failure is reported, and the next run, seeing no moments,
         tries them again (never half a set)."""
-        due = self.cutting[path]
-        if due.chunks or (due.record is None and not due.row_failed):
-            return
+        due = self.cutting.get(path)
+        if due is None or due.chunks or (due.record is None and not due.row_failed):
+            return  # settled already (encoding its row settles it), or parts still out
         del self.cutting[path]
         if due.row_failed:
             return

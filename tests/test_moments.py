@@ -431,26 +431,33 @@ Collection(sys.argv[1], encoder=encoder).index([sys.argv[2]], moments=True, work
 
 @pytest.mark.slow
 def test_kill_9_leaves_one_moment_set_per_file(encoder, tmp_path):
+    from xsearch.store import Store
+
     media = tmp_path / "media"
     media.mkdir()
     for i in range(10):
         write_wav(media / f"r{i}.wav", event_recording(90 + 6 * i, RATE, event_at=12.0, seed=i), RATE)
     checkpoint = save_checkpoint(encoder.model, tmp_path / "tiny.pt")
     db = tmp_path / "db"
-    started = time.perf_counter()  # a whole run, to kill the others in the middle of theirs
-    subprocess.run(
-        [sys.executable, "-c", _INDEX_SCRIPT, str(tmp_path / "whole"), str(media), str(checkpoint)], check=True
-    )
-    whole = time.perf_counter() - started
+
+    def committed() -> int:  # files committed so far (one commit per file)
+        try:
+            return Store.open(db, create=False).count()
+        except Exception:  # not created yet
+            return 0
+
     rng = np.random.default_rng(0)
     killed = 0
     for _ in range(4):
+        before = committed()
         run = subprocess.Popen([sys.executable, "-c", _INDEX_SCRIPT, str(db), str(media), str(checkpoint)])
-        time.sleep(rng.uniform(0.5, 0.9) * whole)
+        while run.poll() is None and committed() == before:  # a commit: the run is in the middle of its files
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
         killed += run.poll() is None  # still running: killed in the middle of something
         run.send_signal(signal.SIGKILL)
         run.wait()
-    assert killed >= 2
+    assert killed == 4 and 0 < committed() < 10
     done = subprocess.run([sys.executable, "-c", _INDEX_SCRIPT, str(db), str(media), str(checkpoint)], check=True)
     assert done.returncode == 0
     collection = Collection(db)
