@@ -182,8 +182,10 @@ class Collection:
         files to a modality (``{"scans/": "depth"}``; assigned paths outside ``paths`` are indexed too),
         ``modalities`` keeps only those, ``exclude``, ``prune``, ``batch_size``, ``workers``,
         ``file_timeout`` (seconds per file), ``worker_memory_gb``, ``ray`` (an address, ``auto`` or
-        ``local``: decode and embed on a Ray cluster), ``ray_actors``, ``progress``. Returns the
-        ``RunReport``: counts, failures with reasons, index sizes.
+        ``local``: decode and embed on a Ray cluster), ``ray_actors``, ``progress``, ``moments=True`` (also
+        a vector per segment of every audio and video file, remembered by the database; ``moment_seconds``,
+        ``moment_stride``: see ``xsearch.moments``). Returns the ``RunReport``: counts, failures with
+        reasons, index sizes.
         """
         started = time.perf_counter()
         options = IndexOptions.of(options, **overrides)
@@ -242,7 +244,8 @@ class Collection:
 
         ``options`` (a ``SearchOptions``) and keyword ``overrides`` say what to search: ``target``
         modalities (default: all; several are merged by calibrated score), ``k``, ``where``, ``path``,
-        the cut-offs ``min_score``, ``min_calibrated``, ``autocut``, and ``dedup``.
+        the cut-offs ``min_score``, ``min_calibrated``, ``autocut``, ``dedup``, and ``moments=True`` (hits
+        are moments of audio and video, with ``start`` and ``end``; at most ``per_file`` of each file).
         """
         return self.engine.search(query, options, **overrides)
 
