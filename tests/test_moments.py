@@ -289,6 +289,38 @@ def test_serve_returns_moments_with_players_that_start_there(corpus):
     assert 'id="moments"' in page and "timeline" in page
 
 
+def test_the_page_finds_moments_and_its_players_start_there(corpus, tmp_path):
+    from serving import CHROMIUM_FLAGS, chromium, running
+
+    browser_path = chromium()
+    from playwright.sync_api import sync_playwright
+
+    _, files, collection, _ = corpus
+    with running(create_app(collection)) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(url + "/")
+        page.wait_for_selector("#moment-controls:not([hidden])")  # the database keeps moments
+        page.set_input_files("#picker", str(files["event"]))
+        page.check("#moments")
+        page.fill("#per-file", "2")
+        for other in ("image", "video"):  # sounds only: random weights rank across modalities at random
+            page.uncheck(f".target[value={other}]")
+        page.click("#search")
+        page.wait_for_selector("#results .card .when")
+        first = page.locator("#results .card").first
+        assert first.locator(".when").inner_text() == "@ 0:30-0:36"
+        assert first.locator("audio").get_attribute("src").endswith("#t=30,36")
+        assert first.locator(".timeline span.this").count() == 1
+        assert page.locator("#results .card").count() <= 2 * 4  # at most two per file
+        first.locator(".more").click()  # more like this moment: ID@SECONDS joins the query
+        page.wait_for_function("() => document.querySelectorAll('.input').length === 2")
+        assert page.locator(".input .name").last.inner_text().endswith("talk.wav @ 0:30")
+        page.wait_for_selector("#results .card .when")
+        assert page.locator("#status.error").count() == 0
+        browser.close()
+
+
 def test_contact_sheet_plays_the_moment_and_shows_where_it_is(corpus, tmp_path):
     from xsearch.contact_sheet import render
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from serving import CHROMIUM_FLAGS, chromium, running
 from typer.testing import CliRunner
 
 from xsearch import Collection, Modality, UsageError
@@ -199,34 +197,17 @@ def test_serve_refuses_an_open_address_without_a_token(tmp_path):
 
 @pytest.fixture(scope="module")
 def server(media):
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(create_app(media[2]), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with running(create_app(media[2])) as url:
+        yield url
 
 
 def test_page_in_chromium(server, media, tmp_path):
-    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser_path is None:
-        pytest.skip("Debian's chromium is not installed (README: apt-get install chromium) - cannot drive the page")
+    browser_path = chromium()
     from playwright.sync_api import sync_playwright
 
     root, files, _ = media
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=browser_path, args=flags)
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1200, "height": 1000})
         page.goto(server + "/")
         page.wait_for_selector(".target")  # the modalities of the database, from /api/info
