@@ -104,6 +104,8 @@ def test_times_are_read_as_people_write_them():
     assert IndexOptions.of(moment_seconds=4).moments == MomentCfg(4)  # a way of cutting asks for moments
     with pytest.raises(UsageError, match="per_file"):
         SearchOptions(per_file=2)  # counts moments: without them it means nothing
+    with pytest.raises(UsageError, match="leave out --ray"):
+        IndexOptions.of(moments=True, ray="local")  # moments are cut on one machine
 
 
 def test_a_moments_audio_input_is_that_of_the_same_seconds_cut_out(corpus):
@@ -112,6 +114,28 @@ def test_a_moments_audio_input_is_that_of_the_same_seconds_cut_out(corpus):
     alone = preprocess_audio(files["event"], AudioCfg())  # the 2 s file: three equal clips
     assert moment.shape == (1, 3, 1, 128, 204)
     assert np.abs(moment[0, 0].numpy() - alone[0].numpy()).max() < 2e-3  # the reference's clip mean rounding
+
+
+@pytest.mark.parametrize("rate, codec", [(44100, None), (48000, "mp3")])
+def test_a_seek_into_a_long_file_gives_the_clips_of_a_whole_file_decode(tmp_path, rate, codec):
+    """Moments of a long file decode only their span (one seek, on the resampler's grid): the same clips,
+    to the bit, as resampling the whole file and cutting them out."""
+    from xsearch.preprocess.audio import decode_audio, resample, waveform_to_fbank
+    from xsearch.testing.media import write_audio
+
+    samples = event_recording(200, rate, 100.0)
+    path = tmp_path / ("long.wav" if codec is None else "long.mp3")
+    write_wav(path, samples, rate) if codec is None else write_audio(path, samples, rate, codec)
+    cfg = AudioCfg()
+    segments = [[100.0, 102.0, 104.0], [150.0, 152.0, 154.0]]
+    moments = segment_clips(path, segments, cfg)
+    waveform, native = decode_audio(path)
+    whole = resample(waveform, native, RATE)
+    for s, starts in enumerate(segments):
+        for c, start in enumerate(starts):
+            clip = whole[:, int(start * RATE) : int((start + 2) * RATE)].clone()
+            clip -= clip.mean()
+            assert np.array_equal(moments[s, c].numpy(), ((waveform_to_fbank(clip, cfg) - cfg.mean) / cfg.std).numpy())
 
 
 def test_video_segments_decoded_in_one_pass_match_a_seek_per_clip(corpus):
