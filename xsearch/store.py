@@ -906,7 +906,8 @@ class Store:
             return min_keep if held is None else max(min_keep, _now() - held + dt.timedelta(seconds=1))
 
         items = self.items()
-        plan = [(items, keep(items, "version")), (self.errors(), keep(items, "version"))]
+        kept_items = keep(items, "version")
+        plan = [(items, kept_items), (self.errors(), kept_items)]  # nobody reads errors at a version
         if self.has_moments():
             moments = self._db.open_table(MOMENTS)
             plan.append((moments, keep(moments, "moments")))

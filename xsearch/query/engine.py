@@ -124,31 +124,27 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         """The store's current version, frozen (the one already held while its ``version_key`` holds)."""
-        from xsearch.index import IndexSet
-
         with self._lock:
-            pinned = self.store.snapshot(self._lease)
-            previous = self._snapshot
-            if previous is not None and previous.key == pinned.key:
-                return previous
-            self._snapshot = Snapshot(pinned, IndexSet(pinned, self.index_cfg))
-            if previous is not None:  # its indices are topped up in memory on first use
-                self._snapshot.loaded = dict(previous.loaded)
+            self._snapshot = self._renewed(self._snapshot, self.store.snapshot(self._lease))
             return self._snapshot
 
     def moments(self, snapshot: Snapshot) -> Snapshot:
         """The moments pinned with ``snapshot`` (``Store.snapshot``), with their indices and samples."""
+        with self._lock:
+            self._moments = self._renewed(self._moments, snapshot.store.moments())
+            return self._moments
+
+    def _renewed(self, previous: Snapshot | None, pinned) -> Snapshot:
+        """``previous`` while ``pinned`` is the same version, else a snapshot of ``pinned`` that tops up the
+        indices ``previous`` had loaded, in memory, on first use."""
         from xsearch.index import IndexSet
 
-        with self._lock:
-            pinned = snapshot.store.moments()
-            previous = self._moments
-            if previous is not None and previous.key == pinned.key:
-                return previous
-            self._moments = Snapshot(pinned, IndexSet(pinned, self.index_cfg))
-            if previous is not None:
-                self._moments.loaded = dict(previous.loaded)
-            return self._moments
+        if previous is not None and previous.key == pinned.key:
+            return previous
+        renewed = Snapshot(pinned, IndexSet(pinned, self.index_cfg))
+        if previous is not None:
+            renewed.loaded = dict(previous.loaded)
+        return renewed
 
     def index(self, modality: Modality, snapshot: Snapshot | None = None):
         """The modality's FAISS index at ``snapshot``'s version (default: the current one), brought up to
