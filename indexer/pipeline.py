@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 from tqdm import tqdm
 
 from xsearch.encoder import Encoder
@@ -466,17 +465,9 @@ class _Batcher:
         due.chunks -= 1
         if outcome.error is None and not (due.row_failed or due.moments_failed):
             started = time.perf_counter()
-            try:
-                vectors = self.indexer.encoder.encode_stacked(
-                    task.modality, outcome.tensor, self.indexer.batch_size(task.modality)
-                )
-                if not np.isfinite(vectors).all():
-                    outcome.fail("encode", "the model produced NaN")
-            except (RuntimeError, ValueError) as exc:
-                outcome.fail("encode", f"the model failed ({exc})")
+            vectors = self.indexer.encoder.encode_stacked(outcome, self.indexer.batch_size(task.modality))
             self.report.embed_seconds += time.perf_counter() - started
-            outcome.tensor = None
-            if outcome.error is None:
+            if vectors is not None:
                 due.moments += [Moment(task.modality, a, b, v) for (a, b), v in zip(task.spans, vectors)]
         if outcome.error is not None and due.moments_failed is None:
             (start, _), (_, end) = task.spans[0], task.spans[-1]

@@ -174,11 +174,24 @@ class Encoder:
         out = self._embed_int8(tower, x) if quantised else self.model.embed(tower, x)
         return F.normalize(out.float(), dim=-1).cpu()
 
-    def encode_stacked(self, modality: Modality | str, inputs: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-        """Many inputs of one modality stacked ``[N, ...]`` (a file's segments) -> ``float32 [N, dim]``, in
-        batches of ``batch_size``."""
-        parts = [self.encode(modality, inputs[i : i + batch_size]).numpy() for i in range(0, len(inputs), batch_size)]
-        return np.concatenate(parts) if parts else np.empty((0, self.embed_dim), np.float32)
+    def encode_stacked(self, outcome: Outcome, batch_size: int = 16) -> np.ndarray | None:
+        """An outcome whose tensor stacks many inputs of its modality ``[N, ...]`` (a chunk of a file's
+        segments) -> ``float32 [N, dim]``, in batches of ``batch_size``; ``None`` with the outcome failed
+        as ``encode_outcomes`` fails one (the model's error, or NaN). Frees the model input."""
+        inputs, outcome.tensor = outcome.tensor, None
+        try:
+            parts = [
+                self.encode(outcome.modality, inputs[i : i + batch_size]).numpy()
+                for i in range(0, len(inputs), batch_size)
+            ]
+        except (RuntimeError, ValueError) as exc:
+            outcome.fail("encode", f"the model failed ({exc})")
+            return None
+        vectors = np.concatenate(parts) if parts else np.empty((0, self.embed_dim), np.float32)
+        if not np.isfinite(vectors).all():
+            outcome.fail("encode", "the model produced NaN for this file")
+            return None
+        return vectors
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.encode(Modality.TEXT, get_tokenizer(self.preprocess.text.context_length)(list(texts)))
