@@ -142,14 +142,16 @@ def main() -> None:
     ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
     ours.eval()
     ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)
-    int8 = None
-    if args.int8:
-        from xsearch.int8 import Int8Towers
+    # The int8 exports of the huge towers take gigabytes: they live only as long as the run.
+    with tempfile.TemporaryDirectory(prefix="xsearch-int8-") as scratch:
+        int8 = None
+        if args.int8:
+            from xsearch.int8 import Int8Towers
 
-        int8 = Int8Towers(ours, cache=Path(tempfile.mkdtemp(prefix="xsearch-int8-")))
-    for tower in args.towers:
-        for line in bench_tower(tower, reference, ours, ours_bf16, args.batch, args.repeats, int8):
-            print(json.dumps(line), flush=True)
+            int8 = Int8Towers(ours, cache=Path(scratch))
+        for tower in args.towers:
+            for line in bench_tower(tower, reference, ours, ours_bf16, args.batch, args.repeats, int8):
+                print(json.dumps(line), flush=True)
     if args.load:
         del reference, ours_bf16
         for line in bench_load(ours, ["text", "audio"]):

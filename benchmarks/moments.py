@@ -183,7 +183,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--reuse", action="store_true", help="search the database of an earlier run")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/xsearch-moments"))
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/xsearch-moments"),
+        help="kept after the run for --reuse (gigabytes at --n 1000000): delete it when done",
+    )
     args = parser.parse_args()
     index_step(args) if args.step == "index" else search_step(args)
 
