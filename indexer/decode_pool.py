@@ -177,10 +177,15 @@ class _Worker:
         self.started = False  # it said it is ready to take files
 
     def send(self, task: Task) -> None:
+        """Hand over ``task``. A worker may die while its files are being sent (the pipe breaks): the task
+        stays held, and the pool learns of the death from the process's sentinel, as for any other."""
         if not self.held:
             self.since = time.monotonic()
         self.held.append(task)
-        self.conn.send(task)
+        try:
+            self.conn.send(task)
+        except OSError:  # BrokenPipeError, ConnectionResetError: the process is gone or going
+            log.debug("a decode worker died before it could be handed %s", task.path)
 
     def receive(self) -> Outcome | object | None:
         """The oldest held file's outcome, ``_STARTED`` when the worker says it is ready, or ``None`` when

@@ -309,6 +309,27 @@ def test_workers_dying_at_start_stop_the_run_without_blaming_files():
     assert outcomes == []  # no file was reported as bad
 
 
+def test_a_worker_that_died_before_its_files_were_sent_is_a_death_not_a_crash_of_the_run():
+    """Files handed to a worker that is already dead (its pipe broken) stay held, so the pool's sentinel
+    check puts them back in the queue: the race that once ended a run with BrokenPipeError."""
+    from xsearch.indexer.decode_pool import DecodePool
+    from xsearch.indexer.scan import Task
+
+    from faulty import DiesOnArrival
+
+    worker = DecodePool(DiesOnArrival(), workers=1)._start()
+    try:
+        worker.process.join(timeout=30)
+        assert worker.process.exitcode == 3
+        tasks = [Task(f"/nowhere/{i}.jpg", Modality.IMAGE, 1, 0.0) for i in range(2)]
+        for task in tasks:
+            worker.send(task)
+        assert list(worker.held) == tasks
+        assert worker.receive() is None  # what the pool reads as a death
+    finally:
+        worker.close()
+
+
 def test_worker_limits_without_workers_and_a_lock_that_is_a_folder_are_one_line(tmp_path, tiny_model):
     from xsearch import IndexOptions, UsageError
     from xsearch.options import DecodeLimits
