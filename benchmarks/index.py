@@ -31,7 +31,7 @@ from xsearch.indexer.pipeline import Indexer  # noqa: E402
 from xsearch.indexer.scan import Scanner, ScanOptions, Task  # noqa: E402
 from xsearch.model import create_model  # noqa: E402
 from xsearch.options import IndexOptions  # noqa: E402
-from xsearch.store import Store  # noqa: E402
+from xsearch.store import Database  # noqa: E402
 
 
 def make_corpus(root: Path, files: int, mix: bool) -> None:
@@ -81,7 +81,7 @@ def main() -> None:
         make_corpus(corpus, args.files, args.mix)
         candidates = [c for c in Scanner(ScanOptions()).scan([str(corpus)]) if isinstance(c, Task)]
         tasks = [Task(c.path, c.modality, c.size, c.mtime) for c in candidates]
-        store = Store.open(work / "db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        store = Database.open(work / "db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         indexer = Indexer(store, encoder, cfg)
 
         list(indexer._decoded(tasks[:2]))  # start the fork server once, as a long run would have
@@ -120,12 +120,12 @@ def run_on_ray(args, encoder, cfg, work: Path, corpus: Path, report) -> None:
 
     started_here = connect(args.ray)
     try:
-        warm = Store.open(work / "ray-warm", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        warm = Database.open(work / "ray-warm", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         small = work / "warm-corpus"
         small.mkdir()
         make_corpus(small, 4, args.mix)
         RayIndexer(warm, encoder, cfg).run([str(small)])  # workers and actors started once
-        store = Store.open(work / "ray-db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+        store = Database.open(work / "ray-db", model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         indexer = RayIndexer(store, encoder, cfg)
         start = time.perf_counter()
         run = indexer.run([str(corpus)])

@@ -13,7 +13,7 @@ seconds per hour of media, peak RSS growth over the loaded model, and the bytes 
 weights (the cost does not depend on them) and only the towers the files need.
 
 ``search``: ``--n`` embedding-like vectors (``xsearch.testing.synthetic``) stored twice in one database,
-as items (float32) and as the moments of ``--n / 100`` files (float16, ``Store.replace_moments``); both
+as items (float32) and as the moments of ``--n / 100`` files (float16, ``Database.replace_moments``); both
 indexed by ``IndexSet`` with the defaults; the same queries against each, interleaved: batch QPS (median of
 3), single-query p50, recall@10 against exact search over the same stored vectors.
 """
@@ -126,14 +126,14 @@ def search_step(args) -> None:
     from xsearch.index import IndexCfg, IndexSet
     from xsearch.modalities import Modality
     from xsearch.moments import MomentCfg
-    from xsearch.store import ItemFilter, ItemRecord, Moment, Store
+    from xsearch.store import Database, ItemFilter, ItemRecord, Moment
     from xsearch.testing.synthetic import clustered_embeddings, exact_top_k
 
     db = args.work / "search-db"
     per_file, chunk = 100, 50_000
     if not args.reuse:
         shutil.rmtree(db, ignore_errors=True)
-        store = Store.open(db, model_id="tiny_test:random-0", embed_dim=1024)
+        store = Database.open(db, model_id="tiny_test:random-0", embed_dim=1024)
         store.keep_moments(MomentCfg())
         started = time.perf_counter()
         for start in range(0, args.n, chunk):
@@ -150,15 +150,16 @@ def search_step(args) -> None:
                 records.append(ItemRecord(f"/m/{file_id}.wav", Modality.AUDIO, vectors[f], id=file_id, moments=moments))
             store.replace_moments(records)
         emit("store", n=args.n, seconds=round(time.perf_counter() - started, 1))
-    store = Store.open(db, create=False)
+    store = Database.open(db, create=False)
     queries = clustered_embeddings(args.queries, seed=2)
     sides = {}
-    for name, view in (("items", store), ("moments", store.moments())):
+    for name in ("items", "moments"):
+        view = store.view(name)
         started = time.perf_counter()
-        index = IndexSet(view, IndexCfg(use_gpu=False)).fresh("audio")
+        index = IndexSet.latest(store, name, IndexCfg(use_gpu=False)).fresh("audio")
         build = time.perf_counter() - started
         ids, parts = [], []
-        for batch_ids, vectors in view.iter_vectors(ItemFilter(), view.version, 65536):
+        for batch_ids, vectors in view.iter_vectors(ItemFilter(), 65536):
             ids.append(batch_ids)
             parts.append(vectors)
         ids, vectors = np.concatenate(ids), np.concatenate(parts)

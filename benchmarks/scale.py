@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from xsearch.index import IndexCfg, IndexSet, search_defaults  # noqa: E402
-from xsearch.store import ItemRecord, Store  # noqa: E402
+from xsearch.store import Database, ItemRecord  # noqa: E402
 from xsearch.testing.synthetic import clustered_embeddings, exact_top_k, recall_at_k  # noqa: E402
 
 HOST = {"host": platform.node(), "cpu": platform.processor() or platform.machine()}
@@ -39,9 +39,9 @@ def emit(step: str, **facts) -> None:
     print(json.dumps({"step": step, **facts, **HOST}), flush=True)
 
 
-def write_store(path: Path, n: int, chunk: int = 50_000) -> Store:
+def write_store(path: Path, n: int, chunk: int = 50_000) -> Database:
     shutil.rmtree(path, ignore_errors=True)
-    store = Store.open(path, model_id="tiny_test:random-0", embed_dim=1024)
+    store = Database.open(path, model_id="tiny_test:random-0", embed_dim=1024)
     started = time.perf_counter()
     for start in range(0, n, chunk):
         vectors = clustered_embeddings(min(chunk, n - start), seed=1000 + start // chunk)
@@ -50,11 +50,11 @@ def write_store(path: Path, n: int, chunk: int = 50_000) -> Store:
     return store
 
 
-def stored_vectors(store: Store) -> tuple[np.ndarray, np.ndarray]:
+def stored_vectors(store: Database) -> tuple[np.ndarray, np.ndarray]:
     from xsearch.store import ItemFilter
 
     ids, parts = [], []
-    for batch_ids, vectors in store.iter_vectors(ItemFilter(modality="image"), store.version, 65_536):
+    for batch_ids, vectors in store.items().iter_vectors(ItemFilter(modality="image"), 65_536):
         ids.append(batch_ids)
         parts.append(vectors)
     return np.concatenate(ids), np.concatenate(parts)
@@ -65,16 +65,16 @@ def build_in_child(db: Path, cfg: dict) -> dict:
     code = f"""
 import json, time
 from xsearch.index import IndexCfg, IndexSet
-from xsearch.store import Store
+from xsearch.store import Database
 
 def high_water_mb():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over exec)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
     return int(line.split()[1]) / 1024
 
-store = Store.open({str(db)!r}, create=False)
+store = Database.open({str(db)!r}, create=False)
 base = high_water_mb()
 started = time.perf_counter()
-index = IndexSet(store, IndexCfg(**{cfg!r})).build("image")
+index = IndexSet.latest(store, cfg=IndexCfg(**{cfg!r})).build("image")
 seconds = time.perf_counter() - started
 codes = index.index.sa_code_size() if index.kind != "flat" else 4 * 1024
 print(json.dumps({{"seconds": round(seconds, 1), "peak_rss_mb": round(high_water_mb()), "rss_before_mb": round(base),
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--lancedb-code-bytes", type=int, default=128, help="IVF_PQ code size (default: ours)")
     args = parser.parse_args()
     db = args.work / "db"
-    store = Store.open(db, create=False) if args.reuse else write_store(db, args.n)
+    store = Database.open(db, create=False) if args.reuse else write_store(db, args.n)
     queries = clustered_embeddings(args.queries, seed=2)
 
     cfg = {"flat_threshold": 0, "nlist": args.nlist, "train_size": args.train_size, "use_gpu": False}
@@ -179,7 +179,7 @@ def main() -> None:
 
     for nprobe, refine in (tuple(map(int, pair.split(":"))) for pair in args.sweep.split(",") if pair):
         tuned = IndexCfg(flat_threshold=0, nprobe=nprobe, refine_factor=refine, use_gpu=False)
-        index = IndexSet(store, tuned).fresh("image", persist=False)
+        index = IndexSet.latest(store, cfg=tuned).fresh("image", persist=False)
         facts = measure(lambda q, index=index: index.search(q, 10)[1], queries, truth)
         emit("ivfpq", n=args.n, nlist=index.index.nlist, nprobe=nprobe, refine=refine, **facts,
              x_flat_qps=round(facts["qps"] / flat_facts["qps"], 1))  # fmt: skip
@@ -188,7 +188,7 @@ def main() -> None:
         store.add_items([ItemRecord(f"/new/{i}.jpg", "image", v)
                          for i, v in enumerate(clustered_embeddings(args.topup, seed=99))])  # fmt: skip
         started = time.perf_counter()
-        index = IndexSet(store, IndexCfg(flat_threshold=0, use_gpu=False)).fresh("image")
+        index = IndexSet.latest(store, cfg=IndexCfg(flat_threshold=0, use_gpu=False)).fresh("image")
         emit("topup", n=args.n, added=args.topup, seconds=round(time.perf_counter() - started, 2), count=len(index))
 
     if args.lancedb:

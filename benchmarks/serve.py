@@ -28,19 +28,19 @@ import numpy as np
 
 from xsearch.index import IndexSet  # noqa: E402
 from xsearch.modalities import Modality  # noqa: E402
-from xsearch.store import ItemRecord, Store  # noqa: E402
+from xsearch.store import Database, ItemRecord  # noqa: E402
 from xsearch.testing.synthetic import clustered_embeddings  # noqa: E402
 
 XSEARCH = str(Path(sys.executable).parent / "xsearch")
 
 
 def build(db: Path, rows: int) -> None:
-    store = Store.open(db, model_id="tiny_test", embed_dim=1024)
+    store = Database.open(db, model_id="tiny_test", embed_dim=1024)
     vectors = clustered_embeddings(rows, seed=3)
     for start in range(0, rows, 50_000):
         chunk = vectors[start : start + 50_000]
         store.add_items([ItemRecord(f"/synthetic/{start + i}.jpg", Modality.IMAGE, v) for i, v in enumerate(chunk)])
-    IndexSet(store).fresh(Modality.IMAGE)
+    IndexSet.latest(store).fresh(Modality.IMAGE)
 
 
 def rss_mb(pid: int) -> float:

@@ -28,7 +28,7 @@ from xsearch.indexer.pipeline import CPU_BATCH, Indexer
 from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.options import IndexOptions
 from xsearch.preprocess import PreprocessCfg
-from xsearch.store import Store
+from xsearch.store import Database
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class RayIndexer(Indexer):
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         encoder: Encoder,
         options: IndexOptions = IndexOptions(),
         *,

@@ -14,7 +14,7 @@
   chunks of its segments as follow-up work; the file's row waits until every chunk is encoded, then the
   row and its moments are committed together (row first, then the file's moment set replaced in one
   commit). A run killed between the two leaves a row whose moments are missing or another version's: the
-  next run's plan sees it and embeds the file again, and ``Store.sweep_moments`` drops moments of rows
+  next run's plan sees it and embeds the file again, and ``Database.sweep_moments`` drops moments of rows
   that are gone.
 """
 
@@ -38,16 +38,15 @@ from xsearch.indexer.decode_pool import DecodePool
 from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
 from xsearch.indexer.work import Outcome, prepare
 from xsearch.modalities import Modality
-from xsearch.moments import MOMENT_MODALITIES, MomentTask, clock
+from xsearch.moments import MomentTask, clock
 from xsearch.options import IndexOptions
-from xsearch.store import ItemRecord, Moment, Store
+from xsearch.store import ITEMS, MOMENTS, Database, ItemRecord, Moment
 
 log = logging.getLogger(__name__)
 
 
 CPU_BATCH = 16
 # Batches a GPU takes whole (an H200 ran vision at 1,264 images/s in batches of 128, text at 9,952/s in 512s).
-GPU_BATCH = {"vision": 128, "text": 512, "audio": 96, "depth": 128, "thermal": 128, "imu": 256}
 
 
 def default_workers(gpu: bool = False) -> int:
@@ -112,11 +111,13 @@ class Indexer:
 
     Example
     -------
-    >>> indexer = Indexer(Store.open("media.db", model_id=encoder.model_id), encoder)  # doctest: +SKIP
+    >>> indexer = Indexer(Database.open("media.db", model_id=encoder.model_id), encoder)  # doctest: +SKIP
     >>> report = indexer.run(["~/Pictures"])  # doctest: +SKIP
     """
 
-    def __init__(self, store: Store, encoder: Encoder | Callable[[], Encoder], options: IndexOptions = IndexOptions()):
+    def __init__(
+        self, store: Database, encoder: Encoder | Callable[[], Encoder], options: IndexOptions = IndexOptions()
+    ):
         """``encoder``: an ``Encoder``, or a function that loads one, called only when a file needs
         decoding (a run with nothing new never loads the model)."""
         self.store = store
@@ -161,7 +162,7 @@ class Indexer:
 
     def _plan(self, candidates: list[Task], report: RunReport) -> tuple[list[Task], list[str]]:
         """Tasks for new and changed files; the uris of those skipped as unchanged."""
-        known = self.store.scan(["id", "uri", "modality", "size", "mtime", "sha256"]).to_pylist()
+        known = self.store.items().scan(["id", "uri", "modality", "size", "mtime", "sha256"]).to_pylist()
         rows = {row["uri"]: row for row in known}
         cut = self.store.moment_sets() if self.moments else {}
         tasks, unchanged = [], []
@@ -172,11 +173,7 @@ class Indexer:
                 tasks.append(c)
             elif row["modality"] not in (c.modality.value, fallback and fallback.value):
                 tasks.append(replace(c, known=True))  # now another modality (--as): re-embedded, an update
-            elif (
-                self.moments
-                and Modality(row["modality"]) in MOMENT_MODALITIES
-                and cut.get(row["id"]) != {row["sha256"]}
-            ):
+            elif self.moments and Modality(row["modality"]).spec.has_moments and cut.get(row["id"]) != {row["sha256"]}:
                 tasks.append(replace(c, known=True))  # moments missing (new --moments, or a killed run)
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
@@ -192,7 +189,7 @@ class Indexer:
         """``batch_size`` when given; else 16 on a CPU and the tower's GPU batch on a GPU."""
         if self.cfg.batch_size:
             return self.cfg.batch_size
-        return GPU_BATCH.get(modality.tower.value, 64) if self.on_gpu() else CPU_BATCH
+        return modality.tower.spec.gpu_batch if self.on_gpu() else CPU_BATCH
 
     def _gpu_decode(self) -> bool:
         from xsearch.preprocess import jpeg_batch
@@ -257,7 +254,7 @@ class Indexer:
         if self.cfg.update_index and not report.interrupted:
             report.indexes = self.update_indexes()
             if self.store.has_moments():
-                report.moment_indexes = self.update_indexes(self.store.moments())
+                report.moment_indexes = self.update_indexes(MOMENTS)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -290,7 +287,7 @@ class Indexer:
                 return False
             return True
 
-        items = [u for u in self.store.scan(["uri"])["uri"].to_pylist() if gone(u)]
+        items = [u for u in self.store.items().scan(["uri"])["uri"].to_pylist() if gone(u)]
         errors = [u for u in self.store.error_rows()["uri"].to_pylist() if gone(u)]
         if self.cfg.prune:
             for folder in sorted(kept_under):
@@ -306,11 +303,11 @@ class Indexer:
         self.store.clear_errors(errors)
         return len(items)
 
-    def update_indexes(self, store: Store | None = None) -> dict[str, dict]:
-        """Bring every modality's FAISS index up to date with the store (or its moments: ``store.moments()``)."""
-        store = store or self.store
-        indices = IndexSet(store)
-        modalities = set(store.modalities())
+    def update_indexes(self, table: str = ITEMS) -> dict[str, dict]:
+        """Bring every modality's FAISS index over ``table`` (items, or ``MOMENTS``) up to date with it."""
+        view = self.store.view(table)
+        indices = IndexSet(view, self.store.index_folder(table))
+        modalities = set(view.modalities())
         if indices.root.exists():  # an index whose last rows were pruned must be emptied too
             modalities |= {Modality(p.name) for p in indices.root.iterdir() if p.is_dir() and p.name in Modality}
         out = {}

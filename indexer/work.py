@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from xsearch.decode import OUT_OF_MEMORY, Outcome, decode, decode_query_file
 from xsearch.indexer.scan import Task
-from xsearch.moments import MOMENT_MODALITIES, MomentCfg, MomentTask, decode_chunk, plan
+from xsearch.moments import MomentCfg, MomentTask, decode_chunk, plan
 from xsearch.preprocess import PreprocessCfg
 
 __all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare", "prepare_query"]
@@ -39,7 +39,7 @@ def prepare(
     )
     outcome.task = task
     duration = outcome.metadata.get("duration")
-    if moments is not None and outcome.ok and outcome.modality in MOMENT_MODALITIES and duration:
+    if moments is not None and outcome.ok and outcome.modality.spec.has_moments and duration:
         outcome.follow_up = plan(task.path, outcome.modality, task.size, task.mtime, duration, moments)
     return outcome
 

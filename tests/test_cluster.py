@@ -31,7 +31,7 @@ def cluster():
 
 
 def _rows(collection: Collection) -> dict[str, tuple]:
-    table = collection.store.scan(["uri", "modality", "sha256", "embedding"]).to_pylist()
+    table = collection.store.items().scan(["uri", "modality", "sha256", "embedding"]).to_pylist()
     return {r["uri"]: (r["modality"], r["sha256"], np.asarray(r["embedding"])) for r in table}
 
 
@@ -93,6 +93,6 @@ def test_a_killed_cluster_driver_resumes_to_one_row_per_file(cluster, tmp_path, 
     final = subprocess.run(argv, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     collection = Collection.open(db, checkpoint=checkpoint)
-    uris = collection.store.scan(["uri", "id"]).to_pylist()
+    uris = collection.store.items().scan(["uri", "id"]).to_pylist()
     assert sorted(r["uri"] for r in uris) == sorted(str(p.resolve()) for p in files)  # no file twice or missing
     assert len({r["id"] for r in uris}) == len(files)

@@ -31,7 +31,7 @@ from xsearch.model import TINY_TEST, create_model, save_checkpoint
 from xsearch.preprocess.image import ImageCfg
 from xsearch.preprocess.prepared import Preprocessed
 from xsearch.sniff import Family
-from xsearch.store import ItemRecord, Store
+from xsearch.store import Database, ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_wav
 
 runner = CliRunner()
@@ -100,7 +100,7 @@ def test_shapes_come_from_the_model(tmp_path):
     report = collection.index([media], workers=0)
     assert report.indexed == 1 and report.failed == 0
     assert collection.store.embed_dim == 64
-    assert Store.open(tmp_path / "db", create=False).items().schema.field("embedding").type.list_size == 64
+    assert Database.open(tmp_path / "db", create=False).items().schema.field("embedding").type.list_size == 64
     assert collection.search(Query.image(photo), k=1)[0].score > 0.999
 
 
@@ -197,7 +197,7 @@ def test_usage_errors_exit_2_before_anything_loads(tmp_path, args, words):
 
 
 def test_search_target_typo_is_a_usage_error(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[0])])
     result = runner.invoke(
         app, ["search", "--db", str(tmp_path / "db"), "--text", "a dog", "--target", "imgae", "--checkpoint", "/no"]
@@ -238,11 +238,11 @@ def test_search_of_a_stale_read_only_database_writes_nothing():
     with tempfile.TemporaryDirectory() as scratch:
         db = Path(scratch) / "db"
         os.chmod(scratch, 0o755)
-        store = Store.open(db, model_id="tiny_test", embed_dim=1024)
+        store = Database.open(db, model_id="tiny_test", embed_dim=1024)
         store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[:30])])
-        IndexSet(store).fresh(Modality.IMAGE)  # saved, covering 30 rows
+        IndexSet.latest(store).fresh(Modality.IMAGE)  # saved, covering 30 rows
         store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[30:], 30)])
-        assert not IndexSet(store).status(Modality.IMAGE)["fresh"]
+        assert not IndexSet.latest(store).status(Modality.IMAGE)["fresh"]
         before = _tree(db)
         command = [sys.executable, "-c", _SEARCH_SCRIPT, str(db), "/m/35.jpg"]
         if os.geteuid() == 0:
@@ -266,7 +266,7 @@ def test_search_of_a_stale_read_only_database_writes_nothing():
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout.strip().splitlines()[-1])[0] == "/m/35.jpg"  # a row the saved index lacks
         assert _tree(db) == before
-        assert not IndexSet(Store.open(db, create=False)).status(Modality.IMAGE)["fresh"]
+        assert not IndexSet.latest(Database.open(db, create=False)).status(Modality.IMAGE)["fresh"]
 
 
 # ---- one filter builder -------------------------------------------------------------------------------------
@@ -293,17 +293,17 @@ def _strings(tree: ast.AST):
             yield node.value
 
 
-def test_filter_sql_is_written_only_in_the_store():
+def test_filter_sql_is_written_only_in_the_stores_filters():
     offenders = []
     for package in ("xsearch", "indexer", "cli"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            if path == ROOT / "xsearch" / "store.py":
+            if path == ROOT / "xsearch" / "store" / "filters.py":
                 continue
             for text in _strings(_parse(path)):
                 if _SQL.search(text):
                     offenders.append(f"{path.relative_to(ROOT)}: {text[:60]!r}")
     assert offenders == []
-    store_strings = list(_strings(_parse(ROOT / "xsearch" / "store.py")))
+    store_strings = list(_strings(_parse(ROOT / "xsearch" / "store" / "filters.py")))
     assert any(_SQL.search(s) for s in store_strings)  # the pattern does recognise filter SQL
 
 
@@ -344,6 +344,30 @@ def test_the_indexer_and_the_cli_install_inside_the_xsearch_package():
     assert Path(xsearch.cli.__file__).resolve().parent == ROOT / "cli"
     (script,) = [e for e in distribution("xsearch").entry_points if e.group == "console_scripts"]
     assert script.value == "xsearch.cli.main:main"
+
+
+def test_every_package_folder_is_installed():
+    """A regular install takes only the packages ``pyproject.toml`` lists: a new subpackage must be there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "xsearch").rglob("__init__.py")}
+    assert folders - listed == set()
+
+
+def test_rooms_stay_small():
+    """No class over 350 lines, no module over 600: a class that grows past that holds several jobs."""
+    large = []
+    for package in ("xsearch", "indexer", "cli"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = _parse(path)
+            lines = len(path.read_text().splitlines())
+            if lines > 600:
+                large.append(f"{path.relative_to(ROOT)}: {lines} lines")
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno >= 350:
+                    large.append(f"{path.relative_to(ROOT)}: class {node.name}, {node.end_lineno - node.lineno + 1}")
+    assert large == []
 
 
 # ---- xsearch embed ----------------------------------------------------------------------------------------------

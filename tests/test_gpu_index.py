@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from xsearch import Collection, Modality, Query
-from xsearch.index import IndexCfg, VectorIndex, _train_ivfpq
-from xsearch.store import ItemRecord, Store
+from xsearch.index import IndexCfg, VectorIndex
+from xsearch.index.faiss_ops import train_ivfpq
+from xsearch.store import Database, ItemRecord
 from xsearch.testing.synthetic import clustered_embeddings
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -37,8 +38,8 @@ def test_the_recipe_is_the_same_whoever_clusters(vectors):
     import faiss
 
     cfg = IndexCfg(flat_threshold=0, nlist=32, use_gpu=False)
-    plain, spec = _train_ivfpq(vectors[:3000], len(vectors), cfg)
-    helped, helped_spec = _train_ivfpq(vectors[:3000], len(vectors), cfg, clustering=faiss.IndexFlatIP(64))
+    plain, spec = train_ivfpq(vectors[:3000], len(vectors), cfg)
+    helped, helped_spec = train_ivfpq(vectors[:3000], len(vectors), cfg, clustering=faiss.IndexFlatIP(64))
     assert spec == helped_spec == "IVF32,PQ16x4fs"
     assert _serialised(plain) == _serialised(helped)
     assert faiss.extract_index_ivf(helped).clustering_index is None  # nothing of the helper is kept
@@ -88,7 +89,7 @@ def test_rows_assigned_by_another_copy_of_the_centroids_make_the_same_files(vect
 
     from xsearch.index import assigned_by
 
-    template, _ = _train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
+    template, _ = train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
     plain, assigned = faiss.clone_index(template), faiss.clone_index(template)
     ids = np.arange(len(vectors), dtype=np.int64)
     plain.add_with_ids(vectors, ids)
@@ -113,7 +114,7 @@ def test_past_its_budget_the_ivf_candidates_are_reranked_on_the_device(vectors):
 
 
 def test_a_collection_with_an_exact_device_answers_as_the_index_does(tmp_path, vectors):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=64)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=64)
     store.add_items([ItemRecord(f"/v/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[:800])])
     exact = Collection.open(tmp_path / "db", exact_device="cpu")
     usual = Collection.open(tmp_path / "db")
@@ -128,8 +129,8 @@ def test_a_collection_with_an_exact_device_answers_as_the_index_does(tmp_path, v
 def test_gpu_clustering_builds_the_cpu_recipe_and_exact_search_runs_on_cuda(vectors):
     import faiss
 
-    cpu, _ = _train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
-    gpu, _ = _train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=True))
+    cpu, _ = train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=False))
+    gpu, _ = train_ivfpq(vectors[:3000], len(vectors), IndexCfg(flat_threshold=0, nlist=32, use_gpu=True))
     assert type(cpu) is type(gpu) and cpu.code_size == gpu.code_size  # the same kind of files
     centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 32) for i in (cpu, gpu)]
     assert np.abs(centroids[0] - centroids[1]).max() < 1e-3  # k-means on the GPU: the same centroids

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xsearch.index import IndexCfg, IndexSet, VectorIndex
-from xsearch.store import ItemRecord, Store
+from xsearch.store import ITEMS, Database, ItemRecord, TableView
 from xsearch.testing.synthetic import clustered_embeddings, exact_top_k, recall_at_k
 
 
@@ -74,40 +74,43 @@ def test_save_load_roundtrip(ivfpq, data, tmp_path):
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], ivfpq.search(queries, 10)[1])
 
 
+def latest(store: Database, cfg: IndexCfg = IndexCfg()) -> IndexSet:
+    """The index set over the items as they are now (a view, and the set over it, stays at its version)."""
+    return IndexSet(store.items(), store.index_folder(ITEMS), cfg)
+
+
 def _records(vectors, prefix, modality="image"):
     return [ItemRecord(f"{prefix}{i}", modality, v) for i, v in enumerate(vectors)]
 
 
 def test_stale_index_is_topped_up_and_pruned(data, tmp_path):
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:300], "a"))
     store.add_items(_records(vectors[300:320], "s", modality="audio"))
-    indices = IndexSet(store)
-    first = indices.fresh("image")
-    assert len(first) == 300 and indices.status("image")["fresh"]
+    first = latest(store).fresh("image")
+    assert len(first) == 300 and latest(store).status("image")["fresh"]
 
     store.add_items(_records(queries[:2], "q"))  # ids 320, 321
-    assert not indices.status("image")["fresh"]  # detected as stale
-    topped = indices.fresh("image")
-    assert len(topped) == 302 and indices.status("image")["fresh"]
+    assert not latest(store).status("image")["fresh"]  # detected as stale
+    topped = latest(store).fresh("image")
+    assert len(topped) == 302 and latest(store).status("image")["fresh"]
     assert topped.search(queries[:1], 1)[1][0, 0] == 320
 
     store.delete_items(ids=[320])
-    pruned = indices.fresh("image")
+    pruned = latest(store).fresh("image")
     assert 320 not in pruned.ids and pruned.search(queries[:1], 1)[1][0, 0] != 320
-    assert len(indices.fresh("audio")) == 20
+    assert len(latest(store).fresh("audio")) == 20
 
 
 def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
     """An upsert keeps a file's id but changes its vector: the top-up must replace it in the index."""
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:200], "a"))
-    indices = IndexSet(store)
-    indices.fresh("image")
+    latest(store).fresh("image")
     store.upsert_items([ItemRecord("a7", "image", queries[0])])  # same uri, same id 7, new vector
-    refreshed = indices.fresh("image")
+    refreshed = latest(store).fresh("image")
     assert len(refreshed) == 200
     scores, ids = refreshed.search(queries[:1], 1)
     assert ids[0, 0] == 7 and scores[0, 0] > 0.99
@@ -115,22 +118,21 @@ def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
 
 def test_flat_index_outgrowing_threshold_is_rebuilt(data, tmp_path):
     vectors, _, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:500], "a"))
-    indices = IndexSet(store, IndexCfg(flat_threshold=2000))
-    assert indices.fresh("image").kind == "flat"
+    cfg = IndexCfg(flat_threshold=2000)
+    assert latest(store, cfg).fresh("image").kind == "flat"
     store.add_items(_records(vectors[500:3000], "b"))
-    rebuilt = indices.fresh("image")
+    rebuilt = latest(store, cfg).fresh("image")
     assert rebuilt.kind.startswith("IVF") and len(rebuilt) == 3000
 
 
 def test_corrupt_index_is_rebuilt(data, tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(data[0][:50], "a"))
-    indices = IndexSet(store)
-    indices.fresh("image")
-    (indices.directory("image") / "seg-0.faiss").write_bytes(b"garbage")
-    assert len(indices.fresh("image")) == 50
+    latest(store).fresh("image")
+    (latest(store).directory("image") / "seg-0.faiss").write_bytes(b"garbage")
+    assert len(latest(store).fresh("image")) == 50
 
 
 def _files(directory):
@@ -141,24 +143,23 @@ def _files(directory):
 def test_a_top_up_appends_and_equals_a_rebuild(data, tmp_path, flat_threshold):
     vectors, queries, _ = data
     cfg = IndexCfg(flat_threshold=flat_threshold, nlist=32, nprobe=32, refine_factor=50, train_size=2000)
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:3000], "a"))
-    indices = IndexSet(store, cfg)
-    indices.fresh("image")
-    directory = indices.directory("image")
+    latest(store, cfg).fresh("image")
+    directory = latest(store, cfg).directory("image")
     before = _files(directory)
     store.add_items(_records(vectors[3000:3030], "b"))  # 1% more rows
     store.delete_items(ids=[5, 6])
     store.upsert_items([ItemRecord("a7", "image", queries[0])])  # re-embedded in place
-    topped = indices.fresh("image")
+    topped = latest(store, cfg).fresh("image")
     after = _files(directory)
     for name in ("trained.faiss", "seg-0.faiss"):
         assert after[name] == before[name]  # earlier segments are not rewritten
     assert after["rows.f16"][0] == before["rows.f16"][0] + 31 * 2 * 1024  # appended: 30 new rows + a7's new one
-    assert "seg-1.faiss" in after and indices.status("image")["fresh"]
+    assert "seg-1.faiss" in after and latest(store, cfg).status("image")["fresh"]
     assert len(topped) == 3028 and 5 not in topped.ids
-    rebuilt = IndexSet(store, cfg).build("image", persist=False)
-    reloaded = IndexSet(store, cfg).fresh("image", persist=False)  # from the files: base + segment + mask
+    rebuilt = latest(store, cfg).build("image", persist=False)
+    reloaded = latest(store, cfg).fresh("image", persist=False)  # from the files: base + segment + mask
     want_scores, want_ids = rebuilt.search(queries, 10)
     for index in (topped, reloaded):
         scores, ids = index.search(queries, 10)
@@ -171,18 +172,18 @@ def test_a_build_streams_the_store_in_chunks(data, tmp_path, monkeypatch):
     import tracemalloc
 
     vectors, queries, truth = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors, "a"))
-    real_scan = Store.scan
+    real_scan = TableView.scan
 
     def scan(self, columns, *args, **kwargs):
         assert "embedding" not in columns, "a build must stream embeddings, not read them whole"
         return real_scan(self, columns, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "scan", scan)
+    monkeypatch.setattr(TableView, "scan", scan)
     cfg = IndexCfg(flat_threshold=1000, train_size=500, chunk_rows=256)
     tracemalloc.start()
-    index = IndexSet(store, cfg).build("image")
+    index = latest(store, cfg).build("image")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < vectors.nbytes / 2  # all of them as float32: 24 MB
@@ -191,12 +192,12 @@ def test_a_build_streams_the_store_in_chunks(data, tmp_path, monkeypatch):
 
 def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:300], "a"))
     store.add_items(_records(vectors[300:340], "s", modality="audio"))
-    indices = IndexSet(store, IndexCfg(flat_threshold=100, nlist=8, train_size=300))
-    image_dir, audio_dir = indices.directory("image"), indices.directory("audio")
-    indices.fresh("image"), indices.fresh("audio")
+    cfg = IndexCfg(flat_threshold=100, nlist=8, train_size=300)
+    image_dir, audio_dir = latest(store, cfg).directory("image"), latest(store, cfg).directory("audio")
+    latest(store, cfg).fresh("image"), latest(store, cfg).fresh("audio")
 
     def self_retrieval(index) -> float:
         return float(np.mean(index.search(vectors[:300], 1)[1][:, 0] == np.arange(300)))
@@ -204,7 +205,7 @@ def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     damaged = bytearray((image_dir / "seg-0.faiss").read_bytes())
     damaged[len(damaged) // 2 : len(damaged) // 2 + 5000] = np.random.default_rng(0).bytes(5000)
     (image_dir / "seg-0.faiss").write_bytes(damaged)
-    assert self_retrieval(indices.fresh("image")) > 0.95  # checksum mismatch -> rebuilt
+    assert self_retrieval(latest(store, cfg).fresh("image")) > 0.95  # checksum mismatch -> rebuilt
 
     vectors_file = image_dir / "rows.f16"
     garbled = np.memmap(vectors_file, np.float16, "r+")
@@ -212,36 +213,36 @@ def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     garbled.flush()
     del garbled
     before = vectors_file.read_bytes()
+    indices = latest(store, cfg)
     assert indices.status("image")["fresh"] and "damaged" in indices.status("image", check=True)  # info --check
-    loaded = indices.fresh("image", persist=False)  # a search checks the vectors too: rebuilt in memory
+    loaded = latest(store, cfg).fresh("image", persist=False)  # a search checks the vectors too: rebuilt in memory
     assert self_retrieval(loaded) > 0.95 and vectors_file.read_bytes() == before  # and writes nothing
-    assert self_retrieval(indices.fresh("image")) > 0.95  # a writer checks every checksum and rebuilds
+    assert self_retrieval(latest(store, cfg).fresh("image")) > 0.95  # a writer checks every checksum and rebuilds
 
     shutil.rmtree(image_dir)
     shutil.copytree(audio_dir, image_dir)  # another modality's index copied in
-    assert len(indices.fresh("image")) == 300
+    assert len(latest(store, cfg).fresh("image")) == 300
 
     (image_dir / "meta.json").write_text("[1, 2]")  # JSON, but not an index description
-    assert indices.status("image")["damaged"] and len(indices.fresh("image")) == 300
+    assert latest(store, cfg).status("image")["damaged"] and len(latest(store, cfg).fresh("image")) == 300
     (image_dir / "meta.json").write_text('{"format": 2}')  # no kind
-    assert len(indices.fresh("image")) == 300
+    assert len(latest(store, cfg).fresh("image")) == 300
 
 
 def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
     """A lost newest manifest makes the next commit reuse its version number: the commit time tells them apart."""
     vectors, queries, _ = data
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:100], "a"))
-    indices = IndexSet(store)
-    indices.fresh("image")
+    latest(store).fresh("image")
     store.add_items(_records(vectors[100:130], "b"))
-    version = store.version
-    indices.fresh("image")  # covers the newest version
+    version = store.items().version
+    latest(store).fresh("image")  # covers the newest version
     manifests = tmp_path / "db" / "items.lance" / "_versions"
     min(manifests.glob("*.manifest"), key=lambda p: int(p.stem)).unlink()  # names count down: the newest
     (manifests / "latest_version_hint.json").unlink(missing_ok=True)  # lost: the table is one version back
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[200:203], "c"))  # the same version number again, other rows
-    assert store.version == version
-    index = IndexSet(store).fresh("image")
-    assert sorted(index.ids) == sorted(store.ids("image"))
+    assert store.items().version == version
+    index = latest(store).fresh("image")
+    assert sorted(index.ids) == sorted(store.items().ids("image"))

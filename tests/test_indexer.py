@@ -22,7 +22,7 @@ from xsearch.indexer.work import prepare
 from xsearch.modalities import Modality
 from xsearch.paths import content_mismatch
 from xsearch.sniff import sniff
-from xsearch.store import ItemFilter, Store
+from xsearch.store import Database, ItemFilter
 
 from corpus import bad_corpus, good_corpus
 from scripts import xsearch_script
@@ -46,7 +46,11 @@ def index(db, *args, checkpoint, workers=1):
 
 
 def rows(db) -> dict[str, dict]:
-    table = Store.open(db, create=False).scan(["id", "uri", "modality", "sha256", "width", "duration", "thumbnail"])
+    table = (
+        Database.open(db, create=False)
+        .items()
+        .scan(["id", "uri", "modality", "sha256", "width", "duration", "thumbnail"])
+    )
     out = {}
     for row in table.to_pylist():
         assert row["uri"] not in out, f"two rows for {row['uri']}"
@@ -55,7 +59,7 @@ def rows(db) -> dict[str, dict]:
 
 
 def error_rows(db) -> dict[str, dict]:
-    return {r["uri"]: r for r in Store.open(db, create=False).error_rows().to_pylist()}
+    return {r["uri"]: r for r in Database.open(db, create=False).error_rows().to_pylist()}
 
 
 # ---- the whole pipeline -------------------------------------------------------------------------------------
@@ -98,9 +102,9 @@ def test_rows_carry_hash_metadata_and_thumbnails(indexed):
 
 def test_index_search_finds_each_stored_item(indexed):
     _, _, db, _, _ = indexed
-    store = Store.open(db, create=False)
-    index = IndexSet(store).fresh("image")
-    ids, vectors = store.vectors(store.ids("image"))
+    store = Database.open(db, create=False)
+    index = IndexSet.latest(store).fresh("image")
+    ids, vectors = store.items().vectors(store.items().ids("image"))
     _, found = index.search(vectors, 1)
     assert list(found[:, 0]) == list(ids)
 
@@ -117,7 +121,7 @@ def test_rerun_is_incremental(tmp_path, checkpoint):
     again, report = index(db, root, checkpoint=checkpoint)
     assert again.exit_code == 0 and report["indexed"] == report["updated"] == 0
     assert report["unchanged"] == len(files)
-    assert Store.open(db, create=False).errors().count_rows() == 0
+    assert Database.open(db, create=False).errors().count() == 0
 
     touched = root / "photos" / "img0.jpg"
     os.utime(touched, (time.time() + 5, time.time() + 5))  # new mtime, same bytes: hashed, not re-embedded
@@ -134,8 +138,8 @@ def test_rerun_is_incremental(tmp_path, checkpoint):
     assert str(deleted) not in after and len(after) == len(files) - 1
     assert after[str(changed)]["id"] == before[str(changed)]["id"]
     assert after[str(changed)]["sha256"] != before[str(changed)]["sha256"]
-    store = Store.open(db, create=False)
-    mtime = store.scan(["mtime"], ItemFilter(uris=[str(touched)]))["mtime"][0].as_py()
+    store = Database.open(db, create=False)
+    mtime = store.items().scan(["mtime"], ItemFilter(uris=[str(touched)]))["mtime"][0].as_py()
     assert mtime == pytest.approx(touched.stat().st_mtime)
     assert report["indexes"]["audio"]["count"] == 3
 
@@ -166,7 +170,7 @@ def test_unchanged_file_with_a_stale_error_row_is_cleared(tmp_path, checkpoint):
     photo = gradient_image(root / "a.jpg")
     db = tmp_path / "db"
     index(db, root, checkpoint=checkpoint)
-    Store.open(db, create=False).record_errors([(str(photo), "image", "decode", "stale")])
+    Database.open(db, create=False).record_errors([(str(photo), "image", "decode", "stale")])
     result, _ = index(db, root, checkpoint=checkpoint)
     assert result.exit_code == 0 and error_rows(db) == {}
 
@@ -202,15 +206,15 @@ def test_killed_runs_resume_to_exactly_one_row_per_file(tmp_path, checkpoint):
             kills_after_commits += _commits(db) - start >= wanted
         process.wait()
     assert kills_after_commits >= 3  # the runs were interrupted between commits, not before the first
-    assert 0 < Store.open(db, create=False).count() < len(files)  # ... and left partial work behind
+    assert 0 < Database.open(db, create=False).items().count() < len(files)  # ... and left partial work behind
     final = subprocess.run(argv[:-1] + ["--json"], capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     stored = rows(db)  # asserts no uri twice
     assert {Path(u) for u in stored} == {p.resolve() for p in files}
-    store = Store.open(db, create=False)
-    assert store.count() == len(files) and store.errors().count_rows() == 0
+    store = Database.open(db, create=False)
+    assert store.items().count() == len(files) and store.errors().count() == 0
     for modality in {m for m in files.values()}:
-        status = IndexSet(store).status(modality)
+        status = IndexSet.latest(store).status(modality)
         assert status["fresh"] and status["count"] == sum(1 for m in files.values() if m == modality)
 
 
@@ -269,7 +273,7 @@ def test_file_deleted_between_scan_and_decode(tmp_path, tiny_model, monkeypatch)
         gradient_image(tmp_path / f"{i}.jpg", seed=i)
     encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     indexer = Indexer(
-        Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder, IndexOptions(workers=0)
+        Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder, IndexOptions(workers=0)
     )
     plan = Indexer._plan
 

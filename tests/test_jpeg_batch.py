@@ -72,7 +72,7 @@ def test_an_index_run_deferring_jpegs_gives_what_the_usual_run_gives(corpus, tmp
         encoder = Encoder(tiny_model, device="cpu", precision="fp32")
         collection = Collection.open(tmp_path / f"db-{gpu_decode}", encoder=encoder)
         report = collection.index([media], workers=0, gpu_decode=gpu_decode)
-        rows = collection.store.scan(["uri", "embedding", "thumbnail", "width", "height"]).to_pylist()
+        rows = collection.store.items().scan(["uri", "embedding", "thumbnail", "width", "height"]).to_pylist()
         runs[gpu_decode] = (report, {Path(r["uri"]).name: r for r in rows})
     (usual, usual_rows), (deferred, deferred_rows) = runs[False], runs[True]
     assert sum(batched) == len(corpus) + 1  # every JPEG went through the batched decoder, in the deferred run only

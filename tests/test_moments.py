@@ -388,7 +388,7 @@ def test_a_changed_file_gets_its_new_moments_and_a_pruned_one_loses_them(encoder
 def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monkeypatch):
     """The file's row commits first and its moments second: a run killed between them leaves a row
     without moments, which the next run sees and embeds again."""
-    from xsearch.store import Store
+    from xsearch.store import Database
 
     media = tmp_path / "media"
     media.mkdir()
@@ -398,11 +398,11 @@ def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monk
     def killed(self, records):
         raise RuntimeError("killed between the commits")
 
-    monkeypatch.setattr(Store, "replace_moments", killed)
+    monkeypatch.setattr(Database, "replace_moments", killed)
     with pytest.raises(RuntimeError, match="killed"):
         collection.index([media], moments=True, workers=0)
     monkeypatch.undo()
-    assert collection.store.count() == 1 and collection.store.moments().count() == 0
+    assert collection.store.items().count() == 1 and collection.store.moments().count() == 0
     report = collection.index([media], workers=0)
     assert report.updated == 1 and report.moments == 3
     assert collection.store.moment_sets() == {0: {collection.item(0, ["sha256"])["sha256"]}}
@@ -447,7 +447,10 @@ def test_a_file_whose_moments_fail_keeps_its_row_without_moments_and_they_are_tr
     report = collection.index([media], moments=True, workers=0)
     assert report.failed == 1 and report.failures[0].stage == "moments"
     assert report.failures[0].message == "audio moments 5:00-6:40: audio data is corrupt (Invalid data found)"
-    assert sorted(Path(r["uri"]).name for r in collection.store.scan(["uri"]).to_pylist()) == ["broken.wav", "good.wav"]
+    assert sorted(Path(r["uri"]).name for r in collection.store.items().scan(["uri"]).to_pylist()) == [
+        "broken.wav",
+        "good.wav",
+    ]
     assert {Path(r["uri"]).name for r in moment_rows(collection)} == {"good.wav"}  # one set or none: never half
     monkeypatch.undo()  # the damage was passing: the next run makes its moments
     again = collection.index([media], workers=0)
@@ -487,7 +490,7 @@ Collection(sys.argv[1], encoder=encoder).index([sys.argv[2]], moments=True, work
 
 @pytest.mark.slow
 def test_kill_9_leaves_one_moment_set_per_file(encoder, tmp_path):
-    from xsearch.store import Store
+    from xsearch.store import Database
 
     media = tmp_path / "media"
     media.mkdir()
@@ -498,7 +501,7 @@ def test_kill_9_leaves_one_moment_set_per_file(encoder, tmp_path):
 
     def committed() -> int:  # files committed so far (one commit per file)
         try:
-            return Store.open(db, create=False).count()
+            return Database.open(db, create=False).items().count()
         except Exception:  # not created yet
             return 0
 
@@ -518,7 +521,7 @@ def test_kill_9_leaves_one_moment_set_per_file(encoder, tmp_path):
     assert done.returncode == 0
     collection = Collection(db)
     rows = moment_rows(collection)
-    items = {r["id"]: r for r in collection.store.scan(["id", "uri", "sha256", "duration"]).to_pylist()}
+    items = {r["id"]: r for r in collection.store.items().scan(["id", "uri", "sha256", "duration"]).to_pylist()}
     assert len(items) == 10
     for item_id, item in items.items():
         mine = [r for r in rows if r["item_id"] == item_id]
@@ -562,9 +565,9 @@ def test_an_hour_of_audio_indexes_in_the_memory_of_two_minutes(tmp_path):
 def test_deleting_many_rows_deletes_their_moments_in_one_go(tmp_path):
     """``--prune`` of thousands of files: the ids whose moments go are read without the 16 KB cap on a
     user's filter."""
-    from xsearch.store import ItemRecord, Moment, Store
+    from xsearch.store import Database, ItemRecord, Moment
 
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
     store.keep_moments(MomentCfg())
     vector = np.eye(8, dtype=np.float32)[0]
     records = [

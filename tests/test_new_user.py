@@ -18,7 +18,7 @@ from xsearch import Collection, Modality, Query
 from xsearch.cli.main import app
 from xsearch.encoder import Encoder
 from xsearch.model import save_checkpoint
-from xsearch.store import ItemRecord, Store
+from xsearch.store import Database, ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_imu, write_wav
 
 from scripts import xsearch_script
@@ -161,7 +161,7 @@ def test_random_checkpoint_trial_says_its_results_are_meaningless(tmp_path):
     indexed = runner.invoke(app, ["index", str(media), "--db", str(db), "--checkpoint", str(trial), "-q"])
     assert indexed.exit_code == 0, indexed.output
     assert "random-weights model (tiny_test:random-3)" in indexed.output
-    assert Store.open(db, create=False).model_id == "tiny_test:random-3"
+    assert Database.open(db, create=False).model_id == "tiny_test:random-3"
     searched = runner.invoke(app, ["search", "--db", str(db), "--image", str(photo), "--checkpoint", str(trial)])
     assert searched.exit_code == 0 and "meaningless" in searched.output and str(photo) in searched.stdout
     assert "meaningless" in runner.invoke(app, ["info", "--db", str(db)]).output
@@ -180,7 +180,7 @@ def test_download_failure_names_the_ways_to_give_a_checkpoint(tmp_path, monkeypa
     monkeypatch.setitem(pretrained.PRETRAINED, "imagebind_huge", replace(entry, url="http://127.0.0.1:9/w.pth"))
     monkeypatch.setenv("XSEARCH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XSEARCH_CHECKPOINT", raising=False)
-    Store.open(tmp_path / "db", model_id="imagebind_huge", embed_dim=1024).add_items(
+    Database.open(tmp_path / "db", model_id="imagebind_huge", embed_dim=1024).add_items(
         [ItemRecord("/a.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[0])]
     )
     result = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--text", "a dog"])
@@ -195,7 +195,7 @@ def test_download_failure_names_the_ways_to_give_a_checkpoint(tmp_path, monkeypa
 def test_verbose_and_debug_work_after_the_command(collection):
     media, db = collection
     vector = np.eye(1024, dtype=np.float32)[0]
-    Store.open(db, create=False).add_items([ItemRecord("/new.jpg", Modality.IMAGE, vector)])  # index now stale
+    Database.open(db, create=False).add_items([ItemRecord("/new.jpg", Modality.IMAGE, vector)])  # index now stale
     argv = [xsearch_script(), "search", "--db", str(db), "--item", str(media / "cover.png"), "--target", "image", "-v"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,7 @@ from xsearch.encoder import Encoder, resolve_precision
 from xsearch.errors import UsageError
 from xsearch.modalities import Tower
 from xsearch.model import create_model, open_checkpoint, save_checkpoint
-from xsearch.store import ItemRecord, Store
+from xsearch.store import Database, ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_imu, write_map, write_video, write_wav
 
 runner = CliRunner()
@@ -124,7 +124,7 @@ def test_a_database_from_before_precision_gains_the_column_when_written(tmp_path
     """Schema-1 databases have no precision column: readers say "unknown", the next writer adds it."""
     import lancedb
 
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[0])])
     table = lancedb.connect(str(tmp_path / "db")).open_table("items")
     table.drop_columns(["precision"])  # as written by an earlier xsearch
@@ -138,7 +138,7 @@ def test_a_database_from_before_precision_gains_the_column_when_written(tmp_path
 
 
 def test_commands_without_a_model_import_no_torch(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, np.eye(1024, dtype=np.float32)[i]) for i in range(3)])
     script = (
         "import sys\n"

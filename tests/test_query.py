@@ -17,7 +17,7 @@ from xsearch.cli.main import app
 from xsearch.cli.search import split_file_weight, split_text_weight
 from xsearch.errors import ModelMismatchError, QueryError, UsageError
 from xsearch.query import Engine, Query, combine
-from xsearch.store import ItemRecord, Store
+from xsearch.store import Database, ItemRecord, TableView
 from xsearch.testing.media import gradient_image, tone, write_wav
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def vectors():
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, vectors):
     """A store of known vectors: images a-f (width 100 * i), audio g-j. No model anywhere."""
-    store = Store.open(tmp_path_factory.mktemp("q") / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path_factory.mktemp("q") / "db", model_id="tiny_test", embed_dim=1024)
     records = []
     for i, (name, v) in enumerate(vectors.items()):
         modality = Modality.IMAGE if name <= "f" else Modality.AUDIO
@@ -49,7 +49,7 @@ def engine(tmp_path_factory, vectors):
 
 
 def ids_of(engine, names):
-    table = engine.store.scan(["id", "uri"])
+    table = engine.db.items().scan(["id", "uri"])
     by_uri = dict(zip(table["uri"].to_pylist(), table["id"].to_pylist()))
     return [by_uri[u] for n in names for u in by_uri if u.endswith(f"/{n}.x")]
 
@@ -139,7 +139,7 @@ def test_model_mismatch_is_refused(engine, tiny_model):
     other = Encoder(tiny_model, device="cpu", precision="fp32")
     other.model_id = "imagebind_huge"
     with pytest.raises(ModelMismatchError, match="holds embeddings of model 'tiny_test', not 'imagebind_huge'"):
-        Engine(engine.store, encoder=other)
+        Engine(engine.db, encoder=other)
 
 
 def test_file_and_text_terms_use_the_encoder(tmp_path, tiny_model):
@@ -147,7 +147,7 @@ def test_file_and_text_terms_use_the_encoder(tmp_path, tiny_model):
 
     encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     photo = gradient_image(tmp_path / "p.jpg")
-    engine = Engine(Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder=encoder)
+    engine = Engine(Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder=encoder)
     got = engine.embed(Query.image(photo) * 0.7 + Query.text("a dog") * 0.3)
     image_v = encoder.encode_files([photo])[0].embedding
     text_v = encoder.encode_text(["a dog"]).numpy()[0]
@@ -160,7 +160,7 @@ def test_filtered_search_above_the_exact_limit_uses_the_index(tmp_path):
     """Past ``exact_filter_limit`` matches, the index is over-fetched and filtered: same hits as exact."""
     rng = np.random.default_rng(3)
     vectors = np.stack([unit(v) for v in rng.standard_normal((400, DIM))])
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     records = [ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v, metadata={"width": i}) for i, v in enumerate(vectors)]
     store.add_items(records)
     query = Query.vector(vectors[7] + 0.5 * vectors[300])
@@ -170,8 +170,8 @@ def test_filtered_search_above_the_exact_limit_uses_the_index(tmp_path):
     via_index = indexed.search(query, target="image", k=5, where="width >= 200")
     assert [r.id for r in via_index] == [r.id for r in exact] and via_index[0].uri == "/m/300.jpg"
     assert all(r.metadata["width"] >= 200 for r in via_index)
-    assert Modality.IMAGE in indexed.snapshot().loaded  # the index path was taken (the exact one loads no index)
-    assert Modality.IMAGE not in exact_engine.snapshot().loaded
+    assert Modality.IMAGE in indexed.snapshot().items.loaded  # the index path was taken (the exact one loads no index)
+    assert Modality.IMAGE not in exact_engine.snapshot().items.loaded
 
 
 def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
@@ -182,7 +182,7 @@ def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
     labels = ["dog", "cat", "rain", "waves"]
     label_vectors = encoder.encode_text(labels).numpy()
     rng = np.random.default_rng(0)
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     truth = {}
     for i in range(12):
         label = i % 4
@@ -392,7 +392,7 @@ def test_contact_sheet_decodes_query_files_once_and_runs_no_query(indexed_db, ti
     collection = Collection.open(db, encoder=encoder, query_limits=None)  # decoded here, where the spy is
     results = collection.search(Query.image(root / "red.jpg"), target="image", k=3)
     results.thumbnails()  # what the page needs from the store, read through the results
-    monkeypatch.setattr(Store, "scan", lambda *a, **k: pytest.fail("the contact sheet ran a query"))
+    monkeypatch.setattr(TableView, "scan", lambda *a, **k: pytest.fail("the contact sheet ran a query"))
     page = render(results, str(db))
     assert calls == [str(root / "red.jpg")]  # decoded for the model; its preview came with it
     assert page.count("data:image/jpeg;base64,") == 4  # the query input + 3 results

@@ -16,7 +16,7 @@ from xsearch.model import save_checkpoint
 from xsearch.query import Engine
 from xsearch.query.classify import prototypes
 from xsearch.query.ranking import Calibration, autocut
-from xsearch.store import ItemRecord, Store
+from xsearch.store import Database, ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_wav
 
 runner = CliRunner()
@@ -52,7 +52,7 @@ def two_scales(tmp_path_factory):
         ("audio", False): below(0.05, 0.03, 2000, 0.16),
         ("audio", True): spread_evenly(0.22, 0.30),
     }
-    store = Store.open(tmp_path_factory.mktemp("scales") / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path_factory.mktemp("scales") / "db", model_id="tiny_test", embed_dim=1024)
     relevant = set()
     for (modality, right), cosines in groups.items():
         vectors = at_cosine(query, cosines.astype(np.float32), rng)

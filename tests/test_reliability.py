@@ -17,7 +17,7 @@ from xsearch import Modality
 from xsearch.cli.main import app
 from xsearch.errors import DecodeError
 from xsearch.model import save_checkpoint
-from xsearch.store import ItemRecord, Store, writer_lock
+from xsearch.store import Database, ItemRecord, writer_lock
 from xsearch.testing.media import gradient_image
 
 from measure import peak_rss_growth_mb
@@ -58,15 +58,15 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, tiny_model):
 
 
 def test_ids_are_never_reused(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(f"/{i}.jpg", Modality.IMAGE, vector(i)) for i in range(3)])  # ids 0, 1, 2
     store.delete_items(ids=[2])  # the highest, as --prune would
     store.add_items([ItemRecord("/new.jpg", Modality.IMAGE, vector(5))])
-    assert store.lookup("/new.jpg", ["id"])["id"] == 3
-    reopened = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    assert store.items().lookup("/new.jpg", ["id"])["id"] == 3
+    reopened = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     reopened.delete_items(ids=[3])
     reopened.add_items([ItemRecord("/newer.jpg", Modality.IMAGE, vector(6))])
-    assert reopened.lookup("/newer.jpg", ["id"])["id"] == 4
+    assert reopened.items().lookup("/newer.jpg", ["id"])["id"] == 4
 
 
 def test_an_empty_root_is_not_pruned(tmp_path, tiny_model):
@@ -82,14 +82,14 @@ def test_an_empty_root_is_not_pruned(tmp_path, tiny_model):
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert f"not pruned: {drive} is empty" in result.stdout
-    assert Store.open(db, create=False).count() == 3
+    assert Database.open(db, create=False).items().count() == 3
     gradient_image(drive / "0.jpg", seed=0)  # back with one file: the other two are really gone
     runner.invoke(app, argv)
-    assert Store.open(db, create=False).count() == 1
+    assert Database.open(db, create=False).items().count() == 1
 
 
 def test_a_filter_cannot_escape_its_target(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord("/a.jpg", Modality.IMAGE, vector(0)), ItemRecord("/b.wav", Modality.AUDIO, vector(1))])
     argv = ["search", "--db", str(tmp_path / "db"), "--item", "/a.jpg", "--target", "image"]
     escaping = runner.invoke(app, [*argv, "--where", "1=1) OR (modality = 'audio'"])
@@ -101,7 +101,7 @@ def test_a_filter_cannot_escape_its_target(tmp_path):
 
 def test_control_characters_in_names_never_reach_the_terminal(tmp_path):
     hostile = "/m/\x1b]0;pwned\x07evil\nname.jpg"
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(hostile, Modality.IMAGE, vector(0))])
     store.record_errors([("/m/bad\x1b[2J.jpg", "image", "decode", "broken\r\nreally")])
     table = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "0"]).stdout
@@ -165,7 +165,7 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, tiny_model, sig):
         time.sleep(0.05)  # wait until a few commits landed: the run is mid-way
     process.send_signal(sig)
     assert process.wait(timeout=60) == 130
-    kept = Store.open(db, create=False).count()
+    kept = Database.open(db, create=False).items().count()
     assert 0 < kept < 60
     assert _gone(process.pid) == []
 
@@ -204,7 +204,7 @@ def test_a_huge_k_allocates_for_the_items_there_are(tmp_path):
 
     from xsearch import Collection, Query
 
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items([ItemRecord(f"/{i}.jpg", Modality.IMAGE, vector(i)) for i in range(20)])
     tracemalloc.start()
     hits = Collection.open(tmp_path / "db").search(Query.item(0), k=10**9)
@@ -226,7 +226,7 @@ def test_misleading_reasons_and_odd_ids(tmp_path):
     np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DecodeError, match="holds Python objects, not numbers"):
         preprocess_file(objects, "imu")
-    Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024).add_items(
+    Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024).add_items(
         [ItemRecord("/a.jpg", Modality.IMAGE, vector(0))]
     )
     result = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "²"])
@@ -329,10 +329,10 @@ def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch
     import os
 
     from xsearch import Collection
-    from xsearch import store as store_module
     from xsearch.encoder import Encoder
+    from xsearch.store import database as database_module
 
-    monkeypatch.setattr(store_module, "MIN_KEEP", __import__("datetime").timedelta(0))
+    monkeypatch.setattr(database_module, "MIN_KEEP", __import__("datetime").timedelta(0))
     media = _photos(tmp_path / "media", 6)
     (media / "broken.jpg").write_bytes(b"not a jpeg")
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
@@ -386,18 +386,18 @@ def test_disk_full_and_read_only_are_one_line():
     import errno
 
     from xsearch.errors import DatabaseDamaged
-    from xsearch.store import _storage_problem
+    from xsearch.store.lance_errors import storage_problem
 
     db = Path("/data/db")
-    assert "disk full" in str(_storage_problem(db, OSError(errno.ENOSPC, "No space left on device")))
+    assert "disk full" in str(storage_problem(db, OSError(errno.ENOSPC, "No space left on device")))
     lance_full = RuntimeError("LanceError(IO): Generic LocalFileSystem error: No space left on device (os error 28)")
-    assert "disk full" in str(_storage_problem(db, lance_full))
-    assert "read-only file system" in str(_storage_problem(db, OSError(errno.EROFS, "Read-only file system")))
-    damaged = _storage_problem(db, RuntimeError("lance error: LanceError(IO): file size is too small, /x/y.rs:1:2"))
+    assert "disk full" in str(storage_problem(db, lance_full))
+    assert "read-only file system" in str(storage_problem(db, OSError(errno.EROFS, "Read-only file system")))
+    damaged = storage_problem(db, RuntimeError("lance error: LanceError(IO): file size is too small, /x/y.rs:1:2"))
     assert (
         isinstance(damaged, DatabaseDamaged) and str(damaged) == "database damaged: /data/db (file size is too small)"
     )
-    assert _storage_problem(db, KeyError("a bug")) is None  # not a storage problem: surfaces as a bug
+    assert storage_problem(db, KeyError("a bug")) is None  # not a storage problem: surfaces as a bug
 
 
 def test_a_damaged_mp4_says_so_not_no_audio_stream(tmp_path):
@@ -422,7 +422,9 @@ def test_a_root_reached_through_a_link_gives_the_same_uris(tmp_path, tiny_model)
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
     assert collection.index([tmp_path / "link"], workers=0).indexed == 3
     assert collection.index([media], workers=0).indexed == 0  # the same files, not three more rows
-    assert sorted(collection.store.scan(["uri"])["uri"].to_pylist()) == [str(media / f"{i}.png") for i in range(3)]
+    assert sorted(collection.store.items().scan(["uri"])["uri"].to_pylist()) == [
+        str(media / f"{i}.png") for i in range(3)
+    ]
 
 
 def test_a_result_file_replaced_by_a_pipe_does_not_block_the_sheet(tmp_path):

@@ -41,7 +41,7 @@ def client(media):
 
 
 def ids(collection) -> dict[str, int]:
-    table = collection.store.scan(["id", "uri"])
+    table = collection.store.items().scan(["id", "uri"])
     return {Path(u).stem: i for i, u in zip(table["id"].to_pylist(), table["uri"].to_pylist())}
 
 
@@ -181,7 +181,7 @@ def test_concurrent_searches_and_rows_committed_meanwhile(client, media):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(query, ["red", "blue"] * 16))
     assert all(a["results"][0]["id"] == known[name] for a, name in zip(answers, ["red", "blue"] * 16))
-    vector = np.asarray(collection.store.lookup(known["red"], ["embedding"])["embedding"], np.float32)
+    vector = np.asarray(collection.store.items().lookup(known["red"], ["embedding"])["embedding"], np.float32)
     collection.store.add_items([ItemRecord("/elsewhere/copy.jpg", Modality.IMAGE, vector)])  # as `xsearch index` would
     body = client.post("/api/search", data={"item": [str(known["red"])], "target": "image", "k": "2"}).json()
     assert "/elsewhere/copy.jpg" in [hit["uri"] for hit in body["results"]]

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from xsearch.errors import ModelMismatchError, StoreError
-from xsearch.store import ItemFilter, ItemRecord, Store, embeddings_to_numpy
+from xsearch.store import Database, ItemFilter, ItemRecord, embeddings_to_numpy
 
 
 def unit(n: int, seed: int = 0) -> np.ndarray:
@@ -32,21 +32,21 @@ def records(n: int, prefix: str = "f", seed: int = 0, modality: str = "image") -
 
 
 def test_add_and_read_back(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     recs = records(5)
     recs[0].metadata = {"width": 640, "height": 480}
     store.add_items(recs)
     store.add_items(records(3, prefix="g", seed=1, modality="audio"))
-    assert store.count() == 8 and store.count("audio") == 3
-    ids, vectors = store.vectors([0, 4, 7])
+    assert store.items().count() == 8 and store.items().count("audio") == 3
+    ids, vectors = store.items().vectors([0, 4, 7])
     assert list(ids) == [0, 4, 7]
     np.testing.assert_array_equal(vectors[:2], unit(5)[[0, 4]])
-    row = store.scan(["uri", "width", "height", "model_id"], ItemFilter(ids=[0])).to_pylist()[0]
+    row = store.items().scan(["uri", "width", "height", "model_id"], ItemFilter(ids=[0])).to_pylist()[0]
     assert row == {"uri": "f0.jpg", "width": 640, "height": 480, "model_id": "tiny_test"}
 
 
 def test_readable_without_xsearch(tmp_path):
-    Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024).add_items(records(4))
+    Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024).add_items(records(4))
     table = lancedb.connect(str(tmp_path / "db")).open_table("items").to_arrow()
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 1024)
     assert embeddings_to_numpy(table["embedding"]).shape == (4, 1024)
@@ -55,48 +55,48 @@ def test_readable_without_xsearch(tmp_path):
 
 
 def test_model_id_mismatch_is_refused(tmp_path):
-    Store.open(tmp_path / "db", model_id="imagebind_huge", embed_dim=1024).add_items(records(1))
+    Database.open(tmp_path / "db", model_id="imagebind_huge", embed_dim=1024).add_items(records(1))
     with pytest.raises(ModelMismatchError, match="holds embeddings of model .imagebind_huge., not .tiny_test."):
-        Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
-    assert Store.open(tmp_path / "db").model_id == "imagebind_huge"
+        Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    assert Database.open(tmp_path / "db").model_id == "imagebind_huge"
 
 
 def test_missing_database(tmp_path):
     with pytest.raises(StoreError, match="no xsearch database"):
-        Store.open(tmp_path / "nothing", create=False)
+        Database.open(tmp_path / "nothing", create=False)
 
 
 def test_bad_vectors_are_refused_before_writing(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     bad = records(3)
     bad[1].embedding = np.full(1024, np.nan, np.float32)
     with pytest.raises(StoreError, match="f1.jpg: embedding contains NaN"):
         store.add_items(bad)
-    assert store.count() == 0
+    assert store.items().count() == 0
     with pytest.raises(StoreError, match="512 values, expected 1024"):
         store.add_items([ItemRecord("x.jpg", "image", np.ones(512, np.float32))])
 
 
 def test_upsert_keeps_ids_and_replaces_rows(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(records(3))
     changed = records(2, seed=9)  # f0, f1 with new vectors
     changed.append(ItemRecord("new.jpg", "image", unit(1, 5)[0]))
     store.upsert_items(changed)
-    rows = {r["uri"]: r["id"] for r in store.scan(["uri", "id"]).to_pylist()}
+    rows = {r["uri"]: r["id"] for r in store.items().scan(["uri", "id"]).to_pylist()}
     assert rows == {"f0.jpg": 0, "f1.jpg": 1, "f2.jpg": 2, "new.jpg": 3}
-    np.testing.assert_array_equal(store.vectors([0])[1][0], unit(2, 9)[0])
+    np.testing.assert_array_equal(store.items().vectors([0])[1][0], unit(2, 9)[0])
 
 
 def test_delete_by_uri_and_id(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(records(5))
     store.delete_items(uris=["f1.jpg"], ids=[3])
-    assert sorted(store.ids()) == [0, 2, 4]
+    assert sorted(store.items().ids()) == [0, 2, 4]
 
 
 def test_errors_table(tmp_path):
-    store = Store.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.record_errors([("bad.jpg", "image", "decode", "bad.jpg: truncated"), ("x.wav", "audio", "decode", "m")])
     store.record_errors([("bad.jpg", "image", "decode", "bad.jpg: still truncated")])
     rows = {r["uri"]: r["message"] for r in store.error_rows().to_pylist()}
@@ -108,8 +108,8 @@ def test_errors_table(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
-    from xsearch.store import ItemRecord, Store
-    store = Store.open(sys.argv[1], model_id="tiny_test", embed_dim=1024)
+    from xsearch.store import ItemRecord, Database
+    store = Database.open(sys.argv[1], model_id="tiny_test", embed_dim=1024)
     batch = int(sys.argv[2])
     rng = np.random.default_rng(batch)
     print("ready", flush=True)
@@ -121,8 +121,8 @@ WRITER = textwrap.dedent(
 )
 
 
-def _batches(store: Store) -> dict[str, int]:
-    uris = store.scan(["uri"])["uri"].to_pylist()
+def _batches(store: Database) -> dict[str, int]:
+    uris = store.items().scan(["uri"])["uri"].to_pylist()
     counts: dict[str, int] = {}
     for uri in uris:
         counts[uri.split("/")[0]] = counts.get(uri.split("/")[0], 0) + 1
@@ -133,7 +133,7 @@ def test_sigkill_mid_write_never_half_writes(tmp_path):
     """Kill a writer with SIGKILL at random moments, 6 times; check every batch is whole, nothing committed
     is lost, and a reader in this process sees only whole batches while the writer runs."""
     db = tmp_path / "db"
-    Store.open(db, model_id="tiny_test", embed_dim=1024)
+    Database.open(db, model_id="tiny_test", embed_dim=1024)
     rng = np.random.default_rng(0)
     committed = 0
     next_batch = 0
@@ -145,15 +145,36 @@ def test_sigkill_mid_write_never_half_writes(tmp_path):
         )
         assert proc.stdout.readline().strip() == b"ready"
         deadline = time.monotonic() + rng.uniform(0.3, 1.5)
-        reader = Store.open(db)
+        reader = Database.open(db)
         while time.monotonic() < deadline:  # concurrent reads while the writer appends
             assert all(n == 50 for n in _batches(reader).values())
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         next_batch += 1
-        store = Store.open(db)
+        store = Database.open(db)
         counts = _batches(store)
         assert all(n == 50 for n in counts.values()), counts
         assert sum(counts.values()) >= committed
         committed = sum(counts.values())
     assert committed > 0
+
+
+def test_views_read_one_version_and_have_no_write_method(tmp_path):
+    """A view (the latest, a snapshot's, the moments') reads the version it was made at, whatever is
+    committed after, and cannot write: writes go through the ``Database``."""
+    from xsearch.moments import MomentCfg
+
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store.add_items(records(3))
+    store.keep_moments(MomentCfg())
+    latest, snapshot = store.items(), store.snapshot()
+    store.add_items(records(2, prefix="g", seed=1))
+    assert latest.count() == snapshot.items.count() == 3 and store.items().count() == 5
+    assert snapshot.items.key == latest.key != store.items().key
+    writes = ["add_items", "upsert_items", "update_file_stats", "delete_items", "record_errors", "clear_errors",
+              "replace_moments", "sweep_moments", "keep_moments", "compact"]  # fmt: skip
+    assert all(callable(getattr(store, name)) for name in writes)
+    for view in (latest, store.moments(), snapshot.items, snapshot.moments, store.errors()):
+        for name in writes:
+            with pytest.raises(AttributeError):
+                getattr(view, name)([])

@@ -31,7 +31,7 @@ from pathlib import Path
 from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
-from xsearch.options import DecodeLimits, IndexOptions, ScanOptions, SearchOptions, real_path
+from xsearch.options import DecodeLimits, IndexOptions, ScanOptions, SearchOptions, item_key, real_path
 from xsearch.paths import is_under, modality_of_path
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ class Collection:
         if self.path is None:
             raise UsageError("this collection has no database (give its path)", argument="db")
         if self._store is None:
-            from xsearch.store import Store
+            from xsearch.store import Database
 
-            self._store = Store.open(self.path, create=False)
+            self._store = Database.open(self.path, create=False)
         return self._store
 
     @property
@@ -291,7 +291,7 @@ class Collection:
 
     def item(self, key: int | str, columns: Sequence[str]) -> dict:
         """One stored item's ``columns``, by id or path (``ItemNotFound`` when it is not indexed)."""
-        row = self.store.lookup(key, columns)
+        row = self.store.items().lookup(item_key(key), columns)
         if row is None:
             raise ItemNotFound(key, self.path)
         return row
@@ -335,7 +335,7 @@ class Collection:
         else:
             names, prototypes = labelling.example_prototypes(encoder, examples, text_weight)
         path = SearchOptions(path=path).path  # a relative glob from the current folder, as search takes it
-        labelled = labelling.classify(self.store, prototypes, names, targets, where, path)
+        labelled = labelling.classify(self.store.items(), prototypes, names, targets, where, path)
         return labelled.filtered(min_confidence).sorted(sort)
 
     def info(self, check: bool = True) -> dict:
@@ -344,42 +344,7 @@ class Collection:
         ``check`` reads every stored row first (a damaged data file raises ``DatabaseDamaged``), so the
         counts it reports are of data that can be read, and every index file against its checksum.
         """
-
-        store = self.store
-        checked = store.check() if check else None
-        counts, index_facts = _counts_and_indices(store, check)
-        moments = None
-        if store.has_moments():
-            cut = store.moment_cfg()
-            by_modality, moment_indices = _counts_and_indices(store.moments(), check)
-            moments = {
-                "moments": sum(by_modality.values()),
-                "seconds": cut.seconds if cut else None,
-                "stride": cut.stride if cut else None,
-                "by_modality": by_modality,
-                "indices": moment_indices,
-            }
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        precisions: dict[str, int] = {}
-        if store.has_column("precision"):  # databases written before it was recorded: "unknown"
-            import pyarrow.compute as pc
-
-            column = store.scan(["precision"])["precision"].fill_null("unknown").combine_chunks()
-            precisions = {r["values"]: r["counts"] for r in pc.value_counts(column).to_pylist()}
-        elif counts:
-            precisions["unknown"] = sum(counts.values())
-        return {
-            "db": str(store.path),
-            "model_id": store.model_id,
-            "precision": precisions,
-            "items": sum(counts.values()),
-            "by_modality": counts,
-            "errors": store.errors().count_rows(),
-            "indices": index_facts,
-            "moments": moments,
-            "bytes": size,
-            "rows_read": checked,
-        }
+        return _facts(self.store, check)
 
     def errors(self):
         """The files that could not be indexed: an Arrow table ``uri, modality, stage, message, at``."""
@@ -389,23 +354,64 @@ class Collection:
 
     def _open_for_writing(self, encoder):
         """The database, opened to write (created with the encoder's model id and width when new)."""
-        from xsearch.store import Store
+        from xsearch.store import Database
 
         if encoder is None:
-            held = Store.open(self.path, create=False).model_id
-            self._store = Store.open(self.path, model_id=held)  # a writer: brings new columns in
+            held = Database.open(self.path, create=False).model_id
+            self._store = Database.open(self.path, model_id=held)  # a writer: brings new columns in
         else:
-            self._store = Store.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
+            self._store = Database.open(self.path, model_id=encoder.model_id, embed_dim=encoder.embed_dim)
         self._engine = None
         return self._store
 
 
-def _counts_and_indices(store, check: bool) -> tuple[dict[str, int], dict[str, dict]]:
-    """Rows per modality of a store (or of its moments) and the state of each modality's index."""
+def _facts(store, check: bool) -> dict:
+    """``Collection.info`` of the database ``store``."""
+    from xsearch.store import ITEMS, MOMENTS
+
+    checked = store.check() if check else None
+    items = store.items()
+    counts, index_facts = _counts_and_indices(items, store.index_folder(ITEMS), check)
+    moments = None
+    if store.has_moments():
+        cut = store.moment_cfg()
+        by_modality, moment_indices = _counts_and_indices(store.moments(), store.index_folder(MOMENTS), check)
+        moments = {
+            "moments": sum(by_modality.values()),
+            "seconds": cut.seconds if cut else None,
+            "stride": cut.stride if cut else None,
+            "by_modality": by_modality,
+            "indices": moment_indices,
+        }
+    size = sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
+    precisions: dict[str, int] = {}
+    if items.has_column("precision"):  # databases written before it was recorded: "unknown"
+        import pyarrow.compute as pc
+
+        column = items.scan(["precision"])["precision"].fill_null("unknown").combine_chunks()
+        precisions = {r["values"]: r["counts"] for r in pc.value_counts(column).to_pylist()}
+    elif counts:
+        precisions["unknown"] = sum(counts.values())
+    return {
+        "db": str(store.path),
+        "model_id": store.model_id,
+        "precision": precisions,
+        "items": sum(counts.values()),
+        "by_modality": counts,
+        "errors": store.errors().count(),
+        "indices": index_facts,
+        "moments": moments,
+        "bytes": size,
+        "rows_read": checked,
+    }
+
+
+def _counts_and_indices(view, folder, check: bool) -> tuple[dict[str, int], dict[str, dict]]:
+    """Rows per modality of a table view (items or moments) and the state of each modality's index."""
     from xsearch.index import IndexSet
 
-    indices = IndexSet(store)
-    counts = {m.value: store.count(m) for m in store.modalities()}
+    indices = IndexSet(view, folder)
+    counts = {m.value: view.count(m) for m in view.modalities()}
     facts = {}
     for name in counts:
         status = indices.status(Modality(name), check=check)

@@ -148,9 +148,7 @@ class Encoder:
 
     def _embed_int8(self, tower: Tower, x: torch.Tensor) -> torch.Tensor:
         """``model.embed`` through ONNX Runtime: clips flattened and averaged here, as the model does."""
-        from xsearch.model.imagebind import _BATCH_NDIM
-
-        if x.ndim <= _BATCH_NDIM[tower]:
+        if x.ndim <= tower.spec.batch_ndim:
             return self.int8.run(tower, x)
         clips = x.shape[1]
         out = self.int8.run(tower, x.flatten(0, 1))

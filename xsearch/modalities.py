@@ -37,6 +37,31 @@ class Tower(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def spec(self) -> TowerSpec:
+        return TOWERS[self]
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """One tower's facts, read by the model, the encoder and the indexer."""
+
+    batch_ndim: int  # dimensions of a plain batch; one more means a leading clips axis ([B, S, ...])
+    gpu_batch: int  # files per encoder batch on a GPU (the indexer's default there)
+    int8: bool = True  # exported to ONNX int8 on CPUs without bf16
+
+
+TOWERS: dict[Tower, TowerSpec] = {
+    Tower.VISION: TowerSpec(batch_ndim=5, gpu_batch=128),
+    Tower.TEXT: TowerSpec(batch_ndim=2, gpu_batch=512),
+    Tower.AUDIO: TowerSpec(batch_ndim=4, gpu_batch=96),
+    Tower.DEPTH: TowerSpec(batch_ndim=4, gpu_batch=128),
+    Tower.THERMAL: TowerSpec(batch_ndim=4, gpu_batch=128),
+    # The IMU tower's windowing (``unfold``) does not export faithfully, and it is 3% of ImageBind's
+    # weights: it runs in float on PyTorch.
+    Tower.IMU: TowerSpec(batch_ndim=3, gpu_batch=256, int8=False),
+}
+
 
 class Preview(str, enum.Enum):
     """How a results page shows an item of a modality."""
@@ -148,7 +173,15 @@ class ModalitySpec:
     preview: Preview = Preview.LABEL
     fallback: Modality | None = None  # when a file holds no stream of this modality (NoStreamError)
     query_input: str = "file"  # how a query names an input: a "file" path, or the "text" itself
+    # With moments on, files of this modality are cut into segments, decoded this many segments a chunk
+    # (``None``: it has no moments). A chunk's model input stays near 20 MB of audio clips (300 s at 6 s)
+    # or 55 MB of video clips (30 s: 9 clip-crops of 2 x 224 x 224 per segment, float32).
+    moment_chunk: int | None = None
     help: str = ""
+
+    @property
+    def has_moments(self) -> bool:
+        return self.moment_chunk is not None
 
     @property
     def name(self) -> str:
@@ -227,6 +260,7 @@ for _spec in (
         sniffed_from=Family.VIDEO,
         preview=Preview.THUMBNAIL,
         fallback=Modality.AUDIO,
+        moment_chunk=5,
         help="video file",
     ),
     ModalitySpec(
@@ -251,6 +285,7 @@ for _spec in (
         accepts=frozenset({Family.AUDIO, Family.VIDEO}),
         sniffed_from=Family.AUDIO,
         preview=Preview.AUDIO,
+        moment_chunk=50,
         help="audio file",
     ),
     # Depth, thermal and IMU files share extensions with images and arrays: never guessed from the extension,
@@ -318,6 +353,8 @@ __all__ = [
     "ModalitySpec",
     "Preview",
     "Tower",
+    "TowerSpec",
+    "TOWERS",
     "as_tower",
     "define",
     "parse_modalities",

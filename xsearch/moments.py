@@ -30,10 +30,6 @@ from xsearch.modalities import Modality
 CLIP_SECONDS = 2  # ImageBind's audio and video clip
 MOMENT_BITS = 20  # moments per file: 2**20 segments (72 days at 6 s)
 MAX_ITEM_ID = 2 ** (63 - MOMENT_BITS)
-MOMENT_MODALITIES = (Modality.AUDIO, Modality.VIDEO)
-# Segments per decode chunk: a chunk's model input stays near 20 MB of audio clips (300 s at 6 s) or
-# 55 MB of video clips (30 s: 9 clip-crops of 2 x 224 x 224 per segment, float32).
-CHUNK_SEGMENTS = {Modality.AUDIO: 50, Modality.VIDEO: 5}
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,7 @@ def plan(path: str, modality: Modality, size: int, mtime: float, duration: float
     pieces = []
     for track, seconds in tracks:
         spans = cfg.spans(seconds)
-        step = CHUNK_SEGMENTS[track]
+        step = track.spec.moment_chunk
         pieces += [(track, tuple(spans[i : i + step]), i) for i in range(0, len(spans), step)]
     return [
         MomentTask(path, track, size, mtime, spans, first, cfg, len(pieces), spans[-1][1])

@@ -65,10 +65,6 @@ def _build_postprocessor(cfg: ImageBindCfg, tower: Tower) -> nn.Module:
     return postprocessor(cfg.logit_scales.get(tower), learnable=tower is Tower.TEXT)
 
 
-# Dimensions of a plain batch per tower; one more means a leading clips axis ([B, S, ...]).
-_BATCH_NDIM = {Tower.VISION: 5, Tower.TEXT: 2, Tower.AUDIO: 4, Tower.DEPTH: 4, Tower.THERMAL: 4, Tower.IMU: 3}
-
-
 class ImageBind(nn.Module):
     """The six ImageBind encoders.
 
@@ -107,7 +103,7 @@ class ImageBind(nn.Module):
     def embed(self, tower: Tower | str, x: torch.Tensor) -> torch.Tensor:
         tower = Tower(tower)
         clips = None
-        if x.ndim > _BATCH_NDIM[tower]:
+        if x.ndim > tower.spec.batch_ndim:
             # [B, S, ...]: S clips per item (video clips x crops, audio clips), averaged after embedding.
             clips = x.shape[1]
             x = x.flatten(0, 1)

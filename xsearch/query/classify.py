@@ -148,7 +148,7 @@ def example_prototypes(encoder, examples, text_weight: float = 0.0) -> tuple[lis
 
 
 def classify(
-    store,
+    items,
     label_vectors: np.ndarray,
     labels: Sequence[str],
     targets: Sequence[Modality],
@@ -159,7 +159,7 @@ def classify(
     by id; ``where`` and ``path`` (an absolute glob) select the items as in a search."""
     tables = []
     for modality in targets:
-        table = store.scan(["id", "uri", "modality", "embedding"], ItemFilter(modality=modality, where=where))
+        table = items.scan(["id", "uri", "modality", "embedding"], ItemFilter(modality=modality, where=where))
         if path is not None and table.num_rows:
             table = table.filter(pa.array(glob_mask(table["uri"].to_pylist(), path), pa.bool_()))
         if table.num_rows == 0:

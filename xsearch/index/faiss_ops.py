@@ -1,0 +1,146 @@
+"""FAISS plumbing: vectors made ready for FAISS, IVF-PQ training (its k-means on a GPU when there is one), a
+build's list assignment on a GPU, and the float16 decoder the re-rank reads through."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import numpy as np
+
+from xsearch.index.params import IndexCfg, search_defaults
+
+
+def faiss_module():
+    import faiss
+
+    return faiss
+
+
+def gpu_available() -> bool:
+    try:
+        return faiss_module().get_num_gpus() > 0
+    except Exception:  # a faiss build without GPU support
+        return False
+
+
+def torch_device(device):
+    import torch
+
+    return torch.device(device)
+
+
+def free_bytes(device) -> int:
+    """Free memory on ``device`` (a CUDA device's, or the machine's RAM for the CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+_FP16_DECODERS: dict[int, object] = {}  # FAISS's SIMD fp16 decoder, one per width
+
+
+def to_float32(half: np.ndarray) -> np.ndarray:
+    """float16 -> float32 through FAISS's SIMD fp16 decoder: exact, and twice as fast as numpy's ``astype``,
+    which is most of a re-rank's time."""
+    dim = half.shape[-1]
+    decoder = _FP16_DECODERS.get(dim)
+    if decoder is None:
+        faiss = faiss_module()
+        decoder = _FP16_DECODERS[dim] = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+    codes = np.ascontiguousarray(half).reshape(-1, dim).view(np.uint8)
+    return decoder.sa_decode(codes).reshape(half.shape) if len(codes) else half.astype(np.float32)
+
+
+def add_rows(index, vectors: np.ndarray, first_row: int) -> None:
+    """Add vectors labelled with their row numbers. A flat index labels by position: rows are added in
+    order, and its segments are merged in order, so the position is the row."""
+    if isinstance(index, faiss_module().IndexFlat):
+        index.add(vectors)
+    else:
+        index.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors), dtype=np.int64))
+
+
+def train_size(n: int, cfg: IndexCfg) -> int:
+    if cfg.train_size:
+        return cfg.train_size
+    nlist = cfg.nlist or search_defaults(n)[0]
+    return min(50 * nlist, 100_000)  # memory: 400 MB of samples at 1024-d, and as much for PQ's residuals
+
+
+def train_ivfpq(sample: np.ndarray, n: int, cfg: IndexCfg, clustering=None):
+    """The empty trained IVF-PQ fast-scan index: one recipe on every machine, so that files built on a GPU
+    server are searched on a laptop and the reverse. A GPU, when there is one, does the expensive and
+    portable part, the k-means of the IVF centroids (FAISS's ``clustering_index``, as its ``bench_all_ivf``
+    does); ``clustering`` names another index for that (tests). The PQ codes are trained and added on the
+    CPU: FAISS's GPU IVF-PQ has no fast-scan and caps 1024-d codes at 64 bytes (recall 0.785 where this
+    recipe reaches 0.906, measured on an H200)."""
+    faiss = faiss_module()
+    d = sample.shape[1]
+    nlist = cfg.nlist or search_defaults(n)[0]
+    nlist = min(nlist, max(len(sample) // 39, 1))
+    m = max(1, int(d * cfg.pq_bytes_per_dim * 2))  # 4-bit codes: two sub-quantisers per byte
+    spec = f"IVF{nlist},PQ{m}x4fs"
+    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    clustering = clustering if clustering is not None else gpu_clustering_index(d, cfg)
+    if clustering is not None:
+        ivf.clustering_index = clustering  # k-means assigns there; the centroids land in the CPU quantiser
+    try:
+        index.train(sample)
+    finally:
+        ivf.clustering_index = None  # no GPU object in what is saved; ``clustering`` lives until here
+    return index, spec
+
+
+def gpu_clustering_index(d: int, cfg: IndexCfg):
+    """An exact inner-product index on GPU 0 for k-means assignments, or ``None`` without a GPU."""
+    if not (gpu_available() if cfg.use_gpu is None else cfg.use_gpu):
+        return None
+    faiss = faiss_module()
+    config = faiss.GpuIndexFlatConfig()
+    config.device = 0
+    return faiss.GpuIndexFlatIP(gpu_resources(), d, config)
+
+
+def gpu_quantizer(index, cfg: IndexCfg):
+    """The IVF centroids of ``index`` in an exact index on GPU 0, for a build to assign its rows to lists
+    there; ``None`` for a flat index or without a GPU."""
+    if isinstance(index, faiss_module().IndexFlat) or not (gpu_available() if cfg.use_gpu is None else cfg.use_gpu):
+        return None
+    faiss = faiss_module()
+    return faiss.index_cpu_to_gpu(gpu_resources(), 0, faiss.extract_index_ivf(index).quantizer)
+
+
+@contextlib.contextmanager
+def assigned_by(index, quantizer):
+    """Rows added inside are assigned to their IVF lists by ``quantizer`` (the same centroids, held where
+    the nearest one is found faster: a GPU); the index's own quantiser is back when done, so what is saved
+    is the CPU recipe. ``quantizer=None``: the index's own. The PQ codes are made on the CPU either way
+    (fast-scan codes have no GPU encoder, and FAISS's ``add_core`` with precomputed lists fails on their
+    block inverted lists in faiss 1.15.1), so this is the one part of adding a GPU can take."""
+    if quantizer is None:
+        yield
+        return
+    ivf = faiss_module().extract_index_ivf(index)
+    own = ivf.quantizer
+    ivf.quantizer = quantizer
+    try:
+        yield
+    finally:
+        ivf.quantizer = own
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_resources():
+    """FAISS's GPU memory and streams, made once per process (they are costly) and kept alive."""
+    return faiss_module().StandardGpuResources()

@@ -1,0 +1,373 @@
+"""``Database``: an xsearch database, opened to read its latest state and to write.
+
+Reads go through views (``items()``, ``moments()``, ``errors()``: each table at its latest version;
+``snapshot()``: items and moments pinned together). Every write is one Lance commit (a new table version
+written after its data files), so a writer killed at any moment leaves the previous version intact and
+readers never see half a batch. The files beside the tables go through ``SideFiles``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from xsearch.errors import DatabaseDamaged, StoreError, UsageError
+from xsearch.modalities import Modality
+from xsearch.store import ids as id_marks
+from xsearch.store.filters import ItemFilter, any_of, one_of
+from xsearch.store.lance_errors import guarded, translated
+from xsearch.store.leases import MIN_KEEP, ReaderLease, held_since
+from xsearch.store.opening import connect
+from xsearch.store.schema import (
+    ERRORS,
+    ERRORS_SCHEMA,
+    ITEMS,
+    MOMENTS,
+    ItemRecord,
+    items_schema,
+    items_table,
+    moments_schema,
+    moments_table,
+    now,
+)
+from xsearch.store.side_files import SideFiles
+from xsearch.store.view import TableView
+
+log = logging.getLogger(__name__)
+
+MOMENT_SETTINGS = "moments.json"  # the database's ``MomentCfg``: present once moments are on
+INDEX_FOLDERS = {ITEMS: "faiss", MOMENTS: "faiss-moments"}  # each table's FAISS indices, one folder each
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A database's items and moments, each pinned at one version (moments never older than the items)."""
+
+    items: TableView
+    moments: TableView | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.items.key}+{self.moments.key if self.moments is not None else '-'}"
+
+
+class Database:
+    """An xsearch database directory.
+
+    Example
+    -------
+    >>> db = Database.open("my.db", model_id="imagebind_huge", embed_dim=1024)  # doctest: +SKIP
+    >>> db.add_items([ItemRecord("a.jpg", "image", vector)])  # doctest: +SKIP
+    >>> db.items().count()  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, connection, model_id: str, embed_dim: int, files: SideFiles):
+        self.path = path
+        self._connection = connection
+        self.model_id = model_id
+        self.embed_dim = embed_dim
+        self.files = files
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r}, model={self.model_id!r})"
+
+    # ---- opening -------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, model_id: str | None = None, *, embed_dim: int | None = None, create: bool = True
+    ) -> Database:
+        """Open (or create) the database at ``path``.
+
+        ``model_id`` must match the model that wrote the existing embeddings; embeddings of different
+        models live in different spaces and are never mixed. ``None`` accepts whatever the database holds
+        (a reader). A new database takes ``embed_dim`` from the encoder that will fill it.
+        """
+        path = Path(path)
+        with translated(path):
+            files = SideFiles.at(path)
+            connection, model_id, embed_dim = connect(path, files, model_id, embed_dim, create)
+            return cls(path, connection, model_id, embed_dim, files)
+
+    # ---- views --------------------------------------------------------------------------------------
+
+    def _table(self, name: str):
+        """The LanceTable ``name`` at its latest version (writes go through it)."""
+        with translated(self.path / f"{name}.lance"):
+            return self._connection.open_table(name)
+
+    def _view(self, name: str) -> TableView:
+        with translated(self.path / f"{name}.lance"):
+            dataset = self._connection.open_table(name).to_lance()
+        return TableView(dataset, self.path, name, self.model_id, self.embed_dim)
+
+    def items(self) -> TableView:
+        """The ``items`` table at its latest version."""
+        return self._view(ITEMS)
+
+    def errors(self) -> TableView:
+        """The ``errors`` table at its latest version."""
+        return self._view(ERRORS)
+
+    def has_moments(self) -> bool:
+        return self.files.exists(f"{MOMENTS}.lance")
+
+    def moments(self) -> TableView:
+        """The ``moments`` table at its latest version (``StoreError`` when the database keeps none)."""
+        if not self.has_moments():
+            raise StoreError(f"{self.path}: no moments indexed here (run xsearch index --moments)")
+        return self._view(MOMENTS)
+
+    def view(self, name: str) -> TableView:
+        """``items()`` or ``moments()`` by the table's name."""
+        return self.moments() if name == MOMENTS else self._view(name)
+
+    @guarded
+    def snapshot(self, lease: ReaderLease | None = None) -> Snapshot:
+        """Items and moments frozen at their current versions: every read through the snapshot sees those
+        versions and no later commit. ``lease`` records them, so that a writer's compaction keeps them
+        while the lease lives (taken before the versions are read: no gap)."""
+        if lease is not None:
+            lease.hold(None)  # "the newest version as of now", until the numbers are known
+        items = self.items()
+        moments = self.moments() if self.has_moments() else None  # pinned after the items: never older
+        if lease is not None:
+            lease.hold(items.version, moments.version if moments is not None else None)
+        return Snapshot(items, moments)
+
+    def index_folder(self, name: str) -> Path:
+        """The folder of the FAISS indices over table ``name`` (``faiss/``, ``faiss-moments/``)."""
+        return self.files.local_folder(INDEX_FOLDERS[name])
+
+    def check(self, batch_rows: int = 8192) -> int:
+        """Read every row of every table (what ``info`` vouches for); returns the items read."""
+        rows = self.items().check(batch_rows)
+        self.errors().check(batch_rows)
+        if self.has_moments():
+            self.moments().check(batch_rows)
+        return rows
+
+    # ---- items --------------------------------------------------------------------------------------
+
+    def _with_ids(self, records: Sequence[ItemRecord]) -> pa.Table:
+        """``records`` as rows, new ones given ids above every id handed out (reserved before the commit
+        that uses them: a crash then only skips some)."""
+        next_id = id_marks.next_id(self.files, self.items())
+        for record in records:
+            if record.id is None:
+                record.id, next_id = next_id, next_id + 1
+        table = items_table(records, self.model_id, self.embed_dim)
+        id_marks.reserve(self.files, next_id)
+        return table
+
+    @guarded
+    def add_items(self, records: Sequence[ItemRecord]) -> int:
+        """Append ``records`` in one commit; returns the new table version."""
+        table = self._table(ITEMS)
+        if records:
+            table.add(self._with_ids(records))
+        return table.version
+
+    @guarded
+    def upsert_items(self, records: Sequence[ItemRecord]) -> int:
+        """Insert new uris and replace the rows of known ones, in one commit (ids of replaced uris are kept).
+
+        Example: a file that changed on disk is re-embedded and its row replaced, atomically.
+        """
+        table = self._table(ITEMS)
+        if not records:
+            return table.version
+        known = self.lookup_uris([r.uri for r in records])
+        known_ids = dict(zip(known["uri"].to_pylist(), known["id"].to_pylist()))
+        for record in records:
+            if record.uri in known_ids:
+                record.id = known_ids[record.uri]
+        rows = self._with_ids(records)
+        table.merge_insert("uri").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+        return table.version
+
+    @guarded
+    def update_file_stats(self, stats: dict[str, tuple[int, float]]) -> int:
+        """Set ``(size, mtime)`` of known uris whose bytes did not change (touched or copied), in one commit."""
+        table = self._table(ITEMS)
+        if not stats:
+            return table.version
+        rows = self.items().scan(items_schema(self.embed_dim).names, ItemFilter(uris=list(stats)))
+        uris = rows["uri"].to_pylist()
+        size = pa.array([stats[u][0] for u in uris], pa.int64())
+        mtime = pa.array([stats[u][1] for u in uris], pa.float64())
+        rows = rows.set_column(rows.schema.get_field_index("size"), "size", size)
+        rows = rows.set_column(rows.schema.get_field_index("mtime"), "mtime", mtime)
+        table.merge_insert("uri").when_matched_update_all().execute(rows)
+        return table.version
+
+    @guarded
+    def delete_items(self, *, ids: Sequence[int] = (), uris: Sequence[str] = ()) -> int:
+        """Delete rows by id and/or uri, and their moments, in one commit each; returns the items version."""
+        where = any_of([one_of("id", ids) if len(ids) else None, one_of("uri", uris) if len(uris) else None])
+        table = self._table(ITEMS)
+        if where:
+            doomed = []
+            if self.has_moments():
+                doomed = table.to_lance().to_table(columns=["id"], filter=where)["id"].to_pylist()
+            table.delete(where)
+            if doomed:  # after the rows: a kill between the two leaves moments that ``sweep_moments`` removes
+                self._table(MOMENTS).delete(one_of("item_id", doomed))
+        return table.version
+
+    def lookup_uris(self, uris: Sequence[str]) -> pa.Table:
+        """Rows (without embeddings) of the given uris, at the latest version."""
+        columns = ["id", "uri", "modality", "sha256", "size", "mtime"]
+        if not uris:
+            return pa.table({c: [] for c in columns})
+        return self.items().scan(columns, ItemFilter(uris=list(uris)))
+
+    # ---- errors -------------------------------------------------------------------------------------
+
+    @guarded
+    def record_errors(self, errors: Sequence[tuple[str, str | None, str, str]]) -> None:
+        """Replace the error rows of these uris with ``(uri, modality, stage, message)``, one commit."""
+        if not errors:
+            return
+        stamp = now()
+        columns = zip(*errors)
+        data = dict(zip(["uri", "modality", "stage", "message"], map(list, columns)))
+        data = pa.table({**data, "at": [stamp] * len(errors)}, schema=ERRORS_SCHEMA)
+        self._table(ERRORS).merge_insert("uri").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    @guarded
+    def clear_errors(self, uris: Sequence[str]) -> None:
+        table = self._table(ERRORS)
+        if uris and table.count_rows(one_of("uri", uris)):  # a delete matching nothing still commits
+            table.delete(one_of("uri", uris))
+
+    def error_rows(self) -> pa.Table:
+        return self.errors().scan(ERRORS_SCHEMA.names)
+
+    # ---- moments ------------------------------------------------------------------------------------
+
+    def moment_cfg(self):
+        """How this database cuts files into moments (a ``MomentCfg``), or ``None`` when it keeps none."""
+        from xsearch.moments import MomentCfg
+
+        try:
+            text = self.files.read_text(MOMENT_SETTINGS)
+            return None if text is None else MomentCfg.from_json(json.loads(text))
+        except (OSError, ValueError, KeyError, TypeError, UsageError) as exc:
+            raise DatabaseDamaged(self.files.where(MOMENT_SETTINGS), f"unreadable ({exc})") from None
+
+    @guarded
+    def keep_moments(self, cfg) -> None:
+        """From now on, keep moments cut as ``cfg`` says (the table first, then the settings that say so).
+        A database keeps one way of cutting: another one is refused rather than mixed."""
+        held = self.moment_cfg()
+        if held is not None and held != cfg:
+            raise UsageError(
+                f"{self.path} keeps moments of {held.seconds:g} s every {held.stride:g} s; it cannot mix in "
+                f"{cfg.seconds:g} s every {cfg.stride:g} s (index into a new database to change them)",
+                argument="moment_seconds",
+            )
+        self._connection.create_table(MOMENTS, schema=moments_schema(self.embed_dim), exist_ok=True)
+        if held is None:
+            self.files.write_text(MOMENT_SETTINGS, json.dumps(cfg.as_json()))
+
+    @guarded
+    def replace_moments(self, records: Sequence[ItemRecord]) -> None:
+        """Each record's moments replace whatever its item had, all in one commit (a file's moments are
+        one set, old or new, never both). Records need their ``id`` (``upsert_items`` sets it)."""
+        from xsearch.moments import MAX_ITEM_ID, moment_id
+
+        records = [r for r in records if r.moments is not None]
+        if not records:
+            return
+        if any(r.id is None or r.id >= MAX_ITEM_ID for r in records):
+            raise StoreError(f"{self.path}: item ids past {MAX_ITEM_ID} cannot hold moments; index into a new database")
+        rows = moments_table(records, self.model_id, self.embed_dim, moment_id)
+        table = self._table(MOMENTS)
+        owners = one_of("item_id", [r.id for r in records])
+        if not rows.num_rows:
+            if table.count_rows(owners):
+                table.delete(owners)
+            return
+        (
+            table.merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(owners)
+            .execute(rows)
+        )
+
+    @guarded
+    def moment_at(self, item_id: int, seconds: float, prefer: Modality | None = None) -> dict | None:
+        """The moment of ``item_id`` holding ``seconds`` (``id``, ``modality``, ``start``, ``end``,
+        ``embedding``), of modality ``prefer`` when it has one (a video's picture before its sound); the
+        last one when ``seconds`` is its end. ``None`` when there is none."""
+        columns = ["id", "modality", "start", "end", "embedding"]
+        rows = self.moments().scan(columns, ItemFilter(item_ids=[item_id])).to_pylist()
+        held = [r for r in rows if r["start"] <= seconds < r["end"] or seconds == r["end"]]
+        held.sort(key=lambda r: (r["modality"] != str(prefer), r["end"] == seconds, r["start"]))
+        return held[0] if held else None
+
+    def moment_sets(self) -> dict[int, set[str | None]]:
+        """``{item id: the sha256s its moments were made from}``: one each, unless a run was killed between
+        the item's commit and its moments'."""
+        if not self.has_moments():
+            return {}
+        table = self.moments().scan(["item_id", "sha256"])
+        sets: dict[int, set[str | None]] = {}
+        for pair in table.group_by(["item_id", "sha256"]).aggregate([]).to_pylist():
+            sets.setdefault(pair["item_id"], set()).add(pair["sha256"])
+        return sets
+
+    @guarded
+    def sweep_moments(self) -> int:
+        """Delete moments whose file's row is gone or holds other bytes (left by a killed run): one commit
+        when there are any. Returns how many."""
+        if not self.has_moments():
+            return 0
+        current = {row["id"]: row["sha256"] for row in self.items().scan(["id", "sha256"]).to_pylist()}
+        stale = [i for i, hashes in self.moment_sets().items() if i not in current or hashes != {current[i]}]
+        if not stale:
+            return 0
+        table = self._table(MOMENTS)
+        doomed = one_of("item_id", stale)
+        count = table.count_rows(doomed)
+        table.delete(doomed)
+        return count
+
+    # ---- upkeep -------------------------------------------------------------------------------------
+
+    @guarded
+    def compact(self, min_keep: dt.timedelta | None = None) -> None:
+        """Merge small data files and delete the versions no reader holds.
+
+        Every commit adds a version and a touched file rewrites its row (Lance updates are copy-on-write),
+        so without this a database grows with every run. A reader holding a version says so in a lease
+        (``ReaderLease``): every version from the oldest one held on is kept, and otherwise those of the last
+        ``min_keep`` (default ``MIN_KEEP``; for readers that take no lease), so a run every minute keeps the
+        database's size.
+        """
+        min_keep = MIN_KEEP if min_keep is None else min_keep
+
+        def keep(table, held_as: str) -> dt.timedelta:
+            held = held_since(self.files, table.to_lance().versions(), held_as)
+            return min_keep if held is None else max(min_keep, now() - held + dt.timedelta(seconds=1))
+
+        items = self._table(ITEMS)
+        kept_items = keep(items, "version")
+        plan = [(items, kept_items), (self._table(ERRORS), kept_items)]  # nobody reads errors at a version
+        if self.has_moments():
+            moments = self._table(MOMENTS)
+            plan.append((moments, keep(moments, "moments")))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=")  # we know who reads
+            for table, kept in plan:
+                table.optimize(cleanup_older_than=kept)

@@ -1,0 +1,105 @@
+"""Who holds what: the writer lock (one ``xsearch index`` at a time per database) and the readers' leases
+on the table versions they read, which a writer's compaction keeps."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+
+from xsearch.store.schema import now
+from xsearch.store.side_files import SideFiles
+
+log = logging.getLogger(__name__)
+
+READERS = "readers"  # one lease file per reader holding a version (``ReaderLease``)
+LEASE_SECONDS = 900  # a lease not renewed for this long is a dead reader's (a killed process leaves one)
+MIN_KEEP = dt.timedelta(seconds=60)  # old versions kept for readers that take no lease (other tools)
+
+
+def _side_files(where: str | os.PathLike | SideFiles) -> SideFiles:
+    return where if isinstance(where, SideFiles) else SideFiles.at(where)
+
+
+@contextlib.contextmanager
+def writer_lock(where: str | os.PathLike | SideFiles) -> Iterator[None]:
+    """Hold the database's writer lock (created with its folder when new); readers never take it. A second
+    writer gets a ``StoreError`` naming the holder."""
+    with _side_files(where).writer_lock():
+        yield
+
+
+class ReaderLease:
+    """A reader's note, in ``<db>/readers/``, of the table versions it holds (``None``: the newest as of the
+    note), so that a writer's compaction keeps them. Renewed when the reader moves, removed by ``release``;
+    a killed reader's note expires after ``LEASE_SECONDS``. A database the reader cannot write takes no
+    note (nothing compacts it either)."""
+
+    def __init__(self, where: str | os.PathLike | SideFiles):
+        self.files = _side_files(where)
+        self.name = f"{READERS}/{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        self.held: int | None = None
+        self.held_moments: int | None = None
+        self.noted = False
+        atexit.register(self.release)
+
+    @property
+    def file(self):
+        return self.files.where(self.name)
+
+    def hold(self, version: int | None, moments: int | None = None) -> None:
+        """Note ``version`` of items and ``moments`` of the moments table (``None``: the newest as of now).
+        Holding an older version than the one read is safe (compaction keeps everything from it on), so a
+        reader renews its note only when it moves."""
+        if self.noted and (version is None or (version, moments) == (self.held, self.held_moments)):
+            return
+        self.held, self.held_moments, self.noted = version, moments, True
+        note = {
+            "version": version,
+            "moments": moments,
+            "at": now().timestamp(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        try:
+            self.files.make_folder(READERS)
+            self.files.write_text(self.name, json.dumps(note))
+        except OSError:
+            log.debug("%s: cannot note the version this reader holds (read-only?)", self.files.where(READERS))
+
+    def release(self) -> None:
+        self.noted = False
+        with contextlib.suppress(OSError):
+            self.files.remove(self.name)
+
+
+def held_since(files: SideFiles, versions: list[dict], field: str = "version") -> dt.datetime | None:
+    """The commit time of the oldest version of a table (``versions``) that a live reader holds (``None``:
+    none is held); ``field`` names the table in a lease note (``version``: items, ``moments``)."""
+    times = sorted((v["timestamp"].astimezone(dt.UTC), v["version"]) for v in versions)
+    oldest = None
+    for name in files.names(READERS, ".json") if files.is_folder(READERS) else []:
+        try:
+            note = json.loads(files.read_text(name) or "")
+            at = dt.datetime.fromtimestamp(float(note["at"]), dt.UTC)
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a note that means nothing
+            continue
+        if not files.alive(note) or (now() - at).total_seconds() > LEASE_SECONDS:
+            with contextlib.suppress(OSError):
+                files.remove(name)  # a dead reader's
+            continue
+        if note.get(field) is not None:
+            held = next((t for t, v in times if v == note[field]), None)
+        elif note.get("version") is not None:  # holds items read before this table existed: nothing of it
+            continue
+        else:  # noted before it read: the newest version committed by then
+            held = max((t for t, _ in times if t <= at), default=None)
+        if held is not None and (oldest is None or held < oldest):
+            oldest = held
+    return oldest

@@ -1,0 +1,168 @@
+"""``TableView``: one table of a database at one version, read-only.
+
+A view is built from a Lance dataset handed to it, which is fixed at its version: every read through the
+view (counts, rows, vectors, ids, the indices built from it) sees that version and no later commit. It has
+no write method; writes go through ``Database``, and the next view sees them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from xsearch.errors import StoreError, UsageError
+from xsearch.modalities import Modality
+from xsearch.store.filters import ItemFilter, filter_problem
+from xsearch.store.lance_errors import guarded, one_line, storage_problem, translated
+from xsearch.store.schema import NOT_FILTERABLE, embeddings_to_numpy
+
+log = logging.getLogger(__name__)
+
+
+class TableView:
+    """``dataset`` (a ``lance.LanceDataset`` at one version) of the table ``name`` in the database at
+    ``path``, whose embeddings are ``model_id``'s, ``embed_dim`` wide.
+
+    Example
+    -------
+    >>> view = database.items()  # doctest: +SKIP
+    >>> view.count(Modality.IMAGE), view.version  # doctest: +SKIP
+    """
+
+    def __init__(self, dataset, path: Path, name: str, model_id: str, embed_dim: int):
+        self._dataset = dataset
+        self.path = Path(path)  # the database, for messages
+        self.name = name  # for messages only
+        self.model_id = model_id
+        self.embed_dim = embed_dim
+
+    def __repr__(self) -> str:
+        return f"TableView({str(self.path)!r}, {self.name!r}, version={self.version})"
+
+    @property
+    def _file(self) -> Path:
+        return self.path / f"{self.name}.lance"
+
+    # ---- what version -----------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The table version this view reads: what an index built from it records as covered."""
+        return self._dataset.version
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The version and its commit time: unlike the number alone, it cannot come back (a lost newest
+        manifest makes the next commit reuse its number)."""
+        with translated(self._file):
+            moment = next(v["timestamp"] for v in reversed(self.versions()) if v["version"] == self.version)
+        return f"{self.version}@{moment.isoformat()}"
+
+    def versions(self) -> list[dict]:
+        """Every version the table keeps (``version``, ``timestamp``...), as Lance lists them."""
+        return self._dataset.versions()
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._dataset.schema
+
+    @property
+    def half_vectors(self) -> bool:
+        """Whether the table keeps its embeddings as float16 (so float16 copies of them lose nothing)."""
+        return self._dataset.schema.field("embedding").type.value_type == pa.float16()
+
+    def has_column(self, name: str) -> bool:
+        return name in self._dataset.schema.names
+
+    # ---- reads ----------------------------------------------------------------------------------------
+
+    @guarded
+    def count(self, modality: Modality | None = None) -> int:
+        return self._dataset.count_rows(ItemFilter(modality=modality).sql())
+
+    def scan(self, columns: Sequence[str], where: ItemFilter | None = None) -> pa.Table:
+        """``columns`` of the rows ``where`` selects (all when ``None``) as an Arrow table."""
+        sql = where.sql() if where is not None else None
+        # Belt and braces: rows a caller's predicate selects are re-checked against the modality asked for.
+        recheck = where is not None and where.where is not None and where.modality is not None
+        read = list(columns) + (["modality"] if recheck and "modality" not in columns else [])
+        try:
+            table = self._dataset.to_table(columns=read, filter=sql)
+        except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
+            if where is None or not where.where:
+                problem = storage_problem(self._file, exc)
+                raise problem or StoreError(f"{self.path}: reading {self.name} failed ({one_line(str(exc))})") from None
+            filterable = ", ".join(n for n in self._dataset.schema.names if n not in NOT_FILTERABLE)
+            raise UsageError(
+                f"bad filter {where.where!r}: {filter_problem(str(exc))} (columns: {filterable})", argument="where"
+            ) from None
+        if recheck:
+            table = table.filter(pc.equal(table["modality"], str(where.modality))).select(list(columns))
+        return table
+
+    @guarded
+    def modalities(self) -> list[Modality]:
+        """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
+        names = set(self.scan(["modality"])["modality"].unique().to_pylist())
+        unknown = names - {m.value for m in Modality}
+        if unknown:
+            log.warning("%s: rows of unregistered modalities %s are not searched", self.path, sorted(unknown))
+        return [m for m in Modality if m.value in names]
+
+    def ids(self, modality: Modality | None = None) -> np.ndarray:
+        return self.scan(["id"], ItemFilter(modality=modality))["id"].to_numpy()
+
+    def lookup(self, key: int | str, columns: Sequence[str]) -> dict | None:
+        """One row's ``columns`` by id (an int) or uri (a str), or ``None`` when there is none."""
+        rows = self.scan(columns, ItemFilter.item(key)).to_pylist()
+        return rows[0] if rows else None
+
+    def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
+        """``{id: row}`` of ``columns`` for the ids that exist."""
+        if len(ids) == 0:
+            return {}
+        table = self.scan(["id", *[c for c in columns if c != "id"]], ItemFilter(ids=list(ids)))
+        return {row["id"]: row for row in table.to_pylist()}
+
+    @guarded
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
+        if len(ids) == 0:
+            return np.empty(0, np.int64), np.empty((0, self.embed_dim), np.float32)
+        table = self.scan(["id", "embedding"], ItemFilter(ids=np.unique(ids)))
+        order = np.argsort(table["id"].to_numpy())
+        found = table["id"].to_numpy()[order]
+        return found, embeddings_to_numpy(table["embedding"])[order]
+
+    def iter_vectors(self, where: ItemFilter, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, float32 [n, dim])`` batches of the rows ``where`` selects, streamed from disk."""
+        batches = self._dataset.to_batches(columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows)
+        with translated(self._file):
+            for batch in batches:
+                if batch.num_rows:
+                    yield batch.column("id").to_numpy(), embeddings_to_numpy(batch.column("embedding"))
+
+    def last_indexed_at(self) -> str | None:
+        """The newest ``indexed_at`` (ISO, UTC): what an index records as covered."""
+        column = self.scan(["indexed_at"])["indexed_at"]
+        newest = pc.max(column).as_py() if len(column) else None
+        return newest.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if newest else None
+
+    def ids_indexed_after(self, moment: str, modality: Modality | None = None) -> np.ndarray:
+        """Ids whose row was (re)written after ``moment`` (as returned by ``last_indexed_at``)."""
+        return self.scan(["id"], ItemFilter(modality=modality, indexed_after=moment))["id"].to_numpy()
+
+    def check(self, batch_rows: int = 8192) -> int:
+        """Read every row of every column (what ``info`` vouches for); returns the rows read."""
+        rows = 0
+        with translated(self._file):
+            for batch in self._dataset.to_batches(batch_size=batch_rows):
+                rows += batch.num_rows
+        return rows
