@@ -149,7 +149,13 @@ def main() -> None:
                     worker.join()
                 rate[threads] = sum(done) / (time.perf_counter() - started)
             medians.setdefault("threads", []).append(rate[2] / rate[1])
-            emit(round=round_, kind="threads", one=round(rate[1], 1), two=round(rate[2], 1), x=round(rate[2] / rate[1], 2))
+            emit(
+                round=round_,
+                kind="threads",
+                one=round(rate[1], 1),
+                two=round(rate[2], 1),
+                x=round(rate[2] / rate[1], 2),
+            )
         summary = {name: round(statistics.median(values), 3) for name, values in medians.items()}
         summary["item_over_flat"] = round(summary["item"] / summary["flat"], 2)
         summary["item_over_index"] = round(summary["item"] / summary["index"], 2)

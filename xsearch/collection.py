@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -79,6 +80,7 @@ class Collection:
         self.exact_budget_bytes = exact_budget_bytes
         self._store = None
         self._engine = None
+        self._making = threading.RLock()  # the encoder and the engine are made once, by one thread
 
     @classmethod
     def open(cls, path: str | os.PathLike | None, **kwargs) -> Collection:
@@ -153,12 +155,17 @@ class Collection:
     @property
     def encoder(self):
         """The encoder, loaded on first use."""
-        if self._encoder is None:
-            self._encoder = self.model_choice().load()
+        with self._making:  # serve's threads: one load
+            if self._encoder is None:
+                self._encoder = self.model_choice().load()
         return self._encoder
 
     @property
     def engine(self):
+        with self._making:
+            return self._engine or self._make_engine()
+
+    def _make_engine(self):
         if self._engine is None:
             from xsearch.query.engine import Engine
 

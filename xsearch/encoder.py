@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections import defaultdict
 from typing import Literal
 
@@ -121,6 +122,14 @@ class Encoder:
         # Input shapes belong to the model: its config makes the preprocessing config.
         self.preprocess = preprocess if preprocess is not None else PreprocessCfg.for_model(model.cfg)
         self.model_id = model.model_id
+        self._lock = threading.RLock()  # one batch at a time through the model, whoever asks (serve's threads)
+
+    def __getstate__(self) -> dict:  # shipped to a cluster's actors: the lock stays here
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @classmethod
     def from_pretrained(
@@ -162,15 +171,16 @@ class Encoder:
     def encode(self, modality: Modality | Tower | str, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` of preprocessed inputs -> ``[B, embed_dim]`` float32 unit vectors on the CPU."""
         tower = as_tower(modality)
-        self._ensure(tower)
-        x = batch.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:  # pixels as decode workers hand them over: normalised here, on the device
-            x = self.preprocess[Modality(modality)].normalise(x)
-        if x.is_floating_point():
-            x = x.to(self.dtype)
-        quantised = self.int8 is not None and self.int8.covers(tower)
-        out = self._embed_int8(tower, x) if quantised else self.model.embed(tower, x)
-        return F.normalize(out.float(), dim=-1).cpu()
+        with self._lock:
+            self._ensure(tower)
+            x = batch.to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:  # pixels as decode workers hand them over: normalised here, on the device
+                x = self.preprocess[Modality(modality)].normalise(x)
+            if x.is_floating_point():
+                x = x.to(self.dtype)
+            quantised = self.int8 is not None and self.int8.covers(tower)
+            out = self._embed_int8(tower, x) if quantised else self.model.embed(tower, x)
+            return F.normalize(out.float(), dim=-1).cpu()
 
     def encode_stacked(self, outcome: Outcome, batch_size: int = 16) -> np.ndarray | None:
         """An outcome whose tensor stacks many inputs of its modality ``[N, ...]`` (a chunk of a file's

@@ -202,3 +202,16 @@ def parse_clock(text: str) -> float | None:
     for part in parts:
         seconds = seconds * 60 + float(part)
     return seconds
+
+
+def moment_at(moments, item_id: int, seconds: float, prefer: Modality | None = None) -> dict | None:
+    """The moment of ``item_id`` holding ``seconds`` in the ``moments`` view (``id``, ``modality``, ``start``,
+    ``end``, ``embedding``), of modality ``prefer`` when it has one (a video's picture before its sound);
+    the last one when ``seconds`` is its end. ``None`` when there is none."""
+    from xsearch.store import ItemFilter
+
+    columns = ["id", "modality", "start", "end", "embedding"]
+    rows = moments.scan(columns, ItemFilter(item_ids=[item_id])).to_pylist()
+    held = [r for r in rows if r["start"] <= seconds < r["end"] or seconds == r["end"]]
+    held.sort(key=lambda r: (r["modality"] != str(prefer), r["end"] == seconds, r["start"]))
+    return held[0] if held else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -100,4 +101,5 @@ def content_mismatch(modality: Modality, head: bytes) -> str | None:
 
 def glob_mask(uris: list[str], pattern: str) -> list[bool]:
     """Which of ``uris`` match ``pattern``, an absolute path glob (``SearchOptions.path``)."""
-    return [fnmatch.fnmatch(uri, pattern) for uri in uris]
+    match = re.compile(fnmatch.translate(pattern)).match  # fnmatch's own rule, compiled once for every uri
+    return [match(uri) is not None for uri in uris]

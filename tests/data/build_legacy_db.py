@@ -36,11 +36,16 @@ def tiny_encoder() -> Encoder:
 
 
 def answers(collection: Collection, photo: int, sound: int) -> dict:
-    """What the database answers: a stored image, a text, a moment; its counts and indices."""
+    """What the database answers, for every kind of search: stored items, a text, a filter, a glob, a
+    composed query, moments; its counts and indices."""
 
     def search(query: Query, **options) -> list[list]:
         found = collection.search(query, k=4, **options)
-        return [[r.id, Path(r.uri).name, r.modality.value, round(r.score, 5), r.start, r.end] for r in found]
+        return [
+            [r.id, Path(r.uri).name, r.modality.value, round(r.score, 5), round(r.calibrated or 0.0, 3), r.start, r.end,
+             sorted(Path(d).name for d in r.duplicates)]
+            for r in found
+        ]  # fmt: skip
 
     info = collection.info()
     return {
@@ -48,7 +53,12 @@ def answers(collection: Collection, photo: int, sound: int) -> dict:
         "indices_fresh": sorted(name for name, facts in info["indices"].items() if facts["fresh"]),
         "item_search": search(Query.item(photo), target="image"),
         "text_search": search(Query.text("a red photo")),
+        "where_search": search(Query.item(photo), target="image", where="width >= 300"),
+        "path_search": search(Query.item(photo), path="/*photo[12].jpg"),
+        "composed_search": search(Query.item(photo) + Query.item(sound) * 0.5 - Query.text("noise") * 0.2),
+        "excluding_search": search(Query.item(photo), target="image", exclude_query_items=True),
         "moment_search": search(Query.item(sound, at=9.0), moments=True, target="audio"),
+        "moments_per_file": search(Query.text("a loud event"), moments=True, per_file=2),
     }
 
 

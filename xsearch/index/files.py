@@ -52,6 +52,13 @@ class Rows:
     def __len__(self) -> int:
         return sum(len(p) for p in self.ids_parts)
 
+    def copy(self) -> Rows:
+        """Rows to append to while this one is read: the lists are new, the arrays shared (never written)."""
+        out = Rows(self.dim)
+        out.ids_parts, out.vector_parts = list(self.ids_parts), list(self.vector_parts)
+        out.saved, out.unsaved = self.saved, list(self.unsaved)
+        return out
+
     @property
     def ids(self) -> np.ndarray:
         if self._ids is None:

@@ -165,6 +165,8 @@ class IndexSet:
         removed = np.setdiff1d(live, current, assume_unique=True)
         after = np.sort(self.view.ids_indexed_after(meta["indexed_until"], modality))
         updated = np.intersect1d(after, live, assume_unique=True)
+        if previous is not None:  # searches may still read the one in memory: change a copy
+            index = index.copy()
         index.remove(np.union1d(removed, updated))
         found, vectors = self.view.vectors(np.union1d(added, updated))
         index.add(found, vectors)

@@ -3,6 +3,7 @@ exact below the flat threshold, IVF-PQ re-ranked exactly against float16 rows ab
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -67,6 +68,8 @@ class VectorIndex:
         self.trained_crc32: int | None = None  # of ``trained.faiss``, once written or read
         self.nprobe, self.refine = cfg.nprobe, cfg.refine_factor
         self._selector = None
+        self._live: int | None = None  # rows not masked
+        self._prepared = False
         self._live_ids = None
         self._exact = None  # an ExactSearcher holding the rows on a GPU (``use_exact``)
         self._rerank_device = None  # past the exact budget: IVF candidates re-ranked there (``use_exact``)
@@ -76,7 +79,9 @@ class VectorIndex:
         self.vectors_in_rows = False
 
     def __len__(self) -> int:
-        return int(len(self.dead) - self.dead.sum())
+        if self._live is None:
+            self._live = int(len(self.dead) - self.dead.sum())
+        return self._live
 
     @property
     def ids(self) -> np.ndarray:
@@ -142,8 +147,33 @@ class VectorIndex:
         self._changed()
 
     def _changed(self) -> None:
-        self._selector = self._live_ids = None
-        self._exact_stale = True
+        self._selector = self._live_ids = self._live = None
+        self._exact_stale, self._prepared = True, False
+
+    def copy(self) -> VectorIndex:
+        """A copy that a top-up may change while searches still read this one: the FAISS index cloned, the
+        rows' arrays shared (they are never written in place), the mask copied; not prepared, and not on a
+        device until offered one."""
+        out = copy.copy(self)
+        out.index = faiss_module().clone_index(self.index)
+        out.rows, out.dead, out._exact = self.rows.copy(), self.dead.copy(), None
+        out._changed()
+        return out
+
+    def prepare(self) -> None:
+        """Make what searches read (the mask's selector, the device copy, the live ids and count) before
+        threads share the index: ``search`` then changes nothing, so several may run at once."""
+        if self._prepared:
+            return
+        if self.dead.any() and self._selector is None:
+            bits = np.packbits(~self.dead, bitorder="little")
+            faiss = faiss_module()
+            self._selector = (faiss.IDSelectorBitmap(len(self.dead), faiss.swig_ptr(bits)), bits)  # bits kept alive
+        if self._exact is not None and self._exact_stale:
+            self._exact.refresh(self.rows.vectors_f16(start=len(self._exact)), self.dead)
+            self._exact_stale = False
+        len(self), self.ids  # noqa: B018  (cached)
+        self._prepared = True
 
     def use_exact(self, device, budget_bytes: int | None = None) -> bool:
         """Answer searches exactly on ``device`` (a GPU) from the rows' float16 vectors, when they fit
@@ -158,7 +188,8 @@ class VectorIndex:
             log.info("%d vectors exceed the exact-search budget on %s: IVF, re-ranked there", len(self.rows), device)
             self._exact, self._rerank_device = None, device
             return False
-        self._exact, self._exact_stale, self._rerank_device = ExactSearcher(device), True, None
+        self._exact, self._rerank_device = ExactSearcher(device), None
+        self._exact_stale, self._prepared = True, False
         return True
 
     def needs_rebuild(self, topups: int) -> str | None:
@@ -172,34 +203,40 @@ class VectorIndex:
 
     # ---- search ----------------------------------------------------------------------------------------
 
-    def _params(self):
+    @property
+    def scores_exactly(self) -> bool:
+        """Whether ``search`` scores every row it may return exactly on the CPU (a flat index), so that a
+        search ``within`` some ids is an exact search of those."""
+        return self.kind == "flat" and self._exact is None
+
+    def _params(self, within: np.ndarray | None = None):
         faiss = faiss_module()
-        if self.dead.any() and self._selector is None:
-            bits = np.packbits(~self.dead, bitorder="little")
-            self._selector = (faiss.IDSelectorBitmap(len(self.dead), faiss.swig_ptr(bits)), bits)  # bits kept alive
-        selector = self._selector[0] if self._selector is not None and self.dead.any() else None
+        selector = self._selector[0] if self._selector is not None else None
+        if within is not None:  # this search's own selector: the live rows of those ids
+            bits = np.packbits(~self.dead & np.isin(self.rows.ids, within), bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(self.dead), faiss.swig_ptr(bits))
+            selector.referenced_objects = [bits]  # FAISS's keep-alive: the bits live as long as the selector
         if self.kind == "flat":
             return faiss.SearchParameters(sel=selector) if selector is not None else None
         return faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores [q, k], ids [q, k])``, best first; ids are -1 and scores -inf where fewer than k exist."""
+    def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [q, k], ids [q, k])``, best first; ids are -1 and scores -inf where fewer than k exist.
+        ``within``: only rows of these ids (not on a device: there every row is scored)."""
+        self.prepare()  # a no-op for an index the engine published
         queries = normalise(np.atleast_2d(queries))
         k_eff = min(k, len(self))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         if k_eff == 0:
             return scores, out_ids
-        if self._exact is not None:
-            if self._exact_stale:
-                self._exact.refresh(self.rows.vectors_f16(start=len(self._exact)), self.dead)
-                self._exact_stale = False
+        if self._exact is not None and within is None:
             s, rows = self._exact.search(queries, k_eff)
             self._check(s)
             scores[:, :k_eff] = s
             out_ids[:, :k_eff] = np.where(rows >= 0, self.rows.ids[np.maximum(rows, 0)], -1)
             return scores, out_ids
-        params = self._params()
+        params = self._params(within)
         if self.kind == "flat":
             s, rows = self.index.search(queries, k_eff, params=params)
             self._check(s)

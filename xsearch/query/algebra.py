@@ -1,9 +1,10 @@
 """The query algebra: a query is a weighted sum of inputs, each a ``Term`` type that embeds and describes itself.
 
 Pure data: nothing here loads a model or opens a database. A term's ``embed(context)`` asks the context
-(the search engine) for what it needs: ``context.encoder`` for files and text, ``context.db`` (the
-``Database``) for stored items. Because ImageBind puts every modality in one space, "this bird photo + the
-sound of waves" is ``Query.image("bird.jpg") * 0.6 + Query.audio("waves.wav") * 0.4``.
+(the search engine) for what it needs: ``context.encoder`` for files and text, ``context.items`` and
+``context.moments`` (the stored rows the search reads) for stored items. Because ImageBind puts every
+modality in one space, "this bird photo + the sound of waves" is
+``Query.image("bird.jpg") * 0.6 + Query.audio("waves.wav") * 0.4``.
 
 Example
 -------
@@ -35,7 +36,15 @@ class EmbedContext(Protocol):
     def encoder(self): ...
 
     @property
-    def db(self): ...
+    def embed_dim(self) -> int: ...
+
+    @property
+    def items(self):
+        """The stored items (a ``TableView`` of the version the search reads)."""
+
+    @property
+    def moments(self):
+        """The stored moments of that version (a ``TableView``), or ``None`` when none are kept."""
 
     def embed_file(self, path: str, modality: Modality):
         """The file decoded (under the same limits as indexed files) and encoded: an ``Outcome``."""
@@ -146,7 +155,7 @@ class VectorTerm(Term):
         return f"Query.vector({self._shown()})"
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
-        dim = context.db.embed_dim
+        dim = context.embed_dim
         if self.vector.shape[0] != dim:
             raise QueryError(f"query vector has {self.vector.shape[0]} values, expected {dim}")
         return self.vector, QueryInput(self)
@@ -173,21 +182,21 @@ class ItemTerm(Term):
         return f"Query.item({self.key!r})" if self.at is None else f"Query.item({self.key!r}, at={self.at:g})"
 
     def embed(self, context: EmbedContext) -> tuple[np.ndarray, QueryInput]:
-        from xsearch.moments import clock
+        from xsearch.moments import clock, moment_at
 
-        db = context.db
-        row = db.items().lookup(self.key, ["id", "embedding", "uri", "modality", "thumbnail"])
+        items, moments = context.items, context.moments
+        row = items.lookup(self.key, ["id", "embedding", "uri", "modality", "thumbnail"])
         if row is None:
-            raise ItemNotFound(self.key, db.path)
+            raise ItemNotFound(self.key, items.path)
         modality = Modality(row["modality"])
         if self.at is None:
             vector = np.asarray(row["embedding"], dtype=np.float32)
             return vector, QueryInput(self, modality, row["uri"], row["thumbnail"], row["id"])
-        moment = db.moment_at(row["id"], self.at, prefer=modality) if db.has_moments() else None
+        moment = moment_at(moments, row["id"], self.at, prefer=modality) if moments is not None else None
         if moment is None:
             raise QueryError(
                 f"item {self.key!r} ({row['uri']}) has no moment at {clock(self.at)}"
-                + ("" if db.has_moments() else " (index it with --moments)")
+                + ("" if moments is not None else " (index it with --moments)")
             )
         vector = np.asarray(moment["embedding"], dtype=np.float32)
         shown = Modality(moment["modality"])

@@ -9,10 +9,13 @@ calibration samples; what differs is a small policy (``xsearch.query.targets``).
 
 One snapshot per version: everything a search reads (indices, calibration samples, the hashes held by
 several rows, counts, rows) comes from views of the database pinned at one version each
-(``Database.snapshot``), so an answer never mixes the commits of a concurrent ``xsearch index``. A table's
-state is kept while its view's ``key`` is unchanged; the next one tops up the previous one's indices in
-memory rather than reading their files again. Indices are never written from here
-(``IndexSet.current(persist=False)``).
+(``Database.snapshot``), so an answer never mixes the commits of a concurrent ``xsearch index``. The
+snapshot is kept while nothing is committed (a check of the latest version numbers, no read); the next one
+tops up copies of the previous one's indices in memory rather than reading their files again. Indices are
+never written from here (``IndexSet.current(persist=False)``).
+
+Searches run side by side: a snapshot, its views and the indices it publishes never change once made
+(a top-up changes a copy), so the engine's lock covers only making them; the model has its own lock.
 """
 
 from __future__ import annotations
@@ -35,12 +38,16 @@ from xsearch.query.ranking import Calibration, Hit, cut, fold_duplicates, lead, 
 from xsearch.query.results import Results
 from xsearch.query.targets import ITEMS_TARGET, MOMENTS_TARGET
 from xsearch.store import ITEMS, MOMENTS, ItemFilter, ReaderLease, TableView
+from xsearch.store import Snapshot as Pinned
 
 log = logging.getLogger(__name__)
 
 # With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
 EXACT_FILTER_LIMIT = 200_000
 FILTER_OVERFETCH = 20  # candidates per wanted hit when the index is searched under a large filter
+# Up to this many filtered rows are scored from their stored vectors (read by position); more, by a flat
+# index searching only those rows (exact, and without reading every vector from the table).
+EXACT_FROM_ROWS = 4096
 
 
 @dataclass
@@ -63,12 +70,9 @@ class ViewState:
 class Snapshot:
     """The database at one version, as the engine searches it: its items and its moments (when kept)."""
 
+    pinned: Pinned
     items: ViewState
     moments: ViewState | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.items.key}+{self.moments.key if self.moments is not None else '-'}"
 
 
 class Engine:
@@ -133,15 +137,17 @@ class Engine:
     # ---- snapshots ------------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """The database's current versions, frozen (each table's state kept while its view's key holds)."""
+        """The database's current versions, frozen (the one held while nothing was committed since)."""
         with self._lock:
-            pinned = self.db.snapshot(self._lease)
             previous = self._snapshot
+            pinned = self.db.snapshot(self._lease, previous.pinned if previous is not None else None)
+            if previous is not None and pinned is previous.pinned:
+                return previous
             items = self._renewed(previous and previous.items, pinned.items, ITEMS)
             moments = None
             if pinned.moments is not None:
                 moments = self._renewed(previous and previous.moments, pinned.moments, MOMENTS)
-            self._snapshot = Snapshot(items, moments)
+            self._snapshot = Snapshot(pinned, items, moments)
             return self._snapshot
 
     def _renewed(self, previous: ViewState | None, view: TableView, table: str) -> ViewState:
@@ -156,24 +162,31 @@ class Engine:
 
     def index(self, modality: Modality, state: ViewState | None = None):
         """The modality's FAISS index over ``state``'s view (default: the current items), brought up to date
-        in memory (only ``xsearch index`` writes index files)."""
+        in memory (only ``xsearch index`` writes index files) and ready to be searched from any thread: it
+        does not change afterwards."""
         state = state or self.snapshot().items
         with self._lock:
             cached = state.loaded.get(modality)
             if cached is None or cached[1].get("version_key") != state.key:
-                cached = state.loaded[modality] = state.indices.current(modality, persist=False, previous=cached)
-            index = cached[0]
-            if self.exact_device is not None and index not in self._exact_tried:
-                self._exact_tried.add(index)
-                index.use_exact(self.exact_device, self.exact_budget_bytes)
-            return index
+                cached = state.indices.current(modality, persist=False, previous=cached)
+                self._publish(state, modality, cached)
+            return cached[0]
+
+    def _publish(self, state: ViewState, modality: Modality, loaded: tuple) -> None:
+        """An index made ready (on the device where asked), then offered to searches."""
+        index = loaded[0]
+        if self.exact_device is not None and index not in self._exact_tried:
+            self._exact_tried.add(index)
+            index.use_exact(self.exact_device, self.exact_budget_bytes)
+        index.prepare()
+        state.loaded[modality] = loaded
 
     # ---- embedding ------------------------------------------------------------------------------------
 
-    def embed_inputs(self, query: Query) -> tuple[np.ndarray, list]:
+    def embed_inputs(self, query: Query, snapshot: Snapshot | None = None) -> tuple[np.ndarray, list]:
         """The query's unit vector ``float32 [dim]`` and what each input turned out to be (stored items are
-        read at the database's newest version; the search that follows takes its one snapshot)."""
-        context = _Context(self, self.db)
+        read from ``snapshot``, default: the current one)."""
+        context = _Context(self, snapshot or self.snapshot())
         embedded = [term.embed(context) for term in query.terms]
         vectors = np.stack([np.asarray(v, dtype=np.float64) for v, _ in embedded])
         return combine(vectors, [t.weight for t in query.terms]), [info for _, info in embedded]
@@ -195,29 +208,28 @@ class Engine:
         merged by calibrated score (``ranking``); then duplicates are folded and the cut-offs applied."""
         query = Query.of(query)
         options = SearchOptions.of(options, **overrides)  # a typo fails here, before any model is loaded
-        vector, inputs = self.embed_inputs(query)
         target = MOMENTS_TARGET if options.moments else ITEMS_TARGET
-        with self._lock:  # one version for everything below
-            snapshot = self.snapshot()
-            state = target.state(snapshot)
-            modalities = target.searched(self.targets(options.target, state), state)
-            by_calibrated = len(modalities) > 1
-            k = min(options.k, state.view.count())  # never allocate for more results than there are rows
-            own = target.own(inputs)
-            fetch, hits, rows, leading = target.fetch(k, options), [], {}, set()
-            while k:
-                hits, exhausted = self._gather(state, vector, modalities, fetch, options, by_calibrated)
-                rows = target.rows(snapshot, [h.id for h in hits])  # serves dedup and results
-                hits = [h for h in hits if h.id in rows]
-                leading = target.leading(own, rows)
-                if options.dedup:
-                    hits = self._deduplicated(snapshot, state, target, hits, rows, own)
-                hits = target.per_file(lead(hits, leading, options.exclude_query_items), rows, options, leading)
-                if len(hits) >= k or exhausted:
-                    break
-                fetch *= 2  # duplicates took places: look further down each modality's list
-            hits = cut(hits[:k], options, by_calibrated, kept=leading)
-            results = [target.result(rank, hit, rows[hit.id]) for rank, hit in enumerate(hits, start=1)]
+        snapshot = self.snapshot()  # one version for everything below
+        vector, inputs = self.embed_inputs(query, snapshot)
+        state = target.state(snapshot)
+        modalities = target.searched(self.targets(options.target, state), state)
+        by_calibrated = len(modalities) > 1
+        k = min(options.k, state.view.count())  # never allocate for more results than there are rows
+        own = target.own(inputs)
+        fetch, hits, rows, leading = target.fetch(k, options), [], {}, set()
+        while k:
+            hits, exhausted = self._gather(state, vector, modalities, fetch, options, by_calibrated)
+            rows = target.rows(snapshot, [h.id for h in hits])  # serves dedup and results
+            hits = [h for h in hits if h.id in rows]
+            leading = target.leading(own, rows)
+            if options.dedup:
+                hits = self._deduplicated(snapshot, state, target, hits, rows, own)
+            hits = target.per_file(lead(hits, leading, options.exclude_query_items), rows, options, leading)
+            if len(hits) >= k or exhausted:
+                break
+            fetch *= 2  # duplicates took places: look further down each modality's list
+        hits = cut(hits[:k], options, by_calibrated, kept=leading)
+        results = [target.result(rank, hit, rows[hit.id]) for rank, hit in enumerate(hits, start=1)]
         items = snapshot.items.view
         return Results(results, query, modalities, inputs, _thumbnail_loader(items), items.model_id)
 
@@ -249,8 +261,11 @@ class Engine:
         state = state or self.snapshot().items
         sample = state.samples.get(modality)
         if sample is None:
-            view = state.view
-            sample = state.samples[modality] = view.vectors(sample_ids(view.ids(modality)))[1]
+            with self._lock:  # drawn once per view and modality
+                sample = state.samples.get(modality)
+                if sample is None:
+                    view = state.view
+                    sample = state.samples[modality] = view.vectors(sample_ids(view.ids(modality)))[1]
         return Calibration.from_sample(vector, sample)
 
     def _allowed_ids(self, view: TableView, modality: Modality, options: SearchOptions) -> np.ndarray | None:
@@ -266,22 +281,28 @@ class Engine:
         allowed = self._allowed_ids(state.view, modality, options)
         if allowed is not None and len(allowed) == 0:
             return []
+        within = None
         if allowed is not None and len(allowed) <= self.exact_filter_limit:
-            ids, vectors = state.view.vectors(allowed)
-            scores = vectors @ vector[0]
-            top = np.argsort(-scores)[:k]
-            return [(float(scores[i]), int(ids[i])) for i in top]
+            index = self.index(modality, state) if len(allowed) > EXACT_FROM_ROWS else None
+            if index is None or not index.scores_exactly:  # the stored vectors of the rows, scored here
+                ids, vectors = state.view.vectors(allowed)
+                scores = vectors @ vector[0]
+                top = np.argsort(-scores)[:k]
+                return [(float(scores[i]), int(ids[i])) for i in top]
+            within = allowed  # a flat index scores exactly: searched only over those rows
         index = self.index(modality, state)
         if len(index) == 0:
             return []
-        fetch = k if allowed is None else min(len(index), k * FILTER_OVERFETCH)
+        fetch = k if allowed is None or within is not None else min(len(index), k * FILTER_OVERFETCH)
         try:
-            scores, ids = index.search(vector, fetch)
+            scores, ids = index.search(vector, fetch, within)
         except SearchIndexError as exc:  # damaged files that passed the load checks: rebuild, in memory only
             log.warning("%s; %s index rebuilt in memory for this search (run xsearch index to repair)", exc, modality)
-            state.loaded[modality] = state.indices.rebuild(modality, persist=False)
-            index = state.loaded[modality][0]
-            scores, ids = index.search(vector, fetch)
+            with self._lock:
+                if state.loaded.get(modality, (None,))[0] is index:  # not rebuilt by another search meanwhile
+                    self._publish(state, modality, state.indices.rebuild(modality, persist=False))
+                index = state.loaded[modality][0]
+            scores, ids = index.search(vector, fetch, within)
         keep = np.ones(len(ids[0]), bool) if allowed is None else np.isin(ids[0], allowed)
         keep &= ids[0] >= 0
         return [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])][:k]
@@ -289,18 +310,23 @@ class Engine:
     def _shared_hashes(self, items: ViewState) -> set[str]:
         """The sha256s that more than one file's row holds, read once per items view (most hits have none)."""
         if items.shared is None:
-            digests = pc.value_counts(items.view.scan(["sha256"])["sha256"].drop_null().combine_chunks())
-            repeated = digests.filter(pc.greater(digests.field("counts"), 1)).field("values").to_pylist()
-            items.shared = set(repeated)
+            with self._lock:
+                if items.shared is None:
+                    digests = pc.value_counts(items.view.scan(["sha256"])["sha256"].drop_null().combine_chunks())
+                    repeated = digests.filter(pc.greater(digests.field("counts"), 1)).field("values").to_pylist()
+                    items.shared = set(repeated)
         return items.shared
 
 
 class _Context:
     """What query terms embed against: the engine's encoder (loaded on first need), its decoder and the
-    database (stored items are read at its newest version)."""
+    stored rows of the snapshot the search reads."""
 
-    def __init__(self, engine: Engine, db):
-        self._engine, self.db = engine, db
+    def __init__(self, engine: Engine, snapshot: Snapshot):
+        self._engine = engine
+        self.items = snapshot.items.view
+        self.moments = snapshot.moments.view if snapshot.moments is not None else None
+        self.embed_dim = self.items.embed_dim
 
     @property
     def encoder(self):

@@ -50,7 +50,7 @@ class Calibration:
     def from_sample(cls, query: np.ndarray, sample: np.ndarray) -> Calibration:
         if len(sample) == 0:
             return cls(0.0, 1.0)
-        cosines = sample.astype(np.float32) @ np.asarray(query, dtype=np.float32)
+        cosines = np.asarray(sample, dtype=np.float32) @ np.asarray(query, dtype=np.float32)  # no copy of the sample
         centre = float(np.median(cosines))
         spread = 1.4826 * float(np.median(np.abs(cosines - centre)))  # MAD, scaled to a normal's sigma
         return cls(centre, max(spread, MIN_SPREAD))

@@ -2,8 +2,8 @@
 
 One process holds the model (each tower loaded when first needed) and the indices; a new commit by a
 concurrent ``xsearch index`` is seen at the next request (the engine takes one snapshot per store version).
-Requests run in FastAPI's thread pool, off the event loop; one lock serialises the model, so concurrent
-searches never interleave inside it.
+Requests run in FastAPI's thread pool, off the event loop, side by side: the engine's snapshots and
+indices do not change once made, and the encoder takes one batch at a time through the model.
 
 Security: media are served by item id only (never by a path from the client), and only regular files. With
 a token, every ``/api`` route needs it as ``Authorization: Bearer``; the previews and media a search
@@ -26,7 +26,6 @@ import os
 import secrets
 import stat
 import tempfile
-import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -97,7 +96,6 @@ def create_app(
         redoc_url=None,
         openapi_url=None,  # served below, under the token when there is one
     )
-    lock = threading.Lock()
     signer = _Signer(token)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.add_middleware(_Guard, max_body=max_upload_bytes + FIELDS_BYTES, seconds=body_seconds, open_api=token is None)
@@ -226,8 +224,7 @@ def create_app(
                 key, at = split_item_time(value)
                 parts.append(Query.item(key, _weight(item_weight, i), at=at))
             query = Query.sum(parts)
-            # The model is one: searches that embed take turns; stored-item searches run side by side.
-            with lock if query.needs_model else contextlib.nullcontext(), _http_errors(uploads=uploads):
+            with _http_errors(uploads=uploads):
                 results = collection.search(query, options)
         out = results.as_json()
         for term in out["query"]:  # the client's own file names, not our temporary copies
@@ -289,7 +286,7 @@ def create_app(
     ) -> list[dict]:
         """Zero-shot: each item's best label and its probability."""
         _require_form(request)
-        with lock, _http_errors():
+        with _http_errors():
             labelled = collection.classify(labels.split(","), target=target, where=where, min_confidence=min_confidence)
         return labelled.as_json()
 

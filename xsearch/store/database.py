@@ -20,7 +20,6 @@ from pathlib import Path
 import pyarrow as pa
 
 from xsearch.errors import DatabaseDamaged, StoreError, UsageError
-from xsearch.modalities import Modality
 from xsearch.store import ids as id_marks
 from xsearch.store.filters import ItemFilter, any_of, one_of
 from xsearch.store.lance_errors import guarded, translated
@@ -54,9 +53,11 @@ class Snapshot:
     items: TableView
     moments: TableView | None
 
-    @property
-    def key(self) -> str:
-        return f"{self.items.key}+{self.moments.key if self.moments is not None else '-'}"
+    def is_latest(self, db: Database) -> bool:
+        """Whether ``db`` has committed nothing since (its moments table, when new, counts)."""
+        if self.moments is None:
+            return self.items.is_latest() and not db.has_moments()
+        return self.items.is_latest() and self.moments.is_latest()
 
 
 class Database:
@@ -131,10 +132,13 @@ class Database:
         return self.moments() if name == MOMENTS else self._view(name)
 
     @guarded
-    def snapshot(self, lease: ReaderLease | None = None) -> Snapshot:
+    def snapshot(self, lease: ReaderLease | None = None, previous: Snapshot | None = None) -> Snapshot:
         """Items and moments frozen at their current versions: every read through the snapshot sees those
         versions and no later commit. ``lease`` records them, so that a writer's compaction keeps them
-        while the lease lives (taken before the versions are read: no gap)."""
+        while the lease lives (taken before the versions are read: no gap). ``previous`` is returned as it
+        is while nothing was committed since (a cheap check of the latest version numbers)."""
+        if previous is not None and previous.is_latest(self):
+            return previous
         if lease is not None:
             lease.hold(None)  # "the newest version as of now", until the numbers are known
         items = self.items()
@@ -304,17 +308,6 @@ class Database:
             .when_not_matched_by_source_delete(owners)
             .execute(rows)
         )
-
-    @guarded
-    def moment_at(self, item_id: int, seconds: float, prefer: Modality | None = None) -> dict | None:
-        """The moment of ``item_id`` holding ``seconds`` (``id``, ``modality``, ``start``, ``end``,
-        ``embedding``), of modality ``prefer`` when it has one (a video's picture before its sound); the
-        last one when ``seconds`` is its end. ``None`` when there is none."""
-        columns = ["id", "modality", "start", "end", "embedding"]
-        rows = self.moments().scan(columns, ItemFilter(item_ids=[item_id])).to_pylist()
-        held = [r for r in rows if r["start"] <= seconds < r["end"] or seconds == r["end"]]
-        held.sort(key=lambda r: (r["modality"] != str(prefer), r["end"] == seconds, r["start"]))
-        return held[0] if held else None
 
     def moment_sets(self) -> dict[int, set[str | None]]:
         """``{item id: the sha256s its moments were made from}``: one each, unless a run was killed between

@@ -3,6 +3,10 @@
 A view is built from a Lance dataset handed to it, which is fixed at its version: every read through the
 view (counts, rows, vectors, ids, the indices built from it) sees that version and no later commit. It has
 no write method; writes go through ``Database``, and the next view sees them.
+
+Because a view never changes, what it learns once holds for its life: the position of each id among its
+rows (rows by id are then read by position, ``take``, never by a filtered scan), the modalities it holds
+and their counts. Views are shared by concurrent searches; these caches are filled once, under a lock.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +47,10 @@ class TableView:
         self.name = name  # for messages only
         self.model_id = model_id
         self.embed_dim = embed_dim
+        self._fill = threading.Lock()  # the caches below are filled once, by one thread
+        self._positions: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, and each one's row position
+        self._held: list[Modality] | None = None
+        self._counts: dict[Modality | None, int] = {}
 
     def __repr__(self) -> str:
         return f"TableView({str(self.path)!r}, {self.name!r}, version={self.version})"
@@ -56,6 +65,11 @@ class TableView:
     def version(self) -> int:
         """The table version this view reads: what an index built from it records as covered."""
         return self._dataset.version
+
+    def is_latest(self) -> bool:
+        """Whether no commit came after this view's version (a cheap check: no manifest is read)."""
+        with translated(self._file):
+            return self._dataset.latest_version == self.version
 
     @functools.cached_property
     def key(self) -> str:
@@ -85,7 +99,9 @@ class TableView:
 
     @guarded
     def count(self, modality: Modality | None = None) -> int:
-        return self._dataset.count_rows(ItemFilter(modality=modality).sql())
+        if modality not in self._counts:
+            self._counts[modality] = self._dataset.count_rows(ItemFilter(modality=modality).sql())
+        return self._counts[modality]
 
     def scan(self, columns: Sequence[str], where: ItemFilter | None = None) -> pa.Table:
         """``columns`` of the rows ``where`` selects (all when ``None``) as an Arrow table."""
@@ -110,36 +126,57 @@ class TableView:
     @guarded
     def modalities(self) -> list[Modality]:
         """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
-        names = set(self.scan(["modality"])["modality"].unique().to_pylist())
-        unknown = names - {m.value for m in Modality}
-        if unknown:
-            log.warning("%s: rows of unregistered modalities %s are not searched", self.path, sorted(unknown))
-        return [m for m in Modality if m.value in names]
+        with self._fill:
+            if self._held is None:
+                names = set(self.scan(["modality"])["modality"].unique().to_pylist())
+                unknown = names - {m.value for m in Modality}
+                if unknown:
+                    log.warning("%s: rows of unregistered modalities %s are not searched", self.path, sorted(unknown))
+                self._held = [m for m in Modality if m.value in names]
+        return list(self._held)
 
     def ids(self, modality: Modality | None = None) -> np.ndarray:
         return self.scan(["id"], ItemFilter(modality=modality))["id"].to_numpy()
 
     def lookup(self, key: int | str, columns: Sequence[str]) -> dict | None:
         """One row's ``columns`` by id (an int) or uri (a str), or ``None`` when there is none."""
+        if isinstance(key, int):
+            return self.rows([key], columns).get(key)
         rows = self.scan(columns, ItemFilter.item(key)).to_pylist()
         return rows[0] if rows else None
 
+    @guarded
     def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
-        """``{id: row}`` of ``columns`` for the ids that exist."""
-        if len(ids) == 0:
-            return {}
-        table = self.scan(["id", *[c for c in columns if c != "id"]], ItemFilter(ids=list(ids)))
-        return {row["id"]: row for row in table.to_pylist()}
+        """``{id: row}`` of ``columns`` for the ids that exist (read by position)."""
+        found = self._taken(ids, ["id", *[c for c in columns if c != "id"]])
+        return {row["id"]: row for row in found.to_pylist()}
 
     @guarded
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
-        if len(ids) == 0:
+        table = self._taken(np.unique(np.asarray(ids, np.int64)), ["id", "embedding"])
+        if table.num_rows == 0:
             return np.empty(0, np.int64), np.empty((0, self.embed_dim), np.float32)
-        table = self.scan(["id", "embedding"], ItemFilter(ids=np.unique(ids)))
-        order = np.argsort(table["id"].to_numpy())
-        found = table["id"].to_numpy()[order]
-        return found, embeddings_to_numpy(table["embedding"])[order]
+        return table["id"].to_numpy(), embeddings_to_numpy(table["embedding"])
+
+    def _taken(self, ids: Sequence[int], columns: list[str]) -> pa.Table:
+        """``columns`` of the rows of ``ids`` that exist, in the order of ``ids``, read by position."""
+        sorted_ids, positions = self._id_positions()
+        wanted = np.asarray(ids, np.int64).reshape(-1)
+        at = np.searchsorted(sorted_ids, wanted)
+        there = at < len(sorted_ids)
+        there[there] = sorted_ids[at[there]] == wanted[there]
+        return self._dataset.take(positions[at[there]], columns=columns)
+
+    def _id_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every id of the view, sorted, and the row position of each: read once per view (8 bytes a row)."""
+        with self._fill:
+            if self._positions is None:
+                with translated(self._file):
+                    ids = self._dataset.to_table(columns=["id"])["id"].to_numpy()
+                order = np.argsort(ids, kind="stable")
+                self._positions = ids[order], order
+        return self._positions
 
     def iter_vectors(self, where: ItemFilter, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(ids, float32 [n, dim])`` batches of the rows ``where`` selects, streamed from disk."""
