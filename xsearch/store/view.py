@@ -25,10 +25,21 @@ import pyarrow.compute as pc
 from xsearch.errors import StoreError, UsageError
 from xsearch.modalities import Modality
 from xsearch.store.filters import ItemFilter, filter_problem
-from xsearch.store.lance_errors import guarded, one_line, storage_problem, translated
+from xsearch.store.lance_errors import one_line, storage_problem, translated
 from xsearch.store.schema import NOT_FILTERABLE, embeddings_to_numpy
 
 log = logging.getLogger(__name__)
+
+
+def _guarded(method):
+    """Storage failures inside a view's method become one-line errors naming its table's files."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with translated(self._file):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class TableView:
@@ -97,7 +108,7 @@ class TableView:
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    @guarded
+    @_guarded
     def count(self, modality: Modality | None = None) -> int:
         if modality not in self._counts:
             self._counts[modality] = self._dataset.count_rows(ItemFilter(modality=modality).sql())
@@ -123,7 +134,7 @@ class TableView:
             table = table.filter(pc.equal(table["modality"], str(where.modality))).select(list(columns))
         return table
 
-    @guarded
+    @_guarded
     def modalities(self) -> list[Modality]:
         """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
         with self._fill:
@@ -145,13 +156,13 @@ class TableView:
         rows = self.scan(columns, ItemFilter.item(key)).to_pylist()
         return rows[0] if rows else None
 
-    @guarded
+    @_guarded
     def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
         """``{id: row}`` of ``columns`` for the ids that exist (read by position)."""
         found = self._taken(ids, ["id", *[c for c in columns if c != "id"]])
         return {row["id"]: row for row in found.to_pylist()}
 
-    @guarded
+    @_guarded
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
         table = self._taken(np.unique(np.asarray(ids, np.int64)), ["id", "embedding"])
