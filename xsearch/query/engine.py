@@ -1,8 +1,9 @@
 """The search engine: embeds a query, picks a strategy per target modality, and ranks the hits.
 
 Strategy: with no filter, the modality's FAISS index answers. With a filter (``where``, ``path``), the
-matching ids are read from the store; up to ``exact_filter_limit`` of them are scored exactly against
-their stored vectors, more than that over-fetch the index and keep the matches.
+matching ids are read from the table; up to ``exact_filter_limit`` of them are scored exactly (a few
+against their stored vectors, more by a flat index restricted to them), more than that over-fetch the
+index and keep the matches.
 
 Moments (``SearchOptions.moments``): the same loop over the ``moments`` table, with its own indices and
 calibration samples; what differs is a small policy (``xsearch.query.targets``).
