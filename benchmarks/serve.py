@@ -32,10 +32,13 @@ from xsearch.store import Database, ItemRecord  # noqa: E402
 from xsearch.testing.synthetic import clustered_embeddings  # noqa: E402
 
 XSEARCH = str(Path(sys.executable).parent / "xsearch")
+# A trial checkpoint's model (``xsearch random-checkpoint``): a database names the model whose weights a
+# server must load, even when its searches (stored items) never run it.
+TRIAL_MODEL = "tiny_test:random-0"
 
 
 def build(db: Path, rows: int) -> None:
-    store = Database.open(db, model_id="tiny_test", embed_dim=1024)
+    store = Database.open(db, model_id=TRIAL_MODEL, embed_dim=1024)
     vectors = clustered_embeddings(rows, seed=3)
     for start in range(0, rows, 50_000):
         chunk = vectors[start : start + 50_000]
@@ -66,8 +69,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         db = Path(scratch) / "db"
         build(db, args.rows)
+        checkpoint = Path(scratch) / "trial.pt"
+        subprocess.run([XSEARCH, "random-checkpoint", str(checkpoint)], capture_output=True, check=True)
+        model = ["--checkpoint", str(checkpoint)]
         port = free_port()
-        server = subprocess.Popen([XSEARCH, "serve", "--db", str(db), "--port", str(port)], stderr=subprocess.PIPE)
+        command = [XSEARCH, "serve", "--db", str(db), "--port", str(port), *model]
+        server = subprocess.Popen(command, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}/api/search"
         try:
             for _ in range(600):
@@ -105,7 +112,7 @@ def main() -> None:
         cold = []
         for item in items[:3]:
             start = time.perf_counter()
-            argv = [XSEARCH, "search", "--db", str(db), "--item", str(item), "--target", "image", "-k", "10"]
+            argv = [XSEARCH, "search", "--db", str(db), "--item", str(item), "--target", "image", "-k", "10", *model]
             subprocess.run(argv, capture_output=True, check=True)
             cold.append(time.perf_counter() - start)
     print(
