@@ -82,6 +82,27 @@ def timed(call, repeat: int) -> list[float]:
     return out
 
 
+def searches_per_s(search, picks, threads: int, seconds: float = 3.0) -> float:
+    """Searches per second from ``threads`` threads searching at once for ``seconds``."""
+    done = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def work(slot: int) -> None:
+        j = slot
+        while time.perf_counter() < stop:
+            search(picks[j % len(picks)])
+            done[slot] += 1
+            j += threads
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20_000)
@@ -129,25 +150,7 @@ def main() -> None:
                 p50 = statistics.median(values)
                 medians.setdefault(name, []).append(p50)
                 emit(round=round_, kind=name, p50_ms=round(p50, 3), p99_ms=round(float(np.percentile(values, 99)), 3))
-            rate = {}
-            for threads in (1, 2):
-                done = [0] * threads
-                stop = time.perf_counter() + 3.0
-
-                def work(slot: int) -> None:
-                    j = slot
-                    while time.perf_counter() < stop:
-                        kinds["item"](picks[j % len(picks)])
-                        done[slot] += 1
-                        j += threads
-
-                workers = [threading.Thread(target=work, args=(s,)) for s in range(threads)]
-                started = time.perf_counter()
-                for worker in workers:
-                    worker.start()
-                for worker in workers:
-                    worker.join()
-                rate[threads] = sum(done) / (time.perf_counter() - started)
+            rate = {threads: searches_per_s(kinds["item"], picks, threads) for threads in (1, 2)}
             medians.setdefault("threads", []).append(rate[2] / rate[1])
             emit(
                 round=round_,

@@ -15,7 +15,7 @@ from xsearch.index.files import META, RowFiles, open_rows, read_meta, replace_di
 from xsearch.index.params import IndexCfg
 from xsearch.index.vector_index import VectorIndex, train_size
 from xsearch.modalities import Modality
-from xsearch.store import ItemFilter
+from xsearch.store import ITEMS, ItemFilter
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class IndexSet:
         self.vectors_in_rows = view.half_vectors  # float16 at the source: rows.f16 loses nothing
 
     @classmethod
-    def latest(cls, db, table: str = "items", cfg: IndexCfg = IndexCfg()) -> IndexSet:
+    def latest(cls, db, table: str = ITEMS, cfg: IndexCfg = IndexCfg()) -> IndexSet:
         """The indices over ``db``'s ``table`` (``items`` or ``moments``) as it is now."""
         return cls(db.view(table), db.index_folder(table), cfg)
 

@@ -291,7 +291,8 @@ class Engine:
                 top = np.argsort(-scores)[:k]
                 return [(float(scores[i]), int(ids[i])) for i in top]
             within = allowed  # a flat index scores exactly: searched only over those rows
-        index = self.index(modality, state)
+        else:
+            index = self.index(modality, state)
         if len(index) == 0:
             return []
         fetch = k if allowed is None or within is not None else min(len(index), k * FILTER_OVERFETCH)

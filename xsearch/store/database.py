@@ -80,6 +80,10 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({str(self.path)!r}, model={self.model_id!r})"
 
+    @property
+    def storage_path(self) -> Path:
+        return self.path
+
     # ---- opening -------------------------------------------------------------------------------------
 
     @classmethod

@@ -58,11 +58,12 @@ def translated(path: Path) -> Iterator[None]:
 
 
 def guarded(method):
-    """``translated`` around a method of an object with a ``path`` (a database, a table view)."""
+    """``translated`` around a method of an object with a ``storage_path``: what its failures are reported
+    against (a database's folder, a table view's ``<table>.lance``)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with translated(self.path):
+        with translated(self.storage_path):
             return method(self, *args, **kwargs)
 
     return wrapper

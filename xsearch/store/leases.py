@@ -49,10 +49,6 @@ class ReaderLease:
         self.noted = False
         atexit.register(self.release)
 
-    @property
-    def file(self):
-        return self.files.where(self.name)
-
     def hold(self, version: int | None, moments: int | None = None) -> None:
         """Note ``version`` of items and ``moments`` of the moments table (``None``: the newest as of now).
         Holding an older version than the one read is safe (compaction keeps everything from it on), so a

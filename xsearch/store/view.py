@@ -25,21 +25,10 @@ import pyarrow.compute as pc
 from xsearch.errors import StoreError, UsageError
 from xsearch.modalities import Modality
 from xsearch.store.filters import ItemFilter, filter_problem
-from xsearch.store.lance_errors import one_line, storage_problem, translated
+from xsearch.store.lance_errors import guarded, one_line, storage_problem, translated
 from xsearch.store.schema import NOT_FILTERABLE, embeddings_to_numpy
 
 log = logging.getLogger(__name__)
-
-
-def _guarded(method):
-    """Storage failures inside a view's method become one-line errors naming its table's files."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with translated(self._file):
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 class TableView:
@@ -67,7 +56,7 @@ class TableView:
         return f"TableView({str(self.path)!r}, {self.name!r}, version={self.version})"
 
     @property
-    def _file(self) -> Path:
+    def storage_path(self) -> Path:
         return self.path / f"{self.name}.lance"
 
     # ---- what version -----------------------------------------------------------------------------------
@@ -79,14 +68,14 @@ class TableView:
 
     def is_latest(self) -> bool:
         """Whether no commit came after this view's version (a cheap check: no manifest is read)."""
-        with translated(self._file):
+        with translated(self.storage_path):
             return self._dataset.latest_version == self.version
 
     @functools.cached_property
     def key(self) -> str:
         """The version and its commit time: unlike the number alone, it cannot come back (a lost newest
         manifest makes the next commit reuse its number)."""
-        with translated(self._file):
+        with translated(self.storage_path):
             moment = next(v["timestamp"] for v in reversed(self.versions()) if v["version"] == self.version)
         return f"{self.version}@{moment.isoformat()}"
 
@@ -108,7 +97,7 @@ class TableView:
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def count(self, modality: Modality | None = None) -> int:
         if modality not in self._counts:
             self._counts[modality] = self._dataset.count_rows(ItemFilter(modality=modality).sql())
@@ -124,7 +113,7 @@ class TableView:
             table = self._dataset.to_table(columns=read, filter=sql)
         except Exception as exc:  # lance raises ValueError / OSError / its own errors for bad SQL
             if where is None or not where.where:
-                problem = storage_problem(self._file, exc)
+                problem = storage_problem(self.storage_path, exc)
                 raise problem or StoreError(f"{self.path}: reading {self.name} failed ({one_line(str(exc))})") from None
             filterable = ", ".join(n for n in self._dataset.schema.names if n not in NOT_FILTERABLE)
             raise UsageError(
@@ -134,7 +123,7 @@ class TableView:
             table = table.filter(pc.equal(table["modality"], str(where.modality))).select(list(columns))
         return table
 
-    @_guarded
+    @guarded
     def modalities(self) -> list[Modality]:
         """The modalities that have rows, in the table's order (names no longer registered are skipped)."""
         with self._fill:
@@ -156,13 +145,13 @@ class TableView:
         rows = self.scan(columns, ItemFilter.item(key)).to_pylist()
         return rows[0] if rows else None
 
-    @_guarded
+    @guarded
     def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
         """``{id: row}`` of ``columns`` for the ids that exist (read by position)."""
         found = self._taken(ids, ["id", *[c for c in columns if c != "id"]])
         return {row["id"]: row for row in found.to_pylist()}
 
-    @_guarded
+    @guarded
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, float32 [n, dim])`` for the requested ids that exist, in ascending id order."""
         table = self._taken(np.unique(np.asarray(ids, np.int64)), ["id", "embedding"])
@@ -183,7 +172,7 @@ class TableView:
         """Every id of the view, sorted, and the row position of each: read once per view (8 bytes a row)."""
         with self._fill:
             if self._positions is None:
-                with translated(self._file):
+                with translated(self.storage_path):
                     ids = self._dataset.to_table(columns=["id"])["id"].to_numpy()
                 order = np.argsort(ids, kind="stable")
                 self._positions = ids[order], order
@@ -192,7 +181,7 @@ class TableView:
     def iter_vectors(self, where: ItemFilter, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(ids, float32 [n, dim])`` batches of the rows ``where`` selects, streamed from disk."""
         batches = self._dataset.to_batches(columns=["id", "embedding"], filter=where.sql(), batch_size=batch_rows)
-        with translated(self._file):
+        with translated(self.storage_path):
             for batch in batches:
                 if batch.num_rows:
                     yield batch.column("id").to_numpy(), embeddings_to_numpy(batch.column("embedding"))
@@ -210,7 +199,7 @@ class TableView:
     def check(self, batch_rows: int = 8192) -> int:
         """Read every row of every column (what ``info`` vouches for); returns the rows read."""
         rows = 0
-        with translated(self._file):
+        with translated(self.storage_path):
             for batch in self._dataset.to_batches(batch_size=batch_rows):
                 rows += batch.num_rows
         return rows
