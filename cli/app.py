@@ -36,6 +36,15 @@ app = typer.Typer(
 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (for bug reports).")]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="A setting of the object store holding s3:// databases and media (repeatable; e.g. "
+        "aws_region=eu-west-1, aws_endpoint=http://127.0.0.1:9000); the AWS_* environment is read without it.",
+    ),
+]
 
 
 class _State:
@@ -56,9 +65,21 @@ def main(
     ] = None,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
+    storage_option: StorageOpt = None,
 ) -> None:
     _State.verbose, _State.debug = verbose, debug
     configure_logging()
+    configure_storage(storage_option)
+
+
+def configure_storage(options: list[str] | None) -> None:
+    if options:
+        from xsearch.objects import configure, parse_option
+
+        try:
+            configure(dict(parse_option(o) for o in options))
+        except XsearchError as error:
+            fail(f"--storage-option: {error}")
 
 
 def configure_logging() -> None:
@@ -76,13 +97,19 @@ def command(*args, **kwargs) -> Callable:
     def register(function: Callable) -> Callable:
         signature = inspect.signature(function, eval_str=True)
         params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-        for name, annotation in (("verbose", VerboseOpt), ("debug", DebugOpt)):
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=annotation))
+        for name, annotation, default in (
+            ("verbose", VerboseOpt, False),
+            ("debug", DebugOpt, False),
+            ("storage_option", StorageOpt, None),
+        ):
+            keyword = inspect.Parameter.KEYWORD_ONLY
+            params.append(inspect.Parameter(name, keyword, default=default, annotation=annotation))
 
         @functools.wraps(function)
-        def run(*call_args, verbose: bool = False, debug: bool = False, **call_kwargs):
+        def run(*call_args, verbose: bool = False, debug: bool = False, storage_option=None, **call_kwargs):
             _State.verbose, _State.debug = _State.verbose or verbose, _State.debug or debug
             configure_logging()
+            configure_storage(storage_option)
             return function(*call_args, **call_kwargs)
 
         run.__signature__ = signature.replace(parameters=params)
@@ -117,6 +144,7 @@ FLAGS = {
     "ray": "--ray",
     "ray_actors": "--ray-actors",
     "sort": "--sort",
+    "storage_option": "--storage-option",
     "target": "--target",
     "token": "--token",
     "where": "--where",

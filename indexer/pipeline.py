@@ -39,6 +39,7 @@ from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
 from xsearch.indexer.work import Outcome, prepare
 from xsearch.modalities import Modality
 from xsearch.moments import MomentTask, clock
+from xsearch.objects import is_object_uri
 from xsearch.options import IndexOptions
 from xsearch.store import ITEMS, MOMENTS, Database, ItemRecord, Moment
 
@@ -268,7 +269,7 @@ class Indexer:
         ``lost+found`` or ``.DS_Store``, an empty mount point inside a root), its rows are kept, because an
         unmounted drive looks exactly like that and pruning would throw away every embedding under it.
         """
-        roots = [os.path.abspath(r) for r in roots]
+        roots = [r if is_object_uri(r) else os.path.abspath(r) for r in roots]
         unlisted = list(unlisted)
         holding = _folders_holding(seen)  # every folder with a scanned file in or under it
         kept_under: set[str] = set()
@@ -306,10 +307,8 @@ class Indexer:
     def update_indexes(self, table: str = ITEMS) -> dict[str, dict]:
         """Bring every modality's FAISS index over ``table`` (items, or ``MOMENTS``) up to date with it."""
         view = self.store.view(table)
-        indices = IndexSet(view, self.store.index_folder(table))
-        modalities = set(view.modalities())
-        if indices.root.exists():  # an index whose last rows were pruned must be emptied too
-            modalities |= {Modality(p.name) for p in indices.root.iterdir() if p.is_dir() and p.name in Modality}
+        indices = IndexSet.over(self.store, view, table)
+        modalities = set(view.modalities()) | indices.stored()  # one whose last rows were pruned is emptied
         out = {}
         for modality in sorted(modalities):
             index = indices.fresh(modality)

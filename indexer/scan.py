@@ -25,8 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from xsearch.modalities import Modality
+from xsearch.objects import is_object_uri
 from xsearch.options import ScanOptions
 from xsearch.paths import is_under, modality_of_path
+from xsearch.sources import list_objects
 
 __all__ = ["Rejected", "ScanOptions", "ScanStats", "Scanner", "Task", "decide_modality", "is_under", "printable"]
 
@@ -106,6 +108,9 @@ class Scanner:
 
     def scan(self, roots: list[str]) -> Iterator[Task | Rejected]:
         for root in roots:
+            if is_object_uri(root):
+                yield from self._objects(root)
+                continue
             root = os.path.abspath(root)
             if not os.path.lexists(root):
                 yield Rejected(printable(root), "no such file or folder")
@@ -114,6 +119,19 @@ class Scanner:
                 yield from self._walk(root)
             else:
                 yield from self._file(root, top_level=True)
+
+    def _objects(self, prefix: str) -> Iterator[Task | Rejected]:
+        """The objects under ``prefix`` (``s3://bucket/folder``), as the files of a folder: an object store
+        has no links, pipes or unlistable folders, so only the naming rules apply."""
+        found = False
+        for uri, size, mtime in list_objects(prefix):
+            found = True
+            if self._excluded(uri):
+                self.stats.excluded += 1
+            elif not uri.endswith("/"):  # a "folder" marker some tools write
+                yield from self._accepted(uri, size, mtime)
+        if not found:
+            yield Rejected(prefix, "no such object, and no objects under it")
 
     def _walk(self, directory: str) -> Iterator[Task | Rejected]:
         try:
@@ -162,6 +180,10 @@ class Scanner:
         if not stat.S_ISREG(info.st_mode):  # a named pipe or device would block or never end
             yield Rejected(printable(path), "not a regular file (a named pipe, socket or device)")
             return
+        yield from self._accepted(path, info.st_size, info.st_mtime, top_level)
+
+    def _accepted(self, path: str, size: int, mtime: float, top_level: bool = False) -> Iterator[Task | Rejected]:
+        """A regular file (or object) found: its task, or why it is not indexed."""
         modality = decide_modality(path, self.options)
         if modality is None:
             self.stats.ignored += 1
@@ -175,4 +197,4 @@ class Scanner:
             yield Rejected(printable(path), "file name is not valid UTF-8; rename the file to index it", modality)
             return
         self.stats.files += 1
-        yield Task(path, modality, info.st_size, info.st_mtime)
+        yield Task(path, modality, size, mtime)

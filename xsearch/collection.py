@@ -32,8 +32,10 @@ from pathlib import Path
 from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
+from xsearch.objects import is_object_uri, location
 from xsearch.options import DecodeLimits, IndexOptions, ScanOptions, SearchOptions, item_key, real_path
 from xsearch.paths import is_under, modality_of_path
+from xsearch.sources import media_exists
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class Collection:
         exact_device: str | None = None,
         exact_budget_bytes: int | None = None,
     ):
-        self.path = Path(path).expanduser() if path is not None else None
+        self.path = location(path) if path is not None else None  # a folder, or an object URI (s3://...)
         self.choice = choice or ModelChoice(checkpoint, model, device, precision, verify_checkpoint)
         self._encoder = encoder
         self._injected_encoder = encoder is not None
@@ -111,9 +113,9 @@ class Collection:
     # ---- what it is made of -----------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        from xsearch.store import META
+        from xsearch.store import META, SideFiles
 
-        return self.path is not None and (self.path / f"{META}.lance").exists()
+        return self.path is not None and SideFiles.at(self.path).exists(f"{META}.lance")
 
     @property
     def store(self):
@@ -203,7 +205,7 @@ class Collection:
         # A typo or an unmounted drive: when no root is there, nothing is done or recorded; when some are, the
         # others are indexed and each missing one is a failure of the run (its rows are kept, never pruned).
         for named, argument in ((roots, "paths"), (assigned, "assign")):
-            missing = [p for p in named if not os.path.lexists(p)]
+            missing = [p for p in named if not media_exists(p)]
             if missing and (argument == "assign" or len(missing) == len(named)):
                 raise UsageError(f"no such file or folder: {', '.join(missing)}", argument=argument)
         roots += [p for p in assigned if not any(is_under(p, root) for root in roots)]  # outside PATHS
@@ -278,7 +280,7 @@ class Collection:
 
         entries: list[tuple[str, Modality | None] | Outcome] = []  # a file to embed, or a scan's refusal
         for path in map(os.fspath, paths):
-            if not os.path.isdir(path):
+            if is_object_uri(path) or not os.path.isdir(path):
                 entries.append((path, modality or (modality_of_path(real_path(path), assigned) if assigned else None)))
                 continue
             rules = {**assigned, real_path(path): modality} if modality else assigned
@@ -378,11 +380,11 @@ def _facts(store, check: bool) -> dict:
 
     checked = store.check() if check else None
     items = store.items()
-    counts, index_facts = _counts_and_indices(items, store.index_folder(ITEMS), check)
+    counts, index_facts = _counts_and_indices(store, items, ITEMS, check)
     moments = None
     if store.has_moments():
         cut = store.moment_cfg()
-        by_modality, moment_indices = _counts_and_indices(store.moments(), store.index_folder(MOMENTS), check)
+        by_modality, moment_indices = _counts_and_indices(store, store.moments(), MOMENTS, check)
         moments = {
             "moments": sum(by_modality.values()),
             "seconds": cut.seconds if cut else None,
@@ -390,7 +392,7 @@ def _facts(store, check: bool) -> dict:
             "by_modality": by_modality,
             "indices": moment_indices,
         }
-    size = sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
+    size = store.files.total_bytes()
     precisions: dict[str, int] = {}
     if items.has_column("precision"):  # databases written before it was recorded: "unknown"
         import pyarrow.compute as pc
@@ -413,11 +415,11 @@ def _facts(store, check: bool) -> dict:
     }
 
 
-def _counts_and_indices(view, folder, check: bool) -> tuple[dict[str, int], dict[str, dict]]:
+def _counts_and_indices(store, view, table: str, check: bool) -> tuple[dict[str, int], dict[str, dict]]:
     """Rows per modality of a table view (items or moments) and the state of each modality's index."""
     from xsearch.index import IndexSet
 
-    indices = IndexSet(view, folder)
+    indices = IndexSet.over(store, view, table)
     counts = {m.value: view.count(m) for m in view.modalities()}
     facts = {}
     for name in counts:

@@ -29,6 +29,7 @@ from xsearch.modalities import Modality
 from xsearch.paths import content_mismatch, modality_from_family, modality_of_path
 from xsearch.preprocess import PreprocessCfg, preprocess_with_metadata
 from xsearch.sniff import HEAD_BYTES, sniff
+from xsearch.sources import media_info, open_media
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _deferred_jpeg(outcome: Outcome, cfg) -> Outcome:
     from xsearch.preprocess.image import _open
 
     try:
-        with open(outcome.path, "rb") as handle:
+        with open_media(outcome.path) as handle:
             data = handle.read()
         image = _open(data, cfg[Modality.IMAGE])
         width, height = image.size
@@ -204,7 +205,7 @@ def _deferred_jpeg(outcome: Outcome, cfg) -> Outcome:
 
 def _read_head(path: str, digest: bool) -> tuple[bytes, str | None]:
     """The first bytes (for the content check) and, with ``digest``, the sha256 of the whole file."""
-    with open(path, "rb") as handle:
+    with open_media(path) as handle:
         head = handle.read(HEAD_BYTES)
         if not digest:
             return head, None
@@ -214,12 +215,9 @@ def _read_head(path: str, digest: bool) -> tuple[bytes, str | None]:
     return head, hasher.hexdigest()
 
 
-def _identity(path: str) -> tuple[int, int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_size, info.st_mtime_ns, info.st_ino
+def _identity(path: str) -> tuple | None:
+    info = media_info(path)
+    return None if info is None else info.identity
 
 
 def _is_allocation_failure(exc: Exception) -> bool:

@@ -21,11 +21,11 @@ import it.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from xsearch.errors import UsageError
 from xsearch.modalities import Modality
+from xsearch.sources import media_info
 
 CLIP_SECONDS = 2  # ImageBind's audio and video clip
 MOMENT_BITS = 20  # moments per file: 2**20 segments (72 days at 6 s)
@@ -154,11 +154,10 @@ def decode_chunk(task: MomentTask, cfg) -> object:
     from xsearch.decode import Outcome, guarded_decode
 
     outcome = Outcome(task.path, task.modality, task=task)
-    try:
-        info = os.stat(task.path)
-    except OSError as exc:
-        return outcome.fail("read", f"cannot read it again for its moments ({exc.strerror or exc})")
-    if info.st_size != task.size or info.st_mtime != task.mtime:
+    info = media_info(task.path)
+    if info is None:
+        return outcome.fail("read", "cannot read it again for its moments (gone, or not a regular file)")
+    if info.size != task.size or info.mtime != task.mtime:
         return outcome.fail("read", "the file changed while its moments were read (retried next run)")
     segments = [task.cfg.clip_starts(start, end) for start, end in task.spans]
     outcome.tensor = guarded_decode(outcome, lambda: _segment_tensor(task, segments, cfg))

@@ -233,8 +233,10 @@ def _parsed(value, argument: str) -> list[Modality]:
 
 def real_path(path: str | os.PathLike) -> str:
     """The absolute path with links resolved: a root reached through a link (``/mnt/photos`` ->
-    ``/data/photos``) gives its files the same uris as its target."""
-    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+    ``/data/photos``) gives its files the same uris as its target. An object URI is kept as given."""
+    from xsearch.sources import absolute
+
+    return absolute(path)
 
 
 def assignments(assign: Mapping[str | os.PathLike, Modality | str] | Sequence) -> dict[str, Modality]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import stat
 from pathlib import Path
 
 from xsearch.modalities import REGISTRY, Modality
+from xsearch.objects import is_object_uri
 from xsearch.sniff import HEAD_BYTES, Family, sniff
+from xsearch.sources import media_info, open_media
 
 
 def modality_from_extension(path: str | os.PathLike) -> Modality | None:
@@ -48,10 +49,7 @@ def modality_from_family(family: Family | None) -> Modality | None:
 
 def is_regular_file(path: str) -> bool:
     """Whether ``path`` is a regular file now: safe to open for reading (a pipe or device would block)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
+    return media_info(path) is not None
 
 
 def is_under(path: str, root: str) -> bool:
@@ -70,7 +68,7 @@ def _assigned(path: str, assigned: dict[str, Modality]) -> Modality | None:
 
 def _sniffed(path: str) -> Modality | None:
     try:
-        with open(path, "rb") as handle:
+        with open_media(path) as handle:
             found = sniff(handle.read(HEAD_BYTES))
     except OSError:
         return None
@@ -81,7 +79,7 @@ def modality_of_path(path: str | os.PathLike, assigned: dict[str, Modality] | No
     """What a file is indexed or embedded as, first rule that applies, or ``None`` when no rule does:
     an ``assigned`` folder or file (absolute paths), a naming convention, the extension, and for a file
     without an extension its first bytes."""
-    path = os.path.abspath(os.fspath(path))
+    path = os.fspath(path) if is_object_uri(path) else os.path.abspath(os.fspath(path))
     modality = _assigned(path, assigned or {}) or modality_from_convention(path) or modality_from_extension(path)
     if modality is None and not os.path.splitext(os.path.basename(path))[1]:
         modality = _sniffed(path)

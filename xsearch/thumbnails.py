@@ -12,6 +12,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
+from xsearch.sources import open_media
+
 THUMBNAIL_SIZE = 192  # longest side, pixels
 JPEG_QUALITY = 80
 
@@ -104,7 +106,7 @@ TEXT_EXCERPT_CHARS = 300
 def text_excerpt(path: str, chars: int = TEXT_EXCERPT_CHARS) -> str:
     """The first ``chars`` characters of a text file, as a results page shows it ("" when unreadable)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        with io.TextIOWrapper(open_media(path), encoding="utf-8", errors="replace") as handle:
             return handle.read(chars).lstrip("\ufeff")
     except OSError:
         return ""

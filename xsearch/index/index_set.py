@@ -26,16 +26,37 @@ class IndexSet:
     The database says which folder belongs to which table (``Database.index_folder``); an index set
     reads only its view: ``IndexSet(db.items(), db.index_folder(ITEMS))``."""
 
-    def __init__(self, view, root: Path, cfg: IndexCfg = IndexCfg()):
+    def __init__(self, view, root: Path, cfg: IndexCfg = IndexCfg(), published=None):
         self.view = view
         self.cfg = cfg
         self.root = Path(root)
+        self.published = published  # ``IndexObjects`` of a database in an object store: root is its local copy
         self.vectors_in_rows = view.half_vectors  # float16 at the source: rows.f16 loses nothing
 
     @classmethod
     def latest(cls, db, table: str = ITEMS, cfg: IndexCfg = IndexCfg()) -> IndexSet:
         """The indices over ``db``'s ``table`` (``items`` or ``moments``) as it is now."""
-        return cls(db.view(table), db.index_folder(table), cfg)
+        return cls.over(db, db.view(table), table, cfg)
+
+    @classmethod
+    def over(cls, db, view, table: str = ITEMS, cfg: IndexCfg = IndexCfg()) -> IndexSet:
+        """The indices of ``db``'s ``table`` over ``view`` (a version of that table)."""
+        return cls(view, db.index_folder(table), cfg, db.index_objects(table))
+
+    def stored(self) -> set[Modality]:
+        """The modalities that have an index saved (an index whose last rows went must be emptied too)."""
+        names = set(self.published.modalities()) if self.published is not None else set()
+        if self.root.exists():
+            names |= {p.name for p in self.root.iterdir() if p.is_dir()}
+        return {Modality(n) for n in names if n in Modality}
+
+    def _pull(self, modality: Modality) -> None:
+        if self.published is not None:
+            self.published.pull(str(modality))
+
+    def _publish(self, modality: Modality) -> None:
+        if self.published is not None:
+            self.published.push(str(modality))
 
     def directory(self, modality: Modality) -> Path:
         return self.root / str(modality)
@@ -60,6 +81,7 @@ class IndexSet:
     def status(self, modality: Modality, check: bool = False) -> dict:
         """What is on disk for ``modality``: kind, count, covered version, whether it is fresh or damaged.
         ``check`` reads every file against its checksum (the re-rank vectors too), not only ``meta.json``."""
+        self._pull(modality)
         directory = self.directory(modality)
         if not (directory / META).exists():
             return {"modality": str(modality), "exists": False, "fresh": False}
@@ -110,6 +132,7 @@ class IndexSet:
         index._commit(building, [segment], self._covers(modality))
         replace_directory(directory, building)
         index.rows = open_rows(directory, self.view.embed_dim, files.count)
+        self._publish(modality)
         log.info("%s index: built %s of %d vectors", modality, index.kind, len(index))
         return index
 
@@ -139,6 +162,8 @@ class IndexSet:
         """``fresh``, with what the index covers now (its ``meta``). ``previous``: an index already in memory
         and its meta (a search engine's, from an earlier snapshot) to top up instead of loading the files."""
         directory = self.directory(modality)
+        if previous is None:
+            self._pull(modality)
         if previous is not None:
             index, meta = previous
         elif not (directory / META).exists():
@@ -179,6 +204,7 @@ class IndexSet:
         covers = self._covers(modality)
         if persist:
             segments = index.save(directory, covers, meta["segments"], topup=True)
+            self._publish(modality)
         else:
             segments = [*meta["segments"], {"topup": True}]  # counted towards the next rebuild, as on disk
         return index, {**covers, "segments": segments}

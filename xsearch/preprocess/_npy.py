@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 
 from xsearch.errors import DecodeError
+from xsearch.sources import open_media
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -19,12 +20,15 @@ def load_npy(name: str, max_elements: int) -> np.ndarray:
     short to hold (a sparse or truncated file), is refused without allocating it.
     """
     try:
-        with open(name, "rb") as handle:
+        with open_media(name) as handle:
             if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 raise DecodeError(name, "not a NumPy .npy file (no .npy header)")
             handle.seek(0)
             _check_header(name, handle, max_elements)
-        return np.load(name, allow_pickle=False)
+            handle.seek(0)
+            # numpy reads a local file with fromfile; an object's bytes (bounded by the header check) from memory
+            source = handle if isinstance(handle, io.BufferedReader) else io.BytesIO(handle.read())
+            return np.load(source, allow_pickle=False)
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except ValueError as exc:
@@ -46,6 +50,8 @@ def _check_header(name: str, handle, max_elements: int) -> None:
     if dtype.hasobject:
         return  # refused by np.load with its own message
     needed = handle.tell() + elements * dtype.itemsize
-    size = os.fstat(handle.fileno()).st_size
+    position = handle.tell()
+    size = handle.seek(0, io.SEEK_END)  # a local file's size, or an object's
+    handle.seek(position)
     if size < needed:
         raise DecodeError(name, f"truncated .npy file: its header promises {needed:,} bytes, the file has {size:,}")

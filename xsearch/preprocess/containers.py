@@ -8,17 +8,25 @@ import os
 import av
 
 from xsearch.errors import DecodeError
+from xsearch.objects import is_object_uri
+from xsearch.sources import media_info, open_media
 
 
 def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     name = os.fspath(path)
-    if os.path.isdir(name):
+    remote = is_object_uri(name)
+    if not remote and os.path.isdir(name):
         raise DecodeError(name, "is a directory")
     try:
-        if os.path.getsize(name) == 0:
+        info = media_info(name)
+        if info is None:
+            raise FileNotFoundError(2, "No such file or directory", name)
+        if info.size == 0:
             raise DecodeError(name, "file is empty (0 bytes)")
-        # As a local file whatever its name holds: FFmpeg reads "take:2.wav" as the URL protocol "take".
-        container = av.open(local_file_url(name), mode="r", metadata_errors="ignore")
+        # A local file as a file whatever its name holds (FFmpeg reads "take:2.wav" as the URL protocol
+        # "take"); an object through its range reader, so that FFmpeg's seeks fetch only what it reads.
+        source = open_media(name) if remote else local_file_url(name)
+        container = av.open(source, mode="r", metadata_errors="ignore")
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     except av.FFmpegError as exc:

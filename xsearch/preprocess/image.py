@@ -20,7 +20,9 @@ from PIL import Image, ImageOps
 
 from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
+from xsearch.objects import is_object_uri
 from xsearch.preprocess.prepared import Preprocessed
+from xsearch.sources import open_media
 
 # The shorter side is scaled to the model's size, so an N x 1 picture would become a 224N x 224 tensor (an
 # 85-byte 5000 x 1 PNG asked for 2 GB): pictures and frames longer than this many times their width are refused.
@@ -58,7 +60,11 @@ def _open(source, cfg: ImageCfg) -> Image.Image:
         with warnings.catch_warnings():
             # PIL warns from 89.5 MP; the cap that applies is ``max_megapixels``, checked below from the header.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            if isinstance(source, (bytes, bytearray)):
+                source = io.BytesIO(source)
+            elif is_object_uri(name):
+                source = open_media(name)  # PIL reads what it needs, by range
+            image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"declares {int(pixels.group(1)) / 1e6:.0f} MP, " if pixels else ""

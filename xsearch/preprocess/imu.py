@@ -8,6 +8,7 @@ centre-cropped, a shorter one zero-padded at the end; resample to 200 Hz beforeh
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._npy import load_npy
 from xsearch.preprocess.prepared import Preprocessed
+from xsearch.sources import media_info, open_media
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ImuCfg:
 
 def _read_csv(name: str) -> np.ndarray:
     rows = []
-    with open(name, newline="", encoding="utf-8") as fh:
+    with io.TextIOWrapper(open_media(name), newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.reader(fh)):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -55,7 +57,10 @@ def load_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> np.ndarray:
     """An IMU file as ``float32 [channels, N]``."""
     name = os.fspath(path)
     try:
-        if os.path.getsize(name) > cfg.max_file_bytes:
+        info = media_info(name)
+        if info is None:
+            raise FileNotFoundError(2, "No such file or directory", name)
+        if info.size > cfg.max_file_bytes:
             raise DecodeError(name, "IMU file is too large")
         if name.lower().endswith(".csv"):
             array = _read_csv(name)

@@ -22,6 +22,7 @@ import torch
 from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess.prepared import Preprocessed
+from xsearch.sources import media_info, open_media
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -176,10 +177,13 @@ def read_text_file(path: str | os.PathLike, cfg: TextCfg = TextCfg()) -> str:
     error."""
     name = os.fspath(path)
     try:
-        size = os.path.getsize(path)
-        if size > cfg.max_file_bytes:
-            raise DecodeError(name, f"text file is {size} bytes, above the {cfg.max_file_bytes} byte limit")
-        raw = open(path, "rb").read()
+        info = media_info(name)
+        if info is None:
+            raise FileNotFoundError(2, "No such file or directory", name)
+        if info.size > cfg.max_file_bytes:
+            raise DecodeError(name, f"text file is {info.size} bytes, above the {cfg.max_file_bytes} byte limit")
+        with open_media(name) as handle:
+            raw = handle.read()
     except DecodeError.OS_ERRORS as exc:
         raise DecodeError.from_os_error(name, exc) from None
     encoding = _bom_encoding(raw)

@@ -156,7 +156,7 @@ class Engine:
         indices ``previous`` had loaded, in memory, on first use."""
         if previous is not None and previous.key == view.key:
             return previous
-        renewed = ViewState(view, IndexSet(view, self.db.index_folder(table), self.index_cfg))
+        renewed = ViewState(view, IndexSet.over(self.db, view, table, self.index_cfg))
         if previous is not None:
             renewed.loaded = dict(previous.loaded)
         return renewed

@@ -42,8 +42,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, Preview
 from xsearch.moments import split_item_time
+from xsearch.objects import is_object_uri
 from xsearch.options import SearchOptions, item_key
 from xsearch.paths import is_regular_file, modality_of_path
+from xsearch.server.objects import object_response
 from xsearch.thumbnails import text_excerpt
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -256,6 +258,8 @@ def create_app(
     def item_media(item_id: str, request: Request) -> FileResponse:
         """The original file, with HTTP Range support (players seek), if it is still the file indexed."""
         row = signed_item(item_id, "media", request)
+        if is_object_uri(row["uri"]):
+            return object_response(row, request.headers.get("range"))
         handle = _open_indexed(row)
         if handle is None:
             raise HTTPException(404, f"the file of item {item_id} is gone or changed since it was indexed")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from xsearch.errors import DatabaseDamaged, StoreError, UsageError
+from xsearch.objects import ObjectUri, location
 from xsearch.store import ids as id_marks
 from xsearch.store.filters import ItemFilter, any_of, one_of
 from xsearch.store.lance_errors import guarded, translated
@@ -70,7 +71,7 @@ class Database:
     >>> db.items().count()  # doctest: +SKIP
     """
 
-    def __init__(self, path: Path, connection, model_id: str, embed_dim: int, files: SideFiles):
+    def __init__(self, path: Path | ObjectUri, connection, model_id: str, embed_dim: int, files: SideFiles):
         self.path = path
         self._connection = connection
         self.model_id = model_id
@@ -81,7 +82,7 @@ class Database:
         return f"Database({str(self.path)!r}, model={self.model_id!r})"
 
     @property
-    def storage_path(self) -> Path:
+    def storage_path(self) -> Path | ObjectUri:
         return self.path
 
     # ---- opening -------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class Database:
         models live in different spaces and are never mixed. ``None`` accepts whatever the database holds
         (a reader). A new database takes ``embed_dim`` from the encoder that will fill it.
         """
-        path = Path(path)
+        path = location(path)
         with translated(path):
             files = SideFiles.at(path)
             connection, model_id, embed_dim = connect(path, files, model_id, embed_dim, create)
@@ -154,6 +155,11 @@ class Database:
     def index_folder(self, name: str) -> Path:
         """The folder of the FAISS indices over table ``name`` (``faiss/``, ``faiss-moments/``)."""
         return self.files.local_folder(INDEX_FOLDERS[name])
+
+    def index_objects(self, name: str):
+        """Where the indices of table ``name`` are published, when the database is not on this disk
+        (``IndexObjects``), else ``None``."""
+        return self.files.index_objects(INDEX_FOLDERS[name])
 
     def check(self, batch_rows: int = 8192) -> int:
         """Read every row of every table (what ``info`` vouches for); returns the items read."""
@@ -367,4 +373,10 @@ class Database:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=")  # we know who reads
             for table, kept in plan:
-                table.optimize(cleanup_older_than=kept)
+                # Under the writer lock no other writer is mid-commit, so files no version references are a
+                # killed run's leftovers (on an object store: uploaded data files never committed).
+                table.optimize(cleanup_older_than=kept, delete_unverified=True)
+        for folder in INDEX_FOLDERS.values():
+            published = self.files.index_objects(folder)
+            if published is not None:
+                published.sweep()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xsearch.errors import DatabaseDamaged, StoreError, XsearchError
+from xsearch.objects import location
 
 
 def one_line(text: str) -> str:
@@ -22,7 +23,7 @@ def one_line(text: str) -> str:
 
 def storage_problem(path: Path, exc: BaseException) -> StoreError | None:
     """What a storage failure means for the user, or ``None`` when it is not one (a bug: let it surface)."""
-    path = Path(path)
+    path = location(path)
     text = str(exc)
     code = getattr(exc, "errno", None)
     if code == errno.ENOSPC or "No space left on device" in text:

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 
 from xsearch.store.schema import now
@@ -47,15 +48,21 @@ class ReaderLease:
         self.held: int | None = None
         self.held_moments: int | None = None
         self.noted = False
+        self.noted_at = 0.0
         atexit.register(self.release)
 
     def hold(self, version: int | None, moments: int | None = None) -> None:
         """Note ``version`` of items and ``moments`` of the moments table (``None``: the newest as of now).
         Holding an older version than the one read is safe (compaction keeps everything from it on), so a
-        reader renews its note only when it moves."""
-        if self.noted and (version is None or (version, moments) == (self.held, self.held_moments)):
+        reader rewrites its note when it moves, and otherwise only to renew it before it expires (a reader
+        on another host cannot be asked whether it still runs: its note's age decides)."""
+        fresh = self.noted and time.monotonic() - self.noted_at < LEASE_SECONDS / 3
+        if fresh and (version is None or (version, moments) == (self.held, self.held_moments)):
             return
+        if version is None and self.noted:
+            version, moments = self.held, self.held_moments  # a renewal: still holds what it held
         self.held, self.held_moments, self.noted = version, moments, True
+        self.noted_at = time.monotonic()
         note = {
             "version": version,
             "moments": moments,
@@ -66,12 +73,12 @@ class ReaderLease:
         try:
             self.files.make_folder(READERS)
             self.files.write_text(self.name, json.dumps(note))
-        except OSError:
+        except Exception:  # a read-only folder, a store that refuses: the reader still reads
             log.debug("%s: cannot note the version this reader holds (read-only?)", self.files.where(READERS))
 
     def release(self) -> None:
         self.noted = False
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):  # best effort (at exit, the store may be gone): the note expires
             self.files.remove(self.name)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from xsearch.errors import DatabaseDamaged, ModelMismatchError, StoreError
+from xsearch.objects import is_object_uri, lance_options
 from xsearch.store.filters import null_of
 from xsearch.store.lance_errors import translated
 from xsearch.store.schema import (
@@ -41,7 +42,9 @@ def connect(
         raise StoreError(f"{path}: a new database needs a model id")
     if files.exists("") and not files.is_folder():
         raise StoreError(f"{path}: exists and is not a directory")
-    connection = lancedb.connect(str(path))
+    if model_id is not None:
+        files.check_writable()  # before anything is written: a server that could lose commits is refused
+    connection = lancedb.connect(str(path), storage_options=lance_options() if is_object_uri(path) else None)
     if exists:
         meta = connection.open_table(META).to_arrow().to_pylist()
         if not meta:

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow.fs as pafs
 
 from xsearch.errors import StoreError
+from xsearch.objects import ObjectUri, location
 from xsearch.store.lance_errors import storage_problem
 
 WRITER_LOCK = "writer.lock"
@@ -38,12 +39,14 @@ class SideFiles:
         self.root = str(root).rstrip("/") or "/"
 
     @staticmethod
-    def at(location: str | os.PathLike) -> SideFiles:
-        """The side files of the database at ``location`` (a local path; other schemes need their class)."""
-        text = os.fspath(location)
-        if "://" in text and not text.startswith("file://"):
-            raise StoreError(f"{text}: only databases on a local disk are supported by this version")
-        return LocalSideFiles(Path(text.removeprefix("file://")))
+    def at(where) -> SideFiles:
+        """The side files of the database at ``where``: a local path, or an object URI (``s3://...``)."""
+        place = location(where)
+        if isinstance(place, ObjectUri):
+            from xsearch.store.object_side_files import ObjectSideFiles
+
+            return ObjectSideFiles(place)
+        return LocalSideFiles(place)
 
     def where(self, name: str = "") -> Path:
         """Where ``name`` is, for messages."""
@@ -82,6 +85,11 @@ class SideFiles:
         found = [info for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
         return [f"{folder}/{info.base_name}" for info in found if info.base_name.endswith(suffix)]
 
+    def total_bytes(self) -> int:
+        """The size of everything the database holds (tables and side files)."""
+        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        return sum(info.size for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+
     def make_folder(self, name: str) -> None:
         self.fs.create_dir(self._full(name), recursive=True)
 
@@ -99,6 +107,14 @@ class SideFiles:
 
     def local_folder(self, name: str) -> Path:
         raise NotImplementedError
+
+    def index_objects(self, folder: str):
+        """Where the index folder ``folder`` is published when its files live elsewhere than
+        ``local_folder`` (``IndexObjects``), or ``None``: the local folder is the index."""
+        return None
+
+    def check_writable(self) -> None:
+        """Refuse, before anything is written, a store on which writers could lose each other's commits."""
 
 
 class LocalSideFiles(SideFiles):

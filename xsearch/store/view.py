@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from xsearch.errors import StoreError, UsageError
 from xsearch.modalities import Modality
+from xsearch.objects import location
 from xsearch.store.filters import ItemFilter, filter_problem
 from xsearch.store.lance_errors import guarded, one_line, storage_problem, translated
 from xsearch.store.schema import NOT_FILTERABLE, embeddings_to_numpy
@@ -43,7 +44,7 @@ class TableView:
 
     def __init__(self, dataset, path: Path, name: str, model_id: str, embed_dim: int):
         self._dataset = dataset
-        self.path = Path(path)  # the database, for messages
+        self.path = location(path)  # the database, for messages
         self.name = name  # for messages only
         self.model_id = model_id
         self.embed_dim = embed_dim
