@@ -26,6 +26,7 @@ from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
 from xsearch.indexer.pipeline import CPU_BATCH, Indexer
 from xsearch.indexer.work import Outcome, Task, prepare
+from xsearch.objects import storage_environment
 from xsearch.options import IndexOptions
 from xsearch.preprocess import PreprocessCfg
 from xsearch.store import Database
@@ -104,8 +105,10 @@ class RayIndexer(Indexer):
         actors = self.cfg.ray_actors or max(gpus, len(nodes), 1)
         log.info("ray: %d files, %d encoder actors (%d GPUs) on %d nodes", len(tasks), actors, gpus, len(nodes))
         dataset = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks])
+        # Nodes share nothing but the bucket: they reach s3:// media with the driver's storage settings.
+        settings = {"runtime_env": {"env_vars": storage_environment()}} if storage_environment() else {}
         dataset = dataset.map_batches(
-            functools.partial(_decode, cfg=self.encoder.preprocess), batch_size=4, num_cpus=_DECODE_CPUS
+            functools.partial(_decode, cfg=self.encoder.preprocess), batch_size=4, num_cpus=_DECODE_CPUS, **settings
         )
         dataset = dataset.map_batches(
             _Embedder,
@@ -115,6 +118,7 @@ class RayIndexer(Indexer):
             num_cpus=_ACTOR_CPUS,
             num_gpus=1 if gpus else 0,
             scheduling_strategy="SPREAD",  # one actor per node before a second on any
+            **settings,
         )
         for row in dataset.iter_rows():
             yield pickle.loads(row["outcome"])

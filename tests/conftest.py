@@ -34,3 +34,12 @@ def reference():
     except ImportError as exc:  # a broken install must fail the parity tests, never skip them
         pytest.fail(f"the reference implementation is not importable ({exc}); install it as README says")
     return type("Reference", (), {"data": data, "model": imagebind_model, "preprocessors": multimodal_preprocessors})
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 server (moto's, on 127.0.0.1) with the AWS environment pointing at it: ``objectstore.S3``."""
+    from objectstore import s3_server
+
+    with s3_server() as server:
+        yield server

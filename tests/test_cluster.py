@@ -96,3 +96,26 @@ def test_a_killed_cluster_driver_resumes_to_one_row_per_file(cluster, tmp_path, 
     uris = collection.store.items().scan(["uri", "id"]).to_pylist()
     assert sorted(r["uri"] for r in uris) == sorted(str(p.resolve()) for p in files)  # no file twice or missing
     assert len({r["id"] for r in uris}) == len(files)
+
+
+def test_a_cluster_indexes_s3_media_into_an_s3_database_as_a_local_run(cluster, s3, tmp_path, tiny_model):
+    """The nodes were started before the bucket's settings existed: they reach it with the driver's."""
+    root = tmp_path / "media"
+    root.mkdir()
+    good_corpus(root)
+    bucket = s3.bucket()
+    s3.upload(root, bucket, "media")
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
+    local = Collection.open(tmp_path / "local", encoder=encoder)
+    local.index([root], workers=0)
+    remote = Collection.open(f"s3://{bucket}/db", encoder=encoder)
+    report = remote.index([f"s3://{bucket}/media"], ray="auto", batch_size=4)
+
+    assert len(report.nodes) == 2 and report.failed == 0
+    want = {uri.removeprefix(str(root)): row for uri, row in _rows(local).items()}
+    got = {uri.removeprefix(f"s3://{bucket}/media"): row for uri, row in _rows(remote).items()}
+    assert sorted(got) == sorted(want)
+    for key, (modality, sha256, vector) in want.items():
+        assert got[key][:2] == (modality, sha256)
+        np.testing.assert_allclose(got[key][2], vector, atol=1e-6)
+    assert remote.info()["indices"] == local.info()["indices"]

@@ -18,8 +18,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,61 +38,6 @@ from corpus import good_corpus
 from scripts import xsearch_script
 
 runner = CliRunner()
-
-
-class S3:
-    """moto's S3 server, its endpoint, and a boto3 client of it."""
-
-    def __init__(self, endpoint: str):
-        import boto3
-
-        self.endpoint = endpoint
-        self.client = boto3.client("s3", endpoint_url=endpoint)
-
-    def bucket(self) -> str:
-        name = f"xs-{uuid.uuid4().hex[:12]}"
-        self.client.create_bucket(Bucket=name)
-        return name
-
-    def upload(self, folder: Path, bucket: str, prefix: str) -> None:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                self.client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
-
-    def keys(self, bucket: str, prefix: str) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }
-    saved = {k: os.environ.get(k) for k in [*env, OPTIONS_ENV]}
-    os.environ.update(env)
-    os.environ.pop(OPTIONS_ENV, None)
-    bucket_store.cache_clear()
-    try:
-        yield S3(endpoint)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        bucket_store.cache_clear()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,13 @@ def overrides() -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
+def storage_environment() -> dict[str, str]:
+    """The variables that carry this process's object-store settings, for processes on other machines
+    (cluster nodes): the AWS ones that are set, and the overrides."""
+    names = [n for n in os.environ if n.startswith("AWS_")] + [OPTIONS_ENV]
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
+
+
 def endpoint() -> str | None:
     """The endpoint every S3 request goes to, when not AWS's own."""
     chosen = overrides()
