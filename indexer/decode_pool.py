@@ -41,6 +41,7 @@ from multiprocessing.connection import wait
 from xsearch.errors import XsearchError
 from xsearch.indexer.lifeline import die_with_parent
 from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task, failed
+from xsearch.objects import storage_environment
 from xsearch.options import DecodeLimits
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,10 @@ class _Worker:
 
     def __init__(self, context, work, memory_bytes: int):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, work, memory_bytes), daemon=True)
+        # The fork server's environment is the one it started with: a worker takes this process's storage
+        # settings (s3:// media) as they are now.
+        storage = storage_environment()
+        self.process = context.Process(target=_serve, args=(child, work, memory_bytes, storage), daemon=True)
         with _main_script_hidden():
             self.process.start()
         child.close()
@@ -246,9 +250,10 @@ def _main_script_hidden():
         sys.modules["__main__"] = main
 
 
-def _serve(conn, work, memory_bytes: int) -> None:
+def _serve(conn, work, memory_bytes: int, storage: dict[str, str]) -> None:
     """A worker's life: take tasks until told to stop (``None``) or the pipe closes."""
     die_with_parent()
+    os.environ.update(storage)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     import torch
 

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Database:
         self.model_id = model_id
         self.embed_dim = embed_dim
         self.files = files
+        self._checked_at = -float("inf")  # when a snapshot was last checked against the latest versions
 
     def __repr__(self) -> str:
         return f"Database({str(self.path)!r}, model={self.model_id!r})"
@@ -141,9 +143,16 @@ class Database:
         """Items and moments frozen at their current versions: every read through the snapshot sees those
         versions and no later commit. ``lease`` records them, so that a writer's compaction keeps them
         while the lease lives (taken before the versions are read: no gap). ``previous`` is returned as it
-        is while nothing was committed since (a cheap check of the latest version numbers)."""
-        if previous is not None and previous.is_latest(self):
-            return previous
+        is while nothing was committed since (a cheap check of the latest version numbers; in an object
+        store, where that check is two requests, made at most every ``files.recheck_seconds``)."""
+        if previous is not None:
+            if lease is not None:
+                lease.hold(None)  # renews the note when it is getting old; otherwise nothing
+            if time.monotonic() - self._checked_at < self.files.recheck_seconds:
+                return previous
+            self._checked_at = time.monotonic()
+            if previous.is_latest(self):
+                return previous
         if lease is not None:
             lease.hold(None)  # "the newest version as of now", until the numbers are known
         items = self.items()

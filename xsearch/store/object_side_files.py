@@ -51,6 +51,10 @@ def object_errors():
 class ObjectSideFiles(SideFiles):
     """The side files of the database at ``uri`` (``s3://bucket/prefix``)."""
 
+    # A check for new commits costs requests (tens of milliseconds each to a cloud bucket): a reader makes
+    # it at most once a second, so a search sees a commit up to a second late.
+    recheck_seconds = 1.0
+
     def __init__(self, uri: ObjectUri):
         self.uri = uri
         self.root = str(uri)

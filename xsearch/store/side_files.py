@@ -34,6 +34,8 @@ WRITER_LOCK = "writer.lock"
 class SideFiles:
     """The side files of the database at ``root`` on ``fs`` (names are relative, ``/``-separated)."""
 
+    recheck_seconds = 0.0  # how long a reader may go on with a snapshot before it checks for commits
+
     def __init__(self, fs: pafs.FileSystem, root: str):
         self.fs = fs
         self.root = str(root).rstrip("/") or "/"
