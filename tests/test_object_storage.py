@@ -9,6 +9,7 @@ killed run loses nothing; ``serve`` streams objects with Range support.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import http.server
 import json
@@ -178,14 +179,20 @@ def test_a_server_that_ignores_conditional_writes_is_refused_before_anything_is_
     assert "Traceback" not in result.output
     assert s3.keys(bucket, "") == []  # nothing written, the probe removed
 
-    # The same run straight to moto, which honours them, works.
+    # The same run straight to moto, which honours them, works; its checkpoint is an object too, copied
+    # into this machine's cache and checked.
     monkeypatch.setenv(OPTIONS_ENV, "{}")
+    s3.client.upload_file(str(checkpoint), bucket, "models/tiny.pt")
     ok = runner.invoke(
         app,
-        ["index", str(tmp_path / "tone.wav"), "--db", f"s3://{bucket}/db", "--checkpoint", str(checkpoint),
+        ["index", str(tmp_path / "tone.wav"), "--db", f"s3://{bucket}/db", "--checkpoint", f"s3://{bucket}/models/tiny.pt",
          "--model", "tiny_test", "--workers", "0", "--precision", "fp32"],
     )  # fmt: skip
     assert ok.exit_code == 0, ok.output
+    copy = tmp_path / "home" / "checkpoints" / "objects" / "s3" / bucket / "models" / "tiny.pt"
+    assert copy.read_bytes() == checkpoint.read_bytes()
+    assert copy.with_name("tiny.pt.sha256").read_text().strip() == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert Collection.open(f"s3://{bucket}/db").info()["items"] == 1
 
 
 def test_serve_streams_an_objects_bytes_with_ranges(s3, tmp_path, encoder):

@@ -68,6 +68,19 @@ def media_info(name: str | os.PathLike) -> MediaInfo | None:
     return MediaInfo(info.st_size, info.st_mtime, (info.st_size, info.st_mtime_ns, info.st_ino))
 
 
+def media_size(name: str | os.PathLike) -> int:
+    """The size of a file or object, or the ``OSError`` a reader would get (not found, a directory...)."""
+    text = os.fspath(name)
+    if not is_object_uri(text):
+        if os.path.isdir(text):
+            raise IsADirectoryError(21, "Is a directory", text)
+        return os.path.getsize(text)
+    info = media_info(text)
+    if info is None:
+        raise FileNotFoundError(2, "No such file or directory", text)
+    return info.size
+
+
 def list_objects(prefix: str) -> Iterator[tuple[str, int, float]]:
     """``(uri, size, mtime)`` of every object under ``prefix`` (a folder's worth: ``prefix/``), sorted by
     key; a prefix that names one object yields that object."""

@@ -25,6 +25,7 @@ from xsearch.modalities import Tower
 from xsearch.model.config import RANDOM_MARK, get_config
 from xsearch.model.imagebind import ImageBind, create_model
 from xsearch.model.pretrained import PRETRAINED, PretrainedWeights, checkpoint_dir, given_checkpoint
+from xsearch.objects import ObjectUri, is_object_uri, store_of
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ def _fetch(url: str, out, label: str, progress: bool) -> str:
     from tqdm.auto import tqdm
 
     digest, received = hashlib.sha256(), 0
+    if is_object_uri(url):
+        return _fetch_object(url, out, label, progress)
     try:
         with urllib.request.urlopen(url) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -113,6 +116,25 @@ def _fetch(url: str, out, label: str, progress: bool) -> str:
         ) from None
     if total is not None and received != total:
         raise CheckpointError(f"{url}: download cut short ({received:,} of {total:,} bytes); run again to retry")
+    return digest.hexdigest()
+
+
+def _fetch_object(uri: str, out, label: str, progress: bool) -> str:
+    """Stream an object into ``out``; the sha256 of what arrived."""
+    import obstore
+    from tqdm.auto import tqdm
+
+    where = ObjectUri.parse(uri)
+    digest = hashlib.sha256()
+    try:
+        result = obstore.get(store_of(where), where.key)
+        with tqdm(total=result.meta["size"], unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
+            for chunk in result.stream(min_chunk_size=_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    except Exception as exc:  # obstore's network and permission errors
+        raise CheckpointError(f"{uri}: download failed ({str(exc).splitlines()[0]})", argument="checkpoint") from None
     return digest.hexdigest()
 
 
@@ -172,6 +194,8 @@ def resolve_checkpoint(
     """Find the checkpoint file: ``checkpoint`` if given, else ``$XSEARCH_CHECKPOINT``, else the cache
     (``$XSEARCH_HOME/checkpoints``), downloading it there on first use."""
     explicit = given_checkpoint(checkpoint)
+    if explicit and is_object_uri(explicit):
+        return _object_checkpoint(explicit, verify)
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -189,6 +213,29 @@ def resolve_checkpoint(
         )
     log.warning("Downloading %s to %s. %s", entry.url, path, entry.license)
     return download(url or entry.url, path, entry.sha256, check=_loads)
+
+
+def _object_checkpoint(uri: str, verify: bool) -> Path:
+    """A checkpoint in a bucket (``s3://...``), copied once into ``$XSEARCH_HOME/checkpoints/objects/`` (each
+    cluster node makes its own copy) and checked as a download is; copied again when the object's ETag
+    changes (replaced in the bucket)."""
+    from xsearch.sources import media_info
+
+    where = ObjectUri.parse(uri)
+    info = media_info(uri)
+    if info is None:
+        raise CheckpointError(f"{uri}: checkpoint object not found", argument="checkpoint")
+    dest = checkpoint_dir() / "objects" / where.scheme / where.bucket / where.key
+    source = dest.with_name(dest.name + ".source")
+    tag = json.dumps({"size": info.size, "etag": info.identity[1]})
+    if dest.is_file() and source.is_file() and source.read_text() == tag:
+        _verify_recorded_sha256(dest, verify)
+        return dest
+    for stale in (dest, dest.with_name(dest.name + ".sha256"), dest.with_name(dest.name + ".verified")):
+        stale.unlink(missing_ok=True)
+    download(uri, dest, check=_loads)
+    _write_beside(source, tag)
+    return dest
 
 
 def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

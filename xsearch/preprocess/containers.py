@@ -9,7 +9,7 @@ import av
 
 from xsearch.errors import DecodeError
 from xsearch.objects import is_object_uri
-from xsearch.sources import media_info, open_media
+from xsearch.sources import media_size, open_media
 
 
 def open_container(path: str | os.PathLike) -> av.container.InputContainer:
@@ -18,10 +18,7 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     if not remote and os.path.isdir(name):
         raise DecodeError(name, "is a directory")
     try:
-        info = media_info(name)
-        if info is None:
-            raise FileNotFoundError(2, "No such file or directory", name)
-        if info.size == 0:
+        if media_size(name) == 0:
             raise DecodeError(name, "file is empty (0 bytes)")
         # A local file as a file whatever its name holds (FFmpeg reads "take:2.wav" as the URL protocol
         # "take"); an object through its range reader, so that FFmpeg's seeks fetch only what it reads.

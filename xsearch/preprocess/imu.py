@@ -19,7 +19,7 @@ from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess._npy import load_npy
 from xsearch.preprocess.prepared import Preprocessed
-from xsearch.sources import media_info, open_media
+from xsearch.sources import media_size, open_media
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,7 @@ def load_imu(path: str | os.PathLike, cfg: ImuCfg = ImuCfg()) -> np.ndarray:
     """An IMU file as ``float32 [channels, N]``."""
     name = os.fspath(path)
     try:
-        info = media_info(name)
-        if info is None:
-            raise FileNotFoundError(2, "No such file or directory", name)
-        if info.size > cfg.max_file_bytes:
+        if media_size(name) > cfg.max_file_bytes:
             raise DecodeError(name, "IMU file is too large")
         if name.lower().endswith(".csv"):
             array = _read_csv(name)

@@ -22,7 +22,7 @@ import torch
 from xsearch.errors import DecodeError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess.prepared import Preprocessed
-from xsearch.sources import media_info, open_media
+from xsearch.sources import media_size, open_media
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -177,11 +177,9 @@ def read_text_file(path: str | os.PathLike, cfg: TextCfg = TextCfg()) -> str:
     error."""
     name = os.fspath(path)
     try:
-        info = media_info(name)
-        if info is None:
-            raise FileNotFoundError(2, "No such file or directory", name)
-        if info.size > cfg.max_file_bytes:
-            raise DecodeError(name, f"text file is {info.size} bytes, above the {cfg.max_file_bytes} byte limit")
+        size = media_size(name)
+        if size > cfg.max_file_bytes:
+            raise DecodeError(name, f"text file is {size} bytes, above the {cfg.max_file_bytes} byte limit")
         with open_media(name) as handle:
             raw = handle.read()
     except DecodeError.OS_ERRORS as exc:
