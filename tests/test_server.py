@@ -275,3 +275,30 @@ def test_text_hits_carry_an_excerpt(tmp_path, tiny_model):
     collection.index([notes], workers=0)
     hit = TestClient(create_app(collection)).post("/api/search", data={"text": ["a note"]}).json()["results"][0]
     assert hit["excerpt"] == "the first lines of a note"
+
+
+def test_a_text_swapped_for_a_link_shows_no_excerpt_even_with_its_size_and_time(tmp_path, tiny_model):
+    """A link put in an indexed note's place must not show the server user's files: not in the page's
+    results, not in a contact sheet, even when the target has the note's size and mtime."""
+    import os
+
+    from xsearch.contact_sheet import render
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    note = notes / "a.txt"
+    note.write_text("an ordinary note")
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY DATA")  # as long as the note
+    os.utime(secret, ns=(note.stat().st_atime_ns, note.stat().st_mtime_ns))
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    collection.index([notes], workers=0)
+    client = TestClient(create_app(collection))
+    assert client.post("/api/search", data={"text": ["note"]}).json()["results"][0]["excerpt"] == "an ordinary note"
+    note.unlink()
+    note.symlink_to(secret)
+    assert (note.stat().st_size, note.stat().st_mtime) == (secret.stat().st_size, secret.stat().st_mtime)
+    hit = client.post("/api/search", data={"text": ["note"]}).json()["results"][0]
+    assert hit["uri"] == str(note) and hit["excerpt"] == ""
+    results = collection.search("note")
+    assert "PRIVATE" not in render(results) and "ordinary" not in render(results)

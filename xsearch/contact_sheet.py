@@ -95,7 +95,11 @@ def _img(alt: str, jpeg: bytes) -> str:
 
 
 def _preview(
-    modality: Modality | None, path: str | None, thumbnail: bytes | None, moment: tuple[float, float] | None = None
+    modality: Modality | None,
+    path: str | None,
+    thumbnail: bytes | None,
+    moment: tuple[float, float] | None = None,
+    indexed: tuple[int, float] | None = None,
 ) -> str:
     """The HTML for one card's preview, as the modality table says the modality is shown; for a
     ``moment`` of audio, its own seconds are the excerpt that plays."""
@@ -113,7 +117,7 @@ def _preview(
         player = f'<audio controls src="{_data_uri("audio/wav", excerpt)}"></audio>' if excerpt else ""
         return picture + player
     if kind is Preview.TEXT and exists:
-        return f"<pre>{html.escape(text_excerpt(path))}</pre>"
+        return f"<pre>{html.escape(text_excerpt(path, indexed=indexed))}</pre>"
     if kind is Preview.LABEL or (kind is Preview.THUMBNAIL and exists):  # indexed before it had a preview
         return f'<div class="label">{html.escape(modality.spec.help or modality.value)}</div>'
     return '<div class="missing">no preview (file missing or unreadable)</div>'
@@ -198,7 +202,9 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
             )
             result_cards.append(_card(preview, lines))
         else:
-            result_cards.append(_card(_preview(r.modality, r.uri, thumbnails.get(r.id)), lines, link))
+            result_cards.append(
+                _card(_preview(r.modality, r.uri, thumbnails.get(r.id), indexed=r.indexed), lines, link)
+            )
     targets = ", ".join(t.value for t in results.targets) or "all"
     note = f"<p class='note'>Note: {html.escape(RANDOM_WEIGHTS_NOTE)}.</p>" if results.random_weights else ""
     model = f"model {html.escape(results.model_id)}, " if results.model_id else ""

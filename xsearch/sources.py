@@ -81,6 +81,31 @@ def media_size(name: str | os.PathLike) -> int:
     return info.size
 
 
+def indexed_descriptor(uri: str, size: int, mtime: float) -> int | None:
+    """A descriptor of the local file ``uri`` if it is still the file indexed: a regular file, not a symbolic
+    link, of the recorded ``size`` and ``mtime`` (``None`` otherwise). Reading through it, not the name, means
+    a file swapped after the check is not what is read; a pipe or device in its place is never read."""
+    try:
+        handle = os.open(uri, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:  # gone, unreadable, or a link (ELOOP)
+        return None
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != size or info.st_mtime != mtime:
+        os.close(handle)
+        return None
+    return handle
+
+
+def open_indexed(uri: str, size: int, mtime: float) -> io.BufferedIOBase | None:
+    """The bytes of an indexed file or object if it is still the one indexed (``indexed_descriptor``; an
+    object of the recorded size and modification time), else ``None``."""
+    if is_object_uri(uri):
+        info = media_info(uri)
+        return open_media(uri) if info is not None and (info.size, info.mtime) == (size, mtime) else None
+    handle = indexed_descriptor(uri, size, mtime)
+    return None if handle is None else os.fdopen(handle, "rb")
+
+
 def list_objects(prefix: str) -> Iterator[tuple[str, int, float]]:
     """``(uri, size, mtime)`` of every object under ``prefix`` (a folder's worth: ``prefix/``), sorted by
     key; a prefix that names one object yields that object."""

@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xsearch.sources import open_media
+from xsearch.sources import open_indexed, open_media
 
 THUMBNAIL_SIZE = 192  # longest side, pixels
 JPEG_QUALITY = 80
@@ -103,10 +103,15 @@ def _jpeg(image: Image.Image) -> bytes:
 TEXT_EXCERPT_CHARS = 300
 
 
-def text_excerpt(path: str, chars: int = TEXT_EXCERPT_CHARS) -> str:
-    """The first ``chars`` characters of a text file, as a results page shows it ("" when unreadable)."""
+def text_excerpt(path: str, chars: int = TEXT_EXCERPT_CHARS, indexed: tuple[int, float] | None = None) -> str:
+    """The first ``chars`` characters of a text file, as a results page shows it ("" when unreadable).
+    ``indexed``: the file's size and mtime as indexed; then only that file is read (``open_indexed``: not
+    a link put in its place, which could show any file the server's user can read)."""
     try:
-        with io.TextIOWrapper(open_media(path), encoding="utf-8", errors="replace") as handle:
+        source = open_media(path) if indexed is None else open_indexed(path, *indexed)
+        if source is None:
+            return ""
+        with io.TextIOWrapper(source, encoding="utf-8", errors="replace") as handle:
             return handle.read(chars).lstrip("\ufeff")
     except OSError:
         return ""

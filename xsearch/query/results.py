@@ -36,6 +36,8 @@ class Result:
     duplicates: list[str] = field(default_factory=list)  # other paths of the same bytes (same sha256)
     start: float | None = None  # a moment's seconds in its file (``SearchOptions.moments``)
     end: float | None = None
+    # The file's size and mtime as indexed: what a preview checks before it reads the file (not in JSON).
+    indexed: tuple[int, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_moment(self) -> bool:
@@ -48,6 +50,7 @@ class Result:
 
     def as_json(self) -> dict:
         out = asdict(self)
+        del out["indexed"]
         if not self.is_moment:
             del out["start"], out["end"]
         return out

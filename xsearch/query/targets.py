@@ -14,7 +14,7 @@ from xsearch.query.algebra import QueryInput
 from xsearch.query.ranking import Hit
 from xsearch.query.results import METADATA_COLUMNS, Result
 
-RESULT_COLUMNS = ["uri", "modality", "sha256", *METADATA_COLUMNS]
+RESULT_COLUMNS = ["uri", "modality", "sha256", "size", "mtime", *METADATA_COLUMNS]
 MOMENT_COLUMNS = ["item_id", "uri", "modality", "sha256", "start", "end"]
 
 
@@ -56,7 +56,9 @@ class ItemTarget:
     def result(self, rank: int, hit: Hit, row: dict) -> Result:
         metadata = {key: row[key] for key in METADATA_COLUMNS if row[key] is not None}
         modality = Modality(row["modality"])
-        return Result(rank, hit.score, hit.id, row["uri"], modality, metadata, hit.calibrated, hit.duplicates)
+        found = Result(rank, hit.score, hit.id, row["uri"], modality, metadata, hit.calibrated, hit.duplicates)
+        found.indexed = (row["size"], row["mtime"])
+        return found
 
 
 class MomentTarget(ItemTarget):

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import stat
 import tempfile
 import time
 from importlib import resources
@@ -44,8 +43,9 @@ from xsearch.modalities import Modality, Preview
 from xsearch.moments import split_item_time
 from xsearch.objects import is_object_uri
 from xsearch.options import SearchOptions, item_key
-from xsearch.paths import is_regular_file, modality_of_path
+from xsearch.paths import modality_of_path
 from xsearch.server.objects import object_response
+from xsearch.sources import indexed_descriptor
 from xsearch.thumbnails import text_excerpt
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -235,8 +235,8 @@ def create_app(
         for hit, result in zip(out["results"], results):
             hit["thumbnail_url"] = signer.url(hit["id"], "thumbnail")
             hit["media_url"] = signer.url(hit["id"], "media") + result.fragment  # players start at a moment
-            if Modality(hit["modality"]).spec.preview is Preview.TEXT and is_regular_file(hit["uri"]):
-                hit["excerpt"] = text_excerpt(hit["uri"])
+            if Modality(hit["modality"]).spec.preview is Preview.TEXT:
+                hit["excerpt"] = text_excerpt(hit["uri"], indexed=result.indexed)
         return out
 
     @app.get("/api/items/{item_id}", dependencies=guarded)
@@ -398,20 +398,8 @@ class _Refused(Exception):
 
 
 def _open_indexed(row: dict) -> int | None:
-    """A descriptor of the item's file if it is still the file indexed: a regular file of the stored size
-    and mtime (``None`` otherwise; a pipe or device in its place is never opened for reading)."""
-    uri = row["uri"]
-    if not is_regular_file(uri):
-        return None
-    try:
-        handle = os.open(uri, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    info = os.fstat(handle)
-    if not stat.S_ISREG(info.st_mode) or info.st_size != row["size"] or info.st_mtime != row["mtime"]:
-        os.close(handle)
-        return None
-    return handle
+    """A descriptor of the item's file if it is still the file indexed (``indexed_descriptor``)."""
+    return indexed_descriptor(row["uri"], row["size"], row["mtime"])
 
 
 def _docs_assets() -> str | None:
