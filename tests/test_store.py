@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from xsearch.errors import ModelMismatchError, StoreError
+from xsearch.modalities import Modality
 from xsearch.store import Database, ItemFilter, ItemRecord, embeddings_to_numpy
 
 
@@ -178,3 +180,26 @@ def test_views_read_one_version_and_have_no_write_method(tmp_path):
         for name in writes:
             with pytest.raises(AttributeError):
                 getattr(view, name)([])
+
+
+def test_a_lease_note_dated_ahead_of_this_clock_pins_nothing(tmp_path):
+    """A note from a host whose clock is a day ahead (or one that says 1e20) does not keep old versions; a
+    note a few seconds ahead (ordinary skew) still does."""
+    import json
+    import time
+
+    from xsearch.store import READERS, held_since
+
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
+    store.add_items([ItemRecord("/a.txt", Modality.TEXT, np.ones(8, np.float32))])
+    store.add_items([ItemRecord("/b.txt", Modality.TEXT, np.ones(8, np.float32))])
+    versions = store.items().versions()
+    (tmp_path / "db" / READERS).mkdir()
+    notes = {"ahead": time.time() + 86_400, "huge": 1e20, "skewed": time.time() + 30}
+    for name, at in notes.items():
+        note = {"version": versions[0]["version"], "at": at, "pid": os.getpid(), "host": socket.gethostname()}
+        (tmp_path / "db" / READERS / f"{name}.json").write_text(json.dumps(note))
+    assert held_since(store.files, versions) is not None  # the skewed one holds
+    assert sorted(p.name for p in (tmp_path / "db" / READERS).iterdir()) == ["huge.json", "skewed.json"]
+    (tmp_path / "db" / READERS / "skewed.json").unlink()
+    assert held_since(store.files, versions) is None

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 READERS = "readers"  # one lease file per reader holding a version (``ReaderLease``)
 LEASE_SECONDS = 900  # a lease not renewed for this long is a dead reader's (a killed process leaves one)
 MIN_KEEP = dt.timedelta(seconds=60)  # old versions kept for readers that take no lease (other tools)
+CLOCK_SKEW = dt.timedelta(seconds=120)  # a note dated further ahead than this was written by a wrong clock
 
 
 def _side_files(where: str | os.PathLike | SideFiles) -> SideFiles:
@@ -93,7 +94,10 @@ def held_since(files: SideFiles, versions: list[dict], field: str = "version") -
             at = dt.datetime.fromtimestamp(float(note["at"]), dt.UTC)
         except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a note that means nothing
             continue
-        if not files.alive(note) or (now() - at).total_seconds() > LEASE_SECONDS:
+        # Dated ahead of this clock by more than a skew: a host whose clock is wrong would otherwise pin old
+        # versions until its future date passes (a day ahead: a day of growth). Its reader renews its note.
+        ahead = at - now() > CLOCK_SKEW
+        if ahead or not files.alive(note) or (now() - at).total_seconds() > LEASE_SECONDS:
             with contextlib.suppress(OSError):
                 files.remove(name)  # a dead reader's
             continue
