@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -302,3 +303,21 @@ def test_a_text_swapped_for_a_link_shows_no_excerpt_even_with_its_size_and_time(
     assert hit["uri"] == str(note) and hit["excerpt"] == ""
     results = collection.search("note")
     assert "PRIVATE" not in render(results) and "ordinary" not in render(results)
+
+
+def test_odd_item_names_times_and_signatures_are_client_errors(media):
+    """Inputs that used to reach a 500 (or exit 70): superscript digits, a time of 400 nines, an id of 5,000
+    digits, a signature that is not ASCII."""
+    _, _, collection = media
+    red = ids(collection)["red"]
+    client = TestClient(create_app(collection))
+    for item in ["1@²", "1@" + "9" * 400, "9" * 5000]:
+        answer = client.post("/api/search", data={"item": [item], "k": "1"})
+        assert 400 <= answer.status_code < 500, (item[:10], answer.status_code, answer.text[:200])
+    assert client.get("/api/items/" + "7" * 5000).status_code == 404
+    guarded = TestClient(create_app(collection, token=TOKEN))
+    odd = guarded.get(f"/api/items/{red}/media?expires={int(time.time()) + 60}&signature=caf%C3%A9")
+    assert odd.status_code == 401
+    for item in ["1@²", "1@" + "9" * 400]:
+        result = CliRunner().invoke(cli, ["search", "--db", str(collection.path), "--item", item])
+        assert result.exit_code == 2 and result.output.startswith("error: "), result.output[-300:]

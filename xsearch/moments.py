@@ -193,14 +193,15 @@ def split_item_time(text: str) -> tuple[str, float | None]:
 def parse_clock(text: str) -> float | None:
     """``"83"``, ``"83.5"``, ``"1:23"``, ``"1:02:03"`` -> seconds; ``None`` when ``text`` is not a time."""
     parts = text.strip().split(":")
-    if not 1 <= len(parts) <= 3 or not all(p.replace(".", "", 1).isdigit() for p in parts):
+    # ASCII digits only: "²" is a digit to ``str.isdigit`` but not to ``float``.
+    if not 1 <= len(parts) <= 3 or not all(p.isascii() and p.replace(".", "", 1).isdigit() for p in parts):
         return None
     if any("." in p for p in parts[:-1]):
         return None
     seconds = 0.0
     for part in parts:
         seconds = seconds * 60 + float(part)
-    return seconds
+    return seconds if math.isfinite(seconds) else None  # 400 nines is no time (``float`` makes it inf)
 
 
 def moment_at(moments, item_id: int, seconds: float, prefer: Modality | None = None) -> dict | None:

@@ -53,7 +53,8 @@ def item_key(key: int | str) -> int | str:
     """How a user names a stored item: an id (an int, or ASCII digits: ``"²"`` is a digit to Python, not an
     id) or a path (anything else)."""
     if isinstance(key, str) and key.strip().isascii() and key.strip().isdigit():
-        return int(key.strip())
+        digits = key.strip().lstrip("0") or "0"
+        return int(digits) if len(digits) <= 19 else str(key)  # above any id (int64), not a number to parse
     return int(key) if isinstance(key, int) or hasattr(key, "__index__") else str(key)
 
 

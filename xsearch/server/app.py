@@ -326,7 +326,10 @@ class _Signer:
             return False
         if expires < time.time():
             return False
-        return hmac.compare_digest(query.get("signature", ""), self._signature(item_id, kind, expires))
+        given = query.get("signature", "")
+        if not given.isascii():  # compare_digest refuses non-ASCII text (a TypeError, which was a 500)
+            return False
+        return hmac.compare_digest(given, self._signature(item_id, kind, expires))
 
 
 class _Guard:
