@@ -321,3 +321,48 @@ def test_odd_item_names_times_and_signatures_are_client_errors(media):
     for item in ["1@²", "1@" + "9" * 400]:
         result = CliRunner().invoke(cli, ["search", "--db", str(collection.path), "--item", item])
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output[-300:]
+
+
+def test_a_null_origin_is_cross_origin_and_searches_are_bounded_in_inputs(media):
+    """``Origin: null`` (a sandboxed frame, a ``file:`` page) is refused like any other page's origin, token or
+    not; one search takes at most ``MAX_INPUTS`` inputs."""
+    from xsearch.server.app import MAX_INPUTS
+
+    _, _, collection = media
+    for app in (create_app(collection), create_app(collection, token=TOKEN)):
+        client = TestClient(app)
+        headers = {"Origin": "null", "Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/api/search", data={"text": ["a"]}, headers=headers).status_code == 403
+        foreign = {"Origin": "https://evil.example", "Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/api/search", data={"text": ["a"]}, headers=foreign).status_code == 403
+        same = {"Origin": "http://testserver", "Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/api/search", data={"text": ["a"]}, headers=same).status_code == 200
+    many = TestClient(create_app(collection)).post("/api/search", data={"text": ["a"] * (MAX_INPUTS + 1)})
+    assert many.status_code == 422 and f"at most {MAX_INPUTS} inputs" in many.json()["detail"]
+
+
+def test_a_session_expires_and_can_be_revoked(media, monkeypatch):
+    from xsearch.server import app as server_app
+
+    _, _, collection = media
+    client = TestClient(create_app(collection, token=TOKEN))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    answer = client.post("/api/session", headers=bearer)
+    assert answer.status_code == 204 and f"max-age={server_app.SESSION_SECONDS}" in answer.headers["set-cookie"].lower()
+    old = client.cookies.get("xsearch_session")
+    client.cookies.clear()
+    session = {"xsearch_session": old}
+    assert client.get("/api/info", cookies=session).status_code == 200
+    now = time.time()
+    monkeypatch.setattr(server_app.time, "time", lambda: now + server_app.SESSION_SECONDS + 1)
+    assert client.get("/api/info", cookies=session).status_code == 401  # expired
+    monkeypatch.setattr(server_app.time, "time", lambda: now)
+    assert client.get("/api/info", cookies=session).status_code == 200
+    assert client.delete("/api/session", headers=bearer).status_code == 204
+    assert client.get("/api/info", cookies=session).status_code == 401  # revoked
+    client.post("/api/session", headers=bearer)
+    fresh = client.cookies.get("xsearch_session")
+    client.cookies.clear()
+    assert client.get("/api/info", cookies={"xsearch_session": fresh}).status_code == 200
+    forged = fresh.split(".")[0] + "." + "0" * 64
+    assert client.get("/api/info", cookies={"xsearch_session": forged}).status_code == 401

@@ -54,6 +54,8 @@ BODY_SECONDS = 120.0  # a request body must arrive within this (a slow client ca
 MIN_TOKEN_LENGTH = 16
 SESSION_COOKIE = "xsearch_session"
 SIGNATURE_SECONDS = 3600  # how long a preview or media URL from a search stays valid
+SESSION_SECONDS = 12 * 3600  # how long the page's session cookie stands for the token
+MAX_INPUTS = 16  # files, texts and items in one search: each file is decoded and encoded while others wait
 ITEM_COLUMNS = [
     "id",
     "uri",
@@ -100,7 +102,7 @@ def create_app(
     )
     signer = _Signer(token)
     app.exception_handler(RequestValidationError)(_validation_error)
-    app.add_middleware(_Guard, max_body=max_upload_bytes + FIELDS_BYTES, seconds=body_seconds, open_api=token is None)
+    app.add_middleware(_Guard, max_body=max_upload_bytes + FIELDS_BYTES, seconds=body_seconds)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
@@ -111,7 +113,7 @@ def create_app(
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if secrets.compare_digest(given.encode(), token.encode()):
             return
-        if secrets.compare_digest(request.cookies.get(SESSION_COOKIE, "").encode(), signer.session().encode()):
+        if signer.valid_session(request.cookies.get(SESSION_COOKIE, "")):
             return
         raise HTTPException(401, "a valid token is required", headers={"WWW-Authenticate": "Bearer"})
 
@@ -141,10 +143,20 @@ def create_app(
 
     @app.post("/api/session", dependencies=guarded, include_in_schema=False)
     def session() -> Response:
-        """A cookie standing for the token (HttpOnly, same site only), so that a browser can open ``/docs``."""
+        """A cookie standing for the token (HttpOnly, same site only, for ``SESSION_SECONDS``), so that a
+        browser can open ``/docs``."""
         answer = Response(status_code=204)
         if token is not None:
-            answer.set_cookie(SESSION_COOKIE, signer.session(), httponly=True, samesite="strict")
+            cookie = signer.session()
+            answer.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, samesite="strict")
+        return answer
+
+    @app.delete("/api/session", dependencies=guarded, include_in_schema=False)
+    def end_sessions() -> Response:
+        """Revoke every session cookie handed out so far (a restart does too)."""
+        signer.revoke_sessions()
+        answer = Response(status_code=204)
+        answer.delete_cookie(SESSION_COOKIE)
         return answer
 
     @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
@@ -199,6 +211,8 @@ def create_app(
         _require_form(request)
         if not (files or text or item):
             raise HTTPException(422, "give at least one input: files, text or item")
+        if len(files) + len(text) + len(item) > MAX_INPUTS:
+            raise HTTPException(422, f"at most {MAX_INPUTS} inputs (files, texts and items) in one search")
         with _http_errors():
             options = SearchOptions(
                 target=target,
@@ -303,6 +317,7 @@ class _Signer:
 
     def __init__(self, token: str | None):
         self.key = hashlib.sha256(token.encode()).digest() if token else None
+        self._sessions = secrets.token_bytes(16)  # new per server: a restart or ``revoke_sessions`` ends them
 
     def _signature(self, item_id, kind: str, expires: int) -> str:
         message = f"{item_id}:{kind}:{expires}".encode()
@@ -315,9 +330,20 @@ class _Signer:
         expires = int(time.time()) + SIGNATURE_SECONDS
         return f"{url}?expires={expires}&signature={self._signature(item_id, kind, expires)}"
 
-    def session(self) -> str:
-        """The session cookie's value: derived from the token, useless without the server's key."""
-        return hmac.new(self.key, b"session", hashlib.sha256).hexdigest() if self.key else ""
+    def session(self, expires: int | None = None) -> str:
+        """A session cookie's value: its expiry and an HMAC of it under the token and this server's session
+        key (useless elsewhere, after ``SESSION_SECONDS``, or once revoked)."""
+        expires = int(time.time()) + SESSION_SECONDS if expires is None else expires
+        return f"{expires}.{hmac.new(self.key, self._sessions + str(expires).encode(), hashlib.sha256).hexdigest()}"
+
+    def valid_session(self, value: str) -> bool:
+        expires, _, _ = value.partition(".")
+        if self.key is None or not value.isascii() or not expires.isdigit() or len(expires) > 12:
+            return False
+        return int(expires) >= time.time() and hmac.compare_digest(value, self.session(int(expires)))
+
+    def revoke_sessions(self) -> None:
+        self._sessions = secrets.token_bytes(16)
 
     def valid(self, item_id: str, kind: str, query) -> bool:
         try:
@@ -335,10 +361,11 @@ class _Signer:
 class _Guard:
     """Every request, before FastAPI reads it: a body larger than ``max_body`` is refused from its
     Content-Length, or as soon as it streams past it (413), a body slower than ``seconds`` is cut (408), and,
-    without a token, a cross-origin POST (any web page the user opens could send one) is refused (403)."""
+    a cross-origin POST (any web page the user opens could send one; ``Origin: null`` is a sandboxed frame's or
+    a ``file:`` page's) is refused (403)."""
 
-    def __init__(self, app, max_body: int, seconds: float, open_api: bool):
-        self.app, self.max_body, self.seconds, self.open_api = app, max_body, seconds, open_api
+    def __init__(self, app, max_body: int, seconds: float):
+        self.app, self.max_body, self.seconds = app, max_body, seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -390,9 +417,9 @@ class _Guard:
         if not length.isdigit() or int(length) > self.max_body:
             return 413, f"the request is larger than {self.max_body >> 20} MB"
         origin = headers.get("origin")
-        if self.open_api and scope["method"] == "POST" and origin and origin != "null":
-            if origin.split("://", 1)[-1] != headers.get("host", ""):
-                return 403, "cross-origin requests are refused (this server has no token)"
+        if scope["method"] in ("POST", "DELETE") and origin is not None:
+            if origin == "null" or origin.split("://", 1)[-1] != headers.get("host", ""):
+                return 403, "cross-origin requests are refused"
         return None
 
 
