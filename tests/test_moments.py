@@ -25,12 +25,12 @@ from xsearch.cli.main import app as cli
 from xsearch.encoder import Encoder
 from xsearch.errors import QueryError
 from xsearch.model import save_checkpoint
-from xsearch.moments import MomentCfg, item_of, parse_clock, split_item_time
+from xsearch.moments import MomentCfg, item_of, parse_clock, plan, split_item_time
 from xsearch.options import IndexOptions, SearchOptions
 from xsearch.preprocess.audio import AudioCfg, preprocess_audio, segment_clips
 from xsearch.preprocess.video import VideoCfg, _clip_frames, _video_stream, decode_segments, frames_to_clips
 from xsearch.server import create_app
-from xsearch.testing.media import event_recording, gradient_image, write_event_video, write_wav
+from xsearch.testing.media import event_recording, gradient_image, tone, write_event_video, write_video, write_wav
 
 RATE = 16000
 runner = CliRunner()
@@ -581,3 +581,36 @@ def test_deleting_many_rows_deletes_their_moments_in_one_go(tmp_path):
     assert store.moments().count() == 3
     store.delete_items(uris=[f"/media/{i:05d}.wav" for i in range(2, 3000)])  # 50 KB of SQL
     assert store.moments().count() == 2 and store.moment_sets() == {0: {"0"}, 1: {"1"}}
+
+
+def _claim_duration(path, seconds: float) -> None:
+    """Rewrite a Matroska file's Segment Duration (an 8-byte float in milliseconds) to ``seconds``."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # the Duration element, 8 bytes long
+    assert at > 0, "no 8-byte Duration element in the test file"
+    data[at + 3 : at + 11] = struct.pack(">d", seconds * 1000)
+    path.write_bytes(data)
+
+
+def test_a_video_whose_header_claims_hours_is_as_long_as_its_frames(tmp_path):
+    """10 s of video that says 2 h (or 1e9 s) is decoded and cut as 10 s, not seeked through for hours; a
+    sound track of 2 s in a 12 s video has one audio moment, not six of silence."""
+    from xsearch.moments import _sound_track_seconds
+    from xsearch.preprocess.video import decode_video
+
+    for claimed in (7200.0, 1e9):
+        clip = write_video(tmp_path / f"lying-{claimed:g}.mkv", seconds=10.0)
+        _claim_duration(clip, claimed)
+        _, duration = decode_video(clip, VideoCfg())
+        assert 9.0 <= duration <= 10.5, (claimed, duration)
+        tasks = plan(str(clip), Modality.VIDEO, 1, 1.0, duration, MomentCfg())
+        assert sum(len(t.spans) for t in tasks) == 2  # 0-6 s and 6-10 s
+    short_sound = write_event_video(
+        tmp_path / "quiet.mkv", seconds=12.0, event_at=1.0, sound=tone(2.0, 16000)[:, :1], rate=16000
+    )
+    heard = _sound_track_seconds(str(short_sound))
+    assert heard is not None and heard <= 3.0, heard
+    tracks = plan(str(short_sound), Modality.VIDEO, 1, 1.0, 12.0, MomentCfg())
+    assert [len(t.spans) for t in tracks if t.modality is Modality.AUDIO] == [1]

@@ -134,7 +134,7 @@ def _sound_track_seconds(path: str) -> float | None:
     """The length of a video's first audio stream (its header's, else the container's), or ``None``."""
     import av
 
-    from xsearch.preprocess.containers import open_container
+    from xsearch.preprocess.containers import open_container, true_duration
 
     try:
         with open_container(path) as container:
@@ -142,8 +142,11 @@ def _sound_track_seconds(path: str) -> float | None:
                 return None
             stream = container.streams.audio[0]
             if stream.duration and stream.time_base:
-                return float(stream.duration * stream.time_base)
-            return container.duration / av.time_base if container.duration else None
+                declared = float(stream.duration * stream.time_base)
+            else:
+                declared = container.duration / av.time_base if container.duration else None
+            # A sound track shorter than its header (2 s of sound in a 40 s video) has moments where it sounds.
+            return true_duration(container, stream, declared) if declared else None
     except Exception:  # no readable sound track: the video's moments stand alone
         return None
 

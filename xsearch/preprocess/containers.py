@@ -34,6 +34,37 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     return container
 
 
+LYING_MARGIN = 1.0  # seconds a stream may end before its header says without being called a lie
+
+
+def stream_end(container, stream, declared: float) -> float | None:
+    """Where ``stream`` really ends, in seconds from its start: the end of its last packet, read after a seek
+    to just before the ``declared`` end (packets are demuxed, not decoded: cheap whatever the length). A
+    header can claim any length; ``None`` when no packet says."""
+    base = stream.time_base
+    if base is None:
+        return None
+    start = stream.start_time or 0
+    try:
+        container.seek(int(max(declared - 2 * LYING_MARGIN, 0) / base) + start, stream=stream, backward=True)
+    except (av.FFmpegError, OverflowError, ValueError):
+        container.seek(0)  # read from the start: every packet, still without decoding
+    end = None
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            stop = float((packet.pts - start + (packet.duration or 0)) * base)
+            end = stop if end is None else max(end, stop)
+    container.seek(0)
+    return end
+
+
+def true_duration(container, stream, declared: float) -> float:
+    """``declared``, unless the stream's packets end well before it (a lying header: 10 s of video that says
+    2 h): then where they end."""
+    end = stream_end(container, stream, declared)
+    return end if end is not None and end < declared - LYING_MARGIN else declared
+
+
 def local_file_url(path: str | os.PathLike) -> str:
     """``path`` for FFmpeg as a local file (its ``file:`` protocol), never as a URL of another protocol."""
     return "file:" + os.path.abspath(os.fspath(path))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from xsearch.errors import DecodeError, NoStreamError
 from xsearch.model.config import IMAGEBIND_HUGE, ImageBindCfg
 from xsearch.preprocess.audio import clip_starts
-from xsearch.preprocess.containers import describe, open_container
+from xsearch.preprocess.containers import describe, open_container, true_duration
 from xsearch.preprocess.image import CLIP_MEAN, CLIP_STD, check_aspect
 from xsearch.preprocess.prepared import Preprocessed
 
@@ -36,6 +36,7 @@ class VideoCfg:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     max_pixels_per_frame: int = 8192 * 8192
+    max_seconds: float = 24 * 3600.0  # longer videos are refused (their real length, whatever the header says)
 
     @classmethod
     def for_model(cls, model: ImageBindCfg) -> VideoCfg:
@@ -149,9 +150,12 @@ def _video_stream(container, name: str, cfg: VideoCfg):
         raise DecodeError(name, f"video frames are {ctx.width}x{ctx.height}, too large")
     if ctx.width and ctx.height:
         check_aspect(name, ctx.width, ctx.height, "video frame")
-    duration = _duration(stream, container)
-    if duration is None:
+    declared = _duration(stream, container)
+    if declared is None:
         raise DecodeError(name, "video duration is unknown")
+    duration = true_duration(container, stream, declared)  # clips and moments only where frames are
+    if duration > cfg.max_seconds:
+        raise DecodeError(name, f"video is {duration / 3600:.1f} h long, above the {cfg.max_seconds / 3600:g} h limit")
     return stream, duration
 
 
