@@ -203,3 +203,72 @@ def test_a_lease_note_dated_ahead_of_this_clock_pins_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "db" / READERS).iterdir()) == ["huge.json", "skewed.json"]
     (tmp_path / "db" / READERS / "skewed.json").unlink()
     assert held_since(store.files, versions) is None
+
+
+def test_a_full_disk_skips_compaction_after_removing_what_no_reader_holds(tmp_path, monkeypatch, caplog):
+    """Compaction writes its merged copy before old versions go; on a full disk that write fails. Removing
+    old versions writes nothing, so it comes first, and a merge that finds no room is skipped with a
+    warning: the run does not fail, and the room it could free is freed."""
+    import datetime as dt
+    import errno
+    import logging
+
+    import lancedb.table
+
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
+    for i in range(6):  # six versions, five of them superseded
+        store.upsert_items([ItemRecord("/a.txt", Modality.TEXT, np.full(8, i + 1, np.float32))])
+    before = len(store.items().versions())
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lancedb.table.LanceTable, "compact_files", disk_full)
+    with caplog.at_level(logging.WARNING):
+        store.compact(min_keep=dt.timedelta(0))
+    assert "not compacted (disk full)" in caplog.text
+    assert len(store.items().versions()) < before  # removed, though nothing could be merged
+    assert store.items().count() == 1
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A 48 MB filesystem of its own (tmpfs; needs root, else the test is skipped, visibly)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(volume)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()[:80]}): needs root")
+    try:
+        yield volume
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def test_a_database_that_filled_its_disk_recovers_by_itself(small_volume):
+    """Superseded versions, small fragments to merge and a disk with no room left: compaction frees what no
+    reader holds instead of failing for want of room for its merged copy."""
+    import datetime as dt
+
+    store = Database.open(small_volume / "db", model_id="tiny_test", embed_dim=1024)
+    vectors = np.random.default_rng(0).random((2000, 1024), np.float32)
+    rows = [ItemRecord(f"/{i}.txt", Modality.TEXT, v) for i, v in enumerate(vectors)]
+    for _ in range(3):  # superseded versions: room that no reader holds
+        store.upsert_items(rows[:1000])
+    for start in range(1000, 2000, 200):  # small fragments: a merge to write
+        store.add_items(rows[start : start + 200])
+    filler = small_volume / "filler"
+    with open(filler, "wb") as handle:  # the rest of the volume
+        try:
+            while True:
+                handle.write(b"\0" * (1 << 20))
+                handle.flush()
+        except OSError:
+            pass
+    free_before = os.statvfs(small_volume).f_bavail
+    store.compact(min_keep=dt.timedelta(0))
+    assert os.statvfs(small_volume).f_bavail > free_before + 1000  # blocks of 4 KB: over 4 MB freed
+    assert store.items().count() == 2000
+    filler.unlink()
+    store.compact(min_keep=dt.timedelta(0))  # with room again, the merge is made
+    assert store.items().count() == 2000

@@ -24,7 +24,7 @@ from xsearch.errors import DatabaseDamaged, StoreError, UsageError
 from xsearch.objects import ObjectUri, location
 from xsearch.store import ids as id_marks
 from xsearch.store.filters import ItemFilter, any_of, one_of
-from xsearch.store.lance_errors import guarded, translated
+from xsearch.store.lance_errors import guarded, storage_problem, translated
 from xsearch.store.leases import MIN_KEEP, ReaderLease, held_since
 from xsearch.store.opening import connect
 from xsearch.store.schema import (
@@ -380,11 +380,22 @@ class Database:
             moments = self._table(MOMENTS)
             plan.append((moments, keep(moments, "moments")))
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=")  # we know who reads
+            warnings.filterwarnings("ignore", message=r".*(cleanup_older_than|compact_files|cleanup_old_versions)")
             for table, kept in plan:
                 # Under the writer lock no other writer is mid-commit, so files no version references are a
-                # killed run's leftovers (on an object store: uploaded data files never committed).
-                table.optimize(cleanup_older_than=kept, delete_unverified=True)
+                # killed run's leftovers (on an object store: uploaded data files never committed). Deleting
+                # writes nothing, so it comes first: on a full disk it is what makes room for the merge.
+                table.cleanup_old_versions(kept, delete_unverified=True)
+                try:
+                    table.compact_files()
+                except Exception as exc:
+                    problem = storage_problem(self.path, exc)
+                    if problem is None or "disk full" not in str(problem):
+                        raise
+                    log.warning("%s: not compacted (disk full); old versions were removed, the next run retries",
+                                self.path)  # fmt: skip
+                    continue
+                table.cleanup_old_versions(kept, delete_unverified=True)
         for folder in INDEX_FOLDERS.values():
             published = self.files.index_objects(folder)
             if published is not None:
