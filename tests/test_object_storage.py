@@ -92,6 +92,9 @@ def test_index_an_s3_bucket_into_an_s3_database_as_a_local_run_would(s3, tmp_pat
         for hit in local.search(Query.image(media / "photos/img2.jpg"), target="image", k=3)
     ]
     assert near == ours and near[0] == "/photos/img2.jpg"
+    copies = tmp_path / "other-machine" / "objects" / "s3" / bucket / "db"
+    assert any((copies / "tables" / "items.lance" / "data").iterdir())  # rows are read from a local copy
+    assert (copies / "faiss" / "image" / "meta.json").is_file()  # and the index from its verified copy
 
     again = remote.index([f"s3://{bucket}/media"], workers=0)
     assert (again.indexed, again.updated, again.unchanged) == (0, 0, remote_report.indexed)
@@ -100,6 +103,9 @@ def test_index_an_s3_bucket_into_an_s3_database_as_a_local_run_would(s3, tmp_pat
     touched = remote.index([f"s3://{bucket}/media"], workers=0)
     assert (touched.indexed, touched.updated) == (0, 1)
     assert len(rows_by_key(remote, "")) == remote_report.indexed  # one row per object, still
+    time.sleep(1.1)  # a reader checks the bucket for commits once a second: then it reads the new version
+    fresh.search(query, target="image", k=1)
+    assert fresh.engine.snapshot().pinned.items.version == remote.store.items().version
 
 
 def test_a_second_writer_is_refused_naming_the_holder_and_a_lapsed_lease_is_taken_over(s3, caplog):

@@ -112,9 +112,14 @@ class Database:
         with translated(self.path / f"{name}.lance"):
             return self._connection.open_table(name)
 
-    def _view(self, name: str) -> TableView:
+    def _view(self, name: str, local: bool = False) -> TableView:
+        """Table ``name`` at its latest version; ``local``: read from this machine's copy of it when the
+        database is in an object store (``TableCopies``: searches read rows by position, a few at a time)."""
         with translated(self.path / f"{name}.lance"):
             dataset = self._connection.open_table(name).to_lance()
+            copies = self.files.table_copies() if local else None
+            if copies is not None:
+                return TableView(copies.dataset(name, dataset), self.path, name, self.model_id, self.embed_dim, dataset)
         return TableView(dataset, self.path, name, self.model_id, self.embed_dim)
 
     def items(self) -> TableView:
@@ -155,8 +160,8 @@ class Database:
                 return previous
         if lease is not None:
             lease.hold(None)  # "the newest version as of now", until the numbers are known
-        items = self.items()
-        moments = self.moments() if self.has_moments() else None  # pinned after the items: never older
+        items = self._view(ITEMS, local=True)
+        moments = self._view(MOMENTS, local=True) if self.has_moments() else None  # never older than the items
         if lease is not None:
             lease.hold(items.version, moments.version if moments is not None else None)
         return Snapshot(items, moments)

@@ -183,6 +183,13 @@ class ObjectSideFiles(SideFiles):
 
         return self._indices.setdefault(folder, IndexObjects(self, folder))
 
+    def table_copies(self):
+        from xsearch.store.table_copies import TableCopies
+
+        if "tables" not in self._indices:
+            self._indices["tables"] = TableCopies(self)
+        return self._indices["tables"]
+
     def alive(self, note: dict) -> bool:
         """A reader elsewhere cannot be asked whether it runs: its lease's age decides (it renews it)."""
         return True

@@ -115,6 +115,10 @@ class SideFiles:
         ``local_folder`` (``IndexObjects``), or ``None``: the local folder is the index."""
         return None
 
+    def table_copies(self):
+        """Where readers copy the tables to read them locally (``TableCopies``), or ``None``: they are local."""
+        return None
+
     def check_writable(self) -> None:
         """Refuse, before anything is written, a store on which writers could lose each other's commits."""
 

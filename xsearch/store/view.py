@@ -42,8 +42,9 @@ class TableView:
     >>> view.count(Modality.IMAGE), view.version  # doctest: +SKIP
     """
 
-    def __init__(self, dataset, path: Path, name: str, model_id: str, embed_dim: int):
+    def __init__(self, dataset, path: Path, name: str, model_id: str, embed_dim: int, origin=None):
         self._dataset = dataset
+        self._origin = origin if origin is not None else dataset  # where commits land (a copy reads elsewhere)
         self.path = location(path)  # the database, for messages
         self.name = name  # for messages only
         self.model_id = model_id
@@ -70,7 +71,7 @@ class TableView:
     def is_latest(self) -> bool:
         """Whether no commit came after this view's version (a cheap check: no manifest is read)."""
         with translated(self.storage_path):
-            return self._dataset.latest_version == self.version
+            return self._origin.latest_version == self.version
 
     @functools.cached_property
     def key(self) -> str:
@@ -82,7 +83,7 @@ class TableView:
 
     def versions(self) -> list[dict]:
         """Every version the table keeps (``version``, ``timestamp``...), as Lance lists them."""
-        return self._dataset.versions()
+        return self._origin.versions()
 
     @property
     def schema(self) -> pa.Schema:
