@@ -85,7 +85,9 @@ class DecodePool:
         self.deaths_at_start = 0
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["xsearch.indexer._forkserver_init", "xsearch.indexer.work"])
-        _ensure_forkserver()
+        started = time.perf_counter()
+        _ensure_forkserver()  # once a process: it imports the decoders (torch, PyAV), seconds on a busy machine
+        log.info("decode workers' fork server ready in %.2f s", time.perf_counter() - started)
 
     def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         pending = deque(tasks)

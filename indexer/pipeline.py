@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -92,6 +93,7 @@ class RunReport:
     nodes: list[str] = field(default_factory=list)  # cluster nodes that encoded files (--ray)
     moments: int = 0  # moments (segments of audio and video) written
     moment_indexes: dict[str, dict] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: where a slow run spent its time
 
     @property
     def files_per_second(self) -> float:
@@ -104,7 +106,19 @@ class RunReport:
         out["seconds"] = round(self.seconds, 3)
         out["embed_seconds"] = round(self.embed_seconds, 3)
         out["load_seconds"] = round(self.load_seconds, 3)
+        out["phases"] = {name: round(seconds, 3) for name, seconds in self.phases.items()}
         return out
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the run into ``phases`` and say so at ``-v`` (a slow run explains itself)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
+            log.info("%s: %.2f s", name, seconds)
 
 
 class Indexer:
@@ -221,16 +235,21 @@ class Indexer:
         """Index ``roots`` (absolute paths) as ``options`` say."""
         started = time.perf_counter()
         report = RunReport(db=str(self.store.path), model_id=self.store.model_id)
-        candidates, rejected, unlisted = self._scan(roots, report)
+        with report.phase("scan"):
+            candidates, rejected, unlisted = self._scan(roots, report)
         if self.cfg.moments is not None:
             self.store.keep_moments(self.cfg.moments)  # remembered: later runs and serve keep cutting so
-        tasks, unchanged = self._plan(candidates, report)
+        with report.phase("plan"):
+            tasks, unchanged = self._plan(candidates, report)
         batch = _Batcher(self, report)
         batch.fail_scan(rejected)
         batch.clear_stale_errors(unchanged)
         try:
             if tasks:
-                with tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar:
+                with (
+                    report.phase("decode, embed and commit"),
+                    tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar,
+                ):
                     for outcome in self._decoded(tasks):
                         batch.take(outcome)
                         if not isinstance(outcome.task, MomentTask):
@@ -244,18 +263,21 @@ class Indexer:
         finally:
             batch.close()
         if not report.interrupted:
-            gone = self._gone(roots, {c.path for c in candidates}, unlisted, report.prune_skipped)
-            if self.cfg.prune:
-                report.pruned = self._prune(gone)
-            else:
-                report.gone = len(gone[0])
+            with report.phase("gone files"):
+                gone = self._gone(roots, {c.path for c in candidates}, unlisted, report.prune_skipped)
+                if self.cfg.prune:
+                    report.pruned = self._prune(gone)
+                else:
+                    report.gone = len(gone[0])
         if not report.interrupted:
-            self.store.sweep_moments()  # of rows pruned or replaced by a run killed before their moments
-            self.store.compact()  # before the index update, which then covers the compacted version
+            with report.phase("compaction"):
+                self.store.sweep_moments()  # of rows pruned or replaced by a run killed before their moments
+                self.store.compact()  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
-            report.indexes = self.update_indexes()
-            if self.store.has_moments():
-                report.moment_indexes = self.update_indexes(MOMENTS)
+            with report.phase("indices"):
+                report.indexes = self.update_indexes()
+                if self.store.has_moments():
+                    report.moment_indexes = self.update_indexes(MOMENTS)
         report.seconds = time.perf_counter() - started
         return report
 

@@ -380,3 +380,31 @@ def test_a_file_indexed_as_its_fallback_is_unchanged_on_rerun(tmp_path, checkpoi
     assert result.exit_code == 0 and first["by_modality"] == {"audio": 1}
     _, again = index(db, root, checkpoint=checkpoint)
     assert (again["indexed"], again["updated"], again["unchanged"]) == (0, 0, 1)
+
+
+def test_a_run_says_where_its_time_went(tmp_path, checkpoint, caplog):
+    """``--json`` carries the seconds of each phase and ``-v`` logs them, so that a slow run explains itself
+    (a run that took minutes on a loaded machine said only its total)."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("a note")
+    result, report = index(tmp_path / "db", tmp_path / "notes", checkpoint=checkpoint, workers=1)
+    assert result.exit_code == 0, result.output
+    phases = report["phases"]
+    expected = {
+        "writer lock",
+        "open database",
+        "scan",
+        "plan",
+        "decode, embed and commit",
+        "gone files",
+        "compaction",
+        "indices",
+    }
+    assert set(phases) == expected
+    assert 0 < sum(phases.values()) <= report["seconds"] + 0.01
+    argv = ["index", str(tmp_path / "notes"), "--db", str(tmp_path / "db"), "--checkpoint", str(checkpoint),
+            "--model", "tiny_test", "-v"]  # fmt: skip
+    with caplog.at_level("INFO"):
+        verbose = runner.invoke(app, argv)
+    assert verbose.exit_code == 0
+    assert all(f"{name}: " in caplog.text for name in ("scan", "plan", "compaction", "indices", "writer lock"))

@@ -221,15 +221,22 @@ class Collection:
         loading = _Loading(self, options.progress)
         if not self.exists() or options.ray is not None:
             loading()  # a new database takes its width from the model; a cluster ships it
+        before = time.perf_counter()
         with writer_lock(self.path):  # one writer per database, taken before the model loads
+            locked = time.perf_counter()
             if options.ray is None:
                 from xsearch.indexer.pipeline import Indexer
 
                 # The model loads only if some file needs decoding: a run with nothing new never loads it.
                 store = self._open_for_writing(None if loading.seconds is None else self.encoder)
+                opened = time.perf_counter()
                 report = Indexer(store, loading, options).run(roots)
             else:
-                report = self._index_on_ray(options, self._open_for_writing(self.encoder), self.encoder, roots)
+                store = self._open_for_writing(self.encoder)
+                opened = time.perf_counter()
+                report = self._index_on_ray(options, store, self.encoder, roots)
+        log.info("writer lock: %.2f s, opening the database: %.2f s", locked - before, opened - locked)
+        report.phases = {"writer lock": locked - before, "open database": opened - locked, **report.phases}
         report.load_seconds = loading.seconds or 0.0
         report.seconds = time.perf_counter() - started  # the whole run, model loading included
         return report
