@@ -90,6 +90,56 @@ def test_a_killed_export_leaves_nothing_half_written(tmp_path, media, monkeypatc
     assert int8.encode_files(media["image"], modality="image")[0].embedding is not None
 
 
+def test_a_damaged_truncated_or_planted_export_is_made_again_never_run(tmp_path, media):
+    """The cache is checked against the checksum recorded at export: flipped bytes, a truncated file, a folder
+    replaced by a link (to another export) and a killed export's leftovers are all made again."""
+    import shutil
+
+    fp32, int8 = _pair(tmp_path)
+    clean = int8.encode_text(["a dog barking"]).numpy()
+    exports = [p for p in (tmp_path / "int8").iterdir() if p.is_dir()]
+    assert len(exports) == 1 and (exports[0] / "model.int8.onnx.sha256").is_file()
+    model = exports[0] / "model.int8.onnx"
+    other = tmp_path / "planted"
+    shutil.copytree(exports[0], other)
+
+    def damage_flip():
+        data = bytearray(model.read_bytes())
+        for i in range(len(data) // 2, len(data) // 2 + len(data) // 10):
+            data[i] ^= 0xFF
+        model.write_bytes(data)
+
+    def damage_truncate():
+        model.write_bytes(model.read_bytes()[: len(model.read_bytes()) // 3])
+
+    def damage_link():
+        shutil.rmtree(exports[0])
+        exports[0].symlink_to(other)
+
+    def damage_leftover():  # an export killed halfway (after this one was lost), then a new run
+        shutil.rmtree(exports[0])
+        (tmp_path / "int8" / f"{exports[0].name}.killed").mkdir()
+
+    for damage in (damage_flip, damage_truncate, damage_link, damage_leftover):
+        damage()
+        _, again = _pair(tmp_path)  # a new process's encoder
+        vectors = again.encode_text(["a dog barking"]).numpy()
+        np.testing.assert_allclose(vectors, clean, atol=1e-6, err_msg=damage.__name__)
+        assert not exports[0].is_symlink() and (exports[0] / "model.int8.onnx").is_file(), damage.__name__
+    assert other.is_dir() and (other / "model.int8.onnx").is_file()  # a link's target is never touched
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir() if p.is_dir()) == [exports[0].name]
+
+
+def test_an_unwritable_int8_cache_is_one_clear_line(tmp_path):
+    from xsearch.errors import XsearchError
+
+    (tmp_path / "file").write_text("not a folder")
+    _, int8 = _pair(tmp_path)
+    int8.int8.cache = tmp_path / "file" / "int8"
+    with pytest.raises(XsearchError, match=r"cannot keep int8 exports here .*--precision fp32"):
+        int8.encode_text(["a dog barking"])
+
+
 def test_without_onnxruntime_int8_is_one_clear_line(monkeypatch):
     import xsearch.int8
 

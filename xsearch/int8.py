@@ -9,13 +9,16 @@ vector varies a little with the batch it is encoded in (cosine above 0.999, as t
 
 An export is cached in ``$XSEARCH_HOME/int8/`` under a key of the recipe's version, the architecture, the
 input's rank (images and video clips differ) and a checksum of the tower's weights, so another checkpoint
-never reuses it. It is written to a temporary folder and renamed into place when complete, under a lock:
-a killed export leaves nothing that a later run would take for a finished one.
+never reuses it. It is written to a temporary folder and renamed into place when complete, under a lock,
+with the sha256 of its model beside it: a killed export leaves nothing that a later run would take for a
+finished one, and an export damaged, truncated or replaced by a link since is made again, never run.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -26,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xsearch.errors import UsageError
+from xsearch.errors import UsageError, XsearchError
 from xsearch.model.pretrained import xsearch_home
 
 log = logging.getLogger(__name__)
 
 RECIPE = "int8-dynamic-per-channel-matmul-1"  # change it when the recipe changes: old exports are not reused
+MODEL, CHECKSUM = "model.int8.onnx", "model.int8.onnx.sha256"
+VERIFIED: set[tuple] = set()  # exports this process has checked (path, size, mtime, inode)
 OPSET = 17
 
 
@@ -106,24 +111,59 @@ class Int8Towers:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _exported(self, tower, example: torch.Tensor) -> Path:
+        """The export's file, checked against the checksum recorded when it was made: one that is damaged,
+        truncated, planted through a link or left half-made is made again, never run."""
         key = self.key(tower, example.ndim)
-        final = self.cache / key / "model.int8.onnx"
-        if final.is_file():
+        final = self.cache / key / MODEL
+        if self._intact(self.cache / key):
             return final
-        self.cache.mkdir(parents=True, exist_ok=True)
-        with open(self.cache / f"{key}.lock", "a") as lock:
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.cache / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise _cache_problem(self.cache, exc) from None
+        with os.fdopen(descriptor) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one export at a time; a second process waits, then reuses it
-            if final.is_file():
+            if self._intact(self.cache / key):
                 return final
+            for stale in self.cache.glob(f"{key}.*"):  # a killed export's folder (the lock is ours)
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
             log.warning("exporting the %s tower to int8 once (cached in %s)", tower.value, self.cache)
-            building = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.cache))
             try:
-                self._export(tower, example, building)
-                shutil.rmtree(self.cache / key, ignore_errors=True)
-                os.replace(building, self.cache / key)  # whole, or not at all
-            finally:
-                shutil.rmtree(building, ignore_errors=True)
+                building = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.cache))
+                try:
+                    self._export(tower, example, building)
+                    (building / CHECKSUM).write_text(_digest(building / MODEL))
+                    _remove(self.cache / key)
+                    os.replace(building, self.cache / key)  # whole, or not at all
+                finally:
+                    shutil.rmtree(building, ignore_errors=True)
+            except OSError as exc:
+                raise _cache_problem(self.cache, exc) from None
+        VERIFIED.add(_identity(final))
         return final
+
+    def _intact(self, folder: Path) -> bool:
+        """Whether ``folder`` holds a whole export: a real folder (not a link), its model matching the
+        checksum recorded at export (hashed once per process while the file stays the same)."""
+        model = folder / MODEL
+        if folder.is_symlink() or not model.is_file() or model.is_symlink():
+            if folder.is_symlink() or folder.exists():
+                log.warning("%s: not a whole int8 export (a link, or half made); exporting again", folder)
+            return False
+        identity = _identity(model)
+        if identity in VERIFIED:
+            return True
+        try:
+            recorded = (folder / CHECKSUM).read_text().strip()
+        except OSError:
+            recorded = None
+        if recorded != _digest(model):
+            log.warning("%s: differs from the checksum recorded at export (damaged?); exporting again", model)
+            return False
+        VERIFIED.add(identity)
+        return True
 
     def _export(self, tower, example: torch.Tensor, folder: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -143,13 +183,40 @@ class Int8Towers:
             )
         quantize_dynamic(
             str(fp32),
-            str(folder / "model.int8.onnx"),
+            str(folder / MODEL),
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=not int8_dot_units(),
             op_types_to_quantize=["MatMul", "Gemm"],
         )
         fp32.unlink()
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _identity(path: Path) -> tuple:
+    info = path.stat()
+    return (str(path), info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at ``path``: a folder, a file or a link (never what a link points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _cache_problem(cache: Path, exc: OSError) -> XsearchError:
+    reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    return XsearchError(
+        f"{cache}: cannot keep int8 exports here ({reason}); free space, set XSEARCH_HOME to a writable folder, "
+        "or use --precision fp32",
+        argument="precision",
+    )
 
 
 def int8_dot_units() -> bool:
