@@ -141,6 +141,7 @@ class Indexer:
         self.cfg = options
         # How files are cut into moments: as asked, else as the database keeps them (None: no moments).
         self.moments = options.moments or store.moment_cfg()
+        self._planned_version: int | None = None  # the items version the plan read
         if self._encoder is not None:
             self._check(self._encoder)
 
@@ -177,7 +178,9 @@ class Indexer:
 
     def _plan(self, candidates: list[Task], report: RunReport) -> tuple[list[Task], list[str]]:
         """Tasks for new and changed files; the uris of those skipped as unchanged."""
-        known = self.store.items().scan(["id", "uri", "modality", "size", "mtime", "sha256"]).to_pylist()
+        view = self.store.items()
+        self._planned_version = view.version  # a run that commits nothing has nothing to merge
+        known = view.scan(["id", "uri", "modality", "size", "mtime", "sha256"]).to_pylist()
         rows = {row["uri"]: row for row in known}
         cut = self.store.moment_sets() if self.moments else {}
         tasks, unchanged = [], []
@@ -272,7 +275,8 @@ class Indexer:
         if not report.interrupted:
             with report.phase("compaction"):
                 self.store.sweep_moments()  # of rows pruned or replaced by a run killed before their moments
-                self.store.compact()  # before the index update, which then covers the compacted version
+                merge = self.store.items().version != self._planned_version
+                self.store.compact(merge=merge)  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
             with report.phase("indices"):
                 report.indexes = self.update_indexes()

@@ -11,11 +11,13 @@ import io
 import os
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from xsearch.objects import ObjectUri, is_object_uri, store_of
 
 READ_AHEAD = 4 << 20  # bytes per range request: object stores answer in ~10-100 ms whatever the size
+LISTINGS = 16  # folders listed at once
 
 
 @dataclass(frozen=True)
@@ -108,17 +110,30 @@ def open_indexed(uri: str, size: int, mtime: float) -> io.BufferedIOBase | None:
 
 def list_objects(prefix: str) -> Iterator[tuple[str, int, float]]:
     """``(uri, size, mtime)`` of every object under ``prefix`` (a folder's worth: ``prefix/``), sorted by
-    key; a prefix that names one object yields that object."""
+    key; a prefix that names one object yields that object.
+
+    A listing returns 1,000 keys a request, one request after another; the folders under ``prefix`` are
+    listed side by side instead (a collection of folders lists in the time of its largest one)."""
     import obstore
 
     uri = ObjectUri.parse(prefix)
     store = store_of(uri)
     base = f"{uri.scheme}://{uri.bucket}/"
-    found = False
-    for batch in obstore.list(store, prefix=f"{uri.key}/" if uri.key else None):
-        for meta in batch:
-            found = True
-            yield base + meta["path"], meta["size"], meta["last_modified"].timestamp()
+    top = obstore.list_with_delimiter(store, f"{uri.key}/" if uri.key else None)
+    found = [(meta["path"], meta["size"], meta["last_modified"].timestamp()) for meta in top["objects"]]
+
+    def folder(name: str) -> list[tuple[str, int, float]]:
+        return [
+            (meta["path"], meta["size"], meta["last_modified"].timestamp())
+            for batch in obstore.list(store, prefix=name.rstrip("/") + "/")
+            for meta in batch
+        ]
+
+    with ThreadPoolExecutor(LISTINGS) as pool:
+        for listed in pool.map(folder, top["common_prefixes"]):
+            found += listed
+    for key, size, mtime in sorted(found):
+        yield base + key, size, mtime
     if not found and uri.key:
         info = media_info(prefix)
         if info is not None:

@@ -363,14 +363,14 @@ class Database:
     # ---- upkeep -------------------------------------------------------------------------------------
 
     @guarded
-    def compact(self, min_keep: dt.timedelta | None = None) -> None:
+    def compact(self, min_keep: dt.timedelta | None = None, merge: bool = True) -> None:
         """Merge small data files and delete the versions no reader holds.
 
         Every commit adds a version and a touched file rewrites its row (Lance updates are copy-on-write),
         so without this a database grows with every run. A reader holding a version says so in a lease
         (``ReaderLease``): every version from the oldest one held on is kept, and otherwise those of the last
         ``min_keep`` (default ``MIN_KEEP``; for readers that take no lease), so a run every minute keeps the
-        database's size.
+        database's size. ``merge=False`` (a run that committed nothing) only deletes.
         """
         min_keep = MIN_KEEP if min_keep is None else min_keep
 
@@ -391,6 +391,8 @@ class Database:
                 # killed run's leftovers (on an object store: uploaded data files never committed). Deleting
                 # writes nothing, so it comes first: on a full disk it is what makes room for the merge.
                 table.cleanup_old_versions(kept, delete_unverified=True)
+                if not merge:
+                    continue
                 try:
                     table.compact_files()
                 except Exception as exc:

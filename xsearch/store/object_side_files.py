@@ -97,13 +97,17 @@ class ObjectSideFiles(SideFiles):
         return obstore.put(self.store, self._key(name), data, mode=mode).get("e_tag")
 
     def exists(self, name: str) -> bool:
+        """Whether a "folder" (a table: ``items.lance``) or an object is there (the folder asked first: the
+        names asked after most are tables)."""
         import obstore
 
+        if self.is_folder(name):
+            return True
         try:
             obstore.head(self.store, self._key(name))
             return True
         except FileNotFoundError:
-            return self.is_folder(name)
+            return False
 
     def is_folder(self, name: str = "") -> bool:
         """Whether any object lies under ``name/`` (object stores have no folders, only shared prefixes)."""
