@@ -143,6 +143,7 @@ FLAGS = {
     "precision": "--precision",
     "ray": "--ray",
     "ray_actors": "--ray-actors",
+    "ray_stall_seconds": "--ray-stall",
     "sort": "--sort",
     "storage_option": "--storage-option",
     "target": "--target",

@@ -89,6 +89,14 @@ def index(
     ray_actors: Annotated[
         int | None, typer.Option(min=1, help="Encoder actors (default: one per node or GPU).")
     ] = None,
+    ray_stall: Annotated[
+        float,
+        typer.Option(
+            "--ray-stall",
+            min=1,
+            help="With --ray: stop, keeping what was embedded, when no file comes back for this many seconds.",
+        ),
+    ] = IndexOptions.ray_stall_seconds,
     gpu_decode: Annotated[
         bool | None,
         typer.Option(
@@ -138,6 +146,7 @@ def index(
             worker_memory_gb=worker_memory,
             ray=ray,
             ray_actors=ray_actors,
+            ray_stall_seconds=ray_stall,
             commit_every=commit_every,
             gpu_decode=gpu_decode,
             progress=not (quiet or json_),

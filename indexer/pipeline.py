@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from tqdm import tqdm
 
 from xsearch.encoder import Encoder
-from xsearch.errors import ModelMismatchError, UsageError
+from xsearch.errors import ModelMismatchError, UsageError, XsearchError
 from xsearch.index import IndexSet
 from xsearch.indexer.decode_pool import DecodePool
 from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
@@ -119,6 +119,10 @@ class RunReport:
             seconds = time.perf_counter() - started
             self.phases[name] = self.phases.get(name, 0.0) + seconds
             log.info("%s: %.2f s", name, seconds)
+
+
+class RunStalled(XsearchError):
+    """A run's workers stopped sending files back (a cluster that lost a node): what was embedded is kept."""
 
 
 class Indexer:
@@ -263,6 +267,9 @@ class Indexer:
         except KeyboardInterrupt:
             report.interrupted = True
             batch.flush()  # keep what was embedded; the re-run continues from there
+        except RunStalled:
+            batch.flush()  # as for an interruption: the re-run continues from there
+            raise
         finally:
             batch.close()
         if not report.interrupted:

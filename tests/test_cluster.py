@@ -7,6 +7,7 @@ import pytest
 
 from xsearch import Collection
 from xsearch.encoder import Encoder
+from xsearch.testing.media import gradient_image
 
 from corpus import bad_corpus, good_corpus
 from scripts import xsearch_script
@@ -119,3 +120,53 @@ def test_a_cluster_indexes_s3_media_into_an_s3_database_as_a_local_run(cluster, 
         assert got[key][:2] == (modality, sha256)
         np.testing.assert_allclose(got[key][2], vector, atol=1e-6)
     assert remote.info()["indices"] == local.info()["indices"]
+
+
+def test_a_cluster_that_loses_a_node_mid_run_ends_as_a_local_run(cluster, tmp_path, tiny_model):
+    """A third worker node is removed, ungracefully, once files have come back: the run goes on with the
+    nodes left (a pool that may shrink), or stops with one line after committing what was embedded and a
+    re-run finishes; either way the database ends as a local run's: one row per file, the same errors."""
+    import threading
+    import time
+
+    from xsearch.indexer.pipeline import RunStalled
+
+    root = tmp_path / "media"
+    root.mkdir()
+    good_corpus(root / "good")
+    bad_corpus(root / "bad")
+    (root / "more").mkdir()
+    for i in range(24):
+        gradient_image(root / "more" / f"{i:02d}.png", seed=100 + i)
+    encoder = Encoder(tiny_model, device="cpu", precision="fp32")
+    local = Collection.open(tmp_path / "local", encoder=encoder)
+    local.index([root], workers=0)
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    remote = Collection.open(tmp_path / "remote", encoder=encoder)
+    removed = threading.Event()
+
+    def remove_after_first_commits() -> None:
+        deadline = time.monotonic() + 120
+        versions = tmp_path / "remote" / "items.lance" / "_versions"
+        while time.monotonic() < deadline and len(list(versions.glob("*.manifest"))) < 3:
+            time.sleep(0.05)
+        cluster.remove_node(doomed, allow_graceful=False)
+        removed.set()
+
+    remover = threading.Thread(target=remove_after_first_commits, daemon=True)
+    remover.start()
+    options = {"ray": "auto", "batch_size": 2, "commit_every": 2, "ray_stall_seconds": 60}
+    try:
+        report = remote.index([root], **options)
+        finished_first_time = not report.interrupted
+    except RunStalled:
+        finished_first_time = False
+    remover.join(timeout=150)
+    assert removed.is_set()
+    if not finished_first_time:
+        remote.index([root], **options)
+    assert sorted(_rows(remote)) == sorted(_rows(local))
+    table = remote.store.items().scan(["id"]).to_pylist()
+    assert len({r["id"] for r in table}) == len(table) == len(_rows(local))
+    assert _errors(remote) == _errors(local)

@@ -161,6 +161,7 @@ class IndexOptions:
     progress: bool = False  # tqdm bars on stderr
     ray: str | None = None
     ray_actors: int | None = None  # encoder actors on the cluster; None: one per node or GPU
+    ray_stall_seconds: float = 600.0  # a cluster run with no file back for this long stops (a node lost?)
     gpu_decode: bool | None = None  # JPEGs decoded in batches on the encoder's device; None: when it is a GPU
     moments: MomentCfg | None = None  # keep moments cut so (``xsearch.moments``); None: as the database says
 
@@ -178,6 +179,10 @@ class IndexOptions:
             )
         if self.moments is not None and self.ray is not None:
             raise UsageError("moments are indexed on this machine: leave out --ray with --moments", argument="ray")
+        if not (isinstance(self.ray_stall_seconds, (int, float)) and self.ray_stall_seconds > 0):
+            raise UsageError(
+                f"ray_stall_seconds must be above 0, got {self.ray_stall_seconds!r}", argument="ray_stall_seconds"
+            )
         if not self.limits.seconds > 0:
             raise UsageError(
                 f"file_timeout must be above 0 seconds, got {self.limits.seconds}", argument="file_timeout"
