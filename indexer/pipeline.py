@@ -162,7 +162,7 @@ class Indexer:
     # ---- stages ----------------------------------------------------------------------------------------
 
     def _scan(self, roots: list[str], report: RunReport):
-        scanner = Scanner(self.cfg.scan)
+        scanner = Scanner(self.cfg.scan, skip=self._own_folders())
         candidates: list[Task] = []
         rejected: list[Rejected] = []
         # Shown only when a scan takes a while (``delay``): a quick one would flash "scan: 0 files".
@@ -179,6 +179,26 @@ class Indexer:
         for pattern in report.unmatched_excludes:
             log.warning("exclude pattern %r matched nothing", pattern)
         return candidates, rejected, scanner.stats.unlisted_dirs
+
+    def _own_folders(self) -> tuple[str, ...]:
+        """The database's folder when it is on this disk: never media, even inside a folder being indexed."""
+        return () if is_object_uri(self.store.path) else (str(self.store.path),)
+
+    def _forget_own_files(self, roots: list[str]) -> None:
+        """Rows and error rows of the database's own files, made by versions that indexed a database kept
+        inside the folder it indexes: they were never media."""
+        own = [os.path.realpath(p) for p in self._own_folders()]
+        inside = [f for f in own if any(is_under(f, os.path.realpath(r)) for r in roots if not is_object_uri(r))]
+        if not inside:
+            return
+        items = [u for u in self.store.items().scan(["uri"])["uri"].to_pylist() if any(is_under(u, f) for f in inside)]
+        errors = [u for u in self.store.error_rows()["uri"].to_pylist() if any(is_under(u, f) for f in inside)]
+        if items:
+            self.store.delete_items(uris=items)
+        if errors:
+            self.store.clear_errors(errors)
+        if items or errors:
+            log.warning("%s: forgot %d rows of the database's own files", self.store.path, len(items) + len(errors))
 
     def _plan(self, candidates: list[Task], report: RunReport) -> tuple[list[Task], list[str]]:
         """Tasks for new and changed files; the uris of those skipped as unchanged."""
@@ -247,6 +267,7 @@ class Indexer:
         if self.cfg.moments is not None:
             self.store.keep_moments(self.cfg.moments)  # remembered: later runs and serve keep cutting so
         with report.phase("plan"):
+            self._forget_own_files(roots)
             tasks, unchanged = self._plan(candidates, report)
         batch = _Batcher(self, report)
         batch.fail_scan(rejected)

@@ -89,8 +89,9 @@ def decide_modality(path: str, options: ScanOptions) -> Modality | None:
 class Scanner:
     """Walks roots depth-first, yielding ``Task`` and ``Rejected`` items; counts go to ``stats``."""
 
-    def __init__(self, options: ScanOptions):
+    def __init__(self, options: ScanOptions, skip: tuple[str, ...] = ()):
         self.options = options
+        self.skip = {os.path.realpath(p) for p in skip}  # folders never indexed: the database's own
         self.stats = ScanStats()
         self._seen_dirs: set[tuple[int, int]] = set()
 
@@ -162,6 +163,8 @@ class Scanner:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False  # a link loop: ``_file`` stats it again and names the problem
+            if is_dir and self.skip and os.path.realpath(entry.path) in self.skip:
+                continue  # the database itself, kept inside the folder it indexes
             if is_dir:
                 yield from self._walk(entry.path)
             else:

@@ -408,3 +408,25 @@ def test_a_run_says_where_its_time_went(tmp_path, checkpoint, caplog):
         verbose = runner.invoke(app, argv)
     assert verbose.exit_code == 0
     assert all(f"{name}: " in caplog.text for name in ("scan", "plan", "compaction", "indices", "writer lock"))
+
+
+def test_a_database_inside_the_folder_it_indexes_is_not_indexed(tmp_path, checkpoint):
+    """``cd media && xsearch index . --db media.db``: the database's own files (index segments, manifests)
+    are never media; rows an older version made of them are forgotten."""
+    from xsearch.testing.media import gradient_image
+
+    media = tmp_path / "media"
+    media.mkdir()
+    gradient_image(media / "a.jpg")
+    (media / "note.txt").write_text("a note")
+    db = media / "media.db"
+    first, report = index(db, media, checkpoint=checkpoint)
+    assert first.exit_code == 0 and report["indexed"] == 2, first.output
+    second, report = index(db, media, checkpoint=checkpoint)
+    assert second.exit_code == 0 and (report["failed"], report["unchanged"]) == (0, 2), second.output
+    assert all(str(db) not in uri for uri in rows(db))
+
+    store = Database.open(db, create=False)  # as an older version left it: its own files as error rows
+    store.record_errors([(str(db / "faiss" / "image" / "meta.json"), "image", "decode", "not a readable image")])
+    third, report = index(db, media, checkpoint=checkpoint)
+    assert third.exit_code == 0 and report["failed"] == 0 and error_rows(db) == {}, third.output
