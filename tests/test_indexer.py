@@ -413,17 +413,19 @@ def test_a_run_says_where_its_time_went(tmp_path, checkpoint, caplog):
 def test_a_database_inside_the_folder_it_indexes_is_not_indexed(tmp_path, checkpoint):
     """``cd media && xsearch index . --db media.db``: the database's own files (index segments, manifests)
     are never media; rows an older version made of them are forgotten."""
-    from xsearch.testing.media import gradient_image
+    from xsearch.testing.media import gradient_image, write_map
 
     media = tmp_path / "media"
     media.mkdir()
     gradient_image(media / "a.jpg")
     (media / "note.txt").write_text("a note")
+    (media / "depth").mkdir()  # the database gets a faiss/depth/ folder: a name that claims every file in it
+    write_map(media / "depth" / "scan.png")
     db = media / "media.db"
     first, report = index(db, media, checkpoint=checkpoint)
-    assert first.exit_code == 0 and report["indexed"] == 2, first.output
+    assert first.exit_code == 0 and report["indexed"] == 3, first.output
     second, report = index(db, media, checkpoint=checkpoint)
-    assert second.exit_code == 0 and (report["failed"], report["unchanged"]) == (0, 2), second.output
+    assert second.exit_code == 0 and (report["failed"], report["unchanged"]) == (0, 3), second.output
     assert all(str(db) not in uri for uri in rows(db))
 
     store = Database.open(db, create=False)  # as an older version left it: its own files as error rows
