@@ -432,3 +432,16 @@ def test_a_database_inside_the_folder_it_indexes_is_not_indexed(tmp_path, checkp
     store.record_errors([(str(db / "faiss" / "image" / "meta.json"), "image", "decode", "not a readable image")])
     third, report = index(db, media, checkpoint=checkpoint)
     assert third.exit_code == 0 and report["failed"] == 0 and error_rows(db) == {}, third.output
+
+
+def test_swapped_arguments_leave_the_media_folder_alone(tmp_path, checkpoint):
+    """``xsearch index media.db --db photos``: one line, exit 2, and not one file added to the photos."""
+    from xsearch.testing.media import gradient_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    gradient_image(photos / "a.jpg")
+    (tmp_path / "media.db").mkdir()
+    result, _ = index(photos, tmp_path / "media.db", checkpoint=checkpoint)
+    assert result.exit_code == 2 and "not an xsearch database" in result.output, result.output
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg"]

@@ -272,3 +272,16 @@ def test_a_database_that_filled_its_disk_recovers_by_itself(small_volume):
     filler.unlink()
     store.compact(min_keep=dt.timedelta(0))  # with room again, the merge is made
     assert store.items().count() == 2000
+
+
+def test_a_media_folder_given_as_the_database_is_refused(tmp_path):
+    """Swapped arguments (``--db`` at a folder of photos) must not turn that folder into a database."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(StoreError, match=r"photos: a folder holding other files \(a.jpg\), not an xsearch database"):
+        Database.open(photos, model_id="tiny_test", embed_dim=8)
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg"]
+    Database.open(tmp_path / "empty", model_id="tiny_test", embed_dim=8)  # new or empty folders are fine
+    (tmp_path / "empty2").mkdir()
+    Database.open(tmp_path / "empty2", model_id="tiny_test", embed_dim=8)

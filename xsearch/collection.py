@@ -221,6 +221,10 @@ class Collection:
         loading = _Loading(self, options.progress)
         if not self.exists() or options.ray is not None:
             loading()  # a new database takes its width from the model; a cluster ships it
+        if not self.exists() and not is_object_uri(self.path):
+            from xsearch.store.opening import refuse_a_foreign_folder
+
+            refuse_a_foreign_folder(self.path)  # before the lock leaves its file in someone's photo folder
         before = time.perf_counter()
         with writer_lock(self.path):  # one writer per database, taken before the model loads
             locked = time.perf_counter()

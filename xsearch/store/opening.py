@@ -42,6 +42,8 @@ def connect(
         raise StoreError(f"{path}: a new database needs a model id")
     if files.exists("") and not files.is_folder():
         raise StoreError(f"{path}: exists and is not a directory")
+    if not exists and isinstance(path, Path):
+        refuse_a_foreign_folder(path)
     if model_id is not None:
         files.check_writable()  # before anything is written: a server that could lose commits is refused
     connection = lancedb.connect(str(path), storage_options=lance_options() if is_object_uri(path) else None)
@@ -78,6 +80,28 @@ def connect(
     )
     connection.create_table(META, data=meta)
     return connection, model_id, embed_dim
+
+
+# What a database folder holds (and what its writer lock puts there before it opens); anything else means the
+# folder is something else: a media folder given as --db by mistake is not turned into a database.
+DATABASE_ENTRIES = {
+    "meta.lance", "items.lance", "errors.lance", "moments.lance", "faiss", "faiss-moments", "readers",
+    "writer.lock", "next_id", "next_id.tmp", "moments.json", "moments.json.tmp",
+}  # fmt: skip
+
+
+def refuse_a_foreign_folder(path: Path) -> None:
+    try:
+        foreign = sorted(e.name for e in path.iterdir() if e.name not in DATABASE_ENTRIES)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise StoreError(
+            f"{path}: a folder holding other files ({shown}), not an xsearch database; give a new or empty "
+            "folder as the database (did the arguments swap places?)",
+            argument="db",
+        )
 
 
 def _add_missing_columns(connection, embed_dim: int) -> None:
