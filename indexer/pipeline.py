@@ -180,6 +180,17 @@ class Indexer:
             log.warning("exclude pattern %r matched nothing", pattern)
         return candidates, rejected, scanner.stats.unlisted_dirs
 
+    def _keep_assignments(self) -> None:
+        """``--as`` is remembered, as ``--moments`` is: a later run without it keeps a depth scan as depth
+        instead of re-embedding it as an image (a new ``--as`` for the same path replaces the old)."""
+        remembered = {path: Modality(name) for path, name in self.store.assignments().items() if name in Modality}
+        given = dict(self.cfg.scan.assigned)
+        merged = {**remembered, **given}
+        if given and merged != remembered:
+            self.store.remember_assignments({path: str(m) for path, m in merged.items()})
+        if merged != given:
+            self.cfg = replace(self.cfg, scan=replace(self.cfg.scan, assigned=merged))
+
     def _own_folders(self) -> tuple[str, ...]:
         """The database's folder when it is on this disk: never media, even inside a folder being indexed."""
         return () if is_object_uri(self.store.path) else (str(self.store.path),)
@@ -214,6 +225,7 @@ class Indexer:
             if row is None:
                 tasks.append(c)
             elif row["modality"] not in (c.modality.value, fallback and fallback.value):
+                log.warning("%s was %s, now %s: embedded again", c.path, row["modality"], c.modality)
                 tasks.append(replace(c, known=True))  # now another modality (--as): re-embedded, an update
             elif self.moments and Modality(row["modality"]).spec.has_moments and cut.get(row["id"]) != {row["sha256"]}:
                 tasks.append(replace(c, known=True))  # moments missing (new --moments, or a killed run)
@@ -262,6 +274,7 @@ class Indexer:
         """Index ``roots`` (absolute paths) as ``options`` say."""
         started = time.perf_counter()
         report = RunReport(db=str(self.store.path), model_id=self.store.model_id)
+        self._keep_assignments()
         with report.phase("scan"):
             candidates, rejected, unlisted = self._scan(roots, report)
         if self.cfg.moments is not None:

@@ -246,3 +246,23 @@ def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
     assert store.items().version == version
     index = latest(store).fresh("image")
     assert sorted(index.ids) == sorted(store.items().ids("image"))
+
+
+def test_an_emptied_index_loads_without_a_rebuild(tmp_path, caplog):
+    """Every row of a modality re-embedded as another (``--as``) leaves an index of 0 rows: it loads as one,
+    not as "unreadable" on every run and search."""
+    import logging
+
+    from xsearch.index import IndexSet
+    from xsearch.modalities import Modality
+    from xsearch.store import Database, ItemRecord
+
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
+    store.add_items([ItemRecord("/a.png", Modality.DEPTH, np.ones(8, np.float32))])
+    assert len(IndexSet.latest(store).fresh(Modality.DEPTH)) == 1
+    store.upsert_items([ItemRecord("/a.png", Modality.IMAGE, np.ones(8, np.float32))])
+    assert len(IndexSet.latest(store).fresh(Modality.DEPTH)) == 0
+    with caplog.at_level(logging.WARNING):
+        assert len(IndexSet.latest(store).fresh(Modality.DEPTH)) == 0
+        status = IndexSet.latest(store).status(Modality.DEPTH, check=True)
+    assert "unreadable" not in caplog.text and status["fresh"] and "damaged" not in status

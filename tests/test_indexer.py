@@ -445,3 +445,26 @@ def test_swapped_arguments_leave_the_media_folder_alone(tmp_path, checkpoint):
     result, _ = index(photos, tmp_path / "media.db", checkpoint=checkpoint)
     assert result.exit_code == 2 and "not an xsearch database" in result.output, result.output
     assert sorted(p.name for p in photos.iterdir()) == ["a.jpg"]
+
+
+def test_an_assignment_is_remembered_by_later_runs(tmp_path, checkpoint, caplog):
+    """``index . --as depth=scans/`` then a plain ``index .``: the scan stays depth (it was re-embedded as an
+    image, its depth row gone); a new ``--as`` for the same folder replaces the old one, and says so."""
+    from xsearch.testing.media import gradient_image, write_map
+
+    media = tmp_path / "media"
+    (media / "scans").mkdir(parents=True)
+    write_map(media / "scans" / "scan1.png")
+    gradient_image(media / "photo.jpg")
+    db = tmp_path / "db"
+    first, report = index(db, media, "--as", f"depth={media / 'scans'}", checkpoint=checkpoint)
+    assert first.exit_code == 0 and report["by_modality"] == {"depth": 1, "image": 1}, first.output
+    plain, report = index(db, media, checkpoint=checkpoint)
+    assert plain.exit_code == 0 and (report["indexed"], report["updated"]) == (0, 0), plain.output
+    assert rows(db)[str(media / "scans" / "scan1.png")]["modality"] == "depth"
+    with caplog.at_level("WARNING"):
+        changed, report = index(db, media, "--as", f"thermal={media / 'scans'}", checkpoint=checkpoint)
+    assert changed.exit_code == 0 and report["updated"] == 1
+    assert "scan1.png was depth, now thermal" in caplog.text
+    again, report = index(db, media, checkpoint=checkpoint)
+    assert report["updated"] == 0 and rows(db)[str(media / "scans" / "scan1.png")]["modality"] == "thermal"

@@ -22,7 +22,13 @@ IDS, VECTORS, TRAINED = "rows.ids", "rows.f16", "trained.faiss"
 def crc32(data, crc: int = 0) -> int:
     """CRC-32 of an array's bytes. A checksum against damage (not tampering: meta.json sits beside the
     files), chosen for speed: 4x sha256's on this CPU, which matters for 2 GB of vectors per million."""
-    return zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B"), crc)
+    return zlib.crc32(as_bytes(data), crc)
+
+
+def as_bytes(array) -> np.ndarray:
+    """An array's bytes, without a copy when it is contiguous; also of an empty one (an emptied index), whose
+    ``memoryview`` cannot be cast."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
 def file_crc32(path: Path) -> int:
@@ -135,8 +141,8 @@ class RowFiles:
         self.count = 0
 
     def write(self, ids: np.ndarray, vectors16: np.ndarray) -> None:
-        self.ids.write(memoryview(np.ascontiguousarray(ids)).cast("B"))
-        self.vectors.write(memoryview(np.ascontiguousarray(vectors16)).cast("B"))
+        self.ids.write(as_bytes(ids))
+        self.vectors.write(as_bytes(vectors16))
         self.ids_crc32 = crc32(ids, self.ids_crc32)
         self.vectors_crc32 = crc32(vectors16, self.vectors_crc32)
         self.count += len(ids)
@@ -182,7 +188,7 @@ def append_exactly(path: Path, array: np.ndarray, offset: int) -> None:
     with open(path, "r+b" if path.exists() else "wb") as handle:
         handle.truncate(offset)
         handle.seek(offset)
-        handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        handle.write(as_bytes(array))
         handle.flush()
         os.fsync(handle.fileno())
 

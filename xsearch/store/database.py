@@ -45,6 +45,7 @@ from xsearch.store.view import TableView
 log = logging.getLogger(__name__)
 
 MOMENT_SETTINGS = "moments.json"  # the database's ``MomentCfg``: present once moments are on
+ASSIGNMENTS = "assignments.json"  # the ``--as MODALITY=PATH`` of earlier runs: {path: modality}
 INDEX_FOLDERS = {ITEMS: "faiss", MOMENTS: "faiss-moments"}  # each table's FAISS indices, one folder each
 
 
@@ -281,6 +282,20 @@ class Database:
         return self.errors().scan(ERRORS_SCHEMA.names)
 
     # ---- moments ------------------------------------------------------------------------------------
+
+    def assignments(self) -> dict[str, str]:
+        """The folders and files earlier runs assigned a modality (``--as``): later runs keep them."""
+        try:
+            text = self.files.read_text(ASSIGNMENTS)
+            held = {} if text is None else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise DatabaseDamaged(self.files.where(ASSIGNMENTS), f"unreadable ({exc})") from None
+        if not isinstance(held, dict) or not all(isinstance(v, str) for v in held.values()):
+            raise DatabaseDamaged(self.files.where(ASSIGNMENTS), "not a map of paths to modalities")
+        return held
+
+    def remember_assignments(self, assigned: dict[str, str]) -> None:
+        self.files.write_text(ASSIGNMENTS, json.dumps(dict(sorted(assigned.items())), indent=1))
 
     def moment_cfg(self):
         """How this database cuts files into moments (a ``MomentCfg``), or ``None`` when it keeps none."""

@@ -86,7 +86,8 @@ def connect(
 # folder is something else: a media folder given as --db by mistake is not turned into a database.
 DATABASE_ENTRIES = {
     "meta.lance", "items.lance", "errors.lance", "moments.lance", "faiss", "faiss-moments", "readers",
-    "writer.lock", "next_id", "next_id.tmp", "moments.json", "moments.json.tmp",
+    "writer.lock", "next_id", "next_id.tmp", "moments.json", "moments.json.tmp", "assignments.json",
+    "assignments.json.tmp",
 }  # fmt: skip
 
 
