@@ -366,3 +366,21 @@ def test_a_session_expires_and_can_be_revoked(media, monkeypatch):
     assert client.get("/api/info", cookies={"xsearch_session": fresh}).status_code == 200
     forged = fresh.split(".")[0] + "." + "0" * 64
     assert client.get("/api/info", cookies={"xsearch_session": forged}).status_code == 401
+
+
+def test_the_page_searches_with_text_typed_then_search_clicked(server):
+    """What every newcomer does: type a text, click Search (not "Add text", not Enter)."""
+    browser_path = chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.wait_for_selector(".target")
+        page.fill("#text", "a red picture")
+        page.click("#search")
+        page.wait_for_selector("#results .card")
+        assert page.locator(".input .name").first.inner_text().endswith("a red picture")
+        assert page.input_value("#text") == ""
+        browser.close()
