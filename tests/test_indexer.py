@@ -325,6 +325,21 @@ def test_modality_rules(tmp_path):
     assert scanner.stats.excluded == 3 and scanner.stats.ignored == 1  # d.npy: an array with no convention
 
 
+def test_a_folder_name_claims_only_files_of_its_modality(tmp_path):
+    """A ``depth/`` folder's README stays text and an ``imu/`` folder's JSON is ignored, instead of failing
+    every run as "named as depth but its content is text"."""
+    from xsearch.testing.media import write_imu, write_map
+
+    (tmp_path / "depth").mkdir()
+    (tmp_path / "imu").mkdir()
+    write_map(tmp_path / "depth" / "scan.png")
+    (tmp_path / "depth" / "README.txt").write_text("how the scans were made")
+    write_imu(tmp_path / "imu" / "walk.npy")
+    (tmp_path / "imu" / "calibration.json").write_text("{}")
+    found = {Path(c.path).name: c.modality.value for c in Scanner(ScanOptions()).scan([str(tmp_path)])}
+    assert found == {"scan.png": "depth", "README.txt": "text", "walk.npy": "imu"}
+
+
 def test_missing_root_is_an_error_row(tmp_path):
     found = list(Scanner(ScanOptions()).scan([str(tmp_path / "nope")]))
     assert isinstance(found[0], Rejected) and "no such file" in found[0].message

@@ -168,6 +168,8 @@ class ModalitySpec:
     make_cfg: Callable | str
     extensions: frozenset[str] = frozenset()  # recognised by extension alone
     convention: bool = False  # a folder named like the modality, or a stem ending _<modality>, names it
+    # The file types a naming convention claims (empty: any): a depth/ folder's README.txt stays text.
+    convention_extensions: frozenset[str] = frozenset()
     accepts: frozenset[Family] = frozenset()  # content families its files may hold
     sniffed_from: Family | None = None  # an extensionless file of this family is indexed as this modality
     preview: Preview = Preview.LABEL
@@ -237,6 +239,7 @@ for _name in ("image", "video", "text", "audio", "depth", "thermal", "imu"):
 _P = "xsearch.preprocess"
 _IMAGE_EXT = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 _MAP_FAMILIES = frozenset({Family.IMAGE, Family.ARRAY})
+_MAP_EXT = _IMAGE_EXT | {".npy"}
 
 for _spec in (
     ModalitySpec(
@@ -296,6 +299,7 @@ for _spec in (
         preprocess=f"{_P}.single_channel:prepare_depth",
         make_cfg=f"{_P}.single_channel:depth_cfg",
         convention=True,
+        convention_extensions=_MAP_EXT,
         accepts=_MAP_FAMILIES,
         preview=Preview.THUMBNAIL,
         help="depth (disparity) map",
@@ -306,6 +310,7 @@ for _spec in (
         preprocess=f"{_P}.single_channel:prepare_thermal",
         make_cfg=f"{_P}.single_channel:thermal_cfg",
         convention=True,
+        convention_extensions=_MAP_EXT,
         accepts=_MAP_FAMILIES,
         preview=Preview.THUMBNAIL,
         help="thermal image",
@@ -316,6 +321,7 @@ for _spec in (
         preprocess=f"{_P}.imu:prepare",
         make_cfg=f"{_P}.imu:ImuCfg.for_model",
         convention=True,
+        convention_extensions=frozenset({".npy", ".csv"}),
         accepts=frozenset({Family.ARRAY, Family.TEXT}),
         preview=Preview.THUMBNAIL,
         help="IMU recording (.npy, .csv)",

@@ -32,9 +32,12 @@ def modality_from_extension(path: str | os.PathLike) -> Modality | None:
 def modality_from_convention(path: str) -> Modality | None:
     """A folder named like a convention modality, or a stem ending ``_<modality>`` (``room1_depth.png``)."""
     parts = [p.lower() for p in path.split(os.sep)]
-    stem = os.path.splitext(parts[-1])[0]
+    stem, suffix = os.path.splitext(parts[-1])
     for entry in REGISTRY.values():
-        if entry.convention and (entry.name in parts[:-1] or stem.endswith(f"_{entry.name}")):
+        types = entry.convention_extensions
+        if not entry.convention or (suffix and types and suffix not in types):
+            continue  # a name claims only files of its modality's types (depth/README.txt stays text)
+        if entry.name in parts[:-1] or stem.endswith(f"_{entry.name}"):
             return entry.modality
     return None
 
