@@ -4,6 +4,7 @@ for trying xsearch without downloading the real ones."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from xsearch.cli.app import (
     PrecisionOpt,
     VerifyOpt,
     command,
+    fail,
     handled_errors,
     note_random_weights,
     open_collection,
@@ -120,12 +122,16 @@ def random_checkpoint(
     output: Annotated[str, typer.Argument(help="The checkpoint file to write, e.g. trial.pt.")],
     model: Annotated[str, typer.Option(help="Architecture: tiny_test (tiny, fast) or imagebind_huge.")] = "tiny_test",
     seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
 ) -> None:
     """Write a checkpoint of random weights, to try xsearch without the real 4.5 GB ImageBind weights.
 
     Everything runs (indexing, search, the contact sheet), but the results are meaningless: every command on
     a database made with it says so. Then: xsearch index DIR --db trial.db --checkpoint trial.pt
     """
+    output = output_file(output, "OUTPUT")  # its folder made when missing, as --db's is
+    if os.path.lexists(output) and not force:
+        fail(f"{shown(output)}: exists; give --force to replace it (a checkpoint may be the real weights)")
     with handled_errors():
         from xsearch.collection import Collection
 

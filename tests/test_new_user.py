@@ -354,3 +354,17 @@ def test_contact_sheet_shows_imu_plots_and_audio_pictures_in_chromium(sheet, tmp
     assert near((40, 150, 40)) > 300 and near((150, 40, 170)) > 300 and near((20, 160, 170)) > 1000
     assert near((30, 90, 170), 40) > 10_000  # two waveform pictures of 192 x 96, mostly envelope
     assert near((204, 51, 51), 40) > 500  # the red dashed border and weight of the subtracted input
+
+
+def test_random_checkpoint_keeps_an_existing_file_and_makes_a_missing_folder(tmp_path):
+    """A trial checkpoint never replaces a file silently (it could be the real weights), and a missing folder
+    is made, as ``--db``'s is (it was an internal error)."""
+    weights = tmp_path / "imagebind_huge.pth"
+    weights.write_bytes(b"the real weights, say")
+    refused = runner.invoke(app, ["random-checkpoint", str(weights)])
+    assert refused.exit_code == 2 and "exists; give --force" in refused.output
+    assert weights.read_bytes() == b"the real weights, say"
+    assert runner.invoke(app, ["random-checkpoint", str(weights), "--force"]).exit_code == 0
+    nested = tmp_path / "new" / "folder" / "trial.pt"
+    made = runner.invoke(app, ["random-checkpoint", str(nested)])
+    assert made.exit_code == 0 and nested.is_file(), made.output
