@@ -83,7 +83,7 @@ def serve(
         hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if _loopback(host) else None
         app = create_app(collection, token=token, max_upload_bytes=max_upload_mb << 20, allowed_hosts=hosts)
     listening = _bind(host, port)  # a taken port fails here, before "serving"
-    page = f"http://{host}:{port}/" + (f"#token={token}" if token else "")
+    page = f"http://{_reachable(host)}:{port}/" + (f"#token={token}" if token else "")
     auth = "token required" if token else "no token: anyone who can reach it can search"
     typer.echo(f"serving {shown(facts['db'])} ({facts['items']} items) on {page} ({auth})", err=True)
     note_random_weights(collection)
@@ -141,3 +141,10 @@ def _bind(host: str, port: int) -> socket.socket:
         fail(f"--port {port}: {reason} ({host})" if exc.errno == errno.EADDRINUSE else f"--host {host}: {reason}")
     listening.set_inheritable(True)
     return listening
+
+
+def _reachable(host: str) -> str:
+    """The name to open in a browser: a wildcard address (all interfaces) is not one, this machine's name is."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

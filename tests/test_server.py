@@ -384,3 +384,13 @@ def test_the_page_searches_with_text_typed_then_search_clicked(server):
         assert page.locator(".input .name").first.inner_text().endswith("a red picture")
         assert page.input_value("#text") == ""
         browser.close()
+
+
+def test_the_address_printed_is_one_a_browser_can_open():
+    """``--host 0.0.0.0`` listens on every address; the line to open names this machine, not 0.0.0.0."""
+    import socket
+
+    from xsearch.cli.serve import _reachable
+
+    assert _reachable("0.0.0.0") == _reachable("::") == socket.gethostname()
+    assert _reachable("127.0.0.1") == "127.0.0.1" and _reachable("::1") == "[::1]"
