@@ -218,3 +218,21 @@ def test_few_shot_cli_round_trip(tmp_path, tiny_model):
     assert both.exit_code == 2 and "either labels" in both.output
     (examples / "empty").mkdir()
     assert "labels without example files: empty" in runner.invoke(app, argv).output
+
+
+def test_a_handful_of_items_is_calibrated_toward_a_prior_not_by_its_own_noise():
+    """With 2 items every hit scored exactly +-0.67; with 4 texts a text at raw -0.0036 outranked a
+    byte-identical image at 1.000. Few items shrink toward a prior; many decide alone."""
+    rng = np.random.default_rng(2)
+    query = np.eye(DIM, dtype=np.float32)[0]
+    two = at_cosine(query, np.array([0.10, 0.12], np.float32), rng)
+    calibration = Calibration.from_sample(query, two)
+    assert abs(calibration(0.12)) != pytest.approx(0.6745, abs=0.01) and calibration.spread > 0.05
+    texts = at_cosine(query, np.array([-0.0040, -0.0038, -0.0035, -0.0030], np.float32), rng)
+    images = at_cosine(query, rng.normal(0.35, 0.05, 2000).astype(np.float32), rng)
+    text_hit = Calibration.from_sample(query, texts)(-0.0036)
+    image_hit = Calibration.from_sample(query, images)(1.0)
+    assert image_hit > text_hit
+    many = Calibration.from_sample(query, images)  # from PRIOR_ITEMS items on: unchanged
+    cosines = images @ query
+    assert many.centre == pytest.approx(float(np.median(cosines)), abs=1e-6)
