@@ -24,11 +24,11 @@ import numpy as np
 
 SAMPLE_SIZE = 2048  # stored vectors per modality that define "unrelated" for the calibration
 MIN_SPREAD = 1e-3  # floor of the robust spread: a tiny or uniform collection must not explode the scores
-# A median and MAD of a handful of cosines are noise (2 items: every hit scores exactly +-0.67). Below
-# PRIOR_ITEMS sampled items the baseline is shrunk toward a prior of unrelated pairs, weighted by the items
-# missing: cosine 0 give or take PRIOR_SPREAD (the released weights score unrelated pairs within about
-# +-0.1 of their pair's centre). From PRIOR_ITEMS items on, the sample alone decides.
-PRIOR_ITEMS, PRIOR_CENTRE, PRIOR_SPREAD = 32, 0.0, 0.1
+# The MAD of a handful of cosines is noise (2 items: every hit scores exactly +-0.67; 4 near-equal texts: a
+# spread of 0.0003 that makes any text outrank an identical image). Below PRIOR_ITEMS sampled items the
+# spread is shrunk toward PRIOR_SPREAD (the released weights score unrelated pairs within about +-0.1 of
+# their pair's centre), weighted by the items missing; from PRIOR_ITEMS items on, the sample alone decides.
+PRIOR_ITEMS, PRIOR_SPREAD = 8, 0.1
 # autocut: a jump is a gap between consecutive scores this many times the median gap and the mean gap
 JUMP_OVER_MEDIAN, JUMP_OVER_MEAN = 3.0, 2.0
 
@@ -59,10 +59,8 @@ class Calibration:
         centre = float(np.median(cosines))
         spread = 1.4826 * float(np.median(np.abs(cosines - centre)))  # MAD, scaled to a normal's sigma
         missing = max(PRIOR_ITEMS - len(cosines), 0)
-        if missing:  # too few to stand alone: shrunk toward the prior
-            n = len(cosines)
-            centre = (n * centre + missing * PRIOR_CENTRE) / PRIOR_ITEMS
-            spread = float(np.sqrt((n * spread**2 + missing * PRIOR_SPREAD**2) / PRIOR_ITEMS))
+        if missing:  # too few to stand alone: the spread is shrunk toward the prior's (the median holds up)
+            spread = float(np.sqrt((len(cosines) * spread**2 + missing * PRIOR_SPREAD**2) / PRIOR_ITEMS))
         return cls(centre, max(spread, MIN_SPREAD))
 
     def __call__(self, cosine: float) -> float:

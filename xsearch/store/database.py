@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ from xsearch.errors import DatabaseDamaged, StoreError, UsageError
 from xsearch.objects import ObjectUri, location
 from xsearch.store import ids as id_marks
 from xsearch.store.filters import ItemFilter, any_of, one_of
-from xsearch.store.lance_errors import guarded, storage_problem, translated
-from xsearch.store.leases import MIN_KEEP, ReaderLease, held_since
+from xsearch.store.lance_errors import guarded, translated
+from xsearch.store.leases import MIN_KEEP, ReaderLease
 from xsearch.store.opening import connect
 from xsearch.store.schema import (
     ERRORS,
@@ -40,6 +39,7 @@ from xsearch.store.schema import (
     now,
 )
 from xsearch.store.side_files import SideFiles
+from xsearch.store.upkeep import compact_tables, kept_for
 from xsearch.store.view import TableView
 
 log = logging.getLogger(__name__)
@@ -388,36 +388,13 @@ class Database:
         database's size. ``merge=False`` (a run that committed nothing) only deletes.
         """
         min_keep = MIN_KEEP if min_keep is None else min_keep
-
-        def keep(table, held_as: str) -> dt.timedelta:
-            held = held_since(self.files, table.to_lance().versions(), held_as)
-            return min_keep if held is None else max(min_keep, now() - held + dt.timedelta(seconds=1))
-
         items = self._table(ITEMS)
-        kept_items = keep(items, "version")
+        kept_items = kept_for(self.files, items, "version", min_keep)
         plan = [(items, kept_items), (self._table(ERRORS), kept_items)]  # nobody reads errors at a version
         if self.has_moments():
             moments = self._table(MOMENTS)
-            plan.append((moments, keep(moments, "moments")))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*(cleanup_older_than|compact_files|cleanup_old_versions)")
-            for table, kept in plan:
-                # Under the writer lock no other writer is mid-commit, so files no version references are a
-                # killed run's leftovers (on an object store: uploaded data files never committed). Deleting
-                # writes nothing, so it comes first: on a full disk it is what makes room for the merge.
-                table.cleanup_old_versions(kept, delete_unverified=True)
-                if not merge:
-                    continue
-                try:
-                    table.compact_files()
-                except Exception as exc:
-                    problem = storage_problem(self.path, exc)
-                    if problem is None or "disk full" not in str(problem):
-                        raise
-                    log.warning("%s: not compacted (disk full); old versions were removed, the next run retries",
-                                self.path)  # fmt: skip
-                    continue
-                table.cleanup_old_versions(kept, delete_unverified=True)
+            plan.append((moments, kept_for(self.files, moments, "moments", min_keep)))
+        compact_tables(self.path, plan, merge)
         for folder in INDEX_FOLDERS.values():
             published = self.files.index_objects(folder)
             if published is not None:
