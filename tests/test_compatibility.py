@@ -45,9 +45,20 @@ def _answers(expected: dict) -> dict:
     return {key: value for key, value in expected.items() if key not in ("photo", "sound", "next_id")}
 
 
+def _format(answers: dict) -> dict:
+    """What the on-disk format decides: ids, uris, modalities, raw scores, rankings, moments, counts. The
+    calibrated score (the fifth field of a hit) is search semantics, changed on purpose since eb2017c (a
+    modality of a handful of items has its spread shrunk toward a prior), so it is left out; the rankings,
+    which it decides when targets merge, are still compared."""
+    return {
+        key: [hit[:4] + hit[5:] for hit in value] if key.endswith(("_search", "_per_file")) else value
+        for key, value in answers.items()
+    }
+
+
 def test_a_database_written_before_the_seam_answers_as_it_did(legacy):
     answered = builder.read(legacy, EXPECTED["photo"], EXPECTED["sound"])
-    assert answered == _answers(EXPECTED)
+    assert _format(answered) == _format(_answers(EXPECTED))
     assert answered["indices_fresh"] == ["audio", "depth", "image", "text"]  # its FAISS files are current
 
 
@@ -77,7 +88,7 @@ def written_today(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_a_database_written_today_answers_as_the_earlier_one_did(written_today):
     _, answered = written_today
-    assert answered == EXPECTED  # the same ids, id mark, counts, indices and rankings from the same media
+    assert _format(answered) == _format(EXPECTED)  # the same ids, id mark, counts, indices and rankings
 
 
 def test_the_earlier_code_reads_a_database_written_today(written_today, tmp_path):
