@@ -116,9 +116,10 @@ class RayIndexer(Indexer):
             _Embedder,
             fn_constructor_args=(self.encoder_source, self.cfg.batch_size or CPU_BATCH),
             batch_size=self.cfg.batch_size or CPU_BATCH,
-            # A pool that may shrink: a fixed pool the size of the cluster waits for ever for the actor of a
-            # node that died (measured: stalled at 128 of 400 files); this one goes on with the nodes left.
-            concurrency=(1, actors),
+            # One actor per node. A pool that may shrink (min 1) went on when a node died, but Ray Data then
+            # kept small jobs on one actor, leaving the other nodes idle; a fixed pool can wait for ever for
+            # the actor of a dead node (measured: stalled at 128 of 400 files), which ``_watched`` ends.
+            concurrency=actors,
             num_cpus=_ACTOR_CPUS,
             num_gpus=1 if gpus else 0,
             scheduling_strategy="SPREAD",  # one actor per node before a second on any
