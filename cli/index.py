@@ -186,6 +186,8 @@ def print_summary(report) -> None:
         typer.echo("  embedded: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_modality.items())))
     if report.excluded:
         typer.echo(f"  excluded: {report.excluded} files or folders (--exclude, --modalities)")
+    if report.ignored:  # .heic, .pdf...: said, so that a file that is not there is not a mystery
+        typer.echo(f"  ignored: {report.ignored} files of no media type, or links (--follow-symlinks)")
     for pattern in report.unmatched_excludes:
         typer.echo(f"  warning: --exclude {shown(pattern)!r} matched nothing", err=True)
     if report.gone:

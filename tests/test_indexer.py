@@ -483,3 +483,17 @@ def test_an_assignment_is_remembered_by_later_runs(tmp_path, checkpoint, caplog)
     assert "scan1.png was depth, now thermal" in caplog.text
     again, report = index(db, media, checkpoint=checkpoint)
     assert report["updated"] == 0 and rows(db)[str(media / "scans" / "scan1.png")]["modality"] == "thermal"
+
+
+def test_the_summary_counts_files_it_ignored(tmp_path, checkpoint):
+    """A .heic or .pdf beside the photos is not indexed: the summary says so instead of saying nothing."""
+    from xsearch.testing.media import gradient_image
+
+    media = tmp_path / "media"
+    media.mkdir()
+    gradient_image(media / "a.jpg")
+    (media / "b.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (media / "c.pdf").write_bytes(b"%PDF-1.4")
+    argv = ["index", str(media), "--db", str(tmp_path / "db"), "--checkpoint", str(checkpoint), "--model", "tiny_test"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0 and "ignored: 2 files of no media type" in result.output, result.output

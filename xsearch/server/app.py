@@ -389,7 +389,7 @@ class _Guard:
             received += len(message.get("body", b""))
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             if received > self.max_body:
-                refused = (413, f"the request is larger than {self.max_body >> 20} MB")
+                refused = (413, self._too_large())
                 raise _Refused
             return message
 
@@ -412,10 +412,14 @@ class _Guard:
         except _Refused:
             await tell()
 
+    def _too_large(self) -> str:
+        uploads = (self.max_body - FIELDS_BYTES) / (1 << 20)
+        return f"the request is larger than {uploads:g} MB of uploads and {FIELDS_BYTES >> 20} MB of fields"
+
     def _refusal(self, scope, headers: dict[str, str]) -> tuple[int, str] | None:
         length = headers.get("content-length", "0")
         if not length.isdigit() or int(length) > self.max_body:
-            return 413, f"the request is larger than {self.max_body >> 20} MB"
+            return 413, self._too_large()
         origin = headers.get("origin")
         if scope["method"] in ("POST", "DELETE") and origin is not None:
             if origin == "null" or origin.split("://", 1)[-1] != headers.get("host", ""):
