@@ -108,7 +108,8 @@ class RayIndexer(Indexer):
         log.info("ray: %d files, %d encoder actors (%d GPUs) on %d nodes", len(tasks), actors, gpus, len(nodes))
         dataset = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks])
         # Nodes share nothing but the bucket: they reach s3:// media with the driver's storage settings.
-        settings = {"runtime_env": {"env_vars": storage_environment()}} if storage_environment() else {}
+        storage = storage_environment()
+        settings = {"runtime_env": {"env_vars": storage}} if storage else {}
         dataset = dataset.map_batches(
             functools.partial(_decode, cfg=self.encoder.preprocess), batch_size=4, num_cpus=_DECODE_CPUS, **settings
         )

@@ -219,9 +219,10 @@ class Collection:
         from xsearch.store import writer_lock
 
         loading = _Loading(self, options.progress)
-        if not self.exists() or options.ray is not None:
+        existed = self.exists()
+        if not existed or options.ray is not None:
             loading()  # a new database takes its width from the model; a cluster ships it
-        if not self.exists() and not is_object_uri(self.path):
+        if not existed and not is_object_uri(self.path):
             from xsearch.store.opening import refuse_a_foreign_folder
 
             refuse_a_foreign_folder(self.path)  # before the lock leaves its file in someone's photo folder

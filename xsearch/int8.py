@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from xsearch.errors import UsageError, XsearchError
+from xsearch.model.checkpoint import sha256_file
 from xsearch.model.pretrained import xsearch_home
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Int8Towers:
                 building = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.cache))
                 try:
                     self._export(tower, example, building)
-                    (building / CHECKSUM).write_text(_digest(building / MODEL))
+                    (building / CHECKSUM).write_text(sha256_file(building / MODEL))
                     _remove(self.cache / key)
                     os.replace(building, self.cache / key)  # whole, or not at all
                 finally:
@@ -159,7 +159,7 @@ class Int8Towers:
             recorded = (folder / CHECKSUM).read_text().strip()
         except OSError:
             recorded = None
-        if recorded != _digest(model):
+        if recorded != sha256_file(model):
             log.warning("%s: differs from the checksum recorded at export (damaged?); exporting again", model)
             return False
         VERIFIED.add(identity)
@@ -190,11 +190,6 @@ class Int8Towers:
             op_types_to_quantize=["MatMul", "Gemm"],
         )
         fp32.unlink()
-
-
-def _digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _identity(path: Path) -> tuple:

@@ -144,7 +144,13 @@ def media_exists(name: str) -> bool:
     """Whether a file, folder, object or prefix of objects is there (a folder root's check)."""
     if not is_object_uri(name):
         return os.path.lexists(name)
-    return next(list_objects(name), None) is not None
+    import obstore
+
+    uri = ObjectUri.parse(name)
+    for batch in obstore.list(store_of(uri), prefix=f"{uri.key}/" if uri.key else None, chunk_size=1):
+        if batch:  # one key under the prefix is enough: the scan lists them all
+            return True
+    return media_info(name) is not None
 
 
 class _ObjectFile(io.RawIOBase):
