@@ -138,7 +138,7 @@ def _photo_rows(record, device: str, count: int, megapixels: float, quick: bool)
             collection = Collection.open(Path(scratch) / f"db-{gpu_decode}", encoder=encoder)
             report = collection.index([folder], gpu_decode=gpu_decode)
             name = f"index: {'batched decode' if gpu_decode else 'PIL decode'}, {encoder.precision} on {device}"
-            record(name, n=count, files_per_s=round(report.files_per_second, 1), indexed=report.indexed)
+            record(name, n=count, files_per_s=round(report.embedded / report.seconds, 1), indexed=report.indexed)
 
 
 def main() -> None:

@@ -114,6 +114,8 @@ def command(*args, **kwargs) -> Callable:
 
         run.__signature__ = signature.replace(parameters=params)
         run.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        # `xsearch --help` lists each command by its docstring's first sentence, whole (click cuts at 45 chars).
+        kwargs.setdefault("short_help", (function.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "))
         return app.command(*args, **kwargs)(run)
 
     return register

@@ -15,7 +15,6 @@ from xsearch.cli.app import (
     AsOpt,
     CheckpointOpt,
     DeviceOpt,
-    ModelOpt,
     PrecisionOpt,
     VerifyOpt,
     command,
@@ -35,7 +34,10 @@ OUTPUT_SUFFIXES = (".jsonl", ".npy", ".parquet", ".arrow")
 def embed(
     paths: Annotated[list[str], typer.Argument(help="Media files, or folders (the files `index` would take).")],
     checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Architecture of --checkpoint (default: what the file names, else imagebind_huge)."),
+    ] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     verify: VerifyOpt = False,

@@ -76,8 +76,18 @@ def index(
     modalities: Annotated[str | None, typer.Option(help="Only these, e.g. image,audio.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Skip paths or names matching this glob.")] = None,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links to files and folders.")] = False,
+    hidden: Annotated[
+        bool, typer.Option("--hidden", help="Also take files and folders named with a dot (.cache, .thumbnails).")
+    ] = False,
     as_: AsOpt = None,
     prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = IndexOptions.prune,
+    retry: Annotated[
+        bool,
+        typer.Option(
+            "--retry",
+            help="Cut moments again for files whose moments failed (left alone until they change otherwise).",
+        ),
+    ] = IndexOptions.retry,
     update_index: Annotated[
         bool, typer.Option(help="Update the FAISS indices after the run.")
     ] = IndexOptions.update_index,
@@ -138,7 +148,9 @@ def index(
             modalities=modalities,
             exclude=exclude,
             follow_symlinks=follow_symlinks,
+            hidden=hidden,
             prune=prune,
+            retry=retry,
             update_index=update_index,
             batch_size=batch_size,
             workers=workers,
@@ -168,11 +180,13 @@ def index(
 
 
 def print_summary(report) -> None:
-    parts = [f"{report.indexed} new", f"{report.updated} updated", f"{report.unchanged} unchanged"]
-    parts.append(f"{report.failed} failed")
+    parts = [f"{report.indexed} new", f"{report.updated} updated"]
+    if report.moments_added:
+        parts.append(f"{report.moments_added} given moments")
+    parts += [f"{report.unchanged} unchanged", f"{report.failed} failed"]
     if report.pruned:
         parts.append(f"{report.pruned} pruned")
-    rate = f", {report.files_per_second:.1f} files/s" if report.indexed + report.updated else ""
+    rate = "" if report.files_per_second is None else f", {report.files_per_second:.1f} files/s"
     load = f" (loading the model: {report.load_seconds:.2f} s)" if report.load_seconds > 0 else ""
     typer.echo(f"{shown(report.db)}: {', '.join(parts)} in {report.seconds:.1f} s{load}{rate}")
     for skipped in report.prune_skipped:
@@ -188,6 +202,11 @@ def print_summary(report) -> None:
         typer.echo(f"  excluded: {report.excluded} files or folders (--exclude, --modalities)")
     if report.ignored:  # .heic, .pdf...: said, so that a file that is not there is not a mystery
         typer.echo(f"  ignored: {report.ignored} files of no media type, or links (--follow-symlinks)")
+    if report.moments_not_retried:
+        count = report.moments_not_retried
+        typer.echo(f"  moments: {count} files whose moments failed before, left as they are (--retry)")
+    if report.hidden:
+        typer.echo(f"  hidden: {report.hidden} files and folders named with a dot, not taken (--hidden)")
     for pattern in report.unmatched_excludes:
         typer.echo(f"  warning: --exclude {shown(pattern)!r} matched nothing", err=True)
     if report.gone:

@@ -54,10 +54,14 @@ def info(
     """
     with handled_errors():
         collection = open_collection(db, checkpoint, model)
-        if checkpoint or model:
-            collection.model_choice()  # another model than the database's is named now
+        if (checkpoint or model) and collection.exists():
+            if collection.choice.checkpoint:  # the file's own model is read from it: a trial checkpoint's seed
+                collection.choice.check_checkpoint(collection.store.model_id, collection.path)
+            else:
+                collection.model_choice()  # another model than the database's is named
         facts = collection.info(check=check)
     note_random_weights(collection)
+    facts["auto_precision"] = _auto_precision()
     if json_:
         typer.echo(json.dumps(facts, indent=1))
         return
@@ -65,6 +69,8 @@ def info(
     typer.echo(f"model     {facts['model_id']}")
     if facts["precision"]:
         typer.echo("precision " + ", ".join(f"{name} ({count} items)" for name, count in facts["precision"].items()))
+    auto = facts["auto_precision"]
+    typer.echo(f"auto      {auto['precision']} on this machine: {auto['why']}")
     typer.echo(f"items     {facts['items']}  (errors: {facts['errors']}, see `xsearch errors`)")
     _modality_lines(facts["by_modality"], facts["indices"])
     moments = facts.get("moments")
@@ -72,6 +78,14 @@ def info(
         cut = f"{moments['seconds']:g} s every {moments['stride']:g} s" if moments["seconds"] else "settings missing"
         typer.echo(f"moments   {moments['moments']}  ({cut})")
         _modality_lines(moments["by_modality"], moments["indices"])
+
+
+def _auto_precision() -> dict[str, str]:
+    """What ``--precision auto`` picks here, and why (the CPU's kind, ONNX Runtime)."""
+    from xsearch.encoder import auto_precision, resolve_device
+
+    precision, why = auto_precision(resolve_device("auto"))
+    return {"precision": precision, "why": why}
 
 
 def _modality_lines(counts: dict[str, int], indices: dict[str, dict]) -> None:

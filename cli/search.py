@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import shlex
 from typing import Annotated
 
 import typer
@@ -80,6 +81,13 @@ def split_file_weight(value: str, option: str, must_exist: bool = True) -> tuple
     return head, _weight(tail, option, value)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def split_moment(value: str) -> tuple[tuple[str, float], float] | None:
     """``"0.5::12@1:03"`` -> ``(("12", 63.0), 0.5)``: an item's moment, when the text after the last ``@``
     is a time (seconds, ``M:SS`` or ``H:MM:SS``); ``None`` for anything else (a path with an ``@`` in it)."""
@@ -87,7 +95,16 @@ def split_moment(value: str) -> tuple[tuple[str, float], float] | None:
 
     text, weight = split_text_weight(value, f"--{ITEM}")
     key, at = split_item_time(text)
-    return None if at is None else ((key, at), weight)
+    if at is None:
+        key, sep, when = text.rpartition("@")
+        if sep and key.isascii() and key.isdigit() and not os.path.exists(text):  # an id, then no time
+            clock_part, _, tail = when.rpartition(":")
+            hint = ""
+            if split_item_time(f"{key}@{clock_part}")[1] is not None and _is_number(tail):
+                hint = f"; a moment's weight goes first: {tail}::{key}@{clock_part}"
+            raise UsageError(f"--{ITEM} {value!r}: {when!r} is not a time (SECONDS, M:SS or H:MM:SS){hint}")
+        return None
+    return (key, at), weight
 
 
 def build_query(inputs: dict[str, list[str] | None]):
@@ -118,7 +135,7 @@ def build_query(inputs: dict[str, list[str] | None]):
 
 
 def print_table(results) -> None:
-    from xsearch.moments import clock
+    from xsearch.moments import clock_span
 
     if not results:
         typer.echo("no results")
@@ -126,7 +143,7 @@ def print_table(results) -> None:
     typer.echo(f"{'rank':>4}  {'score':>7}  {'calibrated':>10}  {'modality':<8}  uri")
     for r in results:
         also = f"  (also: {', '.join(map(shown, r.duplicates))})" if r.duplicates else ""
-        when = f" @ {clock(r.start)}-{clock(r.end)}" if r.is_moment else ""
+        when = f" @ {clock_span(r.start, r.end)}" if r.is_moment else ""
         line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>10.2f}  {r.modality.value:<8}  {shown(r.uri)}{when}{also}"
         typer.echo(line)
 
@@ -170,6 +187,8 @@ def _search(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     verify: VerifyOpt = False,
+    stray: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
+    modality: Annotated[str | None, typer.Option("--modality", hidden=True)] = None,
     **inputs: list[str] | None,
 ) -> None:
     """Search with any mix of inputs; several inputs are added with their weights (default 1).
@@ -186,6 +205,7 @@ def _search(
     """
     html = output_file(html, "--html")
     with handled_errors():
+        _refuse_guesses(stray, modality)
         options = SearchOptions(
             target=target,
             k=k,
@@ -213,6 +233,18 @@ def _search(
         print_table(results)
         if html:
             typer.echo(f"contact sheet: {html}")
+
+
+def _refuse_guesses(stray: list[str] | None, modality: str | None) -> None:
+    """What a newcomer tries first, answered with the option meant (click would say "no such option")."""
+    if stray:
+        words = " ".join(stray)
+        raise UsageError(f"unexpected argument {words!r}: to search with a text, give --text {shlex.quote(words)}")
+    if modality is not None:
+        raise UsageError(
+            "there is no --modality: --target chooses what is searched (e.g. --target image), and --text, --image, "
+            "--audio... give what to search with"
+        )
 
 
 def _input_parameters() -> list[inspect.Parameter]:
@@ -306,7 +338,8 @@ def classify(
     elif json_:
         typer.echo(json.dumps(labelled.as_json(), indent=1))
     else:
-        typer.echo(f"{'score':>6}  {'label':<20}  {'modality':<8}  uri")
+        typer.echo(f"{'id':>6}  {'score':>6}  {'label':<20}  {'modality':<8}  uri")
         for row in labelled.as_json():
-            typer.echo(f"{row['score']:>6.3f}  {shown(row['label']):<20}  {row['modality']:<8}  {shown(row['uri'])}")
+            label, uri = shown(row["label"]), shown(row["uri"])
+            typer.echo(f"{row['id']:>6}  {row['score']:>6.3f}  {label:<20}  {row['modality']:<8}  {uri}")
     note_random_weights(collection)

@@ -112,6 +112,7 @@ class Indexer:
                     rejected.append(found)
         report.scanned = len(candidates)
         report.ignored, report.excluded = scanner.stats.ignored, scanner.stats.excluded
+        report.hidden = scanner.stats.hidden
         report.unmatched_excludes = scanner.unmatched()
         for pattern in report.unmatched_excludes:
             log.warning("exclude pattern %r matched nothing", pattern)
@@ -155,6 +156,7 @@ class Indexer:
         known = view.scan(["id", "uri", "modality", "size", "mtime", "sha256"]).to_pylist()
         rows = {row["uri"]: row for row in known}
         cut = self.store.moment_sets() if self.moments else {}
+        failed_moments = self._failed_moments() if self.moments and not self.cfg.retry else set()
         tasks, unchanged = [], []
         for c in candidates:
             row = rows.get(c.path)
@@ -165,13 +167,25 @@ class Indexer:
                 log.warning("%s was %s, now %s: embedded again", c.path, row["modality"], c.modality)
                 tasks.append(replace(c, known=True))  # now another modality (--as): re-embedded, an update
             elif self.moments and Modality(row["modality"]).spec.has_moments and cut.get(row["id"]) != {row["sha256"]}:
-                tasks.append(replace(c, known=True))  # moments missing (new --moments, or a killed run)
+                same = row["size"] == c.size and row["mtime"] == c.mtime
+                if same and c.path in failed_moments:
+                    unchanged.append(c.path)  # its moments failed for these bytes: not decoded again each run
+                    report.moments_not_retried += 1
+                elif same:
+                    tasks.append(replace(c, known=True, for_moments=True))  # new --moments, or a killed run
+                else:
+                    tasks.append(replace(c, known_sha256=row["sha256"], known=True))
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
             else:
                 tasks.append(replace(c, known_sha256=row["sha256"], known=True))
         report.unchanged = len(unchanged)
         return tasks, unchanged
+
+    def _failed_moments(self) -> set[str]:
+        """Files whose moments failed in an earlier run (their rows stand; ``--retry`` tries them again)."""
+        errors = self.store.error_rows()
+        return {uri for uri, stage in zip(errors["uri"].to_pylist(), errors["stage"].to_pylist()) if stage == "moments"}
 
     def on_gpu(self) -> bool:
         return self.encoder.device.type == "cuda"
@@ -228,12 +242,15 @@ class Indexer:
                     report.phase("decode, embed and commit"),
                     tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar,
                 ):
+                    cut = 0.0  # seconds of media cut into moments: a long file's progress between files
                     for outcome in self._decoded(tasks):
                         batch.take(outcome)
-                        if not isinstance(outcome.task, MomentTask):
+                        if isinstance(outcome.task, MomentTask):
+                            cut += outcome.task.spans[-1][1] - outcome.task.spans[0][0]
+                            bar.set_postfix(_progress_notes(report, cut), refresh=True)
+                        else:
                             bar.update()
-                        if report.failed:
-                            bar.set_postfix(failed=report.failed, refresh=False)
+                            bar.set_postfix(_progress_notes(report, cut), refresh=False)
             batch.flush()
         except KeyboardInterrupt:
             report.interrupted = True
@@ -349,6 +366,13 @@ def _folders_holding(paths: set[str]) -> set[str]:
     return folders
 
 
+def _progress_notes(report: RunReport, cut: float) -> dict[str, str]:
+    notes = {"failed": str(report.failed)} if report.failed else {}
+    if cut:
+        notes["moments"] = f"{clock(cut)} of media"
+    return notes
+
+
 @dataclass
 class _Cutting:
     """A file whose row waits for its moments: the chunks still out, its row once encoded, its moments, and
@@ -356,7 +380,7 @@ class _Cutting:
 
     modality: Modality
     chunks: int
-    record: tuple[ItemRecord, bool] | None = None
+    record: tuple[ItemRecord, str] | None = None
     moments: list[Moment] = field(default_factory=list)
     row_failed: bool = False
     moments_failed: str | None = None
@@ -371,9 +395,10 @@ class _Batcher:
         self.cfg = indexer.cfg
         self.report = report
         self.waiting: dict[Modality, list[Outcome]] = defaultdict(list)
-        self.records: list[tuple[ItemRecord, bool]] = []  # (row, is an update of a known file)
+        self.records: list[tuple[ItemRecord, str]] = []  # (row, ``Task.change``: new, updated or moments)
         self.restat: list[Outcome] = []
         self.errors: list[tuple[str, str | None, str, str]] = []
+        self.moment_errors: list[tuple[str, str | None, str, str]] = []  # rows kept, their moments failed
         self.cleared: list[str] = []
         self.cutting: dict[str, _Cutting] = {}  # files whose moments are still being embedded
         self.last_commit = time.monotonic()
@@ -388,8 +413,9 @@ class _Batcher:
 
     def clear_stale_errors(self, unchanged: list[str]) -> None:
         """A file indexed by an earlier run that was killed before clearing its error row."""
-        errors = set(self.store.error_rows()["uri"].to_pylist())
-        self.cleared.extend(u for u in unchanged if u in errors)
+        errors = self.store.error_rows()
+        stale = {u for u, stage in zip(errors["uri"].to_pylist(), errors["stage"].to_pylist()) if stage != "moments"}
+        self.cleared.extend(u for u in unchanged if u in stale)
 
     def _error(self, uri: str, modality: Modality | None, stage: str, message: str) -> None:
         self.errors.append((uri, modality.value if modality else None, stage, message))
@@ -451,9 +477,9 @@ class _Batcher:
         if outcome.node is not None:
             self.nodes.add(outcome.node)
         if due is None:
-            self.records.append((record, task.known))
+            self.records.append((record, task.change))
         else:
-            due.record = (record, task.known)
+            due.record = (record, task.change)
             self._settle(task.path)
 
     def _take_moments(self, outcome: Outcome) -> None:
@@ -489,13 +515,14 @@ class _Batcher:
         del self.cutting[path]
         if due.row_failed:
             return
-        record, is_update = due.record
+        record, change = due.record
         record.moments = [] if due.moments_failed else due.moments
         if due.moments_failed:
-            log.warning("%s: %s (its moments are tried again next run)", path, due.moments_failed)
+            log.warning("%s: %s (tried again when the file changes, or with --retry)", path, due.moments_failed)
             self.report.failed += 1
             self.report.failures.append(Failure(path, "moments", due.moments_failed))
-        self.records.append((record, is_update))
+            self.moment_errors.append((path, record.modality.value, "moments", due.moments_failed))
+        self.records.append((record, change))
 
     def flush(self) -> None:
         """Encode what waits, commit it, and wait for every commit to be written."""
@@ -507,8 +534,8 @@ class _Batcher:
     def _commit(self) -> None:
         """Hand the collected rows to the writer thread: Lance writes release the GIL, so the next batch is
         received and encoded while this one is written. One commit at a time, in order."""
-        work = (self.records, self.restat, self.errors, self.cleared)
-        self.records, self.restat, self.errors, self.cleared = [], [], [], []
+        work = (self.records, self.restat, self.errors, self.cleared, self.moment_errors)
+        self.records, self.restat, self.errors, self.cleared, self.moment_errors = [], [], [], [], []
         self.last_commit = time.monotonic()
         self._wait()  # the previous commit first: commits stay ordered, and its failure surfaces here
         self._pending = self._writer.submit(self._write, *work)
@@ -522,8 +549,10 @@ class _Batcher:
         if pending is not None:
             pending.result()
 
-    def _write(self, records, restat, errors, cleared) -> None:
-        """One upsert of embedded rows, then the error table; both keyed on uri, so replaying is harmless."""
+    def _write(self, records, restat, errors, cleared, moment_errors) -> None:
+        """One upsert of embedded rows, then the error table; both keyed on uri, so replaying is harmless.
+        A file whose moments failed keeps its row and gets an error row (``moments``), which tells the next
+        run's plan not to decode the same bytes again."""
         store = self.store
         if records:
             store.upsert_items([r for r, _ in records])  # sets the ids of new rows, which moments use
@@ -537,12 +566,10 @@ class _Batcher:
         if stale:
             store.delete_items(uris=stale)
             self.report.stale_removed += len(stale)
-        store.record_errors(errors)
-        for record, is_update in records:
+        store.record_errors(errors + moment_errors)
+        counts = {"new": "indexed", "updated": "updated", "moments": "moments_added"}
+        for record, change in records:
             self.by_modality[record.modality.value] += 1
-            if is_update:
-                self.report.updated += 1
-            else:
-                self.report.indexed += 1
+            setattr(self.report, counts[change], getattr(self.report, counts[change]) + 1)
         self.report.by_modality = dict(self.by_modality)
         self.report.nodes = sorted(self.nodes)

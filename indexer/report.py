@@ -12,6 +12,11 @@ from dataclasses import asdict, dataclass, field
 log = logging.getLogger("xsearch.indexer.pipeline")  # the run's own lines, under the pipeline's name
 
 
+# Phases of a run that are not embedding: a rate of files per second leaves them out, so that a run of 3 files
+# does not read "0.1 files/s" for the seconds its compaction and index files took.
+_BOOKKEEPING = ("writer lock", "open database", "scan", "plan", "gone files", "compaction", "indices")
+
+
 @dataclass
 class Failure:
     uri: str
@@ -28,12 +33,15 @@ class RunReport:
     scanned: int = 0
     indexed: int = 0  # new files embedded
     updated: int = 0  # known files whose content changed, re-embedded
+    moments_added: int = 0  # unchanged files embedded again for the moments they lacked
+    moments_not_retried: int = 0  # unchanged files whose moments failed before (tried again with --retry)
     unchanged: int = 0  # skipped (same size and mtime, or same bytes)
     failed: int = 0
     stale_removed: int = 0  # rows of known files that now fail: removed, so they stop answering searches
     pruned: int = 0
     prune_skipped: list[str] = field(default_factory=list)  # roots not pruned, and why
     ignored: int = 0  # not media, or symlinks when not following them
+    hidden: int = 0  # named with a leading dot (taken with --hidden)
     excluded: int = 0  # files and folders left out by --exclude / --modalities
     unmatched_excludes: list[str] = field(default_factory=list)  # --exclude patterns that excluded nothing
     gone: int = 0  # indexed files under the roots that are gone from disk, kept because --prune was not given
@@ -50,13 +58,22 @@ class RunReport:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: where a slow run spent its time
 
     @property
-    def files_per_second(self) -> float:
-        done = self.indexed + self.updated
-        return done / self.seconds if self.seconds else 0.0
+    def embedded(self) -> int:
+        """Files embedded in this run: new, updated, and unchanged ones that gained moments."""
+        return self.indexed + self.updated + self.moments_added
+
+    @property
+    def files_per_second(self) -> float | None:
+        """Files embedded per second of the embedding phases; ``None`` when none was (no rate to speak of)."""
+        if not self.embedded:
+            return None
+        busy = self.seconds - sum(self.phases.get(name, 0.0) for name in _BOOKKEEPING)
+        return self.embedded / max(busy, 1e-6)
 
     def as_json(self) -> dict:
-        out = asdict(self)
-        out["files_per_second"] = round(self.files_per_second, 2)
+        out = {"new": self.indexed, **asdict(self)}  # "new" as the summary line says; "indexed" kept for scripts
+        rate = self.files_per_second
+        out["files_per_second"] = None if rate is None else round(rate, 2)
         out["seconds"] = round(self.seconds, 3)
         out["embed_seconds"] = round(self.embed_seconds, 3)
         out["load_seconds"] = round(self.load_seconds, 3)

@@ -44,6 +44,12 @@ class Task:
     mtime: float
     known_sha256: str | None = None
     known: bool = False  # the store has a row for this path (re-embedding it is an update, not a new file)
+    for_moments: bool = False  # unchanged, embedded again only for the moments it lacks
+
+    @property
+    def change(self) -> str:
+        """What committing this file's row is, for the run's counts: ``new``, ``updated`` or ``moments``."""
+        return "moments" if self.for_moments else "updated" if self.known else "new"
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,17 @@ class ScanStats:
     files: int = 0
     ignored: int = 0
     excluded: int = 0
+    hidden: int = 0  # files and folders named with a leading dot, below the folders given
     matched: Counter = field(default_factory=Counter)  # exclude pattern -> files and folders it excluded
     unlisted_dirs: list[str] = field(default_factory=list)  # folders that could not be listed: never pruned
+
+
+def _folder_key(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # not there (yet): nothing to skip
+    return info.st_dev, info.st_ino
 
 
 def _is_name_pattern(pattern: str) -> bool:
@@ -91,7 +106,7 @@ class Scanner:
 
     def __init__(self, options: ScanOptions, skip: tuple[str, ...] = ()):
         self.options = options
-        self.skip = {os.path.realpath(p) for p in skip}  # folders never indexed: the database's own
+        self.skip = {_folder_key(p) for p in skip} - {None}  # folders never indexed: the database's own
         self.stats = ScanStats()
         self._seen_dirs: set[tuple[int, int]] = set()
 
@@ -129,6 +144,8 @@ class Scanner:
             found = True
             if self._excluded(uri):
                 self.stats.excluded += 1
+            elif not self.options.hidden and "/." in uri[len(prefix.rstrip("/")) :]:
+                self.stats.hidden += 1
             elif not uri.endswith("/"):  # a "folder" marker some tools write
                 yield from self._accepted(uri, size, mtime)
         if not found:
@@ -141,6 +158,8 @@ class Scanner:
             yield Rejected(printable(directory), f"cannot open folder ({exc.strerror or exc})")
             return
         key = (info.st_dev, info.st_ino)
+        if key in self.skip:
+            return  # the database itself, kept inside the folder it indexes
         if key in self._seen_dirs:
             yield Rejected(printable(directory), "symbolic link loop: this folder was already scanned (skipped)")
             return
@@ -156,6 +175,9 @@ class Scanner:
             if self._excluded(entry.path):
                 self.stats.excluded += 1
                 continue
+            if entry.name.startswith(".") and not self.options.hidden:
+                self.stats.hidden += 1  # .cache, .thumbnails, .git, macOS's ._photo.jpg: not the collection
+                continue
             if entry.is_symlink() and not self.options.follow_symlinks:
                 self.stats.ignored += 1
                 continue
@@ -163,8 +185,6 @@ class Scanner:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False  # a link loop: ``_file`` stats it again and names the problem
-            if is_dir and self.skip and os.path.realpath(entry.path) in self.skip:
-                continue  # the database itself, kept inside the folder it indexes
             if is_dir:
                 yield from self._walk(entry.path)
             else:

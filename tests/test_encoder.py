@@ -57,7 +57,7 @@ def test_encode_files_mixed(encoder, tmp_path):
     assert len(ok) == 4
     for r in ok:
         assert r.embedding.shape == (1024,) and abs(np.linalg.norm(r.embedding) - 1) < 1e-5
-    assert "broken.png: the file is named as image but its content is text" in results[3].message  # as index says
+    assert "broken.png: its content is text, not image" in results[3].message  # as index says
     assert "notes.xyz: unknown file type" in results[5].message
 
 

@@ -101,7 +101,9 @@ def test_times_are_read_as_people_write_them():
     assert parse_clock("soon") is None and parse_clock("1.5:20") is None
     assert split_item_time("12@1:03") == ("12", 63.0)
     assert split_item_time("me@home.wav") == ("me@home.wav", None)  # a path with an @ stays a path
-    assert IndexOptions.of(moment_seconds=4).moments == MomentCfg(4)  # a way of cutting asks for moments
+    assert IndexOptions.of(moments=True, moment_seconds=4).moments == MomentCfg(4)
+    with pytest.raises(UsageError, match="ask for moments too"):
+        IndexOptions.of(moment_seconds=4)  # a way of cutting alone does not turn moments on silently
     with pytest.raises(UsageError, match="per_file"):
         SearchOptions(per_file=2)  # counts moments: without them it means nothing
     with pytest.raises(UsageError, match="leave out --ray"):
@@ -289,6 +291,7 @@ def test_cli_index_search_json_and_table(corpus, encoder, tmp_path):
             str(db),
             "--checkpoint",
             str(checkpoint),
+            "--moments",
             "--moment-seconds",
             "4",
             *model,
@@ -404,7 +407,7 @@ def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monk
     monkeypatch.undo()
     assert collection.store.items().count() == 1 and collection.store.moments().count() == 0
     report = collection.index([media], workers=0)
-    assert report.updated == 1 and report.moments == 3
+    assert report.moments_added == 1 and report.updated == 0 and report.moments == 3
     assert collection.store.moment_sets() == {0: {collection.item(0, ["sha256"])["sha256"]}}
 
 
@@ -425,7 +428,7 @@ def test_a_chunk_of_moments_is_bounded_by_the_per_file_time_limit(tmp_path):
     assert outcomes[2].error == "timed out after 3 s" and outcomes[2].task.spans[0] == (100.0, 102.0)
 
 
-def test_a_file_whose_moments_fail_keeps_its_row_without_moments_and_they_are_tried_again(
+def test_a_file_whose_moments_fail_keeps_its_row_and_is_not_decoded_again_until_retry(
     encoder, tmp_path, monkeypatch
 ):
     import xsearch.moments
@@ -452,10 +455,18 @@ def test_a_file_whose_moments_fail_keeps_its_row_without_moments_and_they_are_tr
         "good.wav",
     ]
     assert {Path(r["uri"]).name for r in moment_rows(collection)} == {"good.wav"}  # one set or none: never half
-    monkeypatch.undo()  # the damage was passing: the next run makes its moments
-    again = collection.index([media], workers=0)
-    assert again.failed == 0 and again.updated == 1 and again.moments == 67
+    errors = collection.store.error_rows().to_pylist()
+    assert [(Path(e["uri"]).name, e["stage"]) for e in errors] == [("broken.wav", "moments")]  # `xsearch errors`
+    decoded = []
+    monkeypatch.setattr(xsearch.moments, "_segment_tensor", lambda *a: decoded.append(a) or fails_late(*a))
+    same = collection.index([media], workers=0)  # the same bytes: its 400 s are not decoded again each run
+    assert decoded == [] and same.moments_not_retried == 1 and same.unchanged == 2 and same.failed == 0
+    assert len(collection.store.error_rows()) == 1  # still listed
+    monkeypatch.undo()  # the damage was passing: --retry makes its moments
+    again = collection.index([media], workers=0, retry=True)
+    assert again.failed == 0 and again.moments_added == 1 and again.updated == 0 and again.moments == 67
     assert {Path(r["uri"]).name for r in moment_rows(collection)} == {"good.wav", "broken.wav"}
+    assert len(collection.store.error_rows()) == 0
 
 
 def test_copies_fold_into_one_moment_and_a_database_without_moments_says_so(encoder, tmp_path):

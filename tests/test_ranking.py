@@ -206,8 +206,8 @@ def test_few_shot_cli_round_trip(tmp_path, tiny_model):
 
     table = runner.invoke(app, [*argv, "--sort", "score", "--text-weight", "0.5"])
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["score", "label", "modality", "uri"]  # a header row
-    scores = [float(line.split()[0]) for line in lines[1:]]
+    assert lines[0].split() == ["id", "score", "label", "modality", "uri"]  # a header row, naming the id sorted by
+    scores = [float(line.split()[1]) for line in lines[1:]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 6
     out = tmp_path / "labels.csv"
     written = runner.invoke(app, [*argv, "--output", str(out), "--min-confidence", "0.0"])

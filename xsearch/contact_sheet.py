@@ -21,7 +21,7 @@ import numpy as np
 
 from xsearch.errors import DecodeError
 from xsearch.modalities import Modality, Preview
-from xsearch.moments import clock
+from xsearch.moments import clock, clock_span
 from xsearch.paths import is_regular_file
 from xsearch.query import QueryInput, Results, TextTerm
 from xsearch.query.results import RANDOM_WEIGHTS_NOTE
@@ -190,7 +190,7 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
         calibrated = f" <span>calibrated {r.calibrated:.1f}</span>" if r.calibrated is not None else ""
         lines = [f"#{r.rank} {score}{calibrated} {html.escape(r.modality.value)}", _path(r.uri)]
         if r.is_moment:
-            lines.append(f'<span class="when">@ {clock(r.start)}-{clock(r.end)}</span>{_timeline(r, results)}')
+            lines.append(f'<span class="when">@ {clock_span(r.start, r.end)}</span>{_timeline(r, results)}')
         if r.duplicates:
             lines.append("also at: " + ", ".join(_path(d) for d in r.duplicates))
         link = _link(r.uri, link_originals)

@@ -16,12 +16,14 @@ finished one, and an export damaged, truncated or replaced by a link since is ma
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 
@@ -170,7 +172,7 @@ class Int8Towers:
 
         fp32 = folder / "model.onnx"
         module = _TowerInput(self.model, tower).eval()
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), _quiet():
             torch.onnx.export(
                 module,
                 (example.to(torch.float32) if example.is_floating_point() else example,),
@@ -181,15 +183,41 @@ class Int8Towers:
                 opset_version=OPSET,
                 dynamo=False,
             )
-        quantize_dynamic(
-            str(fp32),
-            str(folder / MODEL),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=not int8_dot_units(),
-            op_types_to_quantize=["MatMul", "Gemm"],
-        )
+        with _quiet():
+            quantize_dynamic(
+                str(fp32),
+                str(folder / MODEL),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=not int8_dot_units(),
+                op_types_to_quantize=["MatMul", "Gemm"],
+            )
         fp32.unlink()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's and quantiser's notes to whoever writes models (tracer warnings with source paths,
+    "consider pre-processing", a line per tensor at INFO) are not a user's business: kept for ``--debug``."""
+    root = logging.getLogger()
+    if root.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    # onnxruntime.quantization logs through the root logger itself; a filter on that logger sees only such
+    # records (a named logger's propagate to the handlers past it), so other threads' lines still show.
+    below_error = _BelowError()
+    root.addFilter(below_error)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(below_error)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def _identity(path: Path) -> tuple:

@@ -177,12 +177,20 @@ def _segment_tensor(task: MomentTask, segments: list[list[float]], cfg):
     return decode_segments(task.path, segments, cfg[Modality.VIDEO])
 
 
-def clock(seconds: float) -> str:
-    """``83.0`` -> ``"1:23"``, ``3723.5`` -> ``"1:02:03"`` (whole seconds, as players show them)."""
+def clock(seconds: float, tenths: bool = False) -> str:
+    """``83.0`` -> ``"1:23"``, ``3723.5`` -> ``"1:02:03"`` (whole seconds, as players show them); with
+    ``tenths``, ``0.25`` -> ``"0:00.2"``."""
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return text + f".{int((seconds - whole) * 10)}" if tenths else text
+
+
+def clock_span(start: float, end: float) -> str:
+    """``"1:23-1:29"``; in tenths when whole seconds would show a sub-second moment as ``"0:00-0:00"``."""
+    tenths = int(start) == int(end) and start != end
+    return f"{clock(start, tenths)}-{clock(end, tenths)}"
 
 
 def split_item_time(text: str) -> tuple[str, float | None]:
@@ -200,6 +208,10 @@ def parse_clock(text: str) -> float | None:
     if not 1 <= len(parts) <= 3 or not all(p.isascii() and p.replace(".", "", 1).isdigit() for p in parts):
         return None
     if any("." in p for p in parts[:-1]):
+        return None
+    # Minutes and seconds after a colon have two digits ("1:05", "1:05.5"): "17:30:0.5" is no time (its
+    # author meant a weight, which a moment takes as a prefix: "0.5::338@17:30").
+    if any(len(p.split(".")[0]) != 2 for p in parts[1:]):
         return None
     seconds = 0.0
     for part in parts:

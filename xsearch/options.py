@@ -134,6 +134,7 @@ class ScanOptions:
     modalities: frozenset[Modality] | None = None  # None: all
     exclude: tuple[str, ...] = ()  # name globs (no separator) and absolute path globs: see ``exclude_glob``
     follow_symlinks: bool = False
+    hidden: bool = False  # take files and folders whose names start with a dot (below the paths given)
     assigned: Mapping[str, Modality] = field(default_factory=dict)  # absolute path -> modality (--as)
 
 
@@ -164,6 +165,7 @@ class IndexOptions:
     ray_stall_seconds: float = 600.0  # a cluster run with no file back for this long stops (a node lost?)
     gpu_decode: bool | None = None  # JPEGs decoded in batches on the encoder's device; None: when it is a GPU
     moments: MomentCfg | None = None  # keep moments cut so (``xsearch.moments``); None: as the database says
+    retry: bool = False  # decode again files whose moments failed for the same bytes (else left until they change)
 
     def __post_init__(self) -> None:
         _at_least_one(self.batch_size, "batch_size", "files per batch")
@@ -191,18 +193,21 @@ class IndexOptions:
     @classmethod
     def of(cls, options: IndexOptions | None = None, /, **overrides) -> IndexOptions:
         """``options`` with ``overrides`` by field name, or by the flat names the CLI and ``Collection.index``
-        use for the parts: ``modalities``, ``exclude``, ``follow_symlinks``, ``assign`` (scan),
+        use for the parts: ``modalities``, ``exclude``, ``follow_symlinks``, ``hidden``, ``assign`` (scan),
         ``file_timeout``, ``worker_memory_gb`` (limits), ``moments=True``, ``moment_seconds``,
         ``moment_stride`` (a ``MomentCfg``)."""
         options = options or cls()
         cut = {k: overrides.pop(k) for k in ("moment_seconds", "moment_stride") if k in overrides}
         cut = {k.removeprefix("moment_"): v for k, v in cut.items() if v is not None}
         wanted = overrides.get("moments")
-        if wanted is True or (cut and wanted is None):  # a way of cutting, given alone, asks for moments
+        if cut and wanted is not True and not isinstance(wanted, MomentCfg):
+            given = " and ".join(f"moment_{k} (--moment-{k})" for k in cut)
+            raise UsageError(f"{given} only say how moments are cut: ask for moments too (--moments)")
+        if wanted is True:
             overrides["moments"] = MomentCfg(**cut)
         elif wanted is False:
             overrides["moments"] = None
-        scan = {k: overrides.pop(k) for k in ("modalities", "exclude", "follow_symlinks") if k in overrides}
+        scan = {k: overrides.pop(k) for k in ("modalities", "exclude", "follow_symlinks", "hidden") if k in overrides}
         if "assign" in overrides:
             scan["assigned"] = assignments(overrides.pop("assign") or {})
         if scan.get("modalities") is not None:

@@ -97,7 +97,7 @@ def content_mismatch(modality: Modality, head: bytes) -> str | None:
         return None  # the decoder says what is wrong, if anything (e.g. text that is not UTF-8)
     if found.family in Modality(modality).spec.accepts:
         return None
-    return f"the file is named as {modality} but its content is {found.format}"
+    return f"its content is {found.format}, not {modality}"
 
 
 def glob_mask(uris: list[str], pattern: str) -> list[bool]:

@@ -89,8 +89,18 @@ class IndexSet:
             meta = VectorIndex.load(directory, self.cfg, verify=True)[1] if check else read_meta(directory)
         except SearchIndexError as exc:
             return {"modality": str(modality), "exists": True, "fresh": False, "damaged": str(exc)}
-        fresh = self._is_current(meta, modality)
+        fresh = self._is_current(meta, modality) or self._same_rows(meta, modality)
         return {**meta, "modality": str(modality), "exists": True, "fresh": fresh}
+
+    def _same_rows(self, meta: dict, modality: Modality) -> bool:
+        """Whether ``modality``'s rows are those the index covers, though the table moved on (another
+        modality's rows came): none written since, none gone (an addition shows in the first, a deletion in
+        the count)."""
+        if meta.get("model_id") != self.view.model_id or meta.get("indexed_until") is None:
+            return False
+        if meta.get("table_version", -1) > self.view.version or meta.get("count") != self.view.count(modality):
+            return False
+        return len(self.view.ids_indexed_after(meta["indexed_until"], modality)) == 0
 
     def build(self, modality: Modality, persist: bool = True) -> VectorIndex:
         """A new index from the view, streamed: a training sample first, then batches of rows."""
@@ -179,8 +189,8 @@ class IndexSet:
         version = self.view.version
         if meta.get("model_id") != self.view.model_id or meta.get("modality") != str(modality):
             return self.rebuild(modality, persist)
-        if self._is_current(meta, modality):
-            return index, meta
+        if self._is_current(meta, modality) or self._same_rows(meta, modality):
+            return index, meta  # another modality's rows came: this index needs no top-up segment
         if meta.get("indexed_until") is None or meta.get("table_version", -1) > version:
             return self.rebuild(modality, persist)  # covers a version the table no longer has
         # Ids are unique on both sides: ``assume_unique`` skips numpy's hashing unique(), seconds at 1M rows.

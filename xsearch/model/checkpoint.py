@@ -251,6 +251,7 @@ def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "mmap can only be used" in reason:  # torch's advice to whoever saved it: this is simply no zip archive
             reason = "not a PyTorch zip archive"
+        reason = reason.split(". ")[0]  # the cause, without torch's paragraph of advice ("internal miniz error...")
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
     notes = {}
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

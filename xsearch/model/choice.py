@@ -73,6 +73,16 @@ class ModelChoice:
             )
         return replace(self, architecture=held)
 
+    def check_checkpoint(self, held: str, database: str | os.PathLike = "the database") -> None:
+        """Read the checkpoint's header (memory-mapped: no weights are loaded) and raise a
+        ``ModelMismatchError`` unless it is the model ``held`` (a trial checkpoint of another seed is not)."""
+        from xsearch.model.checkpoint import open_checkpoint
+
+        choice = self.for_database(held, database)
+        architecture = architecture_of(choice.architecture) if choice.architecture else None
+        source = open_checkpoint(choice.checkpoint, architecture=architecture, verify=choice.verify)
+        ModelMismatchError.check(database, held, source.model_id, argument="checkpoint")
+
     def describe(self) -> str:
         """What will load, for a "loading model ..." line: the file when one is named (its own model is
         checked against the database's once it is read), else the model."""

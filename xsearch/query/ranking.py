@@ -17,6 +17,8 @@ several targets changes.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -107,15 +109,22 @@ def fold_duplicates(
     """One hit per distinct sha256 (``hashes``: id -> digest), in the place of the group's first hit, listing
     in ``duplicates`` every other path of the same bytes (``paths``: digest -> ``(id, uri)`` of each row).
 
-    The one that stands for a group is stable: a ``preferred`` id (the query's own item), else the first
-    indexed copy (the lowest id) among the hits, whatever order equal scores came in."""
+    The one that stands for a group is stable, whatever order equal scores came in: a ``preferred`` id (the
+    query's own item), else one that looks like the original (``uris``: id -> uri; not in a dot folder, not
+    named as a copy), else the first indexed (the lowest id)."""
+    uris = {i: uri for rows in paths.values() for i, uri in rows}
+
+    def rank(hit: Hit) -> tuple:
+        uri = uris.get(hit.id, "")
+        return (hit.id in preferred, not _hidden(uri), not _named_as_copy(uri), -hit.id)
+
     standing: dict[str, Hit] = {}
     for hit in hits:
         digest = hashes.get(hit.id)
         if digest is None:
             continue
         best = standing.get(digest)
-        if best is None or (hit.id in preferred, -hit.id) > (best.id in preferred, -best.id):
+        if best is None or rank(hit) > rank(best):
             standing[digest] = hit
     kept, seen = [], set()
     for hit in hits:
@@ -128,6 +137,20 @@ def fold_duplicates(
             chosen.duplicates = sorted(uri for i, uri in paths.get(digest, []) if i != chosen.id)
             kept.append(chosen)
     return kept
+
+
+# "beach copy.jpg", "beach copy 2.jpg", "beach (1).jpg", "beach-copy.jpg": how file managers and browsers name
+# a second copy of a file.
+_COPY = re.compile(r"(?i)([ _-]copy( \d+)?| \(\d+\))$")
+
+
+def _named_as_copy(uri: str) -> bool:
+    stem = os.path.splitext(uri.rsplit("/", 1)[-1])[0]
+    return _COPY.search(stem) is not None
+
+
+def _hidden(uri: str) -> bool:
+    return "/." in uri
 
 
 def lead(hits: list[Hit], leading: set[int], exclude: bool) -> list[Hit]:

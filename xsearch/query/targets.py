@@ -21,7 +21,7 @@ MOMENT_COLUMNS = ["item_id", "uri", "modality", "sha256", "start", "end"]
 class ItemTarget:
     """Whole files: one row of ``items`` a hit."""
 
-    digest_columns: tuple[str, ...] = ("sha256",)
+    digest_columns: tuple[str, ...] = ("sha256", "modality")
 
     def state(self, snapshot):
         return snapshot.items
@@ -43,7 +43,9 @@ class ItemTarget:
         return snapshot.items.view.rows(ids, RESULT_COLUMNS)
 
     def digest(self, row: dict) -> str | None:
-        return row["sha256"]
+        """The same bytes read as the same modality (a thermal scan is not folded into its copy read as a
+        photo: they answer different queries)."""
+        return f"{row['sha256']}|{row['modality']}" if row["sha256"] else None
 
     def leading(self, own: set[int], rows: dict[int, dict]) -> set[int]:
         """``own`` and the rows holding the same bytes (sha256) as one of them."""
