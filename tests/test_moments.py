@@ -428,9 +428,7 @@ def test_a_chunk_of_moments_is_bounded_by_the_per_file_time_limit(tmp_path):
     assert outcomes[2].error == "timed out after 3 s" and outcomes[2].task.spans[0] == (100.0, 102.0)
 
 
-def test_a_file_whose_moments_fail_keeps_its_row_and_is_not_decoded_again_until_retry(
-    encoder, tmp_path, monkeypatch
-):
+def test_a_file_whose_moments_fail_keeps_its_row_and_is_not_decoded_again_until_retry(encoder, tmp_path, monkeypatch):
     import xsearch.moments
     from xsearch.errors import DecodeError
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,20 @@ def test_the_first_int8_use_prints_no_exporter_or_quantiser_notes(tmp_path, tria
     assert done.returncode == 0, done.stderr
     assert "exporting the text tower to int8 once" in done.stderr  # our own line stays
     assert "Warning" not in done.stderr and "Quantization parameters" not in done.stderr, done.stderr
+
+
+# 5. a script beside a clone named xsearch imports the package, editable install or not --------------------------
+
+
+def test_a_script_beside_a_clone_named_xsearch_imports_it(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "xsearch").symlink_to(root, target_is_directory=True)  # the clone, as `git clone` names it
+    script = tmp_path / "find.py"
+    script.write_text(
+        "from xsearch import Collection, Query\n"
+        "import xsearch.cli.main, xsearch.indexer.pipeline\n"
+        "print(Collection.__module__, xsearch.indexer.pipeline.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["xsearch.collection", "xsearch.indexer.pipeline"]
