@@ -394,3 +394,49 @@ def test_the_address_printed_is_one_a_browser_can_open():
 
     assert _reachable("0.0.0.0") == _reachable("::") == socket.gethostname()
     assert _reachable("127.0.0.1") == "127.0.0.1" and _reachable("::1") == "[::1]"
+
+
+def test_the_token_page_says_a_token_was_refused_and_takes_a_pasted_link(media):
+    """A wrong token gets a line saying so; a ``#token=`` link pasted into the open tab is taken at once. The
+    page asks for no favicon the server lacks, and a negative weight keeps its row."""
+    browser_path = chromium()
+    from playwright.sync_api import sync_playwright
+
+    token = "a-token-long-enough-to-pass"
+    with running(create_app(media[2], token=token)) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        missing = []
+        page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
+        page.goto(url + "/")
+        page.wait_for_selector("#login:not([hidden])")
+        page.fill("#token", "not-the-token-at-all")
+        page.click("#login button")
+        page.wait_for_function("() => document.getElementById('login-problem').textContent !== ''")
+        assert "refused" in page.inner_text("#login-problem")
+        page.evaluate(f"() => {{ location.hash = 'token={token}'; }}")  # pasted into the same tab
+        page.wait_for_selector(".target")
+        assert page.locator("#login").is_hidden() and "token" not in page.url
+        page.fill("#text", "a red picture")
+        page.click("#add-text")
+        page.locator(".input .weight").first.fill("-0.5")
+        tops = page.evaluate(
+            "() => [...document.querySelectorAll('.input .weight-row > *')].map(e => e.getBoundingClientRect().top)"
+        )
+        assert len(tops) == 3 and max(tops) - min(tops) < 12, tops  # slider, "-0.5" and remove on one line
+        assert page.inner_text(".input output") == "-0.5"
+        browser.close()
+    assert missing == [], missing
+
+
+def test_the_readme_names_every_field_of_a_search(client):
+    """README's list of ``POST /api/search`` fields, checked against the form the server takes."""
+    schema = client.app.openapi()
+    body = schema["paths"]["/api/search"]["post"]["requestBody"]["content"]
+    form = next(iter(body.values()))["schema"]
+    if "$ref" in form:
+        form = schema["components"]["schemas"][form["$ref"].rsplit("/", 1)[1]]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    described = readme.split("`POST /api/search`", 1)[1].split("`GET /api/items/{id}`", 1)[0]
+    assert set(form["properties"]) >= {"files", "moments", "per_file"}
+    assert [name for name in form["properties"] if f"`{name}`" not in described] == []
