@@ -330,9 +330,8 @@ def test_re_runs_keep_the_database_size_stable(tmp_path, tiny_model, monkeypatch
 
     from xsearch import Collection
     from xsearch.encoder import Encoder
-    from xsearch.store import database as database_module
 
-    monkeypatch.setattr(database_module, "MIN_KEEP", __import__("datetime").timedelta(0))
+    monkeypatch.delenv("XSEARCH_KEEP_SECONDS", raising=False)  # the default: nothing kept without a lease
     media = _photos(tmp_path / "media", 6)
     (media / "broken.jpg").write_bytes(b"not a jpeg")
     collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))

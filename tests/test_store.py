@@ -205,6 +205,62 @@ def test_a_lease_note_dated_ahead_of_this_clock_pins_nothing(tmp_path):
     assert held_since(store.files, versions) is None
 
 
+def test_a_readers_folder_the_writer_cannot_list_keeps_every_version(tmp_path, monkeypatch, caplog):
+    """A read-only or unlistable ``readers/`` folder (another user's, say) made every index run fail with a line
+    blaming the whole database; which versions readers hold is then unknown, so every one is kept."""
+    import errno
+    import logging
+
+    from xsearch.store import READERS
+    from xsearch.store.side_files import SideFiles
+
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
+    for i in range(3):
+        store.upsert_items([ItemRecord("/a.txt", Modality.TEXT, np.full(8, i + 1, np.float32))])
+    before = len(store.items().versions())
+    real = SideFiles.names
+
+    def refused(self, folder, suffix=""):
+        if folder == READERS:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(self, folder, suffix)
+
+    monkeypatch.setattr(type(store.files), "names", refused)
+    (tmp_path / "db" / READERS).mkdir(exist_ok=True)
+    with caplog.at_level(logging.WARNING):
+        store.compact()
+    assert "cannot list readers' notes (Permission denied); every version is kept" in caplog.text
+    assert len(store.items().versions()) >= before  # nothing removed (the merge may add one)
+    monkeypatch.undo()
+    store.compact()
+    assert len(store.items().versions()) == 1
+
+
+def test_a_run_leaves_each_table_at_its_live_size(tmp_path, tiny_model, monkeypatch):
+    """Compaction kept a minute of versions for readers without a lease, so a table sat at about twice its
+    live size between runs (and 11 runs in a minute at 14x). Every reader of xsearch takes a lease, so only
+    leased versions are kept: after a run that re-embedded every file, one version is left."""
+    from xsearch import Collection
+    from xsearch.encoder import Encoder
+    from xsearch.testing.media import gradient_image
+
+    monkeypatch.delenv("XSEARCH_KEEP_SECONDS", raising=False)
+    media = tmp_path / "media"
+    media.mkdir()
+    collection = Collection.open(tmp_path / "db", encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
+    for run in range(3):
+        for i in range(8):
+            gradient_image(media / f"p{i}.jpg", seed=10 * run + i)  # new bytes: every row rewritten
+        collection.index([media], workers=0)
+        assert len(collection.store.items().versions()) == 1
+    info = collection.info()  # a leased reader: it holds what it reads, and releases it
+    assert info["items"] == 8 and not list((tmp_path / "db" / "readers").glob("*.json"))
+    monkeypatch.setenv("XSEARCH_KEEP_SECONDS", "60")  # other tools reading the tables: a minute kept
+    gradient_image(media / "p0.jpg", seed=99)
+    collection.index([media], workers=0)
+    assert len(collection.store.items().versions()) > 1
+
+
 def test_a_full_disk_skips_compaction_after_removing_what_no_reader_holds(tmp_path, monkeypatch, caplog):
     """Compaction writes its merged copy before old versions go; on a full disk that write fails. Removing
     old versions writes nothing, so it comes first, and a merge that finds no room is skipped with a

@@ -356,7 +356,8 @@ class Collection:
         else:
             names, prototypes = labelling.example_prototypes(encoder, examples, text_weight)
         path = SearchOptions(path=path).path  # a relative glob from the current folder, as search takes it
-        labelled = labelling.classify(self.store.items(), prototypes, names, targets, where, path)
+        with self.store.leased() as snapshot:  # a writer's compaction keeps what is read here
+            labelled = labelling.classify(snapshot.items, prototypes, names, targets, where, path)
         return labelled.filtered(min_confidence).sorted(sort)
 
     def info(self, check: bool = True) -> dict:
@@ -388,15 +389,21 @@ class Collection:
 
 def _facts(store, check: bool) -> dict:
     """``Collection.info`` of the database ``store``."""
+
+    with store.leased() as snapshot:  # a writer's compaction keeps what is read here
+        return _facts_of(store, snapshot, check)
+
+
+def _facts_of(store, snapshot, check: bool) -> dict:
     from xsearch.store import ITEMS, MOMENTS
 
-    checked = store.check() if check else None
-    items = store.items()
+    checked = store.check(snapshot) if check else None
+    items = snapshot.items
     counts, index_facts = _counts_and_indices(store, items, ITEMS, check)
     moments = None
-    if store.has_moments():
+    if snapshot.moments is not None:
         cut = store.moment_cfg()
-        by_modality, moment_indices = _counts_and_indices(store, store.moments(), MOMENTS, check)
+        by_modality, moment_indices = _counts_and_indices(store, snapshot.moments, MOMENTS, check)
         moments = {
             "moments": sum(by_modality.values()),
             "seconds": cut.seconds if cut else None,

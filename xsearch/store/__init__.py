@@ -14,7 +14,15 @@ One module a job:
 
 from xsearch.store.database import INDEX_FOLDERS, MOMENT_SETTINGS, Database, Snapshot
 from xsearch.store.filters import ItemFilter
-from xsearch.store.leases import LEASE_SECONDS, MIN_KEEP, READERS, ReaderLease, held_since, writer_lock
+from xsearch.store.leases import (
+    KEEP_SECONDS_ENV,
+    LEASE_SECONDS,
+    READERS,
+    ReaderLease,
+    held_since,
+    unleased_keep,
+    writer_lock,
+)
 from xsearch.store.schema import (
     ERRORS,
     ITEMS,
@@ -36,7 +44,7 @@ __all__ = [
     "ITEMS",
     "LEASE_SECONDS",
     "META",
-    "MIN_KEEP",
+    "KEEP_SECONDS_ENV",
     "MOMENTS",
     "MOMENT_SETTINGS",
     "READERS",
@@ -52,6 +60,7 @@ __all__ = [
     "TableView",
     "embeddings_to_numpy",
     "held_since",
+    "unleased_keep",
     "items_schema",
     "moments_schema",
     "writer_lock",

@@ -8,12 +8,13 @@ readers never see half a batch. The files beside the tables go through ``SideFil
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from xsearch.objects import ObjectUri, location
 from xsearch.store import ids as id_marks
 from xsearch.store.filters import ItemFilter, any_of, one_of
 from xsearch.store.lance_errors import guarded, translated
-from xsearch.store.leases import MIN_KEEP, ReaderLease
+from xsearch.store.leases import ReaderLease, unleased_keep
 from xsearch.store.opening import connect
 from xsearch.store.schema import (
     ERRORS,
@@ -176,12 +177,25 @@ class Database:
         (``IndexObjects``), else ``None``."""
         return self.files.index_objects(INDEX_FOLDERS[name])
 
-    def check(self, batch_rows: int = 8192) -> int:
-        """Read every row of every table (what ``info`` vouches for); returns the items read."""
-        rows = self.items().check(batch_rows)
+    @contextlib.contextmanager
+    def leased(self) -> Iterator[Snapshot]:
+        """A snapshot whose versions a reader's lease holds until the block ends: what a one-off reader
+        (``info``, ``classify``) reads, so that a writer's compaction, which keeps nothing for readers
+        without a lease, never removes a file under it."""
+        lease = ReaderLease(self.files)
+        try:
+            yield self.snapshot(lease)
+        finally:
+            lease.release()
+
+    def check(self, snapshot: Snapshot | None = None, batch_rows: int = 8192) -> int:
+        """Read every row of every table (what ``info`` vouches for), of ``snapshot`` (default: the latest
+        versions); returns the items read."""
+        items, moments = (snapshot.items, snapshot.moments) if snapshot else (self.items(), None)
+        rows = items.check(batch_rows)
         self.errors().check(batch_rows)
-        if self.has_moments():
-            self.moments().check(batch_rows)
+        if moments is not None or (snapshot is None and self.has_moments()):
+            (moments or self.moments()).check(batch_rows)
         return rows
 
     # ---- items --------------------------------------------------------------------------------------
@@ -384,10 +398,11 @@ class Database:
         Every commit adds a version and a touched file rewrites its row (Lance updates are copy-on-write),
         so without this a database grows with every run. A reader holding a version says so in a lease
         (``ReaderLease``): every version from the oldest one held on is kept, and otherwise those of the last
-        ``min_keep`` (default ``MIN_KEEP``; for readers that take no lease), so a run every minute keeps the
-        database's size. ``merge=False`` (a run that committed nothing) only deletes.
+        ``min_keep`` (default ``unleased_keep()``: none, unless ``$XSEARCH_KEEP_SECONDS`` asks for some for
+        other tools that read the tables without a lease), so a table sits at its live size between runs.
+        ``merge=False`` (a run that committed nothing) only deletes.
         """
-        min_keep = MIN_KEEP if min_keep is None else min_keep
+        min_keep = unleased_keep() if min_keep is None else min_keep
         items = self._table(ITEMS)
         kept_items = kept_for(self.files, items, "version", min_keep)
         plan = [(items, kept_items), (self._table(ERRORS), kept_items)]  # nobody reads errors at a version

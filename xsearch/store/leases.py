@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+from xsearch.errors import UsageError
 from xsearch.store.schema import now
 from xsearch.store.side_files import SideFiles
 
@@ -21,8 +22,22 @@ log = logging.getLogger(__name__)
 
 READERS = "readers"  # one lease file per reader holding a version (``ReaderLease``)
 LEASE_SECONDS = 900  # a lease not renewed for this long is a dead reader's (a killed process leaves one)
-MIN_KEEP = dt.timedelta(seconds=60)  # old versions kept for readers that take no lease (other tools)
+KEEP_SECONDS_ENV = "XSEARCH_KEEP_SECONDS"  # old versions kept for readers that take no lease (other tools)
 CLOCK_SKEW = dt.timedelta(seconds=120)  # a note dated further ahead than this was written by a wrong clock
+
+
+def unleased_keep() -> dt.timedelta:
+    """How long superseded versions are kept for readers without a lease: none by default (every reader in
+    xsearch takes one, and a window kept a table at twice its size between runs), ``$XSEARCH_KEEP_SECONDS``
+    for other tools reading the tables directly."""
+    text = os.environ.get(KEEP_SECONDS_ENV, "").strip()
+    try:
+        seconds = float(text) if text else 0.0
+    except ValueError:
+        raise UsageError(f"{KEEP_SECONDS_ENV}={text!r} is not a number of seconds") from None
+    if not 0 <= seconds < 10**9:
+        raise UsageError(f"{KEEP_SECONDS_ENV}={text!r}: give seconds from 0 on")
+    return dt.timedelta(seconds=seconds)
 
 
 def _side_files(where: str | os.PathLike | SideFiles) -> SideFiles:
@@ -87,8 +102,14 @@ def held_since(files: SideFiles, versions: list[dict], field: str = "version") -
     """The commit time of the oldest version of a table (``versions``) that a live reader holds (``None``:
     none is held); ``field`` names the table in a lease note (``version``: items, ``moments``)."""
     times = sorted((v["timestamp"].astimezone(dt.UTC), v["version"]) for v in versions)
+    try:
+        names = files.names(READERS, ".json") if files.is_folder(READERS) else []
+    except OSError as exc:  # a folder this writer may not list: which versions readers hold is unknown
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        log.warning("%s: cannot list readers' notes (%s); every version is kept", files.where(READERS), reason)
+        return times[0][0] if times else None
     oldest = None
-    for name in files.names(READERS, ".json") if files.is_folder(READERS) else []:
+    for name in names:
         try:
             note = json.loads(files.read_text(name) or "")
             at = dt.datetime.fromtimestamp(float(note["at"]), dt.UTC)
