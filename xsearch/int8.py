@@ -170,7 +170,11 @@ class Int8Towers:
     def _export(self, tower, example: torch.Tensor, folder: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        fp32 = folder / "model.onnx"
+        # The fp32 export goes to a folder of its own: a tower over 2 GB (ImageBind-huge's vision) is written
+        # as one file per weight beside it, 2.5 GB that would otherwise stay in the cache for good.
+        scratch = folder / "fp32"
+        scratch.mkdir()
+        fp32 = scratch / "model.onnx"
         module = _TowerInput(self.model, tower).eval()
         with torch.inference_mode(False), torch.no_grad(), _quiet():
             torch.onnx.export(
@@ -192,7 +196,7 @@ class Int8Towers:
                 reduce_range=not int8_dot_units(),
                 op_types_to_quantize=["MatMul", "Gemm"],
             )
-        fp32.unlink()
+        shutil.rmtree(scratch)
 
 
 @contextlib.contextmanager
