@@ -200,8 +200,9 @@ DbOpt = Annotated[str, typer.Option("--db", envvar="XSEARCH_DB", help="Database 
 PrecisionOpt = Annotated[
     str,
     typer.Option(
-        help="auto (bf16 on GPUs and CPUs with AMX or AVX512-BF16; on other CPUs int8 with ONNX Runtime "
-        "installed, else fp32), fp32, bf16 or int8 (pip install 'xsearch[cpu]')."
+        help="auto (bf16 on GPUs and CPUs with AMX; on other CPUs int8 with ONNX Runtime installed, else bf16 "
+        "with AVX512-BF16, else fp32; `xsearch info` says which and why), fp32, bf16 or int8 "
+        "(pip install 'xsearch[cpu]')."
     ),
 ]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Re-hash the cached checkpoint against its record.")]

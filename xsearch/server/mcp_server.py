@@ -1,0 +1,227 @@
+"""``xsearch mcp``: a collection searched by AI agents over the Model Context Protocol (the official SDK).
+
+Five read-only tools: ``search`` (texts, files and stored items, each with a weight), ``similar`` (more like
+an item or a moment), ``classify``, ``item`` and ``info``. No tool writes the database. Queries get the
+bounds ``serve`` gives them: at most ``MAX_INPUTS`` inputs, files decoded in a supervised worker under the
+indexer's limits, filters through the same bounded builder. A query file must be a file the database
+indexed, or lie under a folder the server was started with (``--allow-files``): an agent that can be talked
+into anything cannot make the server read ``~/.ssh``.
+
+A failure the user can act on (a bad filter, an unknown item, a file outside the allowed folders) is a tool
+error whose text is the one line the CLI would print; arguments that do not fit a tool's schema are refused
+by the SDK before any code runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from xsearch.errors import XsearchError
+from xsearch.options import SearchOptions, item_key
+from xsearch.server.app import MAX_INPUTS
+
+INSTRUCTIONS = (
+    "Search a media collection (photos, video, audio, text, depth, thermal and IMU files) in one shared "
+    "embedding space: any kind of input finds any kind of file. Use `search` with texts (and files or stored "
+    "items), `similar` for more like a result, `item` for one result's details, `classify` to label items, "
+    "`info` for what the collection holds. Scores: `calibrated` compares across kinds of files (above 3 "
+    "stands out); `score` is the raw cosine."
+)
+
+
+class SearchInput(BaseModel):
+    """One input of a query: a text, a file, or a stored item; inputs are added with their weights."""
+
+    kind: Literal["text", "file", "item"] = Field(description="text: words; file: a path; item: an id or path")
+    value: str = Field(description="The text, the file's path, or the item's id (ITEM@SECONDS for a moment)")
+    weight: float = Field(1.0, ge=-10, le=10, description="How much it counts; negative subtracts")
+    modality: str | None = Field(None, description="For a file: its modality when its type does not say")
+
+
+Target = Annotated[str, Field(description="Modalities searched: image, video, audio, text... comma-separated, or all")]
+K = Annotated[int, Field(ge=1, le=200, description="How many results")]
+Where = Annotated[str | None, Field(description="SQL filter on the items' columns, e.g. width >= 1024")]
+PathGlob = Annotated[str | None, Field(description="Glob on the file path, e.g. */2024/*")]
+
+
+def create_server(collection, allow_files: list[str | os.PathLike] = ()):
+    """The MCP server over ``collection`` (a ``Collection``); ``allow_files``: folders whose files may be
+    query inputs besides the indexed ones."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        from xsearch.errors import UsageError
+
+        raise UsageError("xsearch mcp needs the MCP SDK: pip install 'xsearch[mcp]'") from None
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp_types import ToolAnnotations
+
+    from xsearch import __version__
+
+    allowed = [os.path.realpath(folder) for folder in allow_files]
+    read_only = ToolAnnotations(readOnlyHint=True, destructiveHint=False, openWorldHint=False)
+    server = MCPServer("xsearch", instructions=INSTRUCTIONS, version=__version__)
+
+    def answered(work):
+        """``work()``, with xsearch's one-line errors as tool errors the agent reads."""
+        try:
+            return work()
+        except XsearchError as exc:
+            raise ToolError(str(exc)) from None
+
+    @server.tool(annotations=read_only)
+    def search(
+        inputs: Annotated[list[SearchInput], Field(min_length=1, max_length=MAX_INPUTS)],
+        target: Target = "all",
+        k: K = 10,
+        where: Where = None,
+        path: PathGlob = None,
+        moments: Annotated[bool, Field(description="Find moments of audio and video: start and end seconds")] = False,
+        per_file: Annotated[
+            int | None, Field(ge=1, le=100, description="With moments: at most this many per file")
+        ] = None,
+        min_calibrated: Annotated[float | None, Field(description="Leave out hits below this calibrated score")] = None,
+        autocut: Annotated[int | None, Field(ge=1, description="Keep the hits before the N-th jump in scores")] = None,
+    ) -> dict:
+        """Find the files nearest to the inputs (texts, files, stored items; weighted and added), best first."""
+
+        def work():
+            options = SearchOptions(
+                target=target,
+                k=k,
+                where=where,
+                path=path,
+                moments=moments,
+                per_file=per_file,
+                min_calibrated=min_calibrated,
+                autocut=autocut,
+            )
+            query = _query(collection, inputs, allowed)
+            return _results(collection.search(query, options))
+
+        return answered(work)
+
+    @server.tool(annotations=read_only)
+    def similar(
+        item: Annotated[str, Field(description="A result's id or path; ID@SECONDS for a moment of it")],
+        target: Target = "all",
+        k: K = 10,
+        moments: Annotated[bool, Field(description="Find moments of audio and video")] = False,
+    ) -> dict:
+        """More like one stored item or moment (the item itself is left out)."""
+
+        def work():
+            options = SearchOptions(target=target, k=k, moments=moments, exclude_query_items=True)
+            return _results(collection.search(_item_query(item), options))
+
+        return answered(work)
+
+    @server.tool(annotations=read_only)
+    def classify(
+        labels: Annotated[list[str], Field(min_length=2, max_length=100, description="The labels to choose from")],
+        target: Target = "all",
+        where: Where = None,
+        path: PathGlob = None,
+        limit: Annotated[int, Field(ge=1, le=1000, description="At most this many items, most confident first")] = 100,
+    ) -> dict:
+        """Give stored items their most likely label (zero-shot, from the labels' texts) and a score."""
+
+        def work():
+            labelled = collection.classify(labels, target=target, where=where, path=path, sort="score")
+            rows = labelled.as_json()
+            return {"labels": rows[:limit], "items": len(rows)}
+
+        return answered(work)
+
+    @server.tool(annotations=read_only)
+    def item(key: Annotated[str, Field(description="The item's id or path")]) -> dict:
+        """One stored item: path, modality, size, time, and what is known of it (width, duration...)."""
+        columns = ["id", "uri", "modality", "size", "mtime", "sha256", "width", "height", "duration", "sample_rate"]
+        return answered(lambda: _plain(collection.item(item_key(key), columns)))
+
+    @server.tool(annotations=read_only)
+    def info() -> dict:
+        """What the collection holds: items per modality, the model, indices, errors, moments."""
+        return answered(lambda: collection.info(check=False))
+
+    return server
+
+
+def _query(collection, inputs: list[SearchInput], allowed: list[str]):
+    from xsearch.query import Query
+
+    parts = []
+    for given in inputs:
+        if given.kind == "text":
+            parts.append(Query.text(given.value, given.weight))
+        elif given.kind == "item":
+            parts.append(_item_query(given.value, given.weight))
+        else:
+            path = _allowed_file(collection, given.value, allowed)
+            parts.append(Query.file(path, given.modality or _modality_of(path), given.weight))
+    return Query.sum(parts)
+
+
+def _item_query(value: str, weight: float = 1.0):
+    from xsearch.moments import split_item_time
+    from xsearch.query import Query
+
+    key, at = split_item_time(value)
+    return Query.item(key, weight, at=at)
+
+
+def _allowed_file(collection, value: str, allowed: list[str]) -> str:
+    """``value`` as a query file when the database indexed it or it lies under an allowed folder."""
+    from xsearch.errors import UsageError
+    from xsearch.objects import is_object_uri
+
+    if is_object_uri(value):
+        real = value
+    else:
+        real = os.path.realpath(os.path.expanduser(value))
+        if any(real == folder or real.startswith(folder.rstrip(os.sep) + os.sep) for folder in allowed):
+            return real
+    if collection.store.items().lookup(real, ["id"]) is not None:
+        return real
+    where = f" or under {', '.join(allowed)}" if allowed else " (start the server with --allow-files DIR for others)"
+    raise UsageError(f"{value}: not a file of this collection{where}")
+
+
+def _modality_of(path: str):
+    from xsearch.errors import UsageError
+    from xsearch.paths import modality_of_path
+
+    modality = modality_of_path(path)
+    if modality is None:
+        raise UsageError(f"{path}: unknown file type; give its modality (image, audio, video...)")
+    return modality
+
+
+def _results(results) -> dict:
+    out = results.as_json()
+    for hit in out["results"]:
+        hit["modality"] = str(hit["modality"])
+        hit["file"] = hit["uri"] if not hit["uri"].startswith(("s3://", "gs://", "az://")) else None
+    return out
+
+
+def _plain(row: dict) -> dict:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if v is not None}
+
+
+def existing_folders(folders: list[str]) -> list[Path]:
+    """``--allow-files`` folders, each required to exist (a typo would allow nothing, silently)."""
+    from xsearch.errors import UsageError
+
+    out = []
+    for folder in folders:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"--allow-files {folder}: no such folder", argument="allow_files")
+        out.append(path)
+    return out
