@@ -141,3 +141,59 @@ def test_a_missing_allowed_folder_or_database_is_one_line(collection, tmp_path):
     no_db = runner.invoke(app, ["mcp", "--db", str(tmp_path / "none.db")])
     assert no_db.exit_code != 0 and "Traceback" not in no_db.output
     assert Path(tmp_path / "none.db").exists() is False
+
+
+def test_over_http_a_token_is_required_and_the_tools_answer_with_it(collection):
+    import socket
+    import subprocess
+    import time
+
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = "a-token-long-enough-to-pass"
+    argv = [xsearch_script(), "mcp", "--db", str(collection["db"]), "--checkpoint", str(collection["checkpoint"])]
+    argv += ["--precision", "fp32", "--http", "--port", str(port), "--token", token]
+    server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.2)
+        refused = httpx2.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert refused.status_code == 401
+
+        async def main():
+            headers = {"Authorization": f"Bearer {token}"}
+            async with (
+                httpx2.AsyncClient(headers=headers) as client,
+                streamable_http_client(url, http_client=client) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                names = {tool.name for tool in (await session.list_tools()).tools}
+                found = await session.call_tool("search", {"inputs": [{"kind": "text", "value": "a red door"}]})
+                return names, found
+
+        names, found = asyncio.run(asyncio.wait_for(main(), timeout=120))
+        assert names == {"search", "similar", "classify", "item", "info"}
+        assert len(_data(found)["results"]) == 5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_options_for_http_without_http_and_an_open_address_without_a_token_are_refused(collection):
+    runner = CliRunner()
+    stdio_with_token = runner.invoke(app, ["mcp", "--db", str(collection["db"]), "--token", "x" * 20])
+    assert stdio_with_token.exit_code == 2 and "are for --http" in stdio_with_token.output
+    open_address = runner.invoke(app, ["mcp", "--db", str(collection["db"]), "--http", "--host", "0.0.0.0"])
+    assert open_address.exit_code == 2 and "give --token" in open_address.output

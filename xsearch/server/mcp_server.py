@@ -15,6 +15,7 @@ by the SDK before any code runs.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -150,6 +151,31 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
         return answered(lambda: collection.info(check=False))
 
     return server
+
+
+def http_app(server, host: str, token: str | None):
+    """The server as an ASGI app for streamable HTTP at ``/mcp``: with ``token``, every request needs it as
+    ``Authorization: Bearer``; on a loopback ``host``, only loopback ``Host`` names are answered (the SDK's
+    DNS-rebinding check)."""
+    return _BearerToken(server.streamable_http_app(host=host), token)
+
+
+class _BearerToken:
+    """Refuses a request without the token (401) before the MCP app sees it."""
+
+    def __init__(self, app, token: str | None):
+        self.app, self.token = app, token.encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.token is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"").removeprefix(b"Bearer ").strip()
+            if not secrets.compare_digest(given, self.token):
+                from starlette.responses import JSONResponse
+
+                refused = {"detail": "a valid token is required"}
+                await JSONResponse(refused, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _query(collection, inputs: list[SearchInput], allowed: list[str]):
