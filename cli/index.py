@@ -81,6 +81,13 @@ def index(
     ] = False,
     as_: AsOpt = None,
     prune: Annotated[bool, typer.Option(help="Remove rows of files that were deleted from disk.")] = IndexOptions.prune,
+    refresh_metadata: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-metadata",
+            help="Re-read when, where and with what unchanged photos and videos were taken (no re-embedding).",
+        ),
+    ] = False,
     retry: Annotated[
         bool,
         typer.Option(
@@ -151,6 +158,7 @@ def index(
             hidden=hidden,
             prune=prune,
             retry=retry,
+            refresh_metadata=refresh_metadata,
             update_index=update_index,
             batch_size=batch_size,
             workers=workers,
@@ -202,6 +210,8 @@ def print_summary(report) -> None:
         typer.echo(f"  excluded: {report.excluded} files or folders (--exclude, --modalities)")
     if report.ignored:  # .heic, .pdf...: said, so that a file that is not there is not a mystery
         typer.echo(f"  ignored: {report.ignored} files of no media type, or links (--follow-symlinks)")
+    if report.refreshed:
+        typer.echo(f"  capture tags read again: {report.refreshed} photos and videos")
     if report.moments_not_retried:
         count = report.moments_not_retried
         typer.echo(f"  moments: {count} files whose moments failed before, left as they are (--retry)")

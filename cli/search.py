@@ -135,6 +135,7 @@ def build_query(inputs: dict[str, list[str] | None]):
 
 
 def print_table(results) -> None:
+    from xsearch.capture import describe
     from xsearch.moments import clock_span
 
     if not results:
@@ -144,8 +145,10 @@ def print_table(results) -> None:
     for r in results:
         also = f"  (also: {', '.join(map(shown, r.duplicates))})" if r.duplicates else ""
         when = f" @ {clock_span(r.start, r.end)}" if r.is_moment else ""
-        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>10.2f}  {r.modality.value:<8}  {shown(r.uri)}{when}{also}"
-        typer.echo(line)
+        taken = describe(r.metadata)
+        taken = f"  [{taken}]" if taken else ""
+        line = f"{r.rank:>4}  {r.score:>7.4f}  {r.calibrated:>10.2f}  {r.modality.value:<8}  {shown(r.uri)}{when}"
+        typer.echo(line + taken + also)
 
 
 def _search(
@@ -182,6 +185,13 @@ def _search(
     per_file: Annotated[
         int | None, typer.Option(min=1, help="With --moments: at most this many moments of one file (default 1).")
     ] = SearchOptions.per_file,
+    near: Annotated[
+        str | None, typer.Option(help="LAT,LON,KM: files taken within KM of that place (photos' GPS tags).")
+    ] = None,
+    sort: Annotated[
+        str,
+        typer.Option(help="relevance, date or -date (newest first): the order of the hits the cut-offs keep."),
+    ] = SearchOptions.sort,
     checkpoint: CheckpointOpt = None,
     model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
     device: DeviceOpt = "auto",
@@ -218,6 +228,8 @@ def _search(
             exclude_query_items=exclude_query_items,
             moments=moments,
             per_file=per_file,
+            near=near,
+            sort=sort,
         )
         query = build_query(inputs)
         collection = open_collection(db, checkpoint, model, device, precision, verify)

@@ -35,6 +35,7 @@ from xsearch.encoder import Encoder
 from xsearch.errors import ModelMismatchError, UsageError, XsearchError
 from xsearch.index import IndexSet
 from xsearch.indexer.decode_pool import DecodePool
+from xsearch.indexer.refresh import refresh_capture
 from xsearch.indexer.report import Failure, RunReport
 from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
 from xsearch.indexer.work import Outcome, prepare
@@ -233,6 +234,10 @@ class Indexer:
         with report.phase("plan"):
             self._forget_own_files(roots)
             tasks, unchanged = self._plan(candidates, report)
+        if self.cfg.refresh_metadata:
+            with report.phase("capture tags"):
+                kinds = {c.path: c.modality for c in candidates if c.modality in (Modality.IMAGE, Modality.VIDEO)}
+                report.refreshed = refresh_capture(self.store, {u: kinds[u] for u in unchanged if u in kinds})
         batch = _Batcher(self, report)
         batch.fail_scan(rejected)
         batch.clear_stale_errors(unchanged)
@@ -559,7 +564,7 @@ class _Batcher:
             store.replace_moments([r for r, _ in records])
             self.report.moments += sum(len(r.moments or ()) for r, _ in records)
         if restat:
-            store.update_file_stats({o.task.path: (o.task.size, o.task.mtime) for o in restat})
+            store.update_columns({o.task.path: {"size": o.task.size, "mtime": o.task.mtime} for o in restat})
         store.clear_errors([r.uri for r, _ in records] + [o.task.path for o in restat] + cleared)
         failed = [uri for uri, *_ in errors]
         stale = store.lookup_uris(failed)["uri"].to_pylist() if failed else []

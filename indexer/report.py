@@ -14,7 +14,7 @@ log = logging.getLogger("xsearch.indexer.pipeline")  # the run's own lines, unde
 
 # Phases of a run that are not embedding: a rate of files per second leaves them out, so that a run of 3 files
 # does not read "0.1 files/s" for the seconds its compaction and index files took.
-_BOOKKEEPING = ("writer lock", "open database", "scan", "plan", "gone files", "compaction", "indices")
+_BOOKKEEPING = ("writer lock", "open database", "scan", "plan", "capture tags", "gone files", "compaction", "indices")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunReport:
     scanned: int = 0
     indexed: int = 0  # new files embedded
     updated: int = 0  # known files whose content changed, re-embedded
+    refreshed: int = 0  # unchanged files whose capture tags were read again (--refresh-metadata)
     moments_added: int = 0  # unchanged files embedded again for the moments they lacked
     moments_not_retried: int = 0  # unchanged files whose moments failed before (tried again with --retry)
     unchanged: int = 0  # skipped (same size and mtime, or same bytes)

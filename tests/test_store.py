@@ -173,7 +173,7 @@ def test_views_read_one_version_and_have_no_write_method(tmp_path):
     store.add_items(records(2, prefix="g", seed=1))
     assert latest.count() == snapshot.items.count() == 3 and store.items().count() == 5
     assert snapshot.items.key == latest.key != store.items().key
-    writes = ["add_items", "upsert_items", "update_file_stats", "delete_items", "record_errors", "clear_errors",
+    writes = ["add_items", "upsert_items", "update_columns", "delete_items", "record_errors", "clear_errors",
               "replace_moments", "sweep_moments", "keep_moments", "compact"]  # fmt: skip
     assert all(callable(getattr(store, name)) for name in writes)
     for view in (latest, store.moments(), snapshot.items, snapshot.moments, store.errors()):

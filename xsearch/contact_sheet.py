@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xsearch.capture import describe
 from xsearch.errors import DecodeError
 from xsearch.modalities import Modality, Preview
 from xsearch.moments import clock, clock_span
@@ -191,6 +192,9 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
         lines = [f"#{r.rank} {score}{calibrated} {html.escape(r.modality.value)}", _path(r.uri)]
         if r.is_moment:
             lines.append(f'<span class="when">@ {clock_span(r.start, r.end)}</span>{_timeline(r, results)}')
+        taken = describe(r.metadata)
+        if taken:
+            lines.append(f'<span class="taken">{html.escape(taken)}</span>')
         if r.duplicates:
             lines.append("also at: " + ", ".join(_path(d) for d in r.duplicates))
         link = _link(r.uri, link_originals)

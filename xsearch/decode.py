@@ -186,6 +186,7 @@ def decode_query_file(path: str | os.PathLike, modality: Modality | str, cfg: Pr
 def _deferred_jpeg(outcome: Outcome, cfg) -> Outcome:
     """A JPEG's bytes and upright size for the encoder's batched decode, its header checked as the PIL path
     checks it (megapixel cap, aspect ratio)."""
+    from xsearch.capture import exif_tags
     from xsearch.preprocess.image import _open
 
     try:
@@ -199,7 +200,7 @@ def _deferred_jpeg(outcome: Outcome, cfg) -> Outcome:
         return outcome.fail("decode", exc.reason)
     except OSError as exc:
         return outcome.fail("read", DecodeError.from_os_error(outcome.path, exc).reason)
-    outcome.jpeg, outcome.metadata = data, {"width": width, "height": height}
+    outcome.jpeg, outcome.metadata = data, {"width": width, "height": height, **exif_tags(image)}
     return outcome
 
 

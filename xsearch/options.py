@@ -78,6 +78,25 @@ def _finite(value, argument: str) -> None:
         raise UsageError(f"{argument} must be a finite number, got {value!r}", argument=argument)
 
 
+SORTS = ("relevance", "date", "-date")
+
+
+def parse_near(value) -> tuple[float, float, float]:
+    """``"48.85,2.35,10"`` or ``(48.85, 2.35, 10)`` -> ``(latitude, longitude, km)``, each checked."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        latitude, longitude, km = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"near {value!r}: expected LATITUDE,LONGITUDE,KM (e.g. 48.85,2.35,10)", argument="near"
+        ) from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180 and 0 < km <= 20_040):
+        raise UsageError(
+            f"near {value!r}: latitude -90..90, longitude -180..180 and a distance above 0 km", argument="near"
+        )
+    return latitude, longitude, km
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """What one search asks for, besides the query itself.
@@ -92,7 +111,10 @@ class SearchOptions:
     whatever the cut-offs; ``exclude_query_items`` leaves them out instead ("more like this", not "this").
     ``moments``: return moments of audio and video files (``xsearch.moments``) instead of files, at most
     ``per_file`` of each file (default 1); ``where`` then filters moment columns (``start``, ``end``,
-    ``uri``, ``modality``).
+    ``uri``, ``modality``). ``near``: ``(latitude, longitude, km)``, files taken within ``km`` of that place
+    (``xsearch.capture``). ``sort``: ``"relevance"`` (default), ``"date"`` or ``"-date"`` (newest first),
+    applied after the cut-offs, so that only relevant hits are ordered by when they were taken (undated
+    ones last); ``rank`` stays each hit's place by relevance.
     """
 
     target: tuple[Modality, ...] | None = None
@@ -106,9 +128,17 @@ class SearchOptions:
     exclude_query_items: bool = False
     moments: bool = False
     per_file: int | None = None
+    near: tuple[float, float, float] | None = None
+    sort: str = "relevance"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", _targets(self.target))
+        if self.sort not in SORTS:
+            raise UsageError(f"sort must be one of {', '.join(SORTS)}, got {self.sort!r}", argument="sort")
+        if self.near is not None:
+            object.__setattr__(self, "near", parse_near(self.near))
+            if self.moments:
+                raise UsageError("near filters files by where they were taken, not moments", argument="near")
         _at_least_one(self.k, "k", "results")
         _at_least_one(self.per_file, "per_file", "moments per file")
         if self.per_file is not None and not self.moments:
@@ -165,6 +195,7 @@ class IndexOptions:
     ray_stall_seconds: float = 600.0  # a cluster run with no file back for this long stops (a node lost?)
     gpu_decode: bool | None = None  # JPEGs decoded in batches on the encoder's device; None: when it is a GPU
     moments: MomentCfg | None = None  # keep moments cut so (``xsearch.moments``); None: as the database says
+    refresh_metadata: bool = False  # re-read unchanged pictures' and videos' capture tags (``xsearch.capture``)
     retry: bool = False  # decode again files whose moments failed for the same bytes (else left until they change)
 
     def __post_init__(self) -> None:

@@ -189,8 +189,14 @@ class IndexSet:
         version = self.view.version
         if meta.get("model_id") != self.view.model_id or meta.get("modality") != str(modality):
             return self.rebuild(modality, persist)
-        if self._is_current(meta, modality) or self._same_rows(meta, modality):
-            return index, meta  # another modality's rows came: this index needs no top-up segment
+        if self._is_current(meta, modality):
+            return index, meta
+        if self._same_rows(meta, modality):  # another modality's rows came: no top-up segment, new covers
+            covers = self._covers(modality)
+            if persist:
+                index.save(directory, covers, meta["segments"])  # nothing new: meta.json alone is rewritten
+                self._publish(modality)
+            return index, {**meta, **covers}
         if meta.get("indexed_until") is None or meta.get("table_version", -1) > version:
             return self.rebuild(modality, persist)  # covers a version the table no longer has
         # Ids are unique on both sides: ``assume_unique`` skips numpy's hashing unique(), seconds at 1M rows.

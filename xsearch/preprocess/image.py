@@ -114,8 +114,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image(source, cfg: ImageCfg = ImageCfg()) -> Image.Image:
     """Decode an image file (or bytes) into an upright 8-bit RGB PIL image."""
+    return _load(source, cfg)[0]
+
+
+def _load(source, cfg: ImageCfg) -> tuple[Image.Image, dict]:
+    """The upright RGB image, and what its EXIF says of its capture (``xsearch.capture``)."""
+    from xsearch.capture import exif_tags
+
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     image = _open(source, cfg)
+    tags = exif_tags(image)
     try:
         if getattr(image, "is_animated", False):
             image.seek(0)
@@ -124,7 +132,7 @@ def load_image(source, cfg: ImageCfg = ImageCfg()) -> Image.Image:
             image.draft("RGB", (image.size[0] * cfg.size // short, image.size[1] * cfg.size // short))
         image.load()
         image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        return _to_rgb(image), tags
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DecodeError(name, f"image data is corrupt or truncated ({_reason(exc)})") from None
 
@@ -172,8 +180,8 @@ def prepare(path, cfg: ImageCfg, thumbnail: bool = True) -> Preprocessed:
     """Model input, size and (when ``thumbnail``) a preview made from the pixels already decoded."""
     from xsearch import thumbnails
 
-    image = load_image(path, cfg)
-    meta = {"width": image.width, "height": image.height}
+    image, tags = _load(path, cfg)
+    meta = {"width": image.width, "height": image.height, **tags}
     if thumbnail:
         meta["thumbnail"] = thumbnails.jpeg_thumbnail(image)
     return Preprocessed(image_to_pixels(image, cfg), meta)  # uint8: the encoder normalises (``ImageCfg.normalise``)

@@ -233,13 +233,24 @@ def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tor
     return frames_to_clips(decode_video(path, cfg)[0], cfg)
 
 
+def _capture(path) -> dict:
+    """When and where the clip was shot, from its container's tags (its header only: no frame is read)."""
+    from xsearch.capture import container_tags
+
+    try:
+        with open_container(path) as container:
+            return container_tags(dict(container.metadata))
+    except DecodeError:
+        return {}
+
+
 def prepare(path, cfg: VideoCfg, thumbnail: bool = True) -> Preprocessed:
     """Model input, frame size, duration and (when ``thumbnail``) the middle clip's first frame as preview."""
     from xsearch import thumbnails
 
     clips, duration = decode_video(path, cfg)
     first = clips[0][0]
-    meta = {"width": first.shape[1], "height": first.shape[0], "duration": duration}
+    meta = {"width": first.shape[1], "height": first.shape[0], "duration": duration, **_capture(path)}
     if thumbnail:
         meta["thumbnail"] = thumbnails.frame_thumbnail(clips[len(clips) // 2][0])
     return Preprocessed(frames_to_clips(clips, cfg), meta)

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.compute as pc
 
+from xsearch.capture import distance_km
 from xsearch.errors import ModelMismatchError, QueryError, SearchIndexError
 from xsearch.index import IndexSet
 from xsearch.modalities import Modality
 from xsearch.options import SearchOptions
 from xsearch.paths import glob_mask
 from xsearch.query.algebra import Query, combine
-from xsearch.query.ranking import Calibration, Hit, cut, fold_duplicates, lead, sample_ids
+from xsearch.query.ranking import Calibration, Hit, by_date, cut, fold_duplicates, lead, sample_ids
 from xsearch.query.results import Results
 from xsearch.query.targets import ITEMS_TARGET, MOMENTS_TARGET
 from xsearch.store import ITEMS, MOMENTS, ItemFilter, ReaderLease, TableView
@@ -231,6 +232,8 @@ class Engine:
             fetch *= 2  # duplicates took places: look further down each modality's list
         hits = cut(hits[:k], options, by_calibrated, kept=leading)
         results = [target.result(rank, hit, rows[hit.id]) for rank, hit in enumerate(hits, start=1)]
+        if options.sort != "relevance":  # after the cut-offs: only relevant hits are put in date order
+            results = by_date(results, newest_first=options.sort == "-date")
         items = snapshot.items.view
         return Results(results, query, modalities, inputs, _thumbnail_loader(items), items.model_id)
 
@@ -270,13 +273,18 @@ class Engine:
         return Calibration.from_sample(vector, sample)
 
     def _allowed_ids(self, view: TableView, modality: Modality, options: SearchOptions) -> np.ndarray | None:
-        if options.where is None and options.path is None:
+        if options.where is None and options.path is None and options.near is None:
             return None
-        table = view.scan(["id", "uri"], ItemFilter(modality=modality, where=options.where))
-        ids = table["id"].to_numpy()
-        if options.path is not None and len(ids):
-            ids = ids[np.asarray(glob_mask(table["uri"].to_pylist(), options.path), dtype=bool)]
-        return ids
+        columns = ["id", "uri", *(("latitude", "longitude") if options.near else ())]
+        table = view.scan(columns, ItemFilter(modality=modality, where=options.where, near=options.near))
+        keep = np.ones(table.num_rows, dtype=bool)
+        if options.path is not None and table.num_rows:
+            keep &= np.asarray(glob_mask(table["uri"].to_pylist(), options.path), dtype=bool)
+        if options.near is not None and table.num_rows:  # the box, then the circle
+            latitude, longitude, km = options.near
+            found = [table[c].to_numpy(zero_copy_only=False) for c in ("latitude", "longitude")]
+            keep &= distance_km(latitude, longitude, *found) <= km
+        return table["id"].to_numpy()[keep]
 
     def _search_modality(self, state, vector, modality, k, options) -> list[tuple[float, int]]:
         allowed = self._allowed_ids(state.view, modality, options)

@@ -153,6 +153,13 @@ def _hidden(uri: str) -> bool:
     return "/." in uri
 
 
+def by_date(results: list, newest_first: bool = False) -> list:
+    """``results`` in the order they were taken (``metadata["taken"]``), the undated last in their order."""
+    dated = sorted((r for r in results if r.metadata.get("taken") is not None), key=lambda r: r.metadata["taken"])
+    undated = [r for r in results if r.metadata.get("taken") is None]
+    return (dated[::-1] if newest_first else dated) + undated
+
+
 def lead(hits: list[Hit], leading: set[int], exclude: bool) -> list[Hit]:
     """The ``leading`` hits (the query's own items and their copies) first, in their order, or left out."""
     first = [] if exclude else [h for h in hits if h.id in leading]

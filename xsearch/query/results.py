@@ -12,13 +12,20 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from xsearch.capture import CAPTURE_COLUMNS
 from xsearch.modalities import Modality
 from xsearch.query.algebra import Query, QueryInput
 
 RANDOM_WEIGHTS_NOTE = "a random-weights trial model made these embeddings: the results are meaningless"
 
 # The metadata columns a result carries (when known), with their Arrow types.
-METADATA_COLUMNS = {"width": pa.int32(), "height": pa.int32(), "duration": pa.float64(), "sample_rate": pa.int32()}
+METADATA_COLUMNS = {
+    "width": pa.int32(),
+    "height": pa.int32(),
+    "duration": pa.float64(),
+    "sample_rate": pa.int32(),
+    **CAPTURE_COLUMNS,  # when, where and with what (``xsearch.capture``)
+}
 
 
 @dataclass
@@ -31,7 +38,7 @@ class Result:
     id: int
     uri: str
     modality: Modality
-    metadata: dict = field(default_factory=dict)  # width, height, duration, sample_rate (when known)
+    metadata: dict = field(default_factory=dict)  # the METADATA_COLUMNS known of the file
     calibrated: float | None = None
     duplicates: list[str] = field(default_factory=list)  # other paths of the same bytes (same sha256)
     start: float | None = None  # a moment's seconds in its file (``SearchOptions.moments``)

@@ -204,6 +204,10 @@ def create_app(
             bool, Form(description="Find moments of audio and video (indexed with --moments).")
         ] = SearchOptions.moments,
         per_file: Annotated[int | None, Form(ge=1, le=1000, description="Moments per file (default 1).")] = None,
+        near: Annotated[str | None, Form(description="LAT,LON,KM: files taken within KM of that place.")] = None,
+        sort: Annotated[
+            str, Form(description="relevance, date or -date: the order of the hits the cut-offs keep.")
+        ] = SearchOptions.sort,
     ) -> dict:
         """Search with any mix of uploaded files, texts and stored items, each with a weight."""
         from xsearch.query import Query
@@ -226,6 +230,8 @@ def create_app(
                 exclude_query_items=exclude_query_items,
                 moments=moments,
                 per_file=per_file,
+                near=near or None,
+                sort=sort,
             )
         with tempfile.TemporaryDirectory(prefix="xsearch-upload-") as scratch:
             parts, uploads = [], {}

@@ -238,17 +238,18 @@ class Database:
         return table.version
 
     @guarded
-    def update_file_stats(self, stats: dict[str, tuple[int, float]]) -> int:
-        """Set ``(size, mtime)`` of known uris whose bytes did not change (touched or copied), in one commit."""
+    def update_columns(self, values: dict[str, dict]) -> int:
+        """Set columns of known uris, ``{uri: {column: value}}`` (a touched file's ``size`` and ``mtime``, a
+        photo's capture tags), in one commit; the rows' other columns stay as they are."""
         table = self._table(ITEMS)
-        if not stats:
+        if not values:
             return table.version
-        rows = self.items().scan(items_schema(self.embed_dim).names, ItemFilter(uris=list(stats)))
+        rows = self.items().scan(items_schema(self.embed_dim).names, ItemFilter(uris=list(values)))
         uris = rows["uri"].to_pylist()
-        size = pa.array([stats[u][0] for u in uris], pa.int64())
-        mtime = pa.array([stats[u][1] for u in uris], pa.float64())
-        rows = rows.set_column(rows.schema.get_field_index("size"), "size", size)
-        rows = rows.set_column(rows.schema.get_field_index("mtime"), "mtime", mtime)
+        for name in sorted({column for given in values.values() for column in given}):
+            old = rows[name].to_pylist()
+            new = [values[uri].get(name, was) for uri, was in zip(uris, old)]
+            rows = rows.set_column(rows.schema.get_field_index(name), name, pa.array(new, rows.schema.field(name).type))
         table.merge_insert("uri").when_matched_update_all().execute(rows)
         return table.version
 

@@ -3,6 +3,7 @@ bounds a caller's own predicate must keep."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -104,6 +105,7 @@ class ItemFilter:
     sha256s: Sequence[str] | None = None
     item_ids: Sequence[int] | None = None  # moments of these items (the ``moments`` table's ``item_id``)
     indexed_after: str | None = None  # as returned by ``TableView.last_indexed_at``
+    near: tuple[float, float, float] | None = None  # (latitude, longitude, km): a box around the place
     where: str | None = None
 
     @classmethod
@@ -124,6 +126,7 @@ class ItemFilter:
                 one_of("sha256", self.sha256s) if self.sha256s is not None else None,
                 one_of("item_id", self.item_ids) if self.item_ids is not None else None,
                 f"indexed_at > TIMESTAMP {quote(self.indexed_after)}" if self.indexed_after else None,
+                _box(*self.near) if self.near is not None else None,
                 self.where,
             ]
         )
@@ -142,3 +145,26 @@ def filter_problem(message: str) -> str:
         return f"syntax error: {parser.group(1)}"
     resolving = re.search(r"Error resolving filter expression .*?: (.*)$", text)
     return (resolving.group(1) if resolving else text).strip().rstrip(".,")
+
+
+KM_PER_DEGREE = 111.195  # of latitude (and of longitude at the equator), on a sphere of the Earth's mean radius
+
+
+def _box(latitude: float, longitude: float, km: float) -> str:
+    """Rows whose place lies in the box of ``km`` around a point (the caller keeps those within ``km``); the
+    box wraps at the antimeridian and reaches a pole when the circle does."""
+    dlat = km / KM_PER_DEGREE
+    south, north = max(latitude - dlat, -90.0), min(latitude + dlat, 90.0)
+    cos = math.cos(math.radians(latitude))
+    if south == -90.0 or north == 90.0 or cos < 1e-6 or km / (KM_PER_DEGREE * cos) >= 180:
+        longitudes = "longitude IS NOT NULL"
+    else:
+        dlon = km / (KM_PER_DEGREE * cos)
+        west, east = longitude - dlon, longitude + dlon
+        if west < -180:
+            longitudes = f"(longitude >= {west + 360!r} OR longitude <= {east!r})"
+        elif east > 180:
+            longitudes = f"(longitude >= {west!r} OR longitude <= {east - 360!r})"
+        else:
+            longitudes = f"longitude BETWEEN {west!r} AND {east!r}"
+    return f"latitude BETWEEN {south!r} AND {north!r} AND {longitudes}"

@@ -3,7 +3,9 @@ two. Plain Lance tables, readable with ``lancedb``, ``pyarrow`` or pandas withou
 
 - ``items``: one row per indexed file: stable ``id``, ``uri``, ``modality``, ``sha256``, ``size``, ``mtime``,
   ``model_id``, ``embedding`` (``fixed_size_list<float32, 1024>``), ``indexed_at`` and optional metadata
-  (``width``, ``height``, ``duration``, ``sample_rate``, ``thumbnail``, ``precision``).
+  (``width``, ``height``, ``duration``, ``sample_rate``, ``thumbnail``, ``precision``) and what the file
+  says of its capture (``taken``, ``taken_zone``, ``latitude``, ``longitude``, ``altitude``, ``camera_make``,
+  ``camera_model``, ``lens``, ``orientation``: ``xsearch.capture``).
 - ``errors``: files that could not be indexed (``uri``, ``modality``, ``stage``, ``message``, ``at``).
 - ``meta``: one row naming the model whose embeddings the database holds, and the schema version.
 - ``moments`` (with ``xsearch index --moments``): one row per segment of an audio or video file: ``id``
@@ -22,13 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from xsearch.capture import CAPTURE_COLUMNS
 from xsearch.errors import StoreError
 from xsearch.modalities import Modality
 
 SCHEMA_VERSION = 1
 ITEMS, ERRORS, META, MOMENTS = "items", "errors", "meta", "moments"
 NOT_FILTERABLE = frozenset({"embedding", "thumbnail"})
-SQL_TYPES = {pa.string(): "STRING"}  # the types of columns added to existing databases (``Database.open``)
+# The types of columns added to existing databases (``Database.open``), as SQL names them.
+SQL_TYPES = {pa.string(): "STRING", pa.float64(): "DOUBLE", pa.int32(): "INT"}
 
 
 def items_schema(dim: int) -> pa.Schema:
@@ -49,6 +53,8 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("sample_rate", pa.int32()),
             pa.field("thumbnail", pa.binary()),
             pa.field("precision", pa.string()),  # fp32 / bf16: how the encoder ran (added after schema 1)
+            # When, where and with what it was captured (``xsearch.capture``; added after schema 1).
+            *(pa.field(name, kind) for name, kind in CAPTURE_COLUMNS.items()),
         ]
     )
 
@@ -155,7 +161,7 @@ def items_table(records: Sequence[ItemRecord], model_id: str, dim: int) -> pa.Ta
         "indexed_at": [stamp] * len(records),
         "precision": [r.precision for r in records],
     }
-    for key in ("width", "height", "duration", "sample_rate", "thumbnail"):
+    for key in ("width", "height", "duration", "sample_rate", "thumbnail", *CAPTURE_COLUMNS):
         columns[key] = [r.metadata.get(key) for r in records]
     return _table(items_schema(dim), columns, flat)
 

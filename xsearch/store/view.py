@@ -150,8 +150,10 @@ class TableView:
     @guarded
     def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
         """``{id: row}`` of ``columns`` for the ids that exist (read by position)."""
-        found = self._taken(ids, ["id", *[c for c in columns if c != "id"]])
-        return {row["id"]: row for row in found.to_pylist()}
+        present = [c for c in columns if c != "id" and self.has_column(c)]
+        absent = dict.fromkeys(c for c in columns if c != "id" and c not in present)  # columns of later versions
+        found = self._taken(ids, ["id", *present])
+        return {row["id"]: {**absent, **row} for row in found.to_pylist()}
 
     @guarded
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
