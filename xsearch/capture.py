@@ -66,9 +66,10 @@ def exif_tags(image) -> dict:
     if gps:
         _read(out, "latitude", lambda: _degrees(gps.get(_LAT), gps.get(_LAT_REF), "N", "S", 90))
         _read(out, "longitude", lambda: _degrees(gps.get(_LON), gps.get(_LON_REF), "E", "W", 180))
-        if "latitude" not in out or "longitude" not in out:
+        if "latitude" in out and "longitude" in out:  # an altitude belongs to a place
+            _read(out, "altitude", lambda: _altitude(gps.get(_ALT), gps.get(_ALT_REF)))
+        else:
             out.pop("latitude", None), out.pop("longitude", None)  # half a place is no place
-        _read(out, "altitude", lambda: _altitude(gps.get(_ALT), gps.get(_ALT_REF)))
     return out
 
 

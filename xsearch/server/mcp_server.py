@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from xsearch.errors import XsearchError
 from xsearch.options import SearchOptions, item_key
+from xsearch.query.results import METADATA_COLUMNS
 from xsearch.server.app import MAX_INPUTS
 
 INSTRUCTIONS = (
@@ -88,6 +89,12 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
         ] = None,
         min_calibrated: Annotated[float | None, Field(description="Leave out hits below this calibrated score")] = None,
         autocut: Annotated[int | None, Field(ge=1, description="Keep the hits before the N-th jump in scores")] = None,
+        near: Annotated[
+            str | None, Field(description="LAT,LON,KM: only files taken within KM of that place (GPS tags)")
+        ] = None,
+        sort: Annotated[
+            Literal["relevance", "date", "-date"], Field(description="Order of the hits kept: -date is newest first")
+        ] = "relevance",
     ) -> dict:
         """Find the files nearest to the inputs (texts, files, stored items; weighted and added), best first."""
 
@@ -101,6 +108,8 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
                 per_file=per_file,
                 min_calibrated=min_calibrated,
                 autocut=autocut,
+                near=near,
+                sort=sort,
             )
             query = _query(collection, inputs, allowed)
             return _results(collection.search(query, options))
@@ -141,9 +150,13 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
 
     @server.tool(annotations=read_only)
     def item(key: Annotated[str, Field(description="The item's id or path")]) -> dict:
-        """One stored item: path, modality, size, time, and what is known of it (width, duration...)."""
-        columns = ["id", "uri", "modality", "size", "mtime", "sha256", "width", "height", "duration", "sample_rate"]
-        return answered(lambda: _plain(collection.item(item_key(key), columns)))
+        """One stored item: path, modality, size, and what is known of it (width, duration, when, where...)."""
+        def work():
+            view = collection.store.items()
+            wanted = ["id", "uri", "modality", "size", "mtime", "sha256", *METADATA_COLUMNS]
+            return _plain(collection.item(item_key(key), [c for c in wanted if view.has_column(c)]))
+
+        return answered(work)
 
     @server.tool(annotations=read_only)
     def info() -> dict:
