@@ -50,6 +50,13 @@ def test_int8_equals_fp32_within_cosine_0999_on_every_exported_tower(tmp_path, m
     texts = ["a dog barking", "rain on a tin roof", "x"]
     assert (fp32.encode_text(texts).numpy() * int8.encode_text(texts).numpy()).sum(1).min() >= 0.999
     assert not np.allclose(a, b)  # it is the int8 path, not the fp32 one under another name
+    import onnx
+
+    for export in (tmp_path / "int8").glob("*/model.int8.onnx"):  # every weight's MatMul quantised
+        graph = onnx.load(str(export)).graph
+        weights = {tensor.name for tensor in graph.initializer}
+        floats = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+        assert floats == [] and any(n.op_type == "MatMulInteger" for n in graph.node), export.parent.name
 
 
 def test_exports_are_cached_and_keyed_by_the_weights(tmp_path, media, monkeypatch):

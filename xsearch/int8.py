@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import warnings
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,8 @@ class Int8Towers:
         fp32 = scratch / "model.onnx"
         module = _TowerInput(self.model, tower).eval()
         with torch.inference_mode(False), torch.no_grad(), _quiet():
+            # Without the exporter's constant folding, which copied every weight (7.7 GB at the peak for
+            # ImageBind-huge's vision tower); the one fold quantisation needs is made after, a weight at a time.
             torch.onnx.export(
                 module,
                 (example.to(torch.float32) if example.is_floating_point() else example,),
@@ -186,7 +189,9 @@ class Int8Towers:
                 dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
                 opset_version=OPSET,
                 dynamo=False,
+                do_constant_folding=False,
             )
+        fold_weight_transposes(fp32)
         with _quiet():
             quantize_dynamic(
                 str(fp32),
@@ -197,6 +202,55 @@ class Int8Towers:
                 op_types_to_quantize=["MatMul", "Gemm"],
             )
         shutil.rmtree(scratch)
+
+
+def fold_weight_transposes(path: Path) -> int:
+    """Replace each ``Transpose`` of a weight by the transposed weight, in the ONNX model at ``path``, one
+    weight in memory at a time (a model over 2 GB keeps its weights in files beside it). A linear layer is
+    exported as ``MatMul(x, Transpose(W))``, and the quantiser only quantises a ``MatMul`` whose weight is a
+    constant. Returns how many were folded."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    uses = Counter(name for node in graph.node for name in node.input)
+    outputs = {output.name for output in graph.output}
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in weights or uses[node.input[0]] != 1:
+            continue
+        if node.output[0] in outputs:
+            continue
+        tensor = weights.pop(node.input[0])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        array = np.ascontiguousarray(numpy_helper.to_array(tensor, str(path.parent)).transpose(perm))
+        replacement = numpy_helper.from_array(array, node.output[0])
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            replacement = _external(replacement, array, path.parent, tensor)
+        graph.initializer.remove(tensor)
+        graph.initializer.append(replacement)
+        graph.node.remove(node)
+        folded += 1
+    onnx.save(model, str(path))
+    return folded
+
+
+def _external(tensor, array: np.ndarray, folder: Path, replaced):
+    """``tensor`` with its data in a file of its own beside the model, in place of ``replaced``'s file."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    old = {entry.key: entry.value for entry in replaced.external_data}.get("location")
+    name = f"folded-{zlib.crc32(tensor.name.encode()):08x}-{len(os.listdir(folder))}.bin"
+    array.tofile(folder / name)
+    tensor.ClearField("raw_data")
+    set_external_data(tensor, location=name, offset=0, length=array.nbytes)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    if old and old != name and (folder / old).is_file():
+        (folder / old).unlink()  # the exporter writes a file per weight: its one reader was folded away
+    return tensor
 
 
 @contextlib.contextmanager
