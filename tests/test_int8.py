@@ -205,3 +205,33 @@ def test_the_full_size_towers_in_int8(tmp_path, tower):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) >= 0.999
+
+
+def test_weight_transposes_fold_in_a_model_whose_weights_are_files(tmp_path):
+    """ImageBind-huge's vision tower (over 2 GB) is exported with a file per weight: the fold reads and
+    writes them one at a time, and the model computes what it did."""
+    pytest.importorskip("onnxruntime", reason="int8 needs ONNX Runtime (the test extra installs it)")
+    import onnx
+    import onnxruntime as ort
+
+    from xsearch.int8 import fold_weight_transposes
+
+    layer = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(3, 5, 16)  # tokens: a linear layer becomes MatMul(x, Transpose(W))
+    inline = tmp_path / "inline.onnx"
+    with torch.no_grad():
+        torch.onnx.export(layer, (x,), str(inline), input_names=["x"], dynamo=False, do_constant_folding=False)
+    folder = tmp_path / "files"
+    folder.mkdir()
+    model = onnx.load(str(inline))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+              size_threshold=0)  # fmt: skip
+    before = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"x": x.numpy()})[0]
+    assert fold_weight_transposes(folder / "model.onnx") == 2
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    assert not any(node.op_type == "Transpose" for node in graph.node)
+    after = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    expected = {t.name for t in graph.initializer}  # every file read by a weight, none left unread
+    named = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert {p.name for p in folder.iterdir()} == named | {"model.onnx"} and len(named) == len(expected)

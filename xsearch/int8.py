@@ -245,9 +245,9 @@ def _external(tensor, array: np.ndarray, folder: Path, replaced):
     old = {entry.key: entry.value for entry in replaced.external_data}.get("location")
     name = f"folded-{zlib.crc32(tensor.name.encode()):08x}-{len(os.listdir(folder))}.bin"
     array.tofile(folder / name)
-    tensor.ClearField("raw_data")
     set_external_data(tensor, location=name, offset=0, length=array.nbytes)
     tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
     if old and old != name and (folder / old).is_file():
         (folder / old).unlink()  # the exporter writes a file per weight: its one reader was folded away
     return tensor
