@@ -6,7 +6,7 @@ is read on its own and kept only when it is sane: a date before photography or a
 NaN or 91, a 10 MB camera name are dropped, and the other fields stay.
 
 - ``taken``: the capture time as the camera's clock showed it, ISO 8601 text without a zone
-  (``2024-06-01T18:03:00``: text, so that ``--where "taken >= '2024-06-01'"`` compares as written, and
+  (``2024-06-01T18:03:00``: text, so that a ``--where`` filter compares it with a date as written, and it
   orders as time does); ``taken_zone`` its offset from UTC (``+02:00``) when the file says so, else null
   (then ``taken`` is local time of an unknown zone). Container tags say UTC (``creation_time``): their zone
   is ``+00:00``.

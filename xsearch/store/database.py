@@ -188,14 +188,12 @@ class Database:
         finally:
             lease.release()
 
-    def check(self, snapshot: Snapshot | None = None, batch_rows: int = 8192) -> int:
-        """Read every row of every table (what ``info`` vouches for), of ``snapshot`` (default: the latest
-        versions); returns the items read."""
-        items, moments = (snapshot.items, snapshot.moments) if snapshot else (self.items(), None)
-        rows = items.check(batch_rows)
+    def check(self, snapshot: Snapshot, batch_rows: int = 8192) -> int:
+        """Read every row of every table of ``snapshot`` (what ``info`` vouches for); returns the items read."""
+        rows = snapshot.items.check(batch_rows)
         self.errors().check(batch_rows)
-        if moments is not None or (snapshot is None and self.has_moments()):
-            (moments or self.moments()).check(batch_rows)
+        if snapshot.moments is not None:
+            snapshot.moments.check(batch_rows)
         return rows
 
     # ---- items --------------------------------------------------------------------------------------
