@@ -81,10 +81,10 @@ def info(
 
 
 def _auto_precision() -> dict[str, str]:
-    """What ``--precision auto`` picks here, and why (the CPU's kind, ONNX Runtime)."""
-    from xsearch.encoder import auto_precision, resolve_device
+    """What ``--precision auto`` picks here, and why (a GPU, the CPU's kind, ONNX Runtime); torch stays unloaded."""
+    from xsearch.precision import auto_precision, cuda_visible
 
-    precision, why = auto_precision(resolve_device("auto"))
+    precision, why = auto_precision(cuda_visible())
     return {"precision": precision, "why": why}
 
 

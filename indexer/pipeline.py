@@ -185,8 +185,7 @@ class Indexer:
 
     def _failed_moments(self) -> set[str]:
         """Files whose moments failed in an earlier run (their rows stand; ``--retry`` tries them again)."""
-        errors = self.store.error_rows()
-        return {uri for uri, stage in zip(errors["uri"].to_pylist(), errors["stage"].to_pylist()) if stage == "moments"}
+        return errors_by_stage(self.store.error_rows())["moments"]
 
     def on_gpu(self) -> bool:
         return self.encoder.device.type == "cuda"
@@ -371,6 +370,14 @@ def _folders_holding(paths: set[str]) -> set[str]:
     return folders
 
 
+def errors_by_stage(errors) -> defaultdict[str, set[str]]:
+    """``{stage: uris}`` of the error rows (an Arrow table with ``uri`` and ``stage``)."""
+    out: defaultdict[str, set[str]] = defaultdict(set)
+    for uri, stage in zip(errors["uri"].to_pylist(), errors["stage"].to_pylist()):
+        out[stage].add(uri)
+    return out
+
+
 def _progress_notes(report: RunReport, cut: float) -> dict[str, str]:
     notes = {"failed": str(report.failed)} if report.failed else {}
     if cut:
@@ -418,9 +425,9 @@ class _Batcher:
 
     def clear_stale_errors(self, unchanged: list[str]) -> None:
         """A file indexed by an earlier run that was killed before clearing its error row."""
-        errors = self.store.error_rows()
-        stale = {u for u, stage in zip(errors["uri"].to_pylist(), errors["stage"].to_pylist()) if stage != "moments"}
-        self.cleared.extend(u for u in unchanged if u in stale)
+        by_stage = errors_by_stage(self.store.error_rows())
+        stale = set().union(*(uris for stage, uris in by_stage.items() if stage != "moments"))
+        self.cleared.extend(u for u in unchanged if u in stale)  # a moments error stands: the row is whole
 
     def _error(self, uri: str, modality: Modality | None, stage: str, message: str) -> None:
         self.errors.append((uri, modality.value if modality else None, stage, message))

@@ -80,7 +80,7 @@ def test_mixed_corpus_is_indexed_by_modality(indexed):
     stored = rows(db)
     assert {Path(u): r["modality"] for u, r in stored.items()} == {p.resolve(): m for p, m in files.items()}
     assert report["indexed"] == len(files) and report["failed"] == 0
-    assert report["ignored"] == 2  # README.md and .DS_Store
+    assert report["ignored"] == 1 and report["hidden"] == 1  # README.md; .DS_Store (a dotfile)
     counts = {m: sum(1 for v in files.values() if v == m) for m in set(files.values())}
     assert report["by_modality"] == counts
     assert {m: i["count"] for m, i in report["indexes"].items()} == counts

@@ -92,11 +92,9 @@ def test_info_refuses_another_seeds_checkpoint_and_says_why_auto_picks_its_preci
 
 
 def test_auto_precision_gives_its_reason_per_kind_of_cpu():
-    import torch
+    from xsearch.precision import auto_precision
 
-    from xsearch.encoder import auto_precision
-
-    cpu = torch.device("cpu")
+    cpu = False  # no CUDA GPU
     assert auto_precision(cpu, frozenset({"amx_bf16"}), onnxruntime=True)[0] == "bf16"
     assert auto_precision(cpu, frozenset({"avx512_bf16"}), onnxruntime=True) == (
         "int8",

@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from xsearch import Collection, Modality
+from xsearch.capture import CAPTURE_COLUMNS
 from xsearch.cli.main import app
 from xsearch.cli.search import split_file_weight, split_text_weight
 from xsearch.errors import ModelMismatchError, QueryError, UsageError
@@ -126,6 +127,7 @@ def test_results_to_arrow_and_pandas(engine, vectors):
         "height",
         "duration",
         "sample_rate",
+        *CAPTURE_COLUMNS,  # when, where and with what: null where unknown
         "duplicates",
     ]
     assert table["uri"][0].as_py() == "/media/work/e.x" and table["width"][0].as_py() == 500

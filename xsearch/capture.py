@@ -20,18 +20,18 @@ import datetime as dt
 import math
 import re
 
-import pyarrow as pa
-
+# Column -> Arrow type name (``pyarrow.<name>()``). Names, not types: decode workers import this module, and
+# pyarrow's libraries do not fit the memory a worker may be limited to.
 CAPTURE_COLUMNS = {
-    "taken": pa.string(),
-    "taken_zone": pa.string(),
-    "latitude": pa.float64(),
-    "longitude": pa.float64(),
-    "altitude": pa.float64(),
-    "camera_make": pa.string(),
-    "camera_model": pa.string(),
-    "lens": pa.string(),
-    "orientation": pa.int32(),
+    "taken": "string",
+    "taken_zone": "string",
+    "latitude": "float64",
+    "longitude": "float64",
+    "altitude": "float64",
+    "camera_make": "string",
+    "camera_model": "string",
+    "lens": "string",
+    "orientation": "int32",
 }
 
 FIRST_PHOTOGRAPH = dt.datetime(1826, 1, 1)  # Niépce: a date before it is a camera's unset clock or a forgery

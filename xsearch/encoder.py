@@ -13,7 +13,6 @@ Built from a checkpoint (``from_pretrained``), an encoder loads each tower the f
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -28,6 +27,7 @@ from xsearch.decode import Outcome, decode
 from xsearch.errors import UsageError
 from xsearch.modalities import Modality, Tower, as_tower
 from xsearch.model.imagebind import ImageBind
+from xsearch.precision import auto_precision
 from xsearch.preprocess import PreprocessCfg, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -35,24 +35,6 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "int8"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: fp32 weights, exported
-# CPU features that make bf16 matmuls fast. With AMX bf16 is the fastest path measured (3.1-3.4x the
-# reference); with AVX512-BF16 alone int8 measured faster on every tower (5.1-6.5x against 1.7-4.0x), so
-# there bf16 is chosen only when ONNX Runtime is missing.
-AMX_FLAGS = frozenset({"amx_bf16"})
-FAST_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def resolve_precision(
@@ -72,26 +54,7 @@ def resolve_precision(
             require_onnxruntime()
         elif not onnxruntime:
             raise UsageError("precision int8 needs ONNX Runtime: pip install 'xsearch[cpu]'", argument="precision")
-    return auto_precision(device, flags, onnxruntime)[0] if precision == "auto" else precision
-
-
-def auto_precision(
-    device: torch.device, flags: frozenset[str] | None = None, onnxruntime: bool | None = None
-) -> tuple[str, str]:
-    """What ``"auto"`` picks on ``device``, and why (``info`` says it)."""
-    from xsearch.int8 import onnxruntime_available
-
-    if device.type == "cuda":
-        return "bf16", "a CUDA GPU"
-    flags = cpu_flags() if flags is None else flags
-    if AMX_FLAGS & flags:
-        return "bf16", "a CPU with AMX (bf16 measured 3.1-3.4x fp32)"
-    with_ort = onnxruntime_available() if onnxruntime is None else onnxruntime
-    if with_ort:
-        return "int8", "a CPU without AMX, with ONNX Runtime (int8 measured fastest there)"
-    if FAST_BF16_FLAGS & flags:
-        return "bf16", "a CPU with AVX512-BF16 but without ONNX Runtime for int8 (pip install 'xsearch[cpu]')"
-    return "fp32", "a CPU without bf16 instructions or ONNX Runtime for int8 (pip install 'xsearch[cpu]')"
+    return auto_precision(device.type == "cuda", flags, onnxruntime)[0] if precision == "auto" else precision
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

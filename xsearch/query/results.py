@@ -24,7 +24,7 @@ METADATA_COLUMNS = {
     "height": pa.int32(),
     "duration": pa.float64(),
     "sample_rate": pa.int32(),
-    **CAPTURE_COLUMNS,  # when, where and with what (``xsearch.capture``)
+    **{name: getattr(pa, kind)() for name, kind in CAPTURE_COLUMNS.items()},  # when, where and with what
 }
 
 

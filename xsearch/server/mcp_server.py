@@ -151,6 +151,7 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
     @server.tool(annotations=read_only)
     def item(key: Annotated[str, Field(description="The item's id or path")]) -> dict:
         """One stored item: path, modality, size, and what is known of it (width, duration, when, where...)."""
+
         def work():
             view = collection.store.items()
             wanted = ["id", "uri", "modality", "size", "mtime", "sha256", *METADATA_COLUMNS]

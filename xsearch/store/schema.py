@@ -54,7 +54,7 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("thumbnail", pa.binary()),
             pa.field("precision", pa.string()),  # fp32 / bf16: how the encoder ran (added after schema 1)
             # When, where and with what it was captured (``xsearch.capture``; added after schema 1).
-            *(pa.field(name, kind) for name, kind in CAPTURE_COLUMNS.items()),
+            *(pa.field(name, getattr(pa, kind)()) for name, kind in CAPTURE_COLUMNS.items()),
         ]
     )
 
