@@ -25,7 +25,6 @@ import shutil
 import tempfile
 import warnings
 import zlib
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,11 @@ import torch
 from xsearch.errors import UsageError, XsearchError
 from xsearch.model.checkpoint import sha256_file
 from xsearch.model.pretrained import xsearch_home
+from xsearch.quantise import fold_weight_transposes, quantise_weights
 
 log = logging.getLogger(__name__)
 
-RECIPE = "int8-dynamic-per-channel-matmul-1"  # change it when the recipe changes: old exports are not reused
+RECIPE = "int8-dynamic-per-channel-matmul-2"  # change it when the recipe changes: old exports are not reused
 MODEL, CHECKSUM = "model.int8.onnx", "model.int8.onnx.sha256"
 VERIFIED: set[tuple] = set()  # exports this process has checked (path, size, mtime, inode)
 OPSET = 17
@@ -169,8 +169,6 @@ class Int8Towers:
         return True
 
     def _export(self, tower, example: torch.Tensor, folder: Path) -> None:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         # The fp32 export goes to a folder of its own: a tower over 2 GB (ImageBind-huge's vision) is written
         # as one file per weight beside it, 2.5 GB that would otherwise stay in the cache for good.
         scratch = folder / "fp32"
@@ -192,65 +190,8 @@ class Int8Towers:
                 do_constant_folding=False,
             )
         fold_weight_transposes(fp32)
-        with _quiet():
-            quantize_dynamic(
-                str(fp32),
-                str(folder / MODEL),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=not int8_dot_units(),
-                op_types_to_quantize=["MatMul", "Gemm"],
-            )
+        quantise_weights(fp32, folder / MODEL, seven_bits=not int8_dot_units())  # a weight at a time
         shutil.rmtree(scratch)
-
-
-def fold_weight_transposes(path: Path) -> int:
-    """Replace each ``Transpose`` of a weight by the transposed weight, in the ONNX model at ``path``, one
-    weight in memory at a time (a model over 2 GB keeps its weights in files beside it). A linear layer is
-    exported as ``MatMul(x, Transpose(W))``, and the quantiser only quantises a ``MatMul`` whose weight is a
-    constant. Returns how many were folded."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    weights = {tensor.name: tensor for tensor in graph.initializer}
-    uses = Counter(name for node in graph.node for name in node.input)
-    outputs = {output.name for output in graph.output}
-    folded = 0
-    for node in list(graph.node):
-        if node.op_type != "Transpose" or node.input[0] not in weights or uses[node.input[0]] != 1:
-            continue
-        if node.output[0] in outputs:
-            continue
-        tensor = weights.pop(node.input[0])
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        array = np.ascontiguousarray(numpy_helper.to_array(tensor, str(path.parent)).transpose(perm))
-        replacement = numpy_helper.from_array(array, node.output[0])
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            replacement = _external(replacement, array, path.parent, tensor)
-        graph.initializer.remove(tensor)
-        graph.initializer.append(replacement)
-        graph.node.remove(node)
-        folded += 1
-    onnx.save(model, str(path))
-    return folded
-
-
-def _external(tensor, array: np.ndarray, folder: Path, replaced):
-    """``tensor`` with its data in a file of its own beside the model, in place of ``replaced``'s file."""
-    import onnx
-    from onnx.external_data_helper import set_external_data
-
-    old = {entry.key: entry.value for entry in replaced.external_data}.get("location")
-    name = f"folded-{zlib.crc32(tensor.name.encode()):08x}-{len(os.listdir(folder))}.bin"
-    array.tofile(folder / name)
-    set_external_data(tensor, location=name, offset=0, length=array.nbytes)
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    tensor.ClearField("raw_data")
-    if old and old != name and (folder / old).is_file():
-        (folder / old).unlink()  # the exporter writes a file per weight: its one reader was folded away
-    return tensor
 
 
 @contextlib.contextmanager
