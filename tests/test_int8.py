@@ -192,11 +192,11 @@ print(float((a * b).sum(1).min()))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tower", ["audio", "text", "vision"])  # 85M, 302M, 630M parameters (~10 GB to export)
+@pytest.mark.parametrize("tower", ["audio", "text", "vision"])  # 85M, 302M, 630M parameters (~5 GB to export)
 def test_the_full_size_towers_in_int8(tmp_path, tower):
     """imagebind_huge's towers (random weights): int8 within cosine 0.999 of fp32. Each in a process of its
-    own: the vision tower's export peaks near 10 GB, which the test process would keep for the rest of the run
-    (the allocator does not give it back), so the suite needed the machine to itself."""
+    own: the vision tower's export peaks near 5 GB (10 GB before xsearch quantised a weight at a time), which
+    the test process would keep for the rest of the run (the allocator does not give it back)."""
     import subprocess
     import sys
 
