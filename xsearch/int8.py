@@ -3,9 +3,10 @@ and run with ONNX Runtime (the optional extra ``xsearch[cpu]``).
 
 Measured earlier on this project's CPUs: ONNX Runtime with dynamic int8 weights ran the vision tower at
 3.6-3.9x the reference's fp32 with cosine 0.99964 to fp32, where PyTorch's own dynamic int8 reached 1.5-2.4x
-at 0.9985. The recipe: ``MatMul``/``Gemm`` weights int8 per channel, activations quantised on the fly; the
-layer norms, the softmax and the heads stay in float. Activations are quantised per batch, so a file's
-vector varies a little with the batch it is encoded in (cosine above 0.999, as to fp32).
+at 0.9985. The recipe (``xsearch.quantise``, a weight at a time): ``MatMul`` weights int8 per channel,
+activations quantised on the fly; the layer norms and the softmax stay in float. Activations are quantised
+per batch, so a file's vector varies a little with the batch it is encoded in (cosine above 0.999, as to
+fp32).
 
 An export is cached in ``$XSEARCH_HOME/int8/`` under a key of the recipe's version, the architecture, the
 input's rank (images and video clips differ) and a checksum of the tower's weights, so another checkpoint
@@ -196,27 +197,14 @@ class Int8Towers:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter's and quantiser's notes to whoever writes models (tracer warnings with source paths,
-    "consider pre-processing", a line per tensor at INFO) are not a user's business: kept for ``--debug``."""
-    root = logging.getLogger()
-    if root.isEnabledFor(logging.DEBUG):
+    """The exporter's notes to whoever writes models (tracer warnings with source paths) are not a user's
+    business: kept for ``--debug``."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
         yield
         return
-    # onnxruntime.quantization logs through the root logger itself; a filter on that logger sees only such
-    # records (a named logger's propagate to the handlers past it), so other threads' lines still show.
-    below_error = _BelowError()
-    root.addFilter(below_error)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.removeFilter(below_error)
-
-
-class _BelowError(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _identity(path: Path) -> tuple:
