@@ -172,10 +172,8 @@ class Indexer:
                 if same and c.path in failed_moments:
                     unchanged.append(c.path)  # its moments failed for these bytes: not decoded again each run
                     report.moments_not_retried += 1
-                elif same:
-                    tasks.append(replace(c, known=True, for_moments=True))  # new --moments, or a killed run
-                else:
-                    tasks.append(replace(c, known_sha256=row["sha256"], known=True))
+                else:  # decoded whole (no known_sha256: touched bytes would come back unchanged, uncut)
+                    tasks.append(replace(c, known=True, for_moments=same))  # new --moments, or a killed run
             elif row["size"] == c.size and row["mtime"] == c.mtime:
                 unchanged.append(c.path)
             else:

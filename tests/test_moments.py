@@ -388,6 +388,20 @@ def test_a_changed_file_gets_its_new_moments_and_a_pruned_one_loses_them(encoder
     assert collection.info()["moments"]["indices"]["audio"]["count"] == 7
 
 
+def test_a_touched_file_gets_its_moments_in_the_run_that_asks_for_them(encoder, tmp_path):
+    """A file indexed without moments, then touched (same bytes, new mtime): the run with --moments cuts it
+    then, not only on the run after (its same bytes must not make it "unchanged" and uncut)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    wav = write_wav(media / "a.wav", event_recording(18, RATE, event_at=6.0), RATE)
+    collection = Collection(tmp_path / "db", encoder=encoder)
+    collection.index([media], workers=0)
+    os.utime(wav, (time.time() + 60, time.time() + 60))
+    report = collection.index([media], moments=True, workers=0)
+    assert report.moments == 3 and report.updated == 1 and report.unchanged == 0
+    assert collection.store.moments().count() == 3
+
+
 def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monkeypatch):
     """The file's row commits first and its moments second: a run killed between them leaves a row
     without moments, which the next run sees and embeds again."""
