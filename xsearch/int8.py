@@ -34,6 +34,7 @@ import torch
 from xsearch.errors import UsageError, XsearchError
 from xsearch.model.checkpoint import sha256_file
 from xsearch.model.pretrained import xsearch_home
+from xsearch.precision import onnxruntime_available
 from xsearch.quantise import fold_weight_transposes, quantise_weights
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,6 @@ RECIPE = "int8-dynamic-per-channel-matmul-2"  # change it when the recipe change
 MODEL, CHECKSUM = "model.int8.onnx", "model.int8.onnx.sha256"
 VERIFIED: set[tuple] = set()  # exports this process has checked (path, size, mtime, inode)
 OPSET = 17
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def require_onnxruntime() -> None:

@@ -37,16 +37,16 @@ def auto_precision(
     flags = cpu_flags() if flags is None else flags
     if AMX_FLAGS & flags:
         return "bf16", "a CPU with AMX (bf16 measured 3.1-3.4x fp32)"
-    if onnxruntime_installed() if onnxruntime is None else onnxruntime:
+    if onnxruntime_available() if onnxruntime is None else onnxruntime:
         return "int8", "a CPU without AMX, with ONNX Runtime (int8 measured fastest there)"
     if FAST_BF16_FLAGS & flags:
         return "bf16", "a CPU with AVX512-BF16 but without ONNX Runtime for int8 (pip install 'xsearch[cpu]')"
     return "fp32", "a CPU without bf16 instructions or ONNX Runtime for int8 (pip install 'xsearch[cpu]')"
 
 
-def onnxruntime_installed() -> bool:
-    """Whether ONNX Runtime and onnx (the int8 path, ``xsearch[cpu]``) are installed, found without importing
-    them (or torch)."""
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime and onnx (the int8 path, ``xsearch[cpu]``) are installed: found without importing
+    them (1.8 s) or torch, so that ``info`` can say what ``auto`` picks at once."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
