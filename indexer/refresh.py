@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from xsearch.capture import container_tags, exif_tags
+from xsearch.capture import CAPTURE_COLUMNS, exif_tags
 from xsearch.modalities import Modality
 from xsearch.sources import open_media
 
@@ -15,8 +15,6 @@ log = logging.getLogger("xsearch.indexer.pipeline")
 def capture_of(path: str, modality: Modality) -> dict | None:
     """The capture columns of one file, every one of them (``None`` for those it lacks: a tag removed is
     removed); ``None`` when the file cannot be read now (left as it is)."""
-    from xsearch.capture import CAPTURE_COLUMNS
-
     try:
         if modality is Modality.IMAGE:
             from PIL import Image
@@ -24,10 +22,9 @@ def capture_of(path: str, modality: Modality) -> dict | None:
             with open_media(path) as handle, Image.open(handle) as image:  # the header: no pixels decoded
                 tags = exif_tags(image)
         elif modality is Modality.VIDEO:
-            from xsearch.preprocess.containers import open_container
+            from xsearch.preprocess.video import capture_tags
 
-            with open_container(path) as container:
-                tags = container_tags(dict(container.metadata))
+            tags = capture_tags(path)
         else:
             return None
     except Exception as exc:  # an unreadable file keeps its row and its tags; the next run reads it again

@@ -9,6 +9,7 @@ as much as a short one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -233,15 +234,13 @@ def preprocess_video(path: str | os.PathLike, cfg: VideoCfg = VideoCfg()) -> tor
     return frames_to_clips(decode_video(path, cfg)[0], cfg)
 
 
-def _capture(path) -> dict:
-    """When and where the clip was shot, from its container's tags (its header only: no frame is read)."""
+def capture_tags(path) -> dict:
+    """When and where the clip was shot, from its container's tags (its header only: no frame is read);
+    ``DecodeError`` when the file cannot be opened."""
     from xsearch.capture import container_tags
 
-    try:
-        with open_container(path) as container:
-            return container_tags(dict(container.metadata))
-    except DecodeError:
-        return {}
+    with open_container(path) as container:
+        return container_tags(dict(container.metadata))
 
 
 def prepare(path, cfg: VideoCfg, thumbnail: bool = True) -> Preprocessed:
@@ -250,7 +249,9 @@ def prepare(path, cfg: VideoCfg, thumbnail: bool = True) -> Preprocessed:
 
     clips, duration = decode_video(path, cfg)
     first = clips[0][0]
-    meta = {"width": first.shape[1], "height": first.shape[0], "duration": duration, **_capture(path)}
+    meta = {"width": first.shape[1], "height": first.shape[0], "duration": duration}
+    with contextlib.suppress(DecodeError):  # the frames were read: a header that will not open again has no tags
+        meta.update(capture_tags(path))
     if thumbnail:
         meta["thumbnail"] = thumbnails.frame_thumbnail(clips[len(clips) // 2][0])
     return Preprocessed(frames_to_clips(clips, cfg), meta)
