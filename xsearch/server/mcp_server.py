@@ -152,12 +152,8 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
     def item(key: Annotated[str, Field(description="The item's id or path")]) -> dict:
         """One stored item: path, modality, size, and what is known of it (width, duration, when, where...)."""
 
-        def work():
-            view = collection.store.items()
-            wanted = ["id", "uri", "modality", "size", "mtime", "sha256", *METADATA_COLUMNS]
-            return _plain(collection.item(item_key(key), [c for c in wanted if view.has_column(c)]))
-
-        return answered(work)
+        columns = ["id", "uri", "modality", "size", "mtime", "sha256", *METADATA_COLUMNS]
+        return answered(lambda: {k: v for k, v in collection.item(item_key(key), columns).items() if v is not None})
 
     @server.tool(annotations=read_only)
     def info() -> dict:
@@ -219,13 +215,12 @@ def _allowed_file(collection, value: str, allowed: list[str]) -> str:
     """``value`` as a query file when the database indexed it or it lies under an allowed folder."""
     from xsearch.errors import UsageError
     from xsearch.objects import is_object_uri
+    from xsearch.paths import is_under
 
-    if is_object_uri(value):
-        real = value
-    else:
-        real = os.path.realpath(os.path.expanduser(value))
-        if any(real == folder or real.startswith(folder.rstrip(os.sep) + os.sep) for folder in allowed):
-            return real
+    remote = is_object_uri(value)
+    real = value if remote else os.path.realpath(os.path.expanduser(value))
+    if not remote and any(is_under(real, folder) for folder in allowed):
+        return real
     if collection.store.items().lookup(real, ["id"]) is not None:
         return real
     where = f" or under {', '.join(allowed)}" if allowed else " (start the server with --allow-files DIR for others)"
@@ -248,10 +243,6 @@ def _results(results) -> dict:
         hit["modality"] = str(hit["modality"])
         hit["file"] = hit["uri"] if not hit["uri"].startswith(("s3://", "gs://", "az://")) else None
     return out
-
-
-def _plain(row: dict) -> dict:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if v is not None}
 
 
 def existing_folders(folders: list[str]) -> list[Path]:

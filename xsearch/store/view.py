@@ -144,16 +144,21 @@ class TableView:
         """One row's ``columns`` by id (an int) or uri (a str), or ``None`` when there is none."""
         if isinstance(key, int):
             return self.rows([key], columns).get(key)
-        rows = self.scan(columns, ItemFilter.item(key)).to_pylist()
-        return rows[0] if rows else None
+        absent = self._absent(columns)
+        rows = self.scan([c for c in columns if c not in absent], ItemFilter.item(key)).to_pylist()
+        return {**absent, **rows[0]} if rows else None
 
     @guarded
     def rows(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
         """``{id: row}`` of ``columns`` for the ids that exist (read by position)."""
-        present = [c for c in columns if c != "id" and self.has_column(c)]
-        absent = dict.fromkeys(c for c in columns if c != "id" and c not in present)  # columns of later versions
-        found = self._taken(ids, ["id", *present])
+        absent = self._absent(columns)
+        found = self._taken(ids, ["id", *[c for c in columns if c != "id" and c not in absent]])
         return {row["id"]: {**absent, **row} for row in found.to_pylist()}
+
+    def _absent(self, columns: Sequence[str]) -> dict[str, None]:
+        """The ``columns`` this table lacks (added by a later xsearch to a database not written since), as
+        nulls: a reader does not migrate a database, it reads around the columns it has not got."""
+        return dict.fromkeys(c for c in columns if not self.has_column(c))
 
     @guarded
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
