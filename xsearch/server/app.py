@@ -38,6 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from xsearch.capture import describe
 from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, Preview
 from xsearch.moments import split_item_time
@@ -255,6 +256,7 @@ def create_app(
         for hit, result in zip(out["results"], results):
             hit["thumbnail_url"] = signer.url(hit["id"], "thumbnail")
             hit["media_url"] = signer.url(hit["id"], "media") + result.fragment  # players start at a moment
+            hit["captured"] = describe(result.metadata)  # the line the page shows: worded in one place
             if Modality(hit["modality"]).spec.preview is Preview.TEXT:
                 hit["excerpt"] = text_excerpt(hit["uri"], indexed=result.indexed)
         return out
