@@ -389,7 +389,6 @@ class Collection:
 
 def _facts(store, check: bool) -> dict:
     """``Collection.info`` of the database ``store``."""
-
     with store.leased() as snapshot:  # a writer's compaction keeps what is read here
         return _facts_of(store, snapshot, check)
 
