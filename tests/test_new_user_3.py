@@ -26,6 +26,14 @@ def trial(tmp_path_factory) -> Path:
     return save_random_checkpoint(tmp_path_factory.mktemp("trial") / "trial.pt", "tiny_test", seed=0)
 
 
+def _one_photo(tmp_path: Path) -> Path:
+    """A media folder holding one picture, ``a.jpg``."""
+    media = tmp_path / "media"
+    media.mkdir()
+    gradient_image(media / "a.jpg")
+    return media
+
+
 def _index(media: Path, db: Path, trial: Path, *more: str):
     return runner.invoke(app, ["index", str(media), "--db", str(db), "--checkpoint", str(trial), *more])
 
@@ -51,9 +59,7 @@ def test_dot_folders_are_left_out_and_said_unless_hidden_is_given(tmp_path, tria
 
 
 def test_json_says_new_as_the_summary_does_and_no_rate_when_nothing_was_embedded(tmp_path, trial):
-    media = tmp_path / "media"
-    media.mkdir()
-    gradient_image(media / "a.jpg")
+    media = _one_photo(tmp_path)
     first = json.loads(_index(media, tmp_path / "db", trial, "--json").stdout)
     assert first["new"] == first["indexed"] == 1 and first["files_per_second"] > 0
     again = _index(media, tmp_path / "db", trial, "--json", "-q")
@@ -77,9 +83,7 @@ def test_files_that_only_gained_moments_are_counted_as_such(tmp_path, trial):
 
 
 def test_info_refuses_another_seeds_checkpoint_and_says_why_auto_picks_its_precision(tmp_path, trial):
-    media = tmp_path / "media"
-    media.mkdir()
-    gradient_image(media / "a.jpg")
+    media = _one_photo(tmp_path)
     db = tmp_path / "db"
     assert _index(media, db, trial).exit_code == 0
     other = save_random_checkpoint(tmp_path / "other.pt", "tiny_test", seed=1)
@@ -88,7 +92,7 @@ def test_info_refuses_another_seeds_checkpoint_and_says_why_auto_picks_its_preci
     same = runner.invoke(app, ["info", "--db", str(db), "--checkpoint", str(trial), "--json"])
     assert same.exit_code == 0, same.output
     auto = json.loads(same.stdout)["auto_precision"]
-    assert auto["precision"] in ("fp32", "bf16", "int8") and "CPU" in auto["why"] or "GPU" in auto["why"]
+    assert auto["precision"] in ("fp32", "bf16", "int8") and ("CPU" in auto["why"] or "GPU" in auto["why"])
 
 
 def test_auto_precision_gives_its_reason_per_kind_of_cpu():
@@ -112,9 +116,7 @@ def test_adding_texts_leaves_the_image_index_fresh_and_untouched(tmp_path, trial
     from xsearch.index.files import read_meta
     from xsearch.modalities import Modality
 
-    media = tmp_path / "media"
-    media.mkdir()
-    gradient_image(media / "a.jpg")
+    media = _one_photo(tmp_path)
     db = tmp_path / "db"
     assert _index(media, db, trial).exit_code == 0
     image_meta = read_meta(db / "faiss" / "image")
@@ -175,9 +177,7 @@ def test_search_answers_first_guesses_with_the_option_meant(tmp_path, argv, said
 
 
 def test_a_query_file_of_another_modality_is_named_by_its_content(tmp_path, trial):
-    media = tmp_path / "media"
-    media.mkdir()
-    gradient_image(media / "a.jpg")
+    media = _one_photo(tmp_path)
     db = tmp_path / "db"
     assert _index(media, db, trial).exit_code == 0
     wrong = runner.invoke(app, ["search", "--db", str(db), "--checkpoint", str(trial), "--audio", str(media / "a.jpg")])
