@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from xsearch.modalities import Modality
 from xsearch.objects import is_object_uri
 from xsearch.options import ScanOptions
-from xsearch.paths import is_under, modality_of_path
+from xsearch.paths import is_hidden, is_under, modality_of_path
 from xsearch.sources import list_objects
 
 __all__ = ["Rejected", "ScanOptions", "ScanStats", "Scanner", "Task", "decide_modality", "is_under", "printable"]
@@ -144,7 +144,7 @@ class Scanner:
             found = True
             if self._excluded(uri):
                 self.stats.excluded += 1
-            elif not self.options.hidden and "/." in uri[len(prefix.rstrip("/")) :]:
+            elif not self.options.hidden and is_hidden(uri, below=prefix):
                 self.stats.hidden += 1
             elif not uri.endswith("/"):  # a "folder" marker some tools write
                 yield from self._accepted(uri, size, mtime)

@@ -55,6 +55,12 @@ def is_regular_file(path: str) -> bool:
     return media_info(path) is not None
 
 
+def is_hidden(path: str, below: str = "") -> bool:
+    """Whether a name in ``path`` past the folder ``below`` starts with a dot (``.cache/x.jpg``, macOS's
+    ``._x.jpg``): what a scan leaves out unless ``--hidden``, and never the original of a copy."""
+    return "/." in path[len(below.rstrip("/")) :]
+
+
 def is_under(path: str, root: str) -> bool:
     """Whether ``path`` is ``root`` or inside it (both absolute)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

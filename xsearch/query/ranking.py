@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xsearch.paths import is_hidden
+
 SAMPLE_SIZE = 2048  # stored vectors per modality that define "unrelated" for the calibration
 MIN_SPREAD = 1e-3  # floor of the robust spread: a tiny or uniform collection must not explode the scores
 # The MAD of a handful of cosines is noise (2 items: every hit scores exactly +-0.67; 4 near-equal texts: a
@@ -116,7 +118,7 @@ def fold_duplicates(
 
     def rank(hit: Hit) -> tuple:
         uri = uris.get(hit.id, "")
-        return (hit.id in preferred, not _hidden(uri), not _named_as_copy(uri), -hit.id)
+        return (hit.id in preferred, not is_hidden(uri), not _named_as_copy(uri), -hit.id)
 
     standing: dict[str, Hit] = {}
     for hit in hits:
@@ -147,10 +149,6 @@ _COPY = re.compile(r"(?i)([ _-]copy( \d+)?| \(\d+\))$")
 def _named_as_copy(uri: str) -> bool:
     stem = os.path.splitext(uri.rsplit("/", 1)[-1])[0]
     return _COPY.search(stem) is not None
-
-
-def _hidden(uri: str) -> bool:
-    return "/." in uri
 
 
 def by_date(results: list, newest_first: bool = False) -> list:
