@@ -42,6 +42,10 @@ def embed(
     precision: PrecisionOpt = "auto",
     verify: VerifyOpt = False,
     as_: AsOpt = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="A database whose model, and whose own modalities (xsearch bind), embed the files."),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -58,7 +62,7 @@ def embed(
     """
     output = output_file(output, "--output", OUTPUT_SUFFIXES)
     with handled_errors():
-        collection = open_collection(None, checkpoint, model, device, precision, verify)
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
         results = collection.embed(paths, assign=parse_assignments(as_ or [], paths))
         if output:
             written = write_embeddings(results, Path(output), collection.encoder)

@@ -6,7 +6,7 @@ import typing
 
 import typer
 
-from xsearch.cli import agents, embed, index, info, search, serve  # noqa: F401  (each module registers its commands on ``app``)
+from xsearch.cli import agents, bind, embed, index, info, search, serve  # noqa: F401  (each module registers its commands on ``app``)
 from xsearch.cli.app import app
 
 __all__ = ["app", "main", "plain_help"]

@@ -39,6 +39,7 @@ from xsearch.modalities import REGISTRY, Modality
 from xsearch.options import SearchOptions
 
 ITEM = "item"
+QUERY = "query"  # an input of any modality, named in its value: the database's own included
 TEXT_WEIGHT = "::"
 
 
@@ -112,26 +113,44 @@ def build_query(inputs: dict[str, list[str] | None]):
     from xsearch.query import Query
 
     parts = []
-    for option, values in inputs.items():
+    for option, value in _named_inputs(inputs):
         is_text = option != ITEM and Modality(option).spec.query_input == "text"
-        for value in values or []:
-            moment = split_moment(value) if option == ITEM else None
-            if is_text:
-                target, weight = split_text_weight(value, f"--{option}")
-            elif moment is not None:
-                (target, at), weight = moment
-                parts.append(Query.item(target, weight, at=at))
-                continue
-            else:
-                target, weight = split_file_weight(value, f"--{option}", must_exist=option != ITEM)
-            if option == ITEM:
-                parts.append(Query.item(target, weight))  # an id or a path: the store tells them apart
-            else:
-                parts.append(Query.input(option, target, weight))
+        flag = f"--{QUERY} {option}=" if option not in inputs else f"--{option}"
+        moment = split_moment(value) if option == ITEM else None
+        if is_text:
+            target, weight = split_text_weight(value, flag)
+        elif moment is not None:
+            (target, at), weight = moment
+            parts.append(Query.item(target, weight, at=at))
+            continue
+        else:
+            target, weight = split_file_weight(value, flag, must_exist=option != ITEM)
+        if option == ITEM:
+            parts.append(Query.item(target, weight))  # an id or a path: the store tells them apart
+        else:
+            parts.append(Query.input(option, target, weight))
     if not parts:
         names = ", ".join(f"--{m.value}" for m in Modality)
-        raise UsageError(f"give at least one input: {names} or --{ITEM}")
+        raise UsageError(f"give at least one input: {names}, --{ITEM} or --{QUERY} NAME=FILE")
     return Query.sum(parts)
+
+
+def _named_inputs(inputs: dict[str, list[str] | None]) -> list[tuple[str, str]]:
+    """``(modality name or "item", value)`` of every input; ``--query NAME=VALUE`` names its modality."""
+    named = []
+    for option, values in inputs.items():
+        for value in values or []:
+            if option != QUERY:
+                named.append((option, value))
+                continue
+            name, sep, rest = value.partition("=")
+            if not sep or not rest:
+                raise UsageError(f"--{QUERY} {value!r}: expected MODALITY=FILE (or text=TEXT)")
+            try:
+                named.append((Modality(name).value, rest))
+            except UsageError as exc:
+                raise UsageError(f"--{QUERY} {value!r}: {exc}") from None
+    return named
 
 
 def print_table(results) -> None:
@@ -216,6 +235,8 @@ def _search(
     html = output_file(html, "--html")
     with handled_errors():
         _refuse_guesses(stray, modality)
+        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        collection.bound_modalities()  # the database's own modalities, before the options name them
         options = SearchOptions(
             target=target,
             k=k,
@@ -232,7 +253,6 @@ def _search(
             sort=sort,
         )
         query = build_query(inputs)
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
         results = collection.search(query, options)
         if html:
             from xsearch.contact_sheet import write_contact_sheet
@@ -271,6 +291,8 @@ def _input_parameters() -> list[inspect.Parameter]:
         "WEIGHT::ID@SECONDS) for its moment at that time; repeatable."
     )
     params.append(_option(ITEM, typer.Option(f"--{ITEM}", help=item_help)))
+    query_help = "MODALITY=FILE[:WEIGHT]: an input of any modality, one bound by xsearch bind included; repeatable."
+    params.append(_option(QUERY, typer.Option(f"--{QUERY}", help=query_help)))
     return params
 
 

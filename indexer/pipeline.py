@@ -192,7 +192,7 @@ class Indexer:
         """``batch_size`` when given; else 16 on a CPU and the tower's GPU batch on a GPU."""
         if self.cfg.batch_size:
             return self.cfg.batch_size
-        return modality.tower.spec.gpu_batch if self.on_gpu() else CPU_BATCH
+        return modality.tower.spec.gpu_batch if self.on_gpu() and modality.tower else CPU_BATCH
 
     def _gpu_decode(self) -> bool:
         from xsearch.preprocess import jpeg_batch

@@ -176,6 +176,50 @@ def test_filtered_search_above_the_exact_limit_uses_the_index(tmp_path):
     assert Modality.IMAGE not in exact_engine.snapshot().items.loaded
 
 
+def test_a_large_filter_over_an_ivf_index_is_scored_from_its_rows(tmp_path, monkeypatch):
+    """More matches than are read one by one, over an IVF index: scored exactly against the float16 rows
+    the index keeps for its re-rank (what an unfiltered search of it scores), not read from the table."""
+    from xsearch.index import IndexCfg
+
+    rng = np.random.default_rng(5)
+    vectors = np.stack([unit(v) for v in rng.standard_normal((6000, DIM))])
+    store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
+    store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v, metadata={"width": i}) for i, v in enumerate(vectors)])
+    engine = Engine(store, index_cfg=IndexCfg(flat_threshold=1000, nlist=32, use_gpu=False))
+    assert engine.index(Modality.IMAGE).kind != "flat"
+    read = []
+    table_vectors = TableView.vectors
+    monkeypatch.setattr(TableView, "vectors", lambda view, ids: read.append(len(ids)) or table_vectors(view, ids))
+    query = unit(vectors[4321] + 0.3 * vectors[17])
+    found = engine.search(Query.vector(query), target="image", k=5, where="width >= 100")
+    kept = np.arange(100, 6000)
+    scores = vectors[kept].astype(np.float16).astype(np.float32) @ query
+    best = np.argsort(-scores)[:5]
+    assert [int(r.uri[3:-4]) for r in found] == list(kept[best])
+    np.testing.assert_allclose([r.score for r in found], scores[best], rtol=1e-5)
+    assert max(read, default=0) < len(kept)  # no read of the matches' vectors (a calibration sample is smaller)
+
+
+def test_path_globs_mean_what_fnmatch_says():
+    """Globs run in Arrow (a regular expression per pattern), with fnmatch's meaning: ``*`` and ``?`` cross
+    ``/``, every other character is itself; a ``[...]`` class is fnmatch's own."""
+    import fnmatch
+    import re
+
+    import pyarrow as pa
+
+    from xsearch.paths import glob_mask
+
+    uris = ["/t/1.txt", "/t/10.txt", "/a/b c/d.jpg", "/a/b+c/(1).jpg", "/x/y\nz", "/é/ü.png", "/a/b$c^d.{x}", "/t/1"]
+    uris += ["s3://b/k/1.jpg", "/a\\b.jpg", "/t/2.txt"]
+    patterns = ["/t/1*", "*", "*.jpg", "/a/b c/*", "/a/b+c/(?).jpg", "/x/*", "/é/*", "/a/b$c^d.{x}", "s3://b/*/1.*"]
+    patterns += ["*\\b.jpg", "/t/1?txt", "??", "/t/[0-9]*", "/t/[!1]*", "*b?c*", "/t/1.txt"]
+    column = pa.chunked_array([uris[:4], uris[4:]])
+    for pattern in patterns:
+        expected = [re.match(fnmatch.translate(pattern), uri) is not None for uri in uris]
+        assert list(glob_mask(column, pattern)) == expected, pattern
+
+
 def test_classify_assigns_the_known_labels(tmp_path, tiny_model):
     """Items stored at (almost) a label's own text vector get that label, with the softmax's probability."""
     from xsearch.encoder import Encoder

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from xsearch.bind.binding import register_bindings
 from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
@@ -128,6 +129,12 @@ class Collection:
             self._store = Database.open(self.path, create=False)
         return self._store
 
+    def bound_modalities(self) -> list[Modality]:
+        """The modalities the database binds (``xsearch bind``), registered in this process for queries to name."""
+        if self.path is None or not self.exists():
+            return []
+        return register_bindings(self.store.files, self.store.model_id)
+
     @property
     def model_name(self) -> str:
         """The model id of the embeddings: the loaded encoder's, the one asked for, the database's, or the
@@ -171,6 +178,8 @@ class Collection:
         if self._engine is None:
             from xsearch.query.engine import Engine
 
+            self.bound_modalities()  # before a query or a target names one
+
             decoder = None if self.query_limits is None else _QueryDecoder(self.query_limits)
             self._engine = Engine(
                 self.store,
@@ -187,16 +196,14 @@ class Collection:
     def index(self, paths: Sequence[str | os.PathLike], options: IndexOptions | None = None, **overrides):
         """Index files and folders: scan, decode in parallel, embed in batches, store, update the indices.
 
-        ``options`` (an ``IndexOptions``) and keyword ``overrides`` say how: ``assign`` maps folders or
-        files to a modality (``{"scans/": "depth"}``; assigned paths outside ``paths`` are indexed too),
-        ``modalities`` keeps only those, ``exclude``, ``prune``, ``batch_size``, ``workers``,
-        ``file_timeout`` (seconds per file), ``worker_memory_gb``, ``ray`` (an address, ``auto`` or
-        ``local``: decode and embed on a Ray cluster), ``ray_actors``, ``progress``, ``moments=True`` (also
-        a vector per segment of every audio and video file, remembered by the database; ``moment_seconds``,
-        ``moment_stride``: see ``xsearch.moments``). Returns the ``RunReport``: counts, failures with
-        reasons, index sizes.
+        ``options`` (an ``IndexOptions``; its fields say what each does) and keyword ``overrides`` say how:
+        ``assign`` maps folders or files to a modality (``{"scans/": "depth"}``; assigned paths outside
+        ``paths`` are indexed too), ``ray`` decodes and embeds on a Ray cluster, ``moments=True`` also keeps
+        a vector per segment of every audio and video file. Returns the ``RunReport``: counts, failures
+        with reasons, index sizes.
         """
         started = time.perf_counter()
+        self.bound_modalities()  # before the options name them
         options = IndexOptions.of(options, **overrides)
         # Real paths: a root reached through a link (/mnt/photos -> /data/photos) is the same files as its
         # target, and must give them the same uris, or indexing both would store every file twice.
@@ -282,6 +289,7 @@ class Collection:
         order, with ``embedding`` or ``error`` (``message``: path and reason). A folder stands for the files
         ``index`` would take from it (sorted, by the same rules). ``modality`` names the modality of all;
         ``assign`` maps folders or files to one, as ``index`` takes it (``{"scans/": "depth"}``)."""
+        self.bound_modalities()  # before the arguments name them
         try:
             modality = Modality(modality) if modality else None  # a typo fails before the model loads
         except UsageError as exc:
@@ -460,7 +468,7 @@ class _QueryDecoder:
 
         from xsearch.modalities import BUILT_IN
 
-        if modality.value not in BUILT_IN:  # registered in this process only: its workers would not know it
+        if modality.value not in BUILT_IN and modality.spec.binding is None:  # its workers would not know it
             from xsearch.decode import decode_query_file
 
             return decode_query_file(path, modality, cfg)

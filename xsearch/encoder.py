@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from xsearch.decode import Outcome, decode
 from xsearch.errors import UsageError
-from xsearch.modalities import Modality, Tower, as_tower
+from xsearch.modalities import REGISTRY, Modality, Tower, as_tower
 from xsearch.model.imagebind import ImageBind
 from xsearch.precision import auto_precision
 from xsearch.preprocess import PreprocessCfg, get_tokenizer
@@ -104,6 +104,7 @@ class Encoder:
         self.preprocess = preprocess if preprocess is not None else PreprocessCfg.for_model(model.cfg)
         self.model_id = model.model_id
         self._lock = threading.RLock()  # one batch at a time through the model, whoever asks (serve's threads)
+        self._adapters: dict[str, torch.nn.Module] = {}  # bound modalities' adapters, by weights checksum
 
     def __getstate__(self) -> dict:  # shipped to a cluster's actors: the lock stays here
         return {key: value for key, value in self.__dict__.items() if key != "_lock"}
@@ -151,6 +152,9 @@ class Encoder:
     @torch.inference_mode()
     def encode(self, modality: Modality | Tower | str, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` of preprocessed inputs -> ``[B, embed_dim]`` float32 unit vectors on the CPU."""
+        binding = _binding_of(modality)
+        if binding is not None:
+            return self._encode_bound(binding, batch)
         tower = as_tower(modality)
         with self._lock:
             self._ensure(tower)
@@ -162,6 +166,19 @@ class Encoder:
             quantised = self.int8 is not None and self.int8.covers(tower)
             out = self._embed_int8(tower, x) if quantised else self.model.embed(tower, x)
             return F.normalize(out.float(), dim=-1).cpu()
+
+    def _encode_bound(self, binding, batch: torch.Tensor) -> torch.Tensor:
+        """A modality bound by ``xsearch bind``: its features (its frozen tower's embedding, or the array
+        itself) through its adapter, in float32 (the adapter is small; its training ran in float32)."""
+        from xsearch.bind.adapter import loaded
+
+        features = batch if binding.feature_modality is None else self.encode(binding.feature_modality, batch)
+        with self._lock:
+            adapter = self._adapters.get(binding.sha256)
+            if adapter is None:
+                adapter = self._adapters[binding.sha256] = loaded(binding, self.device)
+            out = adapter(features.to(self.device, dtype=torch.float32))
+        return F.normalize(out.float(), dim=-1).cpu()
 
     def encode_stacked(self, outcome: Outcome, batch_size: int = 16) -> np.ndarray | None:
         """An outcome whose tensor stacks many inputs of its modality ``[N, ...]`` (a chunk of a file's
@@ -258,3 +275,11 @@ class Encoder:
                 outcome.vector = vector
             else:
                 outcome.fail("encode", "the model produced NaN for this file")
+
+
+def _binding_of(modality: Modality | Tower | str):
+    """The ``xsearch.bind.Binding`` of a bound modality, else ``None`` (a built-in one, or a tower)."""
+    if isinstance(modality, Tower) or (not isinstance(modality, Modality) and modality not in Modality):
+        return None
+    spec = REGISTRY.get(Modality(modality))
+    return spec.binding if spec is not None else None

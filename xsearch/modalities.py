@@ -145,6 +145,9 @@ class Modality(str, metaclass=_ModalityType):
         return f"Modality.{self.name}"
 
     def __reduce__(self):
+        binding = REGISTRY[self].binding if self in REGISTRY else None
+        if binding is not None:  # a database's own modality: a worker process registers it from its record
+            return (_resolve("xsearch.bind.binding:registered"), (binding.record(),))
         return (Modality, (self.value,))  # unpickles to the registered member (worker processes)
 
     __hash__ = str.__hash__
@@ -163,7 +166,7 @@ class ModalitySpec:
     """
 
     modality: Modality
-    tower: Tower
+    tower: Tower | None  # None: a bound modality whose adapter reads the preprocessed input itself
     preprocess: Callable | str
     make_cfg: Callable | str
     extensions: frozenset[str] = frozenset()  # recognised by extension alone
@@ -180,6 +183,9 @@ class ModalitySpec:
     # or 55 MB of video clips (30 s: 9 clip-crops of 2 x 224 x 224 per segment, float32).
     moment_chunk: int | None = None
     help: str = ""
+    # A modality joined to the shared space by ``xsearch bind`` (an ``xsearch.bind.Binding``): its tower's
+    # output, or without a tower (``tower=None``) its preprocessed input, goes through the binding's adapter.
+    binding: object | None = None
 
     @property
     def has_moments(self) -> bool:

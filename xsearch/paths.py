@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from xsearch.modalities import REGISTRY, Modality
 from xsearch.objects import is_object_uri
 from xsearch.sniff import HEAD_BYTES, Family, sniff
@@ -106,7 +108,26 @@ def content_mismatch(modality: Modality, head: bytes) -> str | None:
     return f"its content is {found.format}, not {modality}"
 
 
-def glob_mask(uris: list[str], pattern: str) -> list[bool]:
-    """Which of ``uris`` match ``pattern``, an absolute path glob (``SearchOptions.path``)."""
+_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def glob_regex(pattern: str) -> str | None:
+    """``pattern`` as an anchored RE2 expression with fnmatch's meaning (``*`` and ``?`` cross ``/``), for
+    Arrow's vectorised match; ``None`` for a pattern with a ``[...]`` class, whose rules stay fnmatch's own."""
+    if "[" in pattern:
+        return None
+    wild = {"*": ".*", "?": "."}
+    body = "".join(wild.get(c) or (f"\\{c}" if c in _RE2_SPECIAL else c) for c in pattern)
+    return f"(?s)^{body}$"
+
+
+def glob_mask(uris, pattern: str):
+    """Which of ``uris`` (an Arrow string array) match ``pattern``, an absolute path glob
+    (``SearchOptions.path``), as a numpy bool array."""
+    import pyarrow.compute as pc  # here: decode workers import this module, and must not load pyarrow
+
+    regex = glob_regex(pattern)
+    if regex is not None:  # in Arrow's C++, without a Python string per uri
+        return pc.match_substring_regex(uris, regex).to_numpy(zero_copy_only=False)
     match = re.compile(fnmatch.translate(pattern)).match  # fnmatch's own rule, compiled once for every uri
-    return [match(uri) is not None for uri in uris]
+    return np.array([match(uri) is not None for uri in uris.to_pylist()], dtype=bool)

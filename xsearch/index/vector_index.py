@@ -261,6 +261,16 @@ class VectorIndex:
             )
         return scores, out_ids
 
+    def scores_among(self, query: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids ascending, exact scores of query [d])`` of the live rows of ``ids`` from the float16 rows the
+        re-rank reads (no table read); ``None`` when some of ``ids`` are not live rows here."""
+        wanted = np.unique(np.asarray(ids, np.int64))
+        positions = np.flatnonzero(~self.dead & np.isin(self.rows.ids, wanted))
+        if len(positions) != len(wanted):
+            return None
+        positions = positions[np.argsort(self.rows.ids[positions], kind="stable")]
+        return self.rows.ids[positions], self.rows.scores(positions, query)
+
     def _rerank(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Exact scores ``[q, c]`` of each query against its candidate rows ``[q, c]``: on the CPU, or on the
         re-rank device past the exact budget (``use_exact``)."""

@@ -161,7 +161,7 @@ def classify(
     for modality in targets:
         table = items.scan(["id", "uri", "modality", "embedding"], ItemFilter(modality=modality, where=where))
         if path is not None and table.num_rows:
-            table = table.filter(pa.array(glob_mask(table["uri"].to_pylist(), path), pa.bool_()))
+            table = table.filter(pa.array(glob_mask(table["uri"], path)))
         if table.num_rows == 0:
             continue
         logits = embeddings_to_numpy(table["embedding"]) @ np.asarray(label_vectors).T * LOGIT_SCALE

@@ -2,8 +2,8 @@
 
 Strategy: with no filter, the modality's FAISS index answers. With a filter (``where``, ``path``), the
 matching ids are read from the table; up to ``exact_filter_limit`` of them are scored exactly (a few
-against their stored vectors, more by a flat index restricted to them), more than that over-fetch the
-index and keep the matches.
+against their stored vectors; more by a flat index restricted to them, or against the float16 rows an
+IVF index keeps for its re-rank), more than that over-fetch the index and keep the matches.
 
 Moments (``SearchOptions.moments``): the same loop over the ``moments`` table, with its own indices and
 calibration samples; what differs is a small policy (``xsearch.query.targets``).
@@ -279,7 +279,7 @@ class Engine:
         table = view.scan(columns, ItemFilter(modality=modality, where=options.where, near=options.near))
         keep = np.ones(table.num_rows, dtype=bool)
         if options.path is not None and table.num_rows:
-            keep &= np.asarray(glob_mask(table["uri"].to_pylist(), options.path), dtype=bool)
+            keep &= glob_mask(table["uri"], options.path)
         if options.near is not None and table.num_rows:  # the box, then the circle
             latitude, longitude, km = options.near
             found = [table[c].to_numpy(zero_copy_only=False) for c in ("latitude", "longitude")]
@@ -293,9 +293,8 @@ class Engine:
         within = None
         if allowed is not None and len(allowed) <= self.exact_filter_limit:
             index = self.index(modality, state) if len(allowed) > EXACT_FROM_ROWS else None
-            if index is None or not index.scores_exactly:  # the stored vectors of the rows, scored here
-                ids, vectors = state.view.vectors(allowed)
-                scores = vectors @ vector[0]
+            if index is None or not index.scores_exactly:  # the rows' vectors, scored here
+                ids, scores = self._scored_among(state.view, index, vector[0], allowed)
                 top = np.argsort(-scores)[:k]
                 return [(float(scores[i]), int(ids[i])) for i in top]
             within = allowed  # a flat index scores exactly: searched only over those rows
@@ -316,6 +315,17 @@ class Engine:
         keep = np.ones(len(ids[0]), bool) if allowed is None else np.isin(ids[0], allowed)
         keep &= ids[0] >= 0
         return [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])][:k]
+
+    @staticmethod
+    def _scored_among(view: TableView, index, vector: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids ascending, exact scores)`` of the rows of ``ids``: from the float16 rows an index holds for
+        its re-rank (no table read, and the precision an unfiltered search of it gives), else from the
+        table's vectors."""
+        scored = index.scores_among(vector, ids) if index is not None else None
+        if scored is not None:
+            return scored
+        found, vectors = view.vectors(ids)
+        return found, vectors @ vector
 
     def _shared_hashes(self, items: ViewState) -> set[str]:
         """The sha256s that more than one file's row holds, read once per items view (most hits have none)."""

@@ -94,6 +94,7 @@ def create_app(
     ``allowed_hosts``: the names the server answers to (``Host``), ``None`` for any; ``xsearch serve`` on a
     loopback address answers to loopback names only, which defeats DNS rebinding."""
     check_token(token)
+    collection.bound_modalities()  # the database's own modalities: uploads and targets may name them
     app = FastAPI(
         title="xsearch",
         summary="Cross-modal search: any mix of files, text and stored items, weighted, against any modality.",

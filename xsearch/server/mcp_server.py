@@ -53,6 +53,7 @@ PathGlob = Annotated[str | None, Field(description="Glob on the file path, e.g. 
 def create_server(collection, allow_files: list[str | os.PathLike] = ()):
     """The MCP server over ``collection`` (a ``Collection``); ``allow_files``: folders whose files may be
     query inputs besides the indexed ones."""
+    collection.bound_modalities()  # the database's own modalities: inputs and targets may name them
     try:
         import mcp  # noqa: F401
     except ImportError:

@@ -69,9 +69,9 @@ class ObjectSideFiles(SideFiles):
 
     # ---- reading and writing ------------------------------------------------------------------------------
 
-    def read_text(self, name: str) -> str | None:
+    def read_bytes(self, name: str) -> bytes | None:
         found = self._get(name)
-        return None if found is None else found[0].decode()
+        return None if found is None else found[0]
 
     def _get(self, name: str) -> tuple[bytes, str | None] | None:
         """The object's bytes and ETag, or ``None`` when there is no such object."""
@@ -83,11 +83,11 @@ class ObjectSideFiles(SideFiles):
         except FileNotFoundError:
             return None
 
-    def write_text(self, name: str, text: str) -> None:
-        """One PUT: object stores replace an object whole, so readers see the old text or the new."""
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """One PUT: object stores replace an object whole, so readers see the old bytes or the new."""
         import obstore
 
-        obstore.put(self.store, self._key(name), text.encode())
+        obstore.put(self.store, self._key(name), data)
 
     def put(self, name: str, data: bytes, mode="overwrite") -> str | None:
         """Write ``data`` as ``name`` (``mode``: ``"create"`` only when absent, ``{"e_tag": ...}`` only when

@@ -61,17 +61,26 @@ class SideFiles:
 
     def read_text(self, name: str) -> str | None:
         """The file's text, or ``None`` when there is no such file."""
+        data = self.read_bytes(name)
+        return None if data is None else data.decode()
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """The file's bytes, or ``None`` when there is no such file."""
         try:
             with self.fs.open_input_stream(self._full(name)) as stream:
-                return stream.read().decode()
+                return stream.read()
         except FileNotFoundError:
             return None
 
     def write_text(self, name: str, text: str) -> None:
         """Replace the file's text at once: readers see the old text or the new, never a part."""
+        self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace the file's bytes at once: readers see the old bytes or the new, never a part."""
         tmp = self._full(name + ".tmp")
         with self.fs.open_output_stream(tmp) as stream:
-            stream.write(text.encode())
+            stream.write(data)
         self.fs.move(tmp, self._full(name))
 
     def exists(self, name: str) -> bool:
