@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from xsearch.bind.binding import FEATURES
-from xsearch.bind.train import BindOptions
 from xsearch.cli.app import (
     CheckpointOpt,
     DbOpt,
@@ -21,6 +20,7 @@ from xsearch.cli.app import (
     note_random_weights,
     open_collection,
 )
+from xsearch.options import BindOptions
 
 _DEFAULTS = BindOptions(name="", pairs="", anchor="")
 

@@ -184,7 +184,8 @@ def test_a_large_filter_over_an_ivf_index_is_scored_from_its_rows(tmp_path, monk
     rng = np.random.default_rng(5)
     vectors = np.stack([unit(v) for v in rng.standard_normal((6000, DIM))])
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
-    store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v, metadata={"width": i}) for i, v in enumerate(vectors)])
+    records = [ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v, metadata={"width": i}) for i, v in enumerate(vectors)]
+    store.add_items(records)
     engine = Engine(store, index_cfg=IndexCfg(flat_threshold=1000, nlist=32, use_gpu=False))
     assert engine.index(Modality.IMAGE).kind != "flat"
     read = []

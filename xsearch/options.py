@@ -290,3 +290,22 @@ def assignments(assign: Mapping[str | os.PathLike, Modality | str] | Sequence) -
         except UsageError as exc:
             raise exc.for_argument("assign") from None
     return out
+
+
+@dataclass
+class BindOptions:
+    """How ``bind`` trains (``xsearch bind``'s options)."""
+
+    name: str
+    pairs: str
+    anchor: str
+    features: str | None = None  # None: RAW for .npy files, else the tower that reads the files' kind
+    holdout: float = 0.1
+    epochs: int = 300
+    patience: int = 40
+    batch_size: int | None = None  # default: a twelfth of the training pairs, from 32 to 256
+    learning_rate: float = 1e-3
+    hidden: int | None = None  # default: 2048 for a projector, 1024 for a raw encoder
+    seed: int = 0
+    replace: bool = False
+    progress: bool = True

@@ -15,7 +15,7 @@ import io
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -35,33 +35,15 @@ from xsearch.bind.binding import (
 from xsearch.bind.pairs import Pair, read_pairs
 from xsearch.errors import DecodeError, UsageError
 from xsearch.modalities import Modality
-from xsearch.options import real_path
+from xsearch.options import BindOptions, real_path
 from xsearch.paths import modality_of_path
+from xsearch.store import writer_lock
 
 MIN_TRAIN = 8
 # The loss's alignment term (1 - cosine of an output to its anchor), beside InfoNCE: ranking alone leaves the
 # outputs near, not on, their anchors, and a search ranks them among every stored vector, not a batch's.
 ALIGN = 100.0
 TEXT_BATCH = 64
-
-
-@dataclass
-class BindOptions:
-    """How ``bind`` trains (``xsearch bind``'s options)."""
-
-    name: str
-    pairs: str
-    anchor: str
-    features: str | None = None  # None: RAW for .npy files, else the tower that reads the files' kind
-    holdout: float = 0.1
-    epochs: int = 300
-    patience: int = 20
-    batch_size: int | None = None  # default: a twelfth of the training pairs, from 32 to 256
-    learning_rate: float = 1e-3
-    hidden: int | None = None  # default: 2048 for a projector, 1024 for a raw encoder
-    seed: int = 0
-    replace: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -82,14 +64,12 @@ class BindReport:
     epochs: int = 0
     best_epoch: int = 0
     temperature: float = 0.0
+    train_seconds: float = 0.0  # the adapter's training alone (the rest: reading files, embedding anchors)
     seconds: float = 0.0
     reindexed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_json(self) -> dict:
-        out = asdict(self)
-        out.pop("extra")
-        return out
+        return asdict(self)
 
 
 def bind(collection, options: BindOptions) -> BindReport:
@@ -125,9 +105,11 @@ def bind(collection, options: BindOptions) -> BindReport:
         raw_input=raw_input,
         report=report.as_json(),
     )
-    rows = _rows_of(collection, options.name) if previous is not None else []
-    register_binding(save_binding(collection.store.files, binding, weights))
-    if rows:  # the old adapter's vectors cannot stay beside the new one's: they are made again
+    with writer_lock(collection.store.files):  # no xsearch index adds rows of the old adapter meanwhile
+        rows = _rows_of(collection, options.name) if previous is not None else []
+        register_binding(save_binding(collection.store.files, binding, weights))
+        collection.store.delete_items(uris=rows)  # the old adapter's vectors never sit beside the new one's
+    if rows:
         report.reindexed = _reindexed(collection, options.name, rows)
     report.seconds = time.perf_counter() - started
     return report
@@ -273,6 +255,7 @@ def _fit(module, inputs, anchors, keys, train, held, options: BindOptions, devic
     """Train ``module`` in place (left at its best epoch, in eval mode, on the CPU)."""
     from tqdm import tqdm
 
+    started = time.perf_counter()
     module.to(device)
     scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
     optimiser = torch.optim.AdamW([*module.parameters(), scale], lr=options.learning_rate, weight_decay=0.05)
@@ -309,6 +292,7 @@ def _fit(module, inputs, anchors, keys, train, held, options: BindOptions, devic
     module.cpu().eval()
     recalls = _recalls(module, inputs.cpu(), anchors.cpu(), keys.cpu(), held)[:4] if len(held) else (None,) * 4
     facts = {"epochs": epoch + 1, "best_epoch": best_epoch or epoch + 1, "temperature": float(1 / scale.exp().item())}
+    facts["train_seconds"] = time.perf_counter() - started
     return _Fitted(recalls, facts)
 
 
@@ -374,9 +358,8 @@ def _rows_of(collection, name: str) -> list[str]:
 
 
 def _reindexed(collection, name: str, uris: list[str]) -> int:
-    """The rows of ``name`` embedded again, with the new adapter; returns how many (files gone since are
-    dropped, as ``index --prune`` would)."""
-    collection.store.delete_items(uris=uris)
+    """The files of ``name``'s former rows embedded again, with the new adapter; returns how many (files gone
+    since are dropped, as ``index --prune`` would)."""
     present = [u for u in uris if os.path.exists(u)]
     if present:
         collection.index(present, assign=dict.fromkeys(present, name), progress=False)

@@ -298,10 +298,12 @@ def create_app(
     @app.get("/api/info", dependencies=guarded)
     def info() -> dict:
         """Counts per modality, model (and whether its weights are a random trial), precision, index
-        freshness, errors, size."""
+        freshness, errors, size; ``modalities``: every modality a query file may be named, the database's own
+        (``xsearch bind``) included."""
         with _http_errors():
             facts = collection.info(check=False)  # per request: counts, not a scan of every row
-        return {**facts, "random_weights": collection.random_weights}
+            known = [m.value for m in Modality]
+        return {**facts, "random_weights": collection.random_weights, "modalities": known}
 
     @app.post("/api/classify", dependencies=guarded)
     def classify(

@@ -62,3 +62,33 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
     hits = [len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth)]
     return float(np.mean(hits)) / k
+
+
+def sensor_pairs(folder, n: int = 500, seed: int = 0, noise: float = 0.02) -> list[tuple[str, str]]:
+    """A synthetic new sensor for ``xsearch bind``: ``n`` photos (a gradient between two random colours at a
+    random angle: their embeddings spread even under a random-weights model, which maps noise images to
+    nearly one vector) and, for each, a reading that is a fixed transform of it: its 8 x 8 colour thumbnail
+    through a fixed random projection, plus noise, as a 1-D ``.npy``. Returns ``(reading, photo)`` paths."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    (folder / "readings").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    axis = np.linspace(-1, 1, 8, dtype=np.float32)
+    x, y = np.meshgrid(axis, axis)
+    projection = rng.standard_normal((192, 192)).astype(np.float32) / np.sqrt(192)
+    pairs = []
+    for i in range(n):
+        start, end = rng.random((2, 3, 1, 1)).astype(np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        along = (np.clip(x * np.cos(angle) + y * np.sin(angle), -1, 1) + 1) / 2
+        thumb = start * (1 - along) + end * along  # [3, 8, 8] in [0, 1]
+        photo, reading = folder / "photos" / f"{i:04d}.png", folder / "readings" / f"{i:04d}.npy"
+        pixels = Image.fromarray((thumb.transpose(1, 2, 0) * 255).astype(np.uint8))
+        pixels.resize((64, 64), Image.BILINEAR).save(photo)
+        np.save(reading, projection @ thumb.reshape(-1) + noise * rng.standard_normal(192).astype(np.float32))
+        pairs.append((str(reading), str(photo)))
+    return pairs
