@@ -272,3 +272,33 @@ def test_bad_input_is_one_line_and_writes_nothing(small, checkpoint, name, ancho
     assert result.exit_code == 2, result.output
     assert words.format(root=small) in result.output and "Traceback" not in result.output
     assert not (small / "db" / "modalities").exists() and name not in (m.value for m in REGISTRY if m.spec.binding)
+
+
+def test_pictures_of_a_new_kind_are_read_by_the_frozen_image_tower_and_a_projector(tmp_path, encoder, checkpoint):
+    """Without ``--features``, pictures go through the frozen image tower, then a trained projector."""
+    from PIL import Image, ImageFilter
+
+    pairs = sensor_pairs(tmp_path, n=24)
+    photos = [Path(photo) for _, photo in pairs]
+    (tmp_path / "sketches").mkdir()
+    for photo in photos:  # a blurred copy: another "camera" of the same scenes
+        Image.open(photo).filter(ImageFilter.GaussianBlur(2)).save(tmp_path / "sketches" / photo.name)
+    Collection.open(tmp_path / "db", encoder=encoder).index([tmp_path / "photos"], workers=0, progress=False)
+    rows = [(f"sketches/{photo.name}", str(photo)) for photo in photos]
+    result = bind_cli(
+        tmp_path / "db",
+        write_pairs(tmp_path / "pairs.csv", rows, "sketch,photo"),
+        "image",
+        checkpoint,
+        "sketch",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["features"] == "image" and report["pairs"] == 24
+    (binding,) = bindings(Collection.open(tmp_path / "db").store.files)
+    assert binding.adapter["kind"] == "projector" and binding.spec().tower is Modality.IMAGE.tower
+    collection = Collection.open(tmp_path / "db", encoder=encoder, query_limits=None)
+    hits = collection.search(Query.input("sketch", tmp_path / "sketches" / photos[3].name), target="image", k=3)
+    assert str(photos[3]) in [hit.uri for hit in hits]
+    unregister(Modality("sketch"))
