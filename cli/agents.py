@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 
 from xsearch.cli.app import (
-    CheckpointOpt,
     DbOpt,
-    DeviceOpt,
-    PrecisionOpt,
+    ModelFlags,
     command,
     fail,
     handled_errors,
+    model_flags,
     note_random_weights,
     open_collection,
     shown,
@@ -22,6 +21,7 @@ from xsearch.cli.app import (
 
 
 @command()
+@model_flags
 def mcp(
     db: DbOpt = ...,
     allow_files: Annotated[
@@ -41,10 +41,7 @@ def mcp(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="With --http: serve another address without a token.")
     ] = False,
-    checkpoint: CheckpointOpt = None,
-    model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    flags: ModelFlags = ModelFlags(),
 ) -> None:
     """Serve a database to AI agents over MCP: search, similar, classify, item and info, read-only.
 
@@ -62,7 +59,7 @@ def mcp(
 
         check_token(token)
         folders = existing_folders(allow_files or [])
-        collection = open_collection(db, checkpoint, model, device, precision)
+        collection = open_collection(db, flags)
         facts = collection.info(check=False)  # a missing or damaged database fails now, in one line
         collection.model_choice()  # a trial database without its --checkpoint too
         server = create_server(collection, folders)

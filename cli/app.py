@@ -5,6 +5,7 @@ Heavy imports (torch, lancedb, faiss) happen inside the commands so that ``xsear
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -191,7 +192,11 @@ CheckpointOpt = Annotated[
     typer.Option(help="ImageBind checkpoint file (default: $XSEARCH_CHECKPOINT, else the cached download)."),
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option(help="Architecture of --checkpoint (default: the database's, else imagebind_huge).")
+    str | None,
+    typer.Option(
+        help="Architecture of --checkpoint (default: the database's, else what the checkpoint names, else "
+        "imagebind_huge)."
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 DbOpt = Annotated[str, typer.Option("--db", envvar="XSEARCH_DB", help="Database directory.")]
@@ -212,19 +217,53 @@ AsOpt = Annotated[
 ]
 
 
-def open_collection(
-    db: str | None,
-    checkpoint: str | None = None,
-    model: str | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    verify: bool = False,
-):
+@dataclasses.dataclass(frozen=True)
+class ModelFlags:
+    """The five model flags as a command received them; checked when ``open_collection`` folds them into a
+    ``ModelChoice`` (inside the command's error handling, so a bad value is one line)."""
+
+    checkpoint: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    verify: bool = False
+
+
+_MODEL_FLAGS = [  # declared once for every command that loads the model (``model_flags``)
+    ("checkpoint", CheckpointOpt, None),
+    ("model", ModelOpt, None),
+    ("device", DeviceOpt, "auto"),
+    ("precision", PrecisionOpt, "auto"),
+    ("verify", VerifyOpt, False),
+]
+
+
+def model_flags(function: Callable) -> Callable:
+    """``function(..., flags: ModelFlags)`` as a command taking ``--checkpoint``, ``--model``, ``--device``,
+    ``--precision`` and ``--verify`` (appended to its options, in that order)."""
+    signature = inspect.signature(function, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "flags"]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    added = [inspect.Parameter(name, keyword, default=default, annotation=kind) for name, kind, default in _MODEL_FLAGS]
+    params = [p.replace(kind=keyword) if p.kind != p.VAR_KEYWORD else p for p in kept] + added
+    params.sort(key=lambda p: p.kind == p.VAR_KEYWORD)  # **inputs last
+
+    @functools.wraps(function)
+    def command(*args, **kwargs):
+        flags = ModelFlags(*(kwargs.pop(name) for name, _, _ in _MODEL_FLAGS))
+        return function(*args, **kwargs, flags=flags)
+
+    command.__signature__ = signature.replace(parameters=params)
+    command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return command
+
+
+def open_collection(db: str | None, flags: ModelFlags = ModelFlags()):
     """The collection at ``db`` (``None``: none, for ``embed``), the model flags folded into one choice."""
     from xsearch.collection import Collection
     from xsearch.model.choice import ModelChoice
 
-    return Collection.open(db, choice=ModelChoice(checkpoint, model, device, precision, verify))
+    return Collection.open(db, choice=ModelChoice(*dataclasses.astuple(flags)))
 
 
 def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:

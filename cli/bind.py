@@ -9,14 +9,11 @@ import typer
 
 from xsearch.bind.binding import FEATURES
 from xsearch.cli.app import (
-    CheckpointOpt,
     DbOpt,
-    DeviceOpt,
-    ModelOpt,
-    PrecisionOpt,
-    VerifyOpt,
+    ModelFlags,
     command,
     handled_errors,
+    model_flags,
     note_random_weights,
     open_collection,
 )
@@ -26,6 +23,7 @@ _DEFAULTS = BindOptions(name="", pairs="", anchor="")
 
 
 @command()
+@model_flags
 def bind(
     name: Annotated[str, typer.Argument(help="The new modality's name (one word, e.g. sonar).")],
     db: DbOpt = ...,
@@ -53,11 +51,7 @@ def bind(
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = _DEFAULTS.seed,
     replace: Annotated[bool, typer.Option(help="Bind an existing name again and re-index its files.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    verify: VerifyOpt = False,
+    flags: ModelFlags = ModelFlags(),
 ) -> None:
     """Teach the database a new modality from pairs with one it has: its files become searchable by text,
     photos and sounds.
@@ -73,7 +67,7 @@ def bind(
         name, pairs, anchor, features, holdout, epochs, patience, seed=seed, replace=replace, progress=not json_
     )
     with handled_errors():
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        collection = open_collection(db, flags)
         report = train_binding(collection, options)
     if json_:
         typer.echo(json.dumps(report.as_json(), indent=1))

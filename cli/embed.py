@@ -13,13 +13,11 @@ import typer
 from xsearch.cli.app import (
     EXIT_SOME_FAILED,
     AsOpt,
-    CheckpointOpt,
-    DeviceOpt,
-    PrecisionOpt,
-    VerifyOpt,
+    ModelFlags,
     command,
     fail,
     handled_errors,
+    model_flags,
     note_random_weights,
     open_collection,
     output_file,
@@ -31,16 +29,9 @@ OUTPUT_SUFFIXES = (".jsonl", ".npy", ".parquet", ".arrow")
 
 
 @command()
+@model_flags
 def embed(
     paths: Annotated[list[str], typer.Argument(help="Media files, or folders (the files `index` would take).")],
-    checkpoint: CheckpointOpt = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Architecture of --checkpoint (default: what the file names, else imagebind_huge)."),
-    ] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    verify: VerifyOpt = False,
     as_: AsOpt = None,
     db: Annotated[
         str | None,
@@ -53,6 +44,7 @@ def embed(
             ".npy (the vectors that embedded; FILE.paths.json says which file each row is)."
         ),
     ] = None,
+    flags: ModelFlags = ModelFlags(),
 ) -> None:
     """Embed files: one JSON line per file (path, modality, vector or error), or a file with --output.
 
@@ -62,7 +54,7 @@ def embed(
     """
     output = output_file(output, "--output", OUTPUT_SUFFIXES)
     with handled_errors():
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        collection = open_collection(db, flags)
         results = collection.embed(paths, assign=parse_assignments(as_ or [], paths))
         if output:
             written = write_embeddings(results, Path(output), collection.encoder)

@@ -13,15 +13,12 @@ from xsearch.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_SOME_FAILED,
     AsOpt,
-    CheckpointOpt,
     DbOpt,
-    DeviceOpt,
-    ModelOpt,
-    PrecisionOpt,
-    VerifyOpt,
+    ModelFlags,
     command,
     fail,
     handled_errors,
+    model_flags,
     note_random_weights,
     open_collection,
     parse_assignments,
@@ -51,14 +48,10 @@ def terminate_like_interrupt():
 
 
 @command()
+@model_flags
 def index(
     paths: Annotated[list[str] | None, typer.Argument(help="Folders or files to index.")] = None,
     db: DbOpt = ...,
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    verify: VerifyOpt = False,
     batch_size: Annotated[
         int | None,
         typer.Option(min=1, help="Files per model batch (default: 16 on a CPU; 128 images, 512 texts on a GPU)."),
@@ -138,6 +131,7 @@ def index(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    flags: ModelFlags = ModelFlags(),
 ) -> None:
     """Index media files: scan, decode in parallel, embed in batches, store, update the search indices.
 
@@ -174,7 +168,7 @@ def index(
             moment_seconds=moment_seconds,
             moment_stride=moment_stride,
         )
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        collection = open_collection(db, flags)
         report = collection.index(paths, options)
     if json_:
         typer.echo(json.dumps(report.as_json(), indent=1))

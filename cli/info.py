@@ -10,6 +10,7 @@ import typer
 from xsearch.cli.app import (
     CheckpointOpt,
     DbOpt,
+    ModelFlags,
     ModelOpt,
     command,
     handled_errors,
@@ -53,7 +54,7 @@ def info(
     the database's model.
     """
     with handled_errors():
-        collection = open_collection(db, checkpoint, model)
+        collection = open_collection(db, ModelFlags(checkpoint, model))
         if (checkpoint or model) and collection.exists():
             if collection.choice.checkpoint:  # the file's own model is read from it: a trial checkpoint's seed
                 collection.choice.check_checkpoint(collection.store.model_id, collection.path)

@@ -22,13 +22,11 @@ from typing import Annotated
 import typer
 
 from xsearch.cli.app import (
-    CheckpointOpt,
     DbOpt,
-    DeviceOpt,
-    PrecisionOpt,
-    VerifyOpt,
+    ModelFlags,
     command,
     handled_errors,
+    model_flags,
     note_random_weights,
     open_collection,
     output_file,
@@ -211,13 +209,9 @@ def _search(
         str,
         typer.Option(help="relevance, date or -date (newest first): the order of the hits the cut-offs keep."),
     ] = SearchOptions.sort,
-    checkpoint: CheckpointOpt = None,
-    model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    verify: VerifyOpt = False,
     stray: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
     modality: Annotated[str | None, typer.Option("--modality", hidden=True)] = None,
+    flags: ModelFlags = ModelFlags(),
     **inputs: list[str] | None,
 ) -> None:
     """Search with any mix of inputs; several inputs are added with their weights (default 1).
@@ -235,7 +229,7 @@ def _search(
     html = output_file(html, "--html")
     with handled_errors():
         _refuse_guesses(stray, modality)
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        collection = open_collection(db, flags)
         collection.bound_modalities()  # the database's own modalities, before the options name them
         options = SearchOptions(
             target=target,
@@ -313,10 +307,11 @@ def _with_input_options(function):
     return function
 
 
-search = command(name="search")(_with_input_options(_search))
+search = command(name="search")(_with_input_options(model_flags(_search)))
 
 
 @command()
+@model_flags
 def classify(
     db: DbOpt = ...,
     labels: Annotated[
@@ -337,11 +332,7 @@ def classify(
     json_: Annotated[
         bool, typer.Option("--json", help="One JSON document (a list of labels) instead of a table.")
     ] = False,
-    checkpoint: CheckpointOpt = None,
-    model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    verify: VerifyOpt = False,
+    flags: ModelFlags = ModelFlags(),
 ) -> None:
     """Give every item its most likely label and a score (softmax over the labels).
 
@@ -350,7 +341,7 @@ def classify(
     """
     output = output_file(output, "--output", (".csv", ".parquet"))
     with handled_errors():
-        collection = open_collection(db, checkpoint, model, device, precision, verify)
+        collection = open_collection(db, flags)
         labelled = collection.classify(
             labels.split(",") if labels is not None else None,
             examples=examples,

@@ -14,13 +14,12 @@ from typing import Annotated
 import typer
 
 from xsearch.cli.app import (
-    CheckpointOpt,
     DbOpt,
-    DeviceOpt,
-    PrecisionOpt,
+    ModelFlags,
     command,
     fail,
     handled_errors,
+    model_flags,
     note_random_weights,
     open_collection,
     shown,
@@ -35,6 +34,7 @@ def _loopback(host: str) -> bool:
 
 
 @command()
+@model_flags
 def serve(
     db: DbOpt = ...,
     host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
@@ -47,10 +47,6 @@ def serve(
         bool, typer.Option("--no-auth", help="Serve another address without a token (anyone can search).")
     ] = False,
     max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest upload accepted, in MB.")] = 100,
-    checkpoint: CheckpointOpt = None,
-    model: Annotated[str | None, typer.Option(help="Architecture of --checkpoint (default: the database's).")] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
     gpu_memory: Annotated[
         float | None,
         typer.Option(
@@ -59,6 +55,7 @@ def serve(
             "past it the index proposes candidates and the GPU re-ranks them.",
         ),
     ] = None,
+    flags: ModelFlags = ModelFlags(),
 ) -> None:
     """Serve a database: a browser page at / and a JSON API (documented at /docs), the model kept warm.
 
@@ -73,7 +70,7 @@ def serve(
         from xsearch.server.app import check_token
 
         check_token(token)  # arguments first: before the database and the model are looked at
-        collection = open_collection(db, checkpoint, model, device, precision)
+        collection = open_collection(db, flags)
         on, _ = collection.choice.resolved()
         collection.exact_device = str(on) if on.type == "cuda" else None  # on a GPU: exact search there
         collection.exact_budget_bytes = int(gpu_memory * (1 << 30)) if gpu_memory is not None else None

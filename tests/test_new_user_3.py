@@ -200,11 +200,15 @@ def test_moment_settings_alone_ask_for_moments(tmp_path, trial):
 # 11. help and messages --------------------------------------------------------------------------------------------
 
 
-def test_help_lists_whole_descriptions_and_embed_names_no_database():
+def test_help_lists_whole_descriptions_and_every_command_words_the_model_flags_alike():
     listing = runner.invoke(app, ["--help"], terminal_width=200).output
     assert "Serve a database: a browser page at / and a JSON API (documented at /docs), the model kept warm." in listing
     assert "..." not in listing.split("Commands:")[1]
-    assert "the database" not in runner.invoke(app, ["embed", "--help"], terminal_width=200).output
+    model = "Architecture of --checkpoint (default: the database's, else what the checkpoint names, else "
+    model += "imagebind_huge)."
+    for command in ("index", "search", "classify", "embed", "bind", "serve", "mcp"):
+        shown = " ".join(runner.invoke(app, [command, "--help"], terminal_width=240).output.split())
+        assert model in shown and "--verify" in shown, command  # one declaration of the five flags (cli.app)
 
 
 def test_a_truncated_checkpoint_is_one_short_line(tmp_path, trial):
