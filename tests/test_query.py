@@ -17,6 +17,7 @@ from xsearch.capture import CAPTURE_COLUMNS
 from xsearch.cli.main import app
 from xsearch.cli.search import split_file_weight, split_text_weight
 from xsearch.errors import ModelMismatchError, QueryError, UsageError
+from xsearch.options import SearchOptions
 from xsearch.query import Engine, Query, combine
 from xsearch.store import Database, ItemRecord, TableView
 from xsearch.testing.media import gradient_image, tone, write_wav
@@ -174,6 +175,21 @@ def test_filtered_search_above_the_exact_limit_uses_the_index(tmp_path):
     assert all(r.metadata["width"] >= 200 for r in via_index)
     assert Modality.IMAGE in indexed.snapshot().items.loaded  # the index path was taken (the exact one loads no index)
     assert Modality.IMAGE not in exact_engine.snapshot().items.loaded
+
+
+def test_path_globs_are_resolved_where_the_user_is():
+    """The CLI and Python take a relative glob from the current folder; a server refuses one (its folder is
+    not the client's); a glob that means the same anywhere passes both unchanged."""
+    import os
+
+    from xsearch.options import served_glob
+
+    assert SearchOptions(path="photos/*").path == os.path.join(os.getcwd(), "photos/*")
+    for anchored in ("/data/*", "*/2024/*", "s3://bucket/photos/*"):
+        assert SearchOptions(path=anchored).path == anchored == served_glob(anchored)
+    for relative in ("photos/*", "~/photos/*"):
+        with pytest.raises(UsageError, match="relative one would be read from the server's own folder"):
+            served_glob(relative)
 
 
 def test_a_large_filter_over_an_ivf_index_is_scored_from_its_rows(tmp_path, monkeypatch):

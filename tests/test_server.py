@@ -80,6 +80,8 @@ def test_search_by_stored_item_finds_itself(client, media):
         ({"item": ["999999"]}, 404, "no indexed item"),
         ({"item": ["0"], "target": "smell"}, 400, "unknown modality 'smell'"),
         ({"item": ["0"], "where": "nope > 1"}, 400, "no column named nope"),
+        ({"item": ["0"], "path": "photos/*"}, 400, "a relative one would be read from the server's own folder"),
+        ({"item": ["0"], "path": "~/photos/*"}, 400, "give an absolute glob"),
     ],
 )
 def test_search_errors(client, data, status, words):

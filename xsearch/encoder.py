@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from typing import Literal
 
 import numpy as np
 import torch
@@ -27,13 +26,12 @@ from xsearch.decode import Outcome, decode
 from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality, Tower, as_tower
 from xsearch.model.imagebind import ImageBind
-from xsearch.precision import auto_precision
+from xsearch.precision import Precision, auto_precision, check_precision
 from xsearch.preprocess import PreprocessCfg, get_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-Precision = Literal["auto", "fp32", "bf16", "int8"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: fp32 weights, exported
 
 
@@ -45,8 +43,7 @@ def resolve_precision(
     at cosine >= 0.999 for each kind of CPU). ``"int8"`` is a CPU path."""
     from xsearch.int8 import require_onnxruntime
 
-    if precision not in ("auto", *_DTYPES):
-        raise UsageError(f"unknown precision {precision!r} (expected auto, fp32, bf16 or int8)", argument="precision")
+    check_precision(precision)
     if precision == "int8":
         if device.type != "cpu":
             raise UsageError("precision int8 runs on the CPU (use bf16 on a GPU)", argument="precision")

@@ -37,9 +37,26 @@ def absolute_glob(pattern: str, cwd: str | os.PathLike | None = None) -> str:
     """A path glob as it matches stored (absolute) paths: ``~`` expanded, a relative one taken from ``cwd``
     (default: the current folder); one that starts with a wildcard is left as it is (``*/2024/*``)."""
     pattern = os.path.expanduser(pattern)
-    if os.path.isabs(pattern) or pattern[:1] in ("*", "?", "["):
+    if _anchored(pattern):
         return pattern
     return os.path.join(os.fspath(cwd) if cwd is not None else os.getcwd(), pattern)
+
+
+def _anchored(pattern: str) -> bool:
+    """Whether a path glob means the same from any folder: absolute, an object URI, or a leading wildcard."""
+    return os.path.isabs(pattern) or "://" in pattern or pattern[:1] in ("*", "?", "[")
+
+
+def served_glob(pattern: str | None) -> str | None:
+    """A path glob sent by a client of a server: one that means the same from any folder. A relative one
+    (or ``~``) would be read against the server's own folder and home, which the client cannot see: refused."""
+    if pattern is None or not pattern.strip() or _anchored(pattern):
+        return pattern
+    raise UsageError(
+        f"path {pattern!r}: give an absolute glob (/photos/2024/*) or one starting with a wildcard (*/2024/*); a "
+        "relative one would be read from the server's own folder",
+        argument="path",
+    )
 
 
 def exclude_glob(pattern: str) -> str:

@@ -7,6 +7,21 @@ import functools
 import importlib.util
 import os
 import sys
+from typing import Literal, get_args
+
+from xsearch.errors import UsageError
+
+# The one list of precisions (the encoder, the model choice and the CLI read it): ``auto`` is resolved once.
+Precision = Literal["auto", "fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of ``PRECISIONS``; else a ``UsageError`` listing them."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r} (expected {', '.join(PRECISIONS)})", argument="precision")
+    return precision
+
 
 # CPU features that make bf16 matmuls fast. With AMX bf16 is the fastest path measured (3.1-3.4x the
 # reference); with AVX512-BF16 alone int8 measured faster on every tower (5.1-6.5x against 1.7-4.0x), so

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from xsearch.errors import ModelMismatchError, UsageError
 from xsearch.model.config import architecture_of, get_config
 from xsearch.model.pretrained import CHECKPOINT_ENV, PRETRAINED, given_checkpoint
+from xsearch.precision import check_precision
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEFAULT_ARCHITECTURE = "imagebind_huge"
 
 
@@ -47,10 +47,7 @@ class ModelChoice:
         object.__setattr__(self, "checkpoint", given_checkpoint(self.checkpoint))
         if self.architecture is not None:
             get_config(self.architecture)  # a misspelt name fails now, not after a checkpoint download
-        if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"unknown precision {self.precision!r} (expected {', '.join(PRECISIONS)})", argument="precision"
-            )
+        check_precision(self.precision)
 
     @property
     def model_id(self) -> str | None:

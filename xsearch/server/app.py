@@ -43,7 +43,7 @@ from xsearch.errors import ItemNotFound, QueryError, UsageError, XsearchError
 from xsearch.modalities import Modality, Preview
 from xsearch.moments import split_item_time
 from xsearch.objects import is_object_uri
-from xsearch.options import SearchOptions, item_key
+from xsearch.options import SearchOptions, item_key, served_glob
 from xsearch.paths import modality_of_path
 from xsearch.server.objects import object_response
 from xsearch.sources import indexed_descriptor
@@ -224,7 +224,7 @@ def create_app(
                 target=target,
                 k=k,
                 where=where,
-                path=path,
+                path=served_glob(path),
                 min_score=min_score,
                 min_calibrated=min_calibrated,
                 autocut=autocut,

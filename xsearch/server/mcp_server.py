@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from xsearch.errors import XsearchError
-from xsearch.options import SearchOptions, item_key
+from xsearch.options import SearchOptions, item_key, served_glob
 from xsearch.query.results import METADATA_COLUMNS
 from xsearch.server.app import MAX_INPUTS
 
@@ -104,7 +104,7 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
                 target=target,
                 k=k,
                 where=where,
-                path=path,
+                path=served_glob(path),
                 moments=moments,
                 per_file=per_file,
                 min_calibrated=min_calibrated,
@@ -143,7 +143,7 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
         """Give stored items their most likely label (zero-shot, from the labels' texts) and a score."""
 
         def work():
-            labelled = collection.classify(labels, target=target, where=where, path=path, sort="score")
+            labelled = collection.classify(labels, target=target, where=where, path=served_glob(path), sort="score")
             rows = labelled.as_json()
             return {"labels": rows[:limit], "items": len(rows)}
 
