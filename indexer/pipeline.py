@@ -334,7 +334,7 @@ class Indexer:
         modalities = set(view.modalities()) | indices.stored()  # one whose last rows were pruned is emptied
         out = {}
         for modality in sorted(modalities):
-            index = indices.fresh(modality)
+            index = indices.current(modality)[0]
             out[modality.value] = {"kind": index.kind, "count": len(index)}
         return out
 

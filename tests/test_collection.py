@@ -240,7 +240,7 @@ def test_search_of_a_stale_read_only_database_writes_nothing():
         os.chmod(scratch, 0o755)
         store = Database.open(db, model_id="tiny_test", embed_dim=1024)
         store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[:30])])
-        IndexSet.latest(store).fresh(Modality.IMAGE)  # saved, covering 30 rows
+        IndexSet.latest(store).current(Modality.IMAGE)[0]  # saved, covering 30 rows
         store.add_items([ItemRecord(f"/m/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[30:], 30)])
         assert not IndexSet.latest(store).status(Modality.IMAGE)["fresh"]
         before = _tree(db)

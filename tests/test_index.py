@@ -88,19 +88,19 @@ def test_stale_index_is_topped_up_and_pruned(data, tmp_path):
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:300], "a"))
     store.add_items(_records(vectors[300:320], "s", modality="audio"))
-    first = latest(store).fresh("image")
+    first = latest(store).current("image")[0]
     assert len(first) == 300 and latest(store).status("image")["fresh"]
 
     store.add_items(_records(queries[:2], "q"))  # ids 320, 321
     assert not latest(store).status("image")["fresh"]  # detected as stale
-    topped = latest(store).fresh("image")
+    topped = latest(store).current("image")[0]
     assert len(topped) == 302 and latest(store).status("image")["fresh"]
     assert topped.search(queries[:1], 1)[1][0, 0] == 320
 
     store.delete_items(ids=[320])
-    pruned = latest(store).fresh("image")
+    pruned = latest(store).current("image")[0]
     assert 320 not in pruned.ids and pruned.search(queries[:1], 1)[1][0, 0] != 320
-    assert len(latest(store).fresh("audio")) == 20
+    assert len(latest(store).current("audio")[0]) == 20
 
 
 def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
@@ -108,9 +108,9 @@ def test_rows_re_embedded_in_place_are_refreshed(data, tmp_path):
     vectors, queries, _ = data
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:200], "a"))
-    latest(store).fresh("image")
+    latest(store).current("image")[0]
     store.upsert_items([ItemRecord("a7", "image", queries[0])])  # same uri, same id 7, new vector
-    refreshed = latest(store).fresh("image")
+    refreshed = latest(store).current("image")[0]
     assert len(refreshed) == 200
     scores, ids = refreshed.search(queries[:1], 1)
     assert ids[0, 0] == 7 and scores[0, 0] > 0.99
@@ -121,18 +121,22 @@ def test_flat_index_outgrowing_threshold_is_rebuilt(data, tmp_path):
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:500], "a"))
     cfg = IndexCfg(flat_threshold=2000)
-    assert latest(store, cfg).fresh("image").kind == "flat"
+    assert latest(store, cfg).current("image")[0].kind == "flat"
     store.add_items(_records(vectors[500:3000], "b"))
-    rebuilt = latest(store, cfg).fresh("image")
+    rebuilt = latest(store, cfg).current("image")[0]
     assert rebuilt.kind.startswith("IVF") and len(rebuilt) == 3000
 
 
 def test_corrupt_index_is_rebuilt(data, tmp_path):
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(data[0][:50], "a"))
-    latest(store).fresh("image")
-    (latest(store).directory("image") / "seg-0.faiss").write_bytes(b"garbage")
-    assert len(latest(store).fresh("image")) == 50
+    latest(store).current("image")[0]
+    segment = latest(store).directory("image") / "seg-0.faiss"
+    segment.write_bytes(b"garbage")
+    rebuilt = latest(store).current("image")[0]
+    assert len(rebuilt) == 50 and segment.read_bytes() != b"garbage"  # written again, not read as it was
+    ids = np.sort(store.items().ids())
+    assert rebuilt.search(data[0][7:8], 1)[1][0][0] == ids[7]  # and it answers: a stored vector finds itself
 
 
 def _files(directory):
@@ -145,13 +149,13 @@ def test_a_top_up_appends_and_equals_a_rebuild(data, tmp_path, flat_threshold):
     cfg = IndexCfg(flat_threshold=flat_threshold, nlist=32, nprobe=32, refine_factor=50, train_size=2000)
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:3000], "a"))
-    latest(store, cfg).fresh("image")
+    latest(store, cfg).current("image")[0]
     directory = latest(store, cfg).directory("image")
     before = _files(directory)
     store.add_items(_records(vectors[3000:3030], "b"))  # 1% more rows
     store.delete_items(ids=[5, 6])
     store.upsert_items([ItemRecord("a7", "image", queries[0])])  # re-embedded in place
-    topped = latest(store, cfg).fresh("image")
+    topped = latest(store, cfg).current("image")[0]
     after = _files(directory)
     for name in ("trained.faiss", "seg-0.faiss"):
         assert after[name] == before[name]  # earlier segments are not rewritten
@@ -159,7 +163,7 @@ def test_a_top_up_appends_and_equals_a_rebuild(data, tmp_path, flat_threshold):
     assert "seg-1.faiss" in after and latest(store, cfg).status("image")["fresh"]
     assert len(topped) == 3028 and 5 not in topped.ids
     rebuilt = latest(store, cfg).build("image", persist=False)
-    reloaded = latest(store, cfg).fresh("image", persist=False)  # from the files: base + segment + mask
+    reloaded = latest(store, cfg).current("image", persist=False)[0]  # from the files: base + segment + mask
     want_scores, want_ids = rebuilt.search(queries, 10)
     for index in (topped, reloaded):
         scores, ids = index.search(queries, 10)
@@ -197,7 +201,7 @@ def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     store.add_items(_records(vectors[300:340], "s", modality="audio"))
     cfg = IndexCfg(flat_threshold=100, nlist=8, train_size=300)
     image_dir, audio_dir = latest(store, cfg).directory("image"), latest(store, cfg).directory("audio")
-    latest(store, cfg).fresh("image"), latest(store, cfg).fresh("audio")
+    latest(store, cfg).current("image")[0], latest(store, cfg).current("audio")[0]
 
     def self_retrieval(index) -> float:
         return float(np.mean(index.search(vectors[:300], 1)[1][:, 0] == np.arange(300)))
@@ -205,7 +209,7 @@ def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     damaged = bytearray((image_dir / "seg-0.faiss").read_bytes())
     damaged[len(damaged) // 2 : len(damaged) // 2 + 5000] = np.random.default_rng(0).bytes(5000)
     (image_dir / "seg-0.faiss").write_bytes(damaged)
-    assert self_retrieval(latest(store, cfg).fresh("image")) > 0.95  # checksum mismatch -> rebuilt
+    assert self_retrieval(latest(store, cfg).current("image")[0]) > 0.95  # checksum mismatch -> rebuilt
 
     vectors_file = image_dir / "rows.f16"
     garbled = np.memmap(vectors_file, np.float16, "r+")
@@ -215,18 +219,18 @@ def test_damaged_or_foreign_index_files_are_rebuilt(data, tmp_path):
     before = vectors_file.read_bytes()
     indices = latest(store, cfg)
     assert indices.status("image")["fresh"] and "damaged" in indices.status("image", check=True)  # info --check
-    loaded = latest(store, cfg).fresh("image", persist=False)  # a search checks the vectors too: rebuilt in memory
+    loaded = latest(store, cfg).current("image", persist=False)[0]  # a search checks the vectors too: rebuilt in memory
     assert self_retrieval(loaded) > 0.95 and vectors_file.read_bytes() == before  # and writes nothing
-    assert self_retrieval(latest(store, cfg).fresh("image")) > 0.95  # a writer checks every checksum and rebuilds
+    assert self_retrieval(latest(store, cfg).current("image")[0]) > 0.95  # a writer checks every checksum and rebuilds
 
     shutil.rmtree(image_dir)
     shutil.copytree(audio_dir, image_dir)  # another modality's index copied in
-    assert len(latest(store, cfg).fresh("image")) == 300
+    assert len(latest(store, cfg).current("image")[0]) == 300
 
     (image_dir / "meta.json").write_text("[1, 2]")  # JSON, but not an index description
-    assert latest(store, cfg).status("image")["damaged"] and len(latest(store, cfg).fresh("image")) == 300
+    assert latest(store, cfg).status("image")["damaged"] and len(latest(store, cfg).current("image")[0]) == 300
     (image_dir / "meta.json").write_text('{"format": 2}')  # no kind
-    assert len(latest(store, cfg).fresh("image")) == 300
+    assert len(latest(store, cfg).current("image")[0]) == 300
 
 
 def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
@@ -234,17 +238,17 @@ def test_a_repeated_version_number_is_not_taken_as_fresh(data, tmp_path):
     vectors, queries, _ = data
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[:100], "a"))
-    latest(store).fresh("image")
+    latest(store).current("image")[0]
     store.add_items(_records(vectors[100:130], "b"))
     version = store.items().version
-    latest(store).fresh("image")  # covers the newest version
+    latest(store).current("image")[0]  # covers the newest version
     manifests = tmp_path / "db" / "items.lance" / "_versions"
     min(manifests.glob("*.manifest"), key=lambda p: int(p.stem)).unlink()  # names count down: the newest
     (manifests / "latest_version_hint.json").unlink(missing_ok=True)  # lost: the table is one version back
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024)
     store.add_items(_records(vectors[200:203], "c"))  # the same version number again, other rows
     assert store.items().version == version
-    index = latest(store).fresh("image")
+    index = latest(store).current("image")[0]
     assert sorted(index.ids) == sorted(store.items().ids("image"))
 
 
@@ -259,10 +263,10 @@ def test_an_emptied_index_loads_without_a_rebuild(tmp_path, caplog):
 
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=8)
     store.add_items([ItemRecord("/a.png", Modality.DEPTH, np.ones(8, np.float32))])
-    assert len(IndexSet.latest(store).fresh(Modality.DEPTH)) == 1
+    assert len(IndexSet.latest(store).current(Modality.DEPTH)[0]) == 1
     store.upsert_items([ItemRecord("/a.png", Modality.IMAGE, np.ones(8, np.float32))])
-    assert len(IndexSet.latest(store).fresh(Modality.DEPTH)) == 0
+    assert len(IndexSet.latest(store).current(Modality.DEPTH)[0]) == 0
     with caplog.at_level(logging.WARNING):
-        assert len(IndexSet.latest(store).fresh(Modality.DEPTH)) == 0
+        assert len(IndexSet.latest(store).current(Modality.DEPTH)[0]) == 0
         status = IndexSet.latest(store).status(Modality.DEPTH, check=True)
     assert "unreadable" not in caplog.text and status["fresh"] and "damaged" not in status

@@ -8,7 +8,8 @@ Arguments are checked before anything is loaded or written: a misspelt modality 
 milliseconds and leaves no database behind.
 
 This module sits on top of the library: it is the one place in ``xsearch`` that reaches into the batch
-indexer (``xsearch.indexer``), and only when ``index`` is called.
+indexer (``xsearch.indexer``): ``index`` runs it, ``embed`` walks folders with its scanner, and query files
+are decoded by its supervised worker pool (``_QueryDecoder``), all imported when first used.
 
 Example
 -------

@@ -158,19 +158,14 @@ class IndexSet:
             seen += len(vectors)
         return out[:taken]
 
-    def fresh(self, modality: Modality, persist: bool = True) -> VectorIndex:
-        """The index for ``modality``, brought up to date with the view first (add / mask / rebuild).
-
-        ``persist=False`` (searches) brings it up to date in memory only and writes nothing. Damaged files
-        are rebuilt (in memory only for a search).
-        """
-        return self.current(modality, persist)[0]
-
     def current(
         self, modality: Modality, persist: bool = True, previous: tuple[VectorIndex, dict] | None = None
     ) -> tuple[VectorIndex, dict]:
-        """``fresh``, with what the index covers now (its ``meta``). ``previous``: an index already in memory
-        and its meta (a search engine's, from an earlier snapshot) to top up instead of loading the files."""
+        """The index for ``modality``, brought up to date with the view first (add / mask / rebuild), and what
+        it covers now (its ``meta``). ``persist=False`` (searches) brings it up to date in memory only and
+        writes nothing; damaged files are rebuilt (in memory only for a search). ``previous``: an index
+        already in memory and its meta (a search engine's, from an earlier snapshot) to top up instead of
+        loading the files."""
         directory = self.directory(modality)
         if previous is None:
             self._pull(modality)
