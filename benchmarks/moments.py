@@ -156,7 +156,7 @@ def search_step(args) -> None:
     for name in ("items", "moments"):
         view = store.view(name)
         started = time.perf_counter()
-        index = IndexSet.latest(store, name, IndexCfg(use_gpu=False)).fresh("audio")
+        index = IndexSet.latest(store, name, IndexCfg(use_gpu=False)).current("audio")[0]
         build = time.perf_counter() - started
         ids, parts = [], []
         for batch_ids, vectors in view.iter_vectors(ItemFilter(), 65536):

@@ -179,7 +179,7 @@ def main() -> None:
 
     for nprobe, refine in (tuple(map(int, pair.split(":"))) for pair in args.sweep.split(",") if pair):
         tuned = IndexCfg(flat_threshold=0, nprobe=nprobe, refine_factor=refine, use_gpu=False)
-        index = IndexSet.latest(store, cfg=tuned).fresh("image", persist=False)
+        index = IndexSet.latest(store, cfg=tuned).current("image", persist=False)[0]
         facts = measure(lambda q, index=index: index.search(q, 10)[1], queries, truth)
         emit("ivfpq", n=args.n, nlist=index.index.nlist, nprobe=nprobe, refine=refine, **facts,
              x_flat_qps=round(facts["qps"] / flat_facts["qps"], 1))  # fmt: skip
@@ -188,7 +188,7 @@ def main() -> None:
         store.add_items([ItemRecord(f"/new/{i}.jpg", "image", v)
                          for i, v in enumerate(clustered_embeddings(args.topup, seed=99))])  # fmt: skip
         started = time.perf_counter()
-        index = IndexSet.latest(store, cfg=IndexCfg(flat_threshold=0, use_gpu=False)).fresh("image")
+        index = IndexSet.latest(store, cfg=IndexCfg(flat_threshold=0, use_gpu=False)).current("image")[0]
         emit("topup", n=args.n, added=args.topup, seconds=round(time.perf_counter() - started, 2), count=len(index))
 
     if args.lancedb:

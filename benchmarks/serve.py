@@ -43,7 +43,7 @@ def build(db: Path, rows: int) -> None:
     for start in range(0, rows, 50_000):
         chunk = vectors[start : start + 50_000]
         store.add_items([ItemRecord(f"/synthetic/{start + i}.jpg", Modality.IMAGE, v) for i, v in enumerate(chunk)])
-    IndexSet.latest(store).fresh(Modality.IMAGE)
+    IndexSet.latest(store).current(Modality.IMAGE)[0]
 
 
 def rss_mb(pid: int) -> float:

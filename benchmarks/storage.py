@@ -97,7 +97,7 @@ def fill(location: str, vectors: np.ndarray, model_id: str) -> None:
     for start in range(0, len(vectors), 50_000):
         chunk = vectors[start : start + 50_000]
         store.add_items([ItemRecord(f"/t/{start + i}.txt", Modality.TEXT, v) for i, v in enumerate(chunk)])
-    IndexSet.latest(store).fresh(Modality.TEXT)
+    IndexSet.latest(store).current(Modality.TEXT)[0]
 
 
 def timed_ms(call) -> float:

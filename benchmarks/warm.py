@@ -69,7 +69,7 @@ def build(db: Path, rows: int) -> np.ndarray:
     for table in ("items", MOMENTS):
         indices = IndexSet.latest(store, table)
         for modality in indices.view.modalities():
-            indices.fresh(modality)
+            indices.current(modality)[0]
     return texts
 
 

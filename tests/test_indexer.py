@@ -103,7 +103,7 @@ def test_rows_carry_hash_metadata_and_thumbnails(indexed):
 def test_index_search_finds_each_stored_item(indexed):
     _, _, db, _, _ = indexed
     store = Database.open(db, create=False)
-    index = IndexSet.latest(store).fresh("image")
+    index = IndexSet.latest(store).current("image")[0]
     ids, vectors = store.items().vectors(store.items().ids("image"))
     _, found = index.search(vectors, 1)
     assert list(found[:, 0]) == list(ids)

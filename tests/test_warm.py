@@ -25,7 +25,7 @@ def collection(tmp_path):
     db.add_items(_records(clustered_embeddings(3000, seed=1), "t", Modality.TEXT))
     db.add_items(_records(clustered_embeddings(500, seed=2), "i", Modality.IMAGE))
     for modality in (Modality.TEXT, Modality.IMAGE):
-        IndexSet.latest(db).fresh(modality)
+        IndexSet.latest(db).current(modality)[0]
     with Collection.open(tmp_path / "db") as opened:
         yield opened
 
