@@ -49,7 +49,9 @@ def bind(
         int, typer.Option(min=1, help="Stop after this many epochs without better held-out recall.")
     ] = _DEFAULTS.patience,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = _DEFAULTS.seed,
-    replace: Annotated[bool, typer.Option(help="Bind an existing name again and re-index its files.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Bind an existing name again and re-index its files.")
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     flags: ModelFlags = ModelFlags(),
 ) -> None:

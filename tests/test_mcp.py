@@ -174,7 +174,9 @@ def test_over_http_a_token_is_required_and_the_tools_answer_with_it(collection):
         async def main():
             headers = {"Authorization": f"Bearer {token}"}
             async with (
-                httpx2.AsyncClient(headers=headers) as client,
+                # The SDK's own client waits minutes for a reply; httpx's default (5 s) is shorter than a first
+                # text query that loads the model on a busy machine, and cut that reply off.
+                httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as client,
                 streamable_http_client(url, http_client=client) as (read, write),
                 ClientSession(read, write) as session,
             ):
