@@ -19,7 +19,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from xsearch.errors import DatabaseDamaged, UsageError
-from xsearch.modalities import BUILT_IN, REGISTRY, Modality, ModalitySpec, Preview, Tower, define, register
+from xsearch.modalities import BUILT_IN, REGISTRY, Modality, ModalitySpec, Preview, define, register
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,6 @@ class Binding:
         """The built-in modality whose tower reads this one's files (``None`` for RAW)."""
         return None if self.features == RAW else Modality(self.features)
 
-    @property
-    def tower(self) -> Tower | None:
-        return None if self.features == RAW else Modality(self.features).tower
-
     # ---- the adapter's weights ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -125,10 +121,7 @@ class Binding:
 def registered(record: dict) -> Modality:
     """The modality of ``record``, registered in this process first when it is not (how worker processes,
     which unpickle it, learn a database's own modality)."""
-    name = record["name"]
-    if name in Modality and Modality(name) in REGISTRY:
-        return Modality(name)
-    return register(Binding.from_record(record).spec()).modality
+    return register_binding(Binding.from_record(record))
 
 
 def bindings(files) -> list[Binding]:

@@ -213,14 +213,16 @@ def _source_inputs(encoder, pairs: list[Pair], features: str) -> tuple[torch.Ten
             raise UsageError(str(exc), argument="pairs") from None
     reading = Modality(features)
     outcomes = [decode(p.source, reading, encoder.preprocess) for p in pairs]
-    for pair, outcome in zip(pairs, outcomes):
-        if not outcome.ok:
-            raise UsageError(f"line {pair.line}: {outcome.message}", argument="pairs")
+    _refuse_failed(pairs, outcomes)  # unreadable files, before the model runs
     encoder.encode_outcomes(outcomes)
+    _refuse_failed(pairs, outcomes)  # the model's own failures (NaN, out of memory)
+    return torch.from_numpy(np.stack([o.embedding for o in outcomes])), None
+
+
+def _refuse_failed(pairs: list[Pair], outcomes) -> None:
     for pair, outcome in zip(pairs, outcomes):
         if not outcome.ok:
             raise UsageError(f"line {pair.line}: {outcome.message}", argument="pairs")
-    return torch.from_numpy(np.stack([o.embedding for o in outcomes])), None
 
 
 def _raw_record(cfg) -> dict:
