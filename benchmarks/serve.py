@@ -5,8 +5,9 @@
 Builds a database of ``--rows`` synthetic image vectors (``xsearch/testing/synthetic.py``; the index is built by the
 same code as ``xsearch index``), starts ``xsearch serve`` on 127.0.0.1 in its own process, and runs
 ``--clients`` threads each sending ``--queries`` item searches (k=10, a random stored item each time).
-Prints one JSON line: p50/p99 latency, errors, server RSS before and after, and the median of three cold
-``xsearch search --item`` runs of the same kind of query.
+Prints one JSON line: p50/p99 latency, errors, server RSS before and after, the same queries' p50 in
+process (a ``Collection`` set as ``serve`` sets it, before the server starts: what HTTP adds), and the median
+of three cold ``xsearch search --item`` runs of the same kind of query.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ def build(db: Path, rows: int) -> None:
     IndexSet.latest(store).current(Modality.IMAGE)[0]
 
 
+def warm_in_process(db: Path, items: list[int]) -> float:
+    """The median seconds of the same item searches in this process, rows held as ``serve`` holds them."""
+    from xsearch import Collection, Query
+    from xsearch.options import EngineSettings
+
+    with Collection.open(db, settings=EngineSettings(hold_rows=True)) as collection:
+        search = lambda item: collection.search(Query.item(item), target="image", k=10)  # noqa: E731
+        for item in items[:20]:
+            search(item)
+        collection.engine.snapshot().items.view._resident.ready.wait()
+        timings = []
+        for item in items:
+            started = time.perf_counter()
+            search(item)
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS"):
@@ -72,6 +91,7 @@ def main() -> None:
         checkpoint = Path(scratch) / "trial.pt"
         subprocess.run([XSEARCH, "random-checkpoint", str(checkpoint)], capture_output=True, check=True)
         model = ["--checkpoint", str(checkpoint)]
+        in_process = warm_in_process(db, np.random.default_rng(1).integers(0, args.rows, 300).tolist())
         port = free_port()
         command = [XSEARCH, "serve", "--db", str(db), "--port", str(port), *model]
         server = subprocess.Popen(command, stderr=subprocess.PIPE)
@@ -123,6 +143,8 @@ def main() -> None:
                 "queries": len(timings),
                 "errors": len(timings) - len(done),
                 "single_client_p50_ms": round(1000 * statistics.median(single), 2),
+                "in_process_p50_ms": round(1000 * in_process, 2),
+                "http_adds_ms": round(1000 * (statistics.median(single) - in_process), 2),
                 "concurrent_p50_ms": round(1000 * statistics.median(done), 2),
                 "concurrent_p99_ms": round(1000 * done[int(0.99 * (len(done) - 1))], 2),
                 "queries_per_s": round(len(done) / wall, 1),

@@ -10,9 +10,11 @@ every BLAS/OpenMP pool at one thread, interleaved over ``--repeats`` rounds (med
 
 - ``flat``: a FAISS ``IndexFlatIP`` search of the same text vectors (the brute-force floor);
 - ``index``: the engine's own index search for the same query (``VectorIndex.search``);
-- per query kind, a warm ``Collection.search`` (k=10): ``item`` (a stored item, ``target=text``), ``all``
+- per query kind, a warm ``Collection.search`` (k=10) of a collection that holds its rows in memory, as
+  ``serve`` does (``EngineSettings(hold_rows=True)``): ``item`` (a stored item, ``target=text``), ``all``
   (``target=all``, two modalities merged), ``where`` (a filter), ``path`` (a glob), ``composed`` (two items,
-  weighted), ``moment`` (a stored moment, ``moments=True``);
+  weighted), ``moment`` (a stored moment, ``moments=True``); and ``item_disk``: ``item`` by a collection
+  that reads its hits' rows from disk (the default, a one-shot CLI search's);
 - ``threads``: ``item`` searches from 2 threads at once, as a multiple of one thread's rate.
 
 Prints one JSON line per measurement and a summary line.
@@ -39,6 +41,7 @@ from xsearch import Collection, Query  # noqa: E402
 from xsearch.index import IndexSet  # noqa: E402
 from xsearch.modalities import Modality  # noqa: E402
 from xsearch.moments import MomentCfg  # noqa: E402
+from xsearch.options import EngineSettings  # noqa: E402
 from xsearch.store import MOMENTS, Database, ItemRecord, Moment  # noqa: E402
 from xsearch.testing.synthetic import clustered_embeddings  # noqa: E402
 
@@ -118,7 +121,8 @@ def main() -> None:
         texts = build(db, args.rows)
         flat = faiss.IndexFlatIP(texts.shape[1])
         flat.add(texts)
-        collection = Collection.open(db)
+        collection = Collection.open(db, settings=EngineSettings(hold_rows=True))
+        from_disk = Collection.open(db)
         engine = collection.engine
         rng = np.random.default_rng(0)
         picks = rng.integers(0, args.rows, size=args.queries)
@@ -133,9 +137,14 @@ def main() -> None:
                 Query.item(int(i)) + Query.item(int(i) // 2 + 1) * 0.5, target="text", k=10
             ),
             "moment": lambda i: collection.search(Query.item(sound_item, at=sound_at), moments=True, k=10),
+            "item_disk": lambda i: from_disk.search(Query.item(int(i)), target="text", k=10),
         }
-        for kind in kinds.values():  # warm: indices loaded, samples drawn
+        for kind in kinds.values():  # warm: indices loaded, samples drawn, rows held
             kind(picks[0])
+        snapshot = engine.snapshot()
+        for state in (snapshot.items, snapshot.moments):
+            state.view._resident.ready.wait()
+        emit(held_mb=round((snapshot.items.view.held_bytes + snapshot.moments.view.held_bytes) / 1e6, 1))
         index = engine.index(Modality.TEXT)
         medians: dict[str, list[float]] = {}
         for round_ in range(args.repeats):
@@ -164,6 +173,7 @@ def main() -> None:
         summary["item_over_index"] = round(summary["item"] / summary["index"], 2)
         emit(rows=args.rows, summary=summary)
         collection.close()
+        from_disk.close()
 
 
 if __name__ == "__main__":

@@ -54,12 +54,13 @@ def mcp(
     if not http and (token or no_auth or host != "127.0.0.1" or port != 8766):
         fail("--host, --port, --token and --no-auth are for --http (stdio needs none)")
     with handled_errors():
+        from xsearch.options import EngineSettings
         from xsearch.server.app import check_token
         from xsearch.server.mcp_server import create_server, existing_folders, http_app
 
         check_token(token)
         folders = existing_folders(allow_files or [])
-        collection = open_collection(db, flags)
+        collection = open_collection(db, flags, settings=EngineSettings(hold_rows=True))  # answers many searches
         facts = collection.info(check=False)  # a missing or damaged database fails now, in one line
         collection.model_choice()  # a trial database without its --checkpoint too
         server = create_server(collection, folders)

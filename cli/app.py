@@ -258,12 +258,21 @@ def model_flags(function: Callable) -> Callable:
     return command
 
 
-def open_collection(db: str | None, flags: ModelFlags = ModelFlags()):
-    """The collection at ``db`` (``None``: none, for ``embed``), the model flags folded into one choice."""
-    from xsearch.collection import Collection
+def model_choice(flags: ModelFlags):
+    """The model flags folded into one ``ModelChoice`` (checked there)."""
     from xsearch.model.choice import ModelChoice
 
-    return Collection.open(db, choice=ModelChoice(*dataclasses.astuple(flags)))
+    return ModelChoice(*dataclasses.astuple(flags))
+
+
+def open_collection(db: str | None, flags: ModelFlags = ModelFlags(), choice=None, settings=None):
+    """The collection at ``db`` (``None``: none, for ``embed``) with the model the flags (or ``choice``)
+    say; ``settings``: its ``EngineSettings`` (a long-lived command's)."""
+    from xsearch.collection import Collection
+    from xsearch.options import EngineSettings
+
+    choice = choice or model_choice(flags)
+    return Collection.open(db, choice=choice, settings=settings or EngineSettings())
 
 
 def parse_assignments(values: list[str], paths: list[str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from xsearch.cli.app import (
     command,
     fail,
     handled_errors,
+    model_choice,
     model_flags,
     note_random_weights,
     open_collection,
@@ -66,14 +67,19 @@ def serve(
     with handled_errors():
         import uvicorn
 
+        from xsearch.options import EngineSettings
         from xsearch.server import create_app
         from xsearch.server.app import check_token
 
         check_token(token)  # arguments first: before the database and the model are looked at
-        collection = open_collection(db, flags)
-        on, _ = collection.choice.resolved()
-        collection.exact_device = str(on) if on.type == "cuda" else None  # on a GPU: exact search there
-        collection.exact_budget_bytes = int(gpu_memory * (1 << 30)) if gpu_memory is not None else None
+        choice = model_choice(flags)
+        on, _ = choice.resolved()
+        settings = EngineSettings(
+            hold_rows=True,  # a server answers many searches: hits' rows from memory
+            exact_device=str(on) if on.type == "cuda" else None,  # on a GPU: exact search there
+            exact_budget_bytes=int(gpu_memory * (1 << 30)) if gpu_memory is not None else None,
+        )
+        collection = open_collection(db, choice=choice, settings=settings)
         facts = collection.info()  # fails now, in one line, when the database is missing or damaged
         collection.model_choice()  # a trial database without its --checkpoint fails now, not at each search
         # On a loopback address, only loopback names: a web page cannot reach it through DNS rebinding.

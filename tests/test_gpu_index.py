@@ -16,6 +16,7 @@ import torch
 from xsearch import Collection, Modality, Query
 from xsearch.index import IndexCfg, VectorIndex
 from xsearch.index.faiss_ops import train_ivfpq
+from xsearch.options import EngineSettings
 from xsearch.store import Database, ItemRecord
 from xsearch.testing.synthetic import clustered_embeddings
 
@@ -116,7 +117,7 @@ def test_past_its_budget_the_ivf_candidates_are_reranked_on_the_device(vectors):
 def test_a_collection_with_an_exact_device_answers_as_the_index_does(tmp_path, vectors):
     store = Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=64)
     store.add_items([ItemRecord(f"/v/{i}.jpg", Modality.IMAGE, v) for i, v in enumerate(vectors[:800])])
-    exact = Collection.open(tmp_path / "db", exact_device="cpu")
+    exact = Collection.open(tmp_path / "db", settings=EngineSettings(exact_device="cpu"))
     usual = Collection.open(tmp_path / "db")
     for probe in (3, 77, 500):
         query = Query.vector(vectors[probe])

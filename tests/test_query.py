@@ -17,7 +17,7 @@ from xsearch.capture import CAPTURE_COLUMNS
 from xsearch.cli.main import app
 from xsearch.cli.search import split_file_weight, split_text_weight
 from xsearch.errors import ModelMismatchError, QueryError, UsageError
-from xsearch.options import SearchOptions
+from xsearch.options import EngineSettings, SearchOptions
 from xsearch.query import Engine, Query, combine
 from xsearch.store import Database, ItemRecord, TableView
 from xsearch.testing.media import gradient_image, tone, write_wav
@@ -169,7 +169,7 @@ def test_filtered_search_above_the_exact_limit_uses_the_index(tmp_path):
     query = Query.vector(vectors[7] + 0.5 * vectors[300])
     exact_engine = Engine(store)
     exact = exact_engine.search(query, target="image", k=5, where="width >= 200")
-    indexed = Engine(store, exact_filter_limit=10)
+    indexed = Engine(store, settings=EngineSettings(exact_filter_limit=10))
     via_index = indexed.search(query, target="image", k=5, where="width >= 200")
     assert [r.id for r in via_index] == [r.id for r in exact] and via_index[0].uri == "/m/300.jpg"
     assert all(r.metadata["width"] >= 200 for r in via_index)

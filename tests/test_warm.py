@@ -90,3 +90,34 @@ def test_a_commit_changes_a_copy_of_the_index_never_the_one_an_earlier_snapshot_
     np.testing.assert_array_equal(found_again, found)
     np.testing.assert_allclose(again, scores)
     assert {0, 1, 2}.isdisjoint(topped.ids) and 0 in index.ids
+
+
+def test_rows_held_in_memory_answer_as_rows_read_from_disk(collection, tmp_path, monkeypatch):
+    from xsearch.options import EngineSettings
+
+    kinds = [{}, {"target": "all"}, {"where": "id >= 100"}, {"path": "/t/1*"}]
+    on_disk = {(i, n): _answer(collection, i, **kind) for i in (3, 1200, 3100) for n, kind in enumerate(kinds)}
+    with Collection.open(tmp_path / "db", settings=EngineSettings(hold_rows=True)) as holding:
+        view = holding.engine.snapshot().items.view
+        assert view._resident is not None and view._resident.ready.wait(30)
+        assert view.held_bytes > 3500 * 20  # every row's uri, hash and modality, at least
+
+        read = []
+        original = view._dataset.take
+        monkeypatch.setattr(view, "_dataset", _Spy(view._dataset, lambda *a, **k: read.append(k) or original(*a, **k)))
+        held = {(i, n): _answer(holding, i, **kind) for i in (3, 1200, 3100) for n, kind in enumerate(kinds)}
+        row = view.rows([3], ["id", "uri", "embedding", "thumbnail", "sha256"])[3]
+    assert held == on_disk
+    # From memory, but for the large columns: the query item's embedding, a thumbnail asked for.
+    assert {tuple(k["columns"]) for k in read} == {("embedding",), ("embedding", "thumbnail")}
+    assert row["uri"] == "/t/3" and len(row["embedding"]) == 1024 and row["sha256"] == f"t{3:062x}"
+
+
+class _Spy:
+    """A dataset whose ``take`` is observed; everything else is the dataset's own."""
+
+    def __init__(self, dataset, take):
+        self._dataset, self.take = dataset, take
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)

@@ -35,7 +35,7 @@ from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
 from xsearch.objects import is_object_uri, location
-from xsearch.options import DecodeLimits, IndexOptions, ScanOptions, SearchOptions, item_key, real_path
+from xsearch.options import DecodeLimits, EngineSettings, IndexOptions, ScanOptions, SearchOptions, item_key, real_path
 from xsearch.paths import is_under, modality_of_path
 from xsearch.sources import media_exists
 
@@ -53,9 +53,8 @@ class Collection:
     on first need (a search of stored items never needs it). Pass ``encoder`` to use one already loaded.
     ``path=None`` is a collection without a database: only ``embed`` works. ``query_limits``: query files
     are decoded in a supervised worker under these limits, as indexed files are (``None``: in this
-    process). ``exact_device``: searches keep each modality's vectors on this device (a GPU) and answer
-    exactly where they fit ``exact_budget_bytes`` (default: half its free memory; ``serve`` on a GPU does);
-    past it, the FAISS index proposes candidates and the device re-ranks them. ``None``: the FAISS index.
+    process). ``settings``: how searches run (``EngineSettings``: rows held in memory, an exact-search
+    device; ``serve`` sets both).
     """
 
     def __init__(
@@ -71,8 +70,7 @@ class Collection:
         encoder=None,
         index_cfg=None,
         query_limits: DecodeLimits | None = DecodeLimits(),
-        exact_device: str | None = None,
-        exact_budget_bytes: int | None = None,
+        settings: EngineSettings = EngineSettings(),
     ):
         self.path = location(path) if path is not None else None  # a folder, or an object URI (s3://...)
         self.choice = choice or ModelChoice(checkpoint, model, device, precision, verify_checkpoint)
@@ -80,8 +78,7 @@ class Collection:
         self._injected_encoder = encoder is not None
         self._index_cfg = index_cfg
         self.query_limits = query_limits
-        self.exact_device = exact_device
-        self.exact_budget_bytes = exact_budget_bytes
+        self.settings = settings
         self._store = None
         self._engine = None
         self._making = threading.RLock()  # the encoder and the engine are made once, by one thread
@@ -187,8 +184,7 @@ class Collection:
                 lambda: self.encoder,
                 self._index_cfg,
                 decoder=decoder,
-                exact_device=self.exact_device,
-                exact_budget_bytes=self.exact_budget_bytes,
+                settings=self.settings,
             )
         return self._engine
 

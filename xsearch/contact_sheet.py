@@ -146,7 +146,7 @@ def _link(uri: str | None, link_originals: bool) -> str | None:
     return Path(uri).as_uri() if link_originals and uri and os.path.isabs(uri) else None
 
 
-def _input_card(given: QueryInput, link_originals: bool) -> str:
+def _input_card(given: QueryInput, link_originals: bool, stored: dict[int, bytes | None]) -> str:
     """A query input as the engine embedded it: its own description, and a preview of what it was."""
     term = given.term
     subtracted = term.weight < 0
@@ -156,7 +156,8 @@ def _input_card(given: QueryInput, link_originals: bool) -> str:
     shown = _path(str(term.describe()["value"]))
     if given.modality is None:  # a raw vector: nothing to show but its description
         return _card('<div class="label">vector</div>', [head, shown], subtracted=subtracted)
-    preview = _preview(given.modality, given.uri, given.thumbnail)
+    thumbnail = given.thumbnail if given.thumbnail is not None else stored.get(given.item_id)  # a stored item
+    preview = _preview(given.modality, given.uri, thumbnail)
     return _card(preview, [head, shown], _link(given.uri, link_originals), subtracted)
 
 
@@ -184,7 +185,7 @@ def render(results: Results, database: str = "", link_originals: bool = False) -
     """The page as a string. ``link_originals`` links each card to its file (``file://``); the page is
     self-contained either way."""
     thumbnails = results.thumbnails()
-    query_cards = "".join(_input_card(given, link_originals) for given in results.inputs)
+    query_cards = "".join(_input_card(given, link_originals, thumbnails) for given in results.inputs)
     result_cards = []
     for r in results:
         score = f'<span class="score{" negative" if r.score < 0 else ""}">{r.score:.3f}</span>'

@@ -174,6 +174,33 @@ class SearchOptions:
         return _overridden(cls, options, overrides)
 
 
+# With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
+EXACT_FILTER_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How a collection runs its searches (never what they find): what it keeps in memory and where.
+
+    ``hold_rows``: keep each version's small columns (paths, hashes, metadata) in memory, read once in the
+    background, so a hit's row is not read from disk (``xsearch.store.resident``; for a process that answers
+    many searches: ``serve`` and ``mcp`` hold them). ``exact_device``: keep each modality's vectors on this
+    device (a GPU) and answer exactly where they fit ``exact_budget_bytes`` (default: half its free memory);
+    past it, the FAISS index proposes candidates and the device re-ranks them. ``exact_filter_limit``: a
+    filter matching up to this many items is scored exactly; more, and the index is over-fetched.
+    """
+
+    hold_rows: bool = False
+    exact_device: str | None = None
+    exact_budget_bytes: int | None = None
+    exact_filter_limit: int = EXACT_FILTER_LIMIT
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.exact_filter_limit, "exact_filter_limit", "items")
+        if self.exact_budget_bytes is not None and self.exact_budget_bytes < 0:
+            raise UsageError(f"exact_budget_bytes must be 0 or more, got {self.exact_budget_bytes}")
+
+
 @dataclass(frozen=True)
 class ScanOptions:
     """Which files a run takes: modalities kept, globs excluded, links followed, folders assigned."""

@@ -1,5 +1,6 @@
 """FAISS plumbing: vectors made ready for FAISS, IVF-PQ training (its k-means on a GPU when there is one), a
-build's list assignment on a GPU, and the float16 decoder the re-rank reads through."""
+build's list assignment on a GPU, the float16 decoder the re-rank reads through, and one OpenMP thread for
+a search."""
 
 from __future__ import annotations
 
@@ -23,6 +24,22 @@ def gpu_available() -> bool:
         return faiss_module().get_num_gpus() > 0
     except Exception:  # a faiss build without GPU support
         return False
+
+
+@contextlib.contextmanager
+def one_openmp_thread():
+    """FAISS's OpenMP at one thread for the calling thread while the block runs (libgomp keeps the setting
+    per thread: other threads, and this one afterwards, keep theirs). One query's FAISS calls are too small
+    to share: their spin-waiting team threads cost more than they give, most of all when searches already
+    run side by side (a stored-item search at 100k on 2 cores: 12.2 ms with the default team, 5.0 with
+    one thread; BENCHMARKS.md, "Warm search")."""
+    faiss = faiss_module()
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def torch_device(device):

@@ -2,11 +2,10 @@
 zero-shot labels (``classify``)."""
 
 from xsearch.query.algebra import FileTerm, ItemTerm, Query, QueryInput, Term, TextTerm, VectorTerm, combine
-from xsearch.query.engine import EXACT_FILTER_LIMIT, Engine
+from xsearch.query.engine import Engine
 from xsearch.query.results import Result, Results
 
 __all__ = [
-    "EXACT_FILTER_LIMIT",
     "Engine",
     "FileTerm",
     "ItemTerm",

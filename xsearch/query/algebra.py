@@ -57,7 +57,7 @@ class QueryInput:
     term: Term
     modality: Modality | None = None
     uri: str | None = None
-    thumbnail: bytes | None = None  # JPEG, made from the pixels decoded for the model (or stored)
+    thumbnail: bytes | None = None  # JPEG, from the pixels decoded for the model (a stored item's: Results)
     item_id: int | None = None  # the stored item an item input is
     moment_id: int | None = None  # the stored moment a ``Query.item(..., at=)`` input is
 
@@ -185,13 +185,13 @@ class ItemTerm(Term):
         from xsearch.moments import clock, moment_at
 
         items, moments = context.items, context.moments
-        row = items.lookup(self.key, ["id", "embedding", "uri", "modality", "thumbnail"])
+        row = items.lookup(self.key, ["id", "embedding", "uri", "modality"])  # its preview: Results.thumbnails
         if row is None:
             raise ItemNotFound(self.key, items.path)
         modality = Modality(row["modality"])
         if self.at is None:
             vector = np.asarray(row["embedding"], dtype=np.float32)
-            return vector, QueryInput(self, modality, row["uri"], row["thumbnail"], row["id"])
+            return vector, QueryInput(self, modality, row["uri"], item_id=row["id"])
         moment = moment_at(moments, row["id"], self.at, prefer=modality) if moments is not None else None
         if moment is None:
             raise QueryError(
@@ -200,7 +200,7 @@ class ItemTerm(Term):
             )
         vector = np.asarray(moment["embedding"], dtype=np.float32)
         shown = Modality(moment["modality"])
-        return vector, QueryInput(self, shown, row["uri"], row["thumbnail"], row["id"], moment["id"])
+        return vector, QueryInput(self, shown, row["uri"], item_id=row["id"], moment_id=moment["id"])
 
 
 class _QueryType(type):

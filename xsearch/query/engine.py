@@ -32,8 +32,9 @@ import pyarrow.compute as pc
 from xsearch.capture import distance_km
 from xsearch.errors import ModelMismatchError, QueryError, SearchIndexError
 from xsearch.index import IndexSet
+from xsearch.index.faiss_ops import one_openmp_thread
 from xsearch.modalities import Modality
-from xsearch.options import SearchOptions
+from xsearch.options import EngineSettings, SearchOptions
 from xsearch.paths import glob_mask
 from xsearch.query.algebra import Query, combine
 from xsearch.query.ranking import Calibration, Hit, by_date, cut, fold_duplicates, lead, sample_ids
@@ -44,8 +45,6 @@ from xsearch.store import Snapshot as Pinned
 
 log = logging.getLogger(__name__)
 
-# With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.
-EXACT_FILTER_LIMIT = 200_000
 FILTER_OVERFETCH = 20  # candidates per wanted hit when the index is searched under a large filter
 # Up to this many filtered rows are scored from their stored vectors (read by position); more, by a flat
 # index searching only those rows (exact, and without reading every vector from the table).
@@ -89,24 +88,19 @@ class Engine:
         db,
         encoder=None,
         index_cfg=None,
-        exact_filter_limit: int = EXACT_FILTER_LIMIT,
         decoder=None,
-        exact_device=None,
-        exact_budget_bytes: int | None = None,
+        settings: EngineSettings = EngineSettings(),
     ):
         """``decoder(path, modality, cfg) -> Outcome`` decodes query files (default: ``xsearch.decode`` in
         this process; ``Collection`` passes one that decodes in a supervised worker under the indexer's
-        limits, so a hostile upload costs a worker, never the server). ``exact_device``: a GPU on which
-        each modality's vectors are kept and searched exactly, where they fit ``exact_budget_bytes``
-        (default: half its free memory), else re-ranked there (``VectorIndex.use_exact``)."""
+        limits, so a hostile upload costs a worker, never the server). ``settings``: what it keeps in
+        memory, and on which device it searches exactly (``EngineSettings``)."""
         from xsearch.index import IndexCfg
 
         self.db = db
         self.index_cfg = index_cfg or IndexCfg()
-        self.exact_filter_limit = exact_filter_limit
         self.decoder = decoder
-        self.exact_device = exact_device
-        self.exact_budget_bytes = exact_budget_bytes
+        self.settings = settings
         self._exact_tried: weakref.WeakSet = weakref.WeakSet()  # indices already offered the device
         self._lease = ReaderLease(db.files)  # the versions this engine reads, kept by writers' compaction
         self._snapshot: Snapshot | None = None
@@ -157,6 +151,8 @@ class Engine:
         indices ``previous`` had loaded, in memory, on first use."""
         if previous is not None and previous.key == view.key:
             return previous
+        if self.settings.hold_rows:
+            view.hold_in_memory()
         renewed = ViewState(view, IndexSet.over(self.db, view, table, self.index_cfg))
         if previous is not None:
             renewed.loaded = dict(previous.loaded)
@@ -177,9 +173,10 @@ class Engine:
     def _publish(self, state: ViewState, modality: Modality, loaded: tuple) -> None:
         """An index made ready (on the device where asked), then offered to searches."""
         index = loaded[0]
-        if self.exact_device is not None and index not in self._exact_tried:
+        device = self.settings.exact_device
+        if device is not None and index not in self._exact_tried:
             self._exact_tried.add(index)
-            index.use_exact(self.exact_device, self.exact_budget_bytes)
+            index.use_exact(device, self.settings.exact_budget_bytes)
         index.prepare()
         state.loaded[modality] = loaded
 
@@ -210,6 +207,10 @@ class Engine:
         merged by calibrated score (``ranking``); then duplicates are folded and the cut-offs applied."""
         query = Query.of(query)
         options = SearchOptions.of(options, **overrides)  # a typo fails here, before any model is loaded
+        with one_openmp_thread():
+            return self._search(query, options)
+
+    def _search(self, query: Query, options: SearchOptions) -> Results:
         target = MOMENTS_TARGET if options.moments else ITEMS_TARGET
         snapshot = self.snapshot()  # one version for everything below
         vector, inputs = self.embed_inputs(query, snapshot)
@@ -291,7 +292,7 @@ class Engine:
         if allowed is not None and len(allowed) == 0:
             return []
         within = None
-        if allowed is not None and len(allowed) <= self.exact_filter_limit:
+        if allowed is not None and len(allowed) <= self.settings.exact_filter_limit:
             index = self.index(modality, state) if len(allowed) > EXACT_FROM_ROWS else None
             if index is None or not index.scores_exactly:  # the rows' vectors, scored here
                 ids, scores = self._scored_among(state.view, index, vector[0], allowed)

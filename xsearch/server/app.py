@@ -210,7 +210,7 @@ def create_app(
         sort: Annotated[
             str, Form(description="relevance, date or -date: the order of the hits the cut-offs keep.")
         ] = SearchOptions.sort,
-    ) -> dict:
+    ) -> JSONResponse:
         """Search with any mix of uploaded files, texts and stored items, each with a weight."""
         from xsearch.query import Query
 
@@ -235,7 +235,7 @@ def create_app(
                 near=near or None,
                 sort=sort,
             )
-        with tempfile.TemporaryDirectory(prefix="xsearch-upload-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="xsearch-upload-") if files else contextlib.nullcontext() as scratch:
             parts, uploads = [], {}
             for i, upload in enumerate(files):
                 saved = _save_upload(upload, Path(scratch) / f"{i}", max_upload_bytes)
@@ -260,7 +260,7 @@ def create_app(
             hit["captured"] = describe(result.metadata)  # the line the page shows: worded in one place
             if Modality(hit["modality"]).spec.preview is Preview.TEXT:
                 hit["excerpt"] = text_excerpt(hit["uri"], indexed=result.indexed)
-        return out
+        return JSONResponse(out)  # plain JSON types already: FastAPI's encoder would walk them again
 
     @app.get("/api/items/{item_id}", dependencies=guarded)
     def item_metadata(item_id: str) -> dict:

@@ -27,6 +27,7 @@ from xsearch.modalities import Modality
 from xsearch.objects import location
 from xsearch.store.filters import ItemFilter, filter_problem
 from xsearch.store.lance_errors import guarded, one_line, storage_problem, translated
+from xsearch.store.resident import LARGE_COLUMNS, ResidentColumns
 from xsearch.store.schema import NOT_FILTERABLE, embeddings_to_numpy
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class TableView:
         self._positions: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, and each one's row position
         self._held: list[Modality] | None = None
         self._counts: dict[Modality | None, int] = {}
+        self._names = frozenset(dataset.schema.names)  # asked at every read: the schema is rebuilt per call
+        self._resident: ResidentColumns | None = None
 
     def __repr__(self) -> str:
         return f"TableView({str(self.path)!r}, {self.name!r}, version={self.version})"
@@ -95,7 +98,19 @@ class TableView:
         return self._dataset.schema.field("embedding").type.value_type == pa.float16()
 
     def has_column(self, name: str) -> bool:
-        return name in self._dataset.schema.names
+        return name in self._names
+
+    def hold_in_memory(self) -> None:
+        """Keep this view's small columns in memory from now on (read in the background; ``resident``):
+        rows are then read from there. For a process that searches this version many times."""
+        if self._resident is None:
+            self._resident = ResidentColumns(self._dataset, f"{self.path} ({self.name})")
+        self._resident.start()
+
+    @property
+    def held_bytes(self) -> int:
+        """The memory the view's held columns take (0 when none are held, or not yet)."""
+        return self._resident.nbytes if self._resident is not None else 0
 
     # ---- reads ----------------------------------------------------------------------------------------
 
@@ -175,7 +190,16 @@ class TableView:
         at = np.searchsorted(sorted_ids, wanted)
         there = at < len(sorted_ids)
         there[there] = sorted_ids[at[there]] == wanted[there]
-        return self._dataset.take(positions[at[there]], columns=columns)
+        found = positions[at[there]]
+        large = [c for c in columns if c in LARGE_COLUMNS]
+        held = self._resident.take(found, [c for c in columns if c not in large]) if self._resident else None
+        if held is None:
+            return self._dataset.take(found, columns=columns)
+        if large:  # the embedding or the thumbnail, from disk, beside the rest from memory
+            read = self._dataset.take(found, columns=large)
+            for name in large:
+                held = held.append_column(name, read[name])
+        return held.select(columns)
 
     def _id_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """Every id of the view, sorted, and the row position of each: read once per view (8 bytes a row)."""
