@@ -24,10 +24,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
+from xsearch.decode.deferred import decode_jpegs
+from xsearch.decode.work import Outcome, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
 from xsearch.indexer.pipeline import CPU_BATCH, Indexer, RunStalled
-from xsearch.indexer.work import Outcome, Task, prepare
 from xsearch.objects import storage_environment
 from xsearch.options import IndexOptions
 from xsearch.preprocess import PreprocessCfg
@@ -73,6 +74,7 @@ class _Embedder:
 
     def __call__(self, batch: dict) -> dict:
         outcomes: list[Outcome] = [pickle.loads(b) for b in batch["outcome"]]
+        decode_jpegs(outcomes, self.encoder.preprocess, self.encoder.device)
         decoded = [o for o in outcomes if o.ok]
         self.encoder.encode_outcomes(decoded, self.batch_size)
         for outcome in decoded:

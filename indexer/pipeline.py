@@ -1,6 +1,6 @@
 """The batch indexer: scan -> plan -> parallel decode -> batched encode -> store commits -> index update.
 
-- Decoding runs in supervised worker processes (``xsearch.indexer.decode_pool``), out of order: one slow file
+- Decoding runs in supervised worker processes (``xsearch.decode.pool``), out of order: one slow file
   holds up only itself, and a decoder that crashes, hangs or overruns its memory costs only its file.
 - Encoding takes per-modality batches; the workers keep decoding while the model runs.
 - Results are committed to the store every ``commit_every`` files (one Lance commit each, upserting on the
@@ -31,14 +31,15 @@ from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
+from xsearch.decode.deferred import decode_jpegs
+from xsearch.decode.pool import DecodePool
+from xsearch.decode.work import Outcome, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import ModelMismatchError, UsageError, XsearchError
 from xsearch.index import IndexSet
-from xsearch.indexer.decode_pool import DecodePool
 from xsearch.indexer.refresh import refresh_capture
 from xsearch.indexer.report import Failure, RunReport
 from xsearch.indexer.scan import Rejected, Scanner, Task, is_under
-from xsearch.indexer.work import Outcome, prepare
 from xsearch.modalities import Modality
 from xsearch.moments import MomentTask, clock
 from xsearch.objects import is_object_uri
@@ -459,7 +460,9 @@ class _Batcher:
         if not outcomes:
             return
         started = time.perf_counter()
-        self.indexer.encoder.encode_outcomes(outcomes, self.indexer.batch_size(modality))
+        encoder = self.indexer.encoder
+        decode_jpegs(outcomes, encoder.preprocess, encoder.device)  # those the workers left for the device
+        encoder.encode_outcomes(outcomes, self.indexer.batch_size(modality))
         self.report.embed_seconds += time.perf_counter() - started
         for outcome in outcomes:
             self._record(outcome)

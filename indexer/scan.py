@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from xsearch.decode.work import Task
 from xsearch.modalities import Modality
 from xsearch.objects import is_object_uri
 from xsearch.options import ScanOptions
@@ -31,25 +32,6 @@ from xsearch.paths import is_hidden, is_under, modality_of_path
 from xsearch.sources import list_objects
 
 __all__ = ["Rejected", "ScanOptions", "ScanStats", "Scanner", "Task", "decide_modality", "is_under", "printable"]
-
-
-@dataclass(frozen=True)
-class Task:
-    """A file the scan found, the modality it will be indexed as, and its size and mtime. The plan sets
-    ``known_sha256`` when the store has the file under another size or mtime (same bytes: not re-embedded)."""
-
-    path: str
-    modality: Modality
-    size: int
-    mtime: float
-    known_sha256: str | None = None
-    known: bool = False  # the store has a row for this path (re-embedding it is an update, not a new file)
-    for_moments: bool = False  # unchanged, embedded again only for the moments it lacks
-
-    @property
-    def change(self) -> str:
-        """What committing this file's row is, for the run's counts: ``new``, ``updated`` or ``moments``."""
-        return "moments" if self.for_moments else "updated" if self.known else "new"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task, failed
+from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Task, failed
 
 
 def misbehave(task: Task) -> Outcome:
@@ -27,7 +27,7 @@ def misbehave(task: Task) -> Outcome:
 
 def hangs_on_late_moments(task) -> Outcome:
     """Decodes as the indexer does, with moments of 2 s; the chunk of moments from 100 s on never returns."""
-    from xsearch.indexer.work import prepare
+    from xsearch.decode.work import prepare
     from xsearch.moments import MomentCfg, MomentTask
 
     if isinstance(task, MomentTask) and task.spans[0][0] >= 100:

@@ -332,6 +332,28 @@ def test_only_the_facade_reaches_into_the_indexer():
     assert sorted(set(importers)) == ["xsearch/collection.py"]
 
 
+def test_a_search_in_a_fresh_process_loads_nothing_of_the_indexer(tmp_path, encoder, checkpoint):
+    """At run time too: stored items, a text and a query file (decoded by a supervised worker) are searched
+    and classified with no ``xsearch.indexer`` module imported."""
+    media = tmp_path / "media"
+    media.mkdir()
+    photo = gradient_image(media / "a.jpg", seed=1)
+    gradient_image(media / "b.jpg", seed=2)
+    Collection.open(tmp_path / "db", encoder=encoder).index([media], workers=0)
+    script = f"""
+import sys
+from xsearch import Collection, Query
+collection = Collection.open({str(tmp_path / "db")!r}, checkpoint={str(checkpoint)!r})
+hits = collection.search(Query.image({str(photo)!r}) + Query.text("a photo") + Query.item(0), k=2)
+assert hits[0].uri == {str(photo)!r}, hits
+collection.classify(["a", "b"])
+print(sorted(name for name in sys.modules if name.startswith("xsearch.indexer")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_indexer_and_the_cli_install_inside_the_xsearch_package():
     """``indexer/`` and ``cli/`` sit at the top of the repository but install as ``xsearch.indexer`` and
     ``xsearch.cli``: no top-level ``cli`` of ours to collide with another project's."""
@@ -387,7 +409,7 @@ def test_cli_embed_prints_one_json_line_per_file(tmp_path, encoder, checkpoint):
         (str(sound), "audio"),
         (str(tmp_path / "c.jpg"), "image"),
     ]
-    expected = encoder.encode_files(files[:2])
+    expected = Collection(None, encoder=encoder).embed(files[:2])
     for line, want in zip(lines, expected):
         np.testing.assert_allclose(np.asarray(line["embedding"]), want.embedding, atol=1e-6)
     assert "c.jpg: file is empty" in lines[2]["error"] or "c.jpg: not a readable image" in lines[2]["error"]

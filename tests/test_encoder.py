@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from xsearch import Collection
 from xsearch.encoder import Encoder
 from xsearch.modalities import Modality
 from xsearch.testing.media import gradient_image, tone, write_imu, write_map, write_video, write_wav
@@ -32,7 +33,7 @@ def test_clip_inputs_are_averaged_then_normalised(encoder, tiny_model):
     torch.testing.assert_close(encoder.encode("audio", clips), expected)
 
 
-def test_encode_files_mixed(encoder, tmp_path):
+def test_embed_files_mixed(encoder, tmp_path):
     files = [
         gradient_image(tmp_path / "a.jpg"),
         write_wav(tmp_path / "b.wav", tone(2.5, 16000), 16000),
@@ -43,7 +44,7 @@ def test_encode_files_mixed(encoder, tmp_path):
     ]
     (tmp_path / "broken.png").write_bytes(b"nope")
     (tmp_path / "notes.xyz").write_text("?")
-    results = encoder.encode_files(files, batch_size=1)
+    results = Collection(None, encoder=encoder).embed(files)
     assert [r.path for r in results] == [str(f) for f in files]
     assert [r.modality for r in results] == [
         Modality.IMAGE,
@@ -63,18 +64,18 @@ def test_encode_files_mixed(encoder, tmp_path):
 
 def test_a_file_alone_gives_the_same_vector_as_in_a_batch(encoder, tmp_path):
     files = [gradient_image(tmp_path / f"{i}.png", size=(120 + 7 * i, 90), seed=i) for i in range(16)]
-    batched = encoder.encode_files(files, batch_size=16)
+    batched = Collection(None, encoder=encoder).embed(files)  # one batch of 16
     vectors = np.stack([r.embedding for r in batched])
     assert len({tuple(np.round(v, 4)) for v in vectors}) == 16  # sixteen different inputs
     for path, expected in zip(files, vectors):
-        np.testing.assert_allclose(encoder.encode_files([path], batch_size=1)[0].embedding, expected, atol=1e-5)
+        np.testing.assert_allclose(Collection(None, encoder=encoder).embed([path])[0].embedding, expected, atol=1e-5)
 
 
-def test_encode_files_with_explicit_modality(encoder, tmp_path):
+def test_embed_files_with_explicit_modality(encoder, tmp_path):
     maps = [write_map(tmp_path / "m.png"), write_map(tmp_path / "n.npy")]
-    depth = encoder.encode_files(maps, modality="depth")
-    thermal = encoder.encode_files(maps, modality="thermal")
+    depth = Collection(None, encoder=encoder).embed(maps, modality="depth")
+    thermal = Collection(None, encoder=encoder).embed(maps, modality="thermal")
     assert all(r.error is None for r in depth + thermal)
     assert not np.allclose(depth[0].embedding, thermal[0].embedding)
-    imu = encoder.encode_files([write_imu(tmp_path / "i.npy")], modality="imu")[0]
+    imu = Collection(None, encoder=encoder).embed([write_imu(tmp_path / "i.npy")], modality="imu")[0]
     assert imu.error is None and imu.modality is Modality.IMU

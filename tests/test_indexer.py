@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from xsearch.cli.app import EXIT_SOME_FAILED
 from xsearch.cli.main import app
+from xsearch.decode.work import prepare
 from xsearch.index import IndexSet
 from xsearch.indexer.scan import Rejected, Scanner, ScanOptions, Task
-from xsearch.indexer.work import prepare
 from xsearch.modalities import Modality
 from xsearch.paths import content_mismatch
 from xsearch.sniff import sniff

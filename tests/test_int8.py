@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from xsearch import Collection
 from xsearch.encoder import Encoder, resolve_precision
 from xsearch.errors import UsageError
 from xsearch.model import create_model
@@ -42,10 +43,12 @@ def media(tmp_path):
 def test_int8_equals_fp32_within_cosine_0999_on_every_exported_tower(tmp_path, media):
     fp32, int8 = _pair(tmp_path)
     for modality, files in media.items():
-        a = np.stack([r.embedding for r in fp32.encode_files(files, modality=modality)])
-        b = np.stack([r.embedding for r in int8.encode_files(files, modality=modality)])
+        a = np.stack([r.embedding for r in Collection(None, encoder=fp32).embed(files, modality=modality)])
+        b = np.stack([r.embedding for r in Collection(None, encoder=int8).embed(files, modality=modality)])
         assert (a * b).sum(1).min() >= 0.999, modality
-        one = int8.encode_files(files[:1], modality=modality)[0].embedding  # another batch size than exported
+        one = (
+            Collection(None, encoder=int8).embed(files[:1], modality=modality)[0].embedding
+        )  # another batch size than exported
         assert float(one @ b[0]) >= 0.999  # activations are quantised per batch: close, not bit-equal
     texts = ["a dog barking", "rain on a tin roof", "x"]
     assert (fp32.encode_text(texts).numpy() * int8.encode_text(texts).numpy()).sum(1).min() >= 0.999
@@ -63,7 +66,7 @@ def test_exports_are_cached_and_keyed_by_the_weights(tmp_path, media, monkeypatc
     from xsearch.int8 import Int8Towers
 
     _, first = _pair(tmp_path)
-    first.encode_files(media["image"], modality="image")
+    Collection(None, encoder=first).embed(media["image"], modality="image")
     exported = sorted(p.name for p in (tmp_path / "int8").iterdir() if p.is_dir())
     assert len(exported) == 1
     # The export and its checksum only: no fp32 model (a tower over 2 GB leaves one file per weight beside it).
@@ -77,10 +80,10 @@ def test_exports_are_cached_and_keyed_by_the_weights(tmp_path, media, monkeypatc
 
     monkeypatch.setattr(Int8Towers, "_export", refuse)
     _, again = _pair(tmp_path)  # the same weights, a new process's encoder
-    again.encode_files(media["image"], modality="image")  # reused: no export
+    Collection(None, encoder=again).embed(media["image"], modality="image")  # reused: no export
     monkeypatch.undo()
     _, other = _pair(tmp_path, seed=1)  # another checkpoint: its own export
-    other.encode_files(media["image"], modality="image")
+    Collection(None, encoder=other).embed(media["image"], modality="image")
     assert len([p for p in (tmp_path / "int8").iterdir() if p.is_dir()]) == 2
 
 
@@ -96,10 +99,10 @@ def test_a_killed_export_leaves_nothing_half_written(tmp_path, media, monkeypatc
     monkeypatch.setattr(Int8Towers, "_export", dies_halfway)
     _, int8 = _pair(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        int8.encode_files(media["image"], modality="image")
+        Collection(None, encoder=int8).embed(media["image"], modality="image")
     assert [p for p in (tmp_path / "int8").iterdir() if p.is_dir()] == []  # no folder, finished or not
     monkeypatch.setattr(Int8Towers, "_export", original)
-    assert int8.encode_files(media["image"], modality="image")[0].embedding is not None
+    assert Collection(None, encoder=int8).embed(media["image"], modality="image")[0].embedding is not None
 
 
 def test_a_damaged_truncated_or_planted_export_is_made_again_never_run(tmp_path, media):

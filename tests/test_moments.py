@@ -426,8 +426,8 @@ def test_moments_lost_between_two_commits_are_made_again(encoder, tmp_path, monk
 
 
 def test_a_chunk_of_moments_is_bounded_by_the_per_file_time_limit(tmp_path):
-    from xsearch.indexer.decode_pool import DecodePool
-    from xsearch.indexer.scan import Task
+    from xsearch.decode.pool import DecodePool
+    from xsearch.decode.work import Task
     from xsearch.options import DecodeLimits
 
     from faulty import hangs_on_late_moments

@@ -240,7 +240,7 @@ def test_embed_follows_folder_rules_and_writes_files(tmp_path, checkpoint, tiny_
         "depth",
         "image",
     ]
-    expected = Encoder(tiny_model, device="cpu", precision="fp32").encode_files([photo])[0].embedding
+    expected = Collection(None, encoder=Encoder(tiny_model, device="cpu", precision="fp32")).embed([photo])[0].embedding
     np.testing.assert_allclose(np.asarray(table["embedding"][1].as_py()), expected, atol=1e-6)
     npy = tmp_path / "vectors.npy"
     assert runner.invoke(app, [*argv, "--output", str(npy)]).exit_code == 0

@@ -19,6 +19,7 @@ from xsearch.encoder import Encoder, resolve_precision
 from xsearch.errors import UsageError
 from xsearch.modalities import Tower
 from xsearch.model import create_model, open_checkpoint, save_checkpoint
+from xsearch.model.choice import ModelChoice
 from xsearch.store import Database, ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_imu, write_map, write_video, write_wav
 
@@ -77,8 +78,8 @@ def test_bf16_vectors_stay_within_cosine_0_999_of_fp32(inputs):
     assert bf16.model.modality_trunks["vision"].blocks[0].attn.in_proj_weight.dtype == torch.bfloat16
     worst = 1.0
     for modality, files in inputs.items():
-        a = np.stack([r.embedding for r in fp32.encode_files(files, modality=modality)])
-        b = np.stack([r.embedding for r in bf16.encode_files(files, modality=modality)])
+        a = np.stack([r.embedding for r in Collection(None, encoder=fp32).embed(files, modality=modality)])
+        b = np.stack([r.embedding for r in Collection(None, encoder=bf16).embed(files, modality=modality)])
         assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
         worst = min(worst, float((a * b).sum(axis=1).min()))
     text = (fp32.encode_text(["a dog", "rain on a roof"]) * bf16.encode_text(["a dog", "rain on a roof"])).sum(1)
@@ -91,14 +92,14 @@ def test_towers_load_when_first_needed_and_match_a_full_load(tmp_path, inputs):
     full = create_model("tiny_test")
     checkpoint = save_checkpoint(full, tmp_path / "tiny.pt", notes={"architecture": "tiny_test"})
     reference = Encoder(full, device="cpu", precision="fp32")
-    lazy = Encoder.from_pretrained(checkpoint, device="cpu", precision="fp32")
+    lazy = ModelChoice(checkpoint, device="cpu", precision="fp32").load()
     assert lazy.model.towers == []  # nothing loaded yet
     text = lazy.encode_text(["a dog barking"])
     assert lazy.model.towers == [Tower.TEXT]
     torch.testing.assert_close(text, reference.encode_text(["a dog barking"]), rtol=0, atol=0)
-    sound = lazy.encode_files(inputs[Modality.AUDIO])[0].embedding
+    sound = Collection(None, encoder=lazy).embed(inputs[Modality.AUDIO])[0].embedding
     assert sorted(lazy.model.towers) == sorted([Tower.TEXT, Tower.AUDIO])
-    np.testing.assert_array_equal(sound, reference.encode_files(inputs[Modality.AUDIO])[0].embedding)
+    np.testing.assert_array_equal(sound, Collection(None, encoder=reference).embed(inputs[Modality.AUDIO])[0].embedding)
     assert sum(p.numel() for p in lazy.model.parameters()) < sum(p.numel() for p in full.parameters())
 
 

@@ -152,7 +152,7 @@ def test_file_and_text_terms_use_the_encoder(tmp_path, tiny_model):
     photo = gradient_image(tmp_path / "p.jpg")
     engine = Engine(Database.open(tmp_path / "db", model_id="tiny_test", embed_dim=1024), encoder=encoder)
     got = engine.embed(Query.image(photo) * 0.7 + Query.text("a dog") * 0.3)
-    image_v = encoder.encode_files([photo])[0].embedding
+    image_v = Collection(None, encoder=encoder).embed([photo])[0].embedding
     text_v = encoder.encode_text(["a dog"]).numpy()[0]
     np.testing.assert_allclose(got, unit(0.7 * image_v + 0.3 * text_v), atol=1e-5)
     with pytest.raises(QueryError, match="missing.wav: file not found"):

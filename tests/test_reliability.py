@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xsearch import Modality
+from xsearch import Collection, Modality
 from xsearch.cli.main import app
 from xsearch.errors import DecodeError
 from xsearch.model import save_checkpoint
@@ -174,8 +174,8 @@ def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny
     """A file rewritten while it is decoded is read again: its row's sha256 and vector are of the final bytes."""
     import hashlib
 
-    import xsearch.decode
-    import xsearch.indexer.work as work
+    import xsearch.decode.files
+    import xsearch.decode.work as work
     from xsearch.encoder import Encoder
     from xsearch.preprocess import preprocess_with_metadata
 
@@ -190,13 +190,13 @@ def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny
         calls.append(path)
         return prepared
 
-    monkeypatch.setattr(xsearch.decode, "preprocess_with_metadata", decode_while_it_changes)
+    monkeypatch.setattr(xsearch.decode.files, "preprocess_with_metadata", decode_while_it_changes)
     outcome = work.prepare(work.Task(str(photo), Modality.IMAGE, 0, 0.0))
     assert len(calls) == 2 and outcome.error is None
     assert outcome.sha256 == hashlib.sha256(final).hexdigest()
     encoder = Encoder(tiny_model, device="cpu", precision="fp32")
     got = encoder.encode(Modality.IMAGE, outcome.tensor[None]).numpy()[0]
-    np.testing.assert_allclose(got, encoder.encode_files([photo])[0].embedding, atol=1e-6)
+    np.testing.assert_allclose(got, Collection(None, encoder=encoder).embed([photo])[0].embedding, atol=1e-6)
 
 
 def test_a_huge_k_allocates_for_the_items_there_are(tmp_path):
@@ -246,8 +246,8 @@ def test_a_database_path_that_is_a_file_is_one_line(tmp_path, tiny_model):
 
 
 def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
-    from xsearch.indexer.decode_pool import GIB, DecodePool
-    from xsearch.indexer.work import Task
+    from xsearch.decode.pool import GIB, DecodePool
+    from xsearch.decode.work import Task
     from xsearch.options import DecodeLimits
 
     from faulty import misbehave
@@ -400,7 +400,7 @@ def test_disk_full_and_read_only_are_one_line():
 
 
 def test_a_damaged_mp4_says_so_not_no_audio_stream(tmp_path):
-    from xsearch.indexer.work import Task, prepare
+    from xsearch.decode.work import Task, prepare
     from xsearch.testing.media import write_video
 
     path = write_video(tmp_path / "clip.mp4", seconds=2)

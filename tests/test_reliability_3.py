@@ -309,8 +309,8 @@ def test_a_lost_meta_table_is_rebuilt_from_the_rows_and_another_model_refused(tm
 
 
 def test_workers_dying_at_start_stop_the_run_without_blaming_files():
-    from xsearch.indexer.decode_pool import DecodePool, DecodePoolBroken
-    from xsearch.indexer.scan import Task
+    from xsearch.decode.pool import DecodePool, DecodePoolBroken
+    from xsearch.decode.work import Task
 
     from faulty import DiesOnArrival
 
@@ -324,8 +324,8 @@ def test_workers_dying_at_start_stop_the_run_without_blaming_files():
 def test_a_worker_that_died_before_its_files_were_sent_is_a_death_not_a_crash_of_the_run():
     """Files handed to a worker that is already dead (its pipe broken) stay held, so the pool's sentinel
     check puts them back in the queue: the race that once ended a run with BrokenPipeError."""
-    from xsearch.indexer.decode_pool import DecodePool
-    from xsearch.indexer.scan import Task
+    from xsearch.decode.pool import DecodePool
+    from xsearch.decode.work import Task
 
     from faulty import DiesOnArrival
 

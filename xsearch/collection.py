@@ -8,8 +8,9 @@ Arguments are checked before anything is loaded or written: a misspelt modality 
 milliseconds and leaves no database behind.
 
 This module sits on top of the library: it is the one place in ``xsearch`` that reaches into the batch
-indexer (``xsearch.indexer``): ``index`` runs it, ``embed`` walks folders with its scanner, and query files
-are decoded by its supervised worker pool (``_QueryDecoder``), all imported when first used.
+indexer (``xsearch.indexer``): ``index`` runs it and ``embed`` walks folders with its scanner, both imported
+when first used. Searches never import it: their query files are decoded by ``xsearch.decode``'s
+supervised worker pool (``_QueryDecoder``), as indexed files are.
 
 Example
 -------
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from xsearch.bind.binding import register_bindings
 from xsearch.errors import ItemNotFound, UsageError
-from xsearch.modalities import Modality
+from xsearch.modalities import BUILT_IN, Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
 from xsearch.objects import is_object_uri, location
 from xsearch.options import DecodeLimits, EngineSettings, IndexOptions, ScanOptions, SearchOptions, item_key, real_path
@@ -359,7 +360,7 @@ class Collection:
             names = labelling.clean_labels(labels)
             prototypes = encoder.encode_text(names).numpy()
         else:
-            names, prototypes = labelling.example_prototypes(encoder, examples, text_weight)
+            names, prototypes = labelling.example_prototypes(self.embed, encoder, examples, text_weight)
         path = SearchOptions(path=path).path  # a relative glob from the current folder, as search takes it
         with self.store.leased() as snapshot:  # a writer's compaction keeps what is read here
             labelled = labelling.classify(snapshot.items, prototypes, names, targets, where, path)
@@ -454,27 +455,34 @@ def _counts_and_indices(store, view, table: str, check: bool) -> tuple[dict[str,
 
 
 class _QueryDecoder:
-    """Decodes a query file in a supervised worker (``xsearch.indexer.decode_pool``) under ``limits``: a
-    file that crashes, hangs or overruns its memory costs that worker and comes back as an error."""
+    """Decodes a query file in a supervised worker (``xsearch.decode.pool``) under ``limits``: a file that
+    crashes, hangs or overruns its memory costs that worker and comes back as an error. One pool for the
+    collection's life (its fork server started once); a worker is forked for each file, in milliseconds."""
 
     def __init__(self, limits: DecodeLimits):
         self.limits = limits
+        self._made: tuple | None = None  # (the model's preprocessing config, its pool), made on first need
+        self._making = threading.Lock()
 
     def __call__(self, path: str, modality: Modality, cfg):
-        import functools
-
-        from xsearch.modalities import BUILT_IN
+        from xsearch.decode.work import Task
 
         if modality.value not in BUILT_IN and modality.spec.binding is None:  # its workers would not know it
             from xsearch.decode import decode_query_file
 
             return decode_query_file(path, modality, cfg)
-        from xsearch.indexer.decode_pool import DecodePool
-        from xsearch.indexer.scan import Task
-        from xsearch.indexer.work import prepare_query
+        return next(self._pool(cfg).imap_unordered([Task(path, modality, 0, 0.0)]))
 
-        work = functools.partial(prepare_query, cfg=cfg)
-        return next(DecodePool(work, 1, self.limits).imap_unordered([Task(path, modality, 0, 0.0)]))
+    def _pool(self, cfg):
+        import functools
+
+        from xsearch.decode.pool import DecodePool
+        from xsearch.decode.work import prepare_query
+
+        with self._making:  # pools run files side by side; this only makes one
+            if self._made is None or self._made[0] is not cfg:
+                self._made = (cfg, DecodePool(functools.partial(prepare_query, cfg=cfg), 1, self.limits))
+            return self._made[1]
 
 
 class _Loading:

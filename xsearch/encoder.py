@@ -8,26 +8,29 @@ int8 where ONNX Runtime is installed on other CPUs, else fp32. What comes back i
 on the CPU, ``[B, embed_dim]``. Clip axes (audio ``[B, 3, ...]``, video ``[B, 15, ...]``) are averaged inside
 the model, then re-normalised here.
 
-Built from a checkpoint (``from_pretrained``), an encoder loads each tower the first time a batch needs it.
+Built from a checkpoint (``ModelChoice(...).load()``), an encoder loads each tower the first time a batch needs
+it. It takes tensors only: files are decoded by ``xsearch.decode``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xsearch.decode import Outcome, decode
 from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality, Tower, as_tower
 from xsearch.model.imagebind import ImageBind
 from xsearch.precision import Precision, auto_precision, check_precision
 from xsearch.preprocess import PreprocessCfg, get_tokenizer
+
+if TYPE_CHECKING:  # outcomes are data here: the encoder decodes nothing
+    from xsearch.decode import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +113,6 @@ class Encoder:
         self.__dict__.update(state)
         self._lock = threading.RLock()
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        checkpoint: str | os.PathLike | None = None,
-        architecture: str | None = None,
-        device: str = "auto",
-        precision: Precision = "auto",
-        verify: bool = False,
-    ) -> Encoder:
-        """An encoder over a checkpoint (path, ``XSEARCH_CHECKPOINT``, cache or download) whose towers load
-        when first needed: ``ModelChoice(...).load()``."""
-        from xsearch.model.choice import ModelChoice
-
-        return ModelChoice(checkpoint, architecture, device, precision, verify).load()
-
     def _ensure(self, tower: Tower) -> None:
         if tower in self.model.towers:
             return
@@ -199,24 +187,12 @@ class Encoder:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.encode(Modality.TEXT, get_tokenizer(self.preprocess.text.context_length)(list(texts)))
 
-    def encode_files(
-        self, paths, modality: Modality | str | None = None, batch_size: int = 16, thumbnails: bool = False
-    ) -> list[Outcome]:
-        """Embed files, in input order, by the indexer's rules (``xsearch.decode``): each file's modality
-        is ``modality`` when given, else what its path and first bytes say; a video file with only sound
-        is audio. A file that cannot be decoded or encoded has ``error`` set (``message``: path and
-        reason); the others have ``embedding``, and with ``thumbnails`` the preview made from the pixels
-        they decoded."""
-        outcomes = [decode(path, modality, self.preprocess, thumbnail=thumbnails) for path in paths]
-        self.encode_outcomes([o for o in outcomes if o.ok], batch_size)
-        return outcomes
-
     def encode_outcomes(self, outcomes: list[Outcome], batch_size: int = 16) -> None:
         """Set each decoded outcome's ``vector``, in batches of one modality, or its encode error; frees the
-        model inputs. The indexer's batches, the cluster's actors and ``encode_files`` all come here. JPEGs
-        left undecoded (``decode(..., defer_jpeg=True)``) are decoded here first, in one batch on this
-        encoder's device."""
-        self._decode_jpegs([o for o in outcomes if o.jpeg is not None])
+        model inputs. The indexer's batches, the cluster's actors, ``Collection.embed`` and query files all
+        come here. JPEGs a worker left undecoded are decoded first, by ``xsearch.decode.deferred``."""
+        if any(o.jpeg is not None for o in outcomes):
+            raise ValueError("JPEGs left for the device are decoded first (xsearch.decode.deferred.decode_jpegs)")
         outcomes = [o for o in outcomes if o.ok]
         groups: dict[Modality, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
@@ -224,36 +200,6 @@ class Encoder:
         for modality, group in groups.items():
             for start in range(0, len(group), batch_size):
                 self._encode_batch(modality, group[start : start + batch_size])
-
-    def _decode_jpegs(self, outcomes: list[Outcome]) -> None:
-        """Deferred JPEGs -> model pixels on this device and a thumbnail; what the batched decoder refuses
-        is decoded the usual way, so every file still gets its input or its error."""
-        if not outcomes:
-            return
-        from PIL import Image
-
-        from xsearch import thumbnails
-        from xsearch.preprocess.jpeg_batch import model_pixels_and_previews
-
-        cfg = self.preprocess[Modality.IMAGE]
-        decoded = model_pixels_and_previews(
-            [o.jpeg for o in outcomes], cfg.size, thumbnails.THUMBNAIL_SIZE, self.device
-        )
-        for outcome, done in zip(outcomes, decoded):
-            outcome.jpeg = None
-            if done is None:  # CMYK on nvJPEG, an odd subsampling, corrupt data: the PIL path says which
-                again = decode(outcome.path, Modality.IMAGE, self.preprocess, thumbnail=True)
-                outcome.tensor, outcome.metadata, outcome.error, outcome.stage = (
-                    again.tensor,
-                    again.metadata,
-                    again.error,
-                    again.stage,
-                )
-                continue
-            pixels, small = done
-            outcome.tensor = pixels
-            preview = Image.fromarray(small.permute(1, 2, 0).numpy())
-            outcome.metadata = {**outcome.metadata, "thumbnail": thumbnails.jpeg_thumbnail(preview)}
 
     def _encode_batch(self, modality: Modality, outcomes: list[Outcome]) -> None:
         try:

@@ -130,12 +130,14 @@ def example_files(examples: str | os.PathLike | Mapping[str, Sequence]) -> dict[
     return found
 
 
-def example_prototypes(encoder, examples, text_weight: float = 0.0) -> tuple[list[str], np.ndarray]:
-    """Label names and prototypes embedded from example files (each file's modality by the index's rules)."""
+def example_prototypes(embed, encoder, examples, text_weight: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Label names and prototypes from example files, embedded by ``embed`` (``Collection.embed``: each
+    file's modality by the index's rules, a folder as the files ``index`` would take from it) and label
+    texts by ``encoder``."""
     files = example_files(examples)
     vectors = {}
     for label, paths in files.items():
-        embedded = encoder.encode_files(paths)
+        embedded = embed(paths)
         failed = [r.message for r in embedded if r.error is not None]
         if failed:
             raise QueryError(f"example for label {label!r}: {failed[0]}")

@@ -1,19 +1,40 @@
-"""The decode stage's unit of work, run in worker processes: one planned file -> ``Outcome``.
+"""The unit of work of a decode worker: one planned file (``Task``) -> ``Outcome``.
 
 The decoding itself is ``xsearch.decode.decode``, the one file -> model input path that ``xsearch embed``
 and query inputs use too; here it is asked to hash the bytes it decodes and to skip a file whose bytes
-the store already has. ``prepare`` never raises for a bad file (``xsearch.indexer.decode_pool`` runs it in
+the store already has. ``prepare`` never raises for a bad file (``xsearch.decode.pool`` runs it in
 supervised processes).
 """
 
 from __future__ import annotations
 
-from xsearch.decode import OUT_OF_MEMORY, Outcome, decode, decode_query_file
-from xsearch.indexer.scan import Task
+from dataclasses import dataclass
+
+from xsearch.decode.files import OUT_OF_MEMORY, Outcome, decode, decode_query_file
+from xsearch.modalities import Modality
 from xsearch.moments import MomentCfg, MomentTask, decode_chunk, plan
 from xsearch.preprocess import PreprocessCfg
 
 __all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare", "prepare_query"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A file the scan found, the modality it will be indexed as, and its size and mtime. The plan sets
+    ``known_sha256`` when the store has the file under another size or mtime (same bytes: not re-embedded)."""
+
+    path: str
+    modality: Modality
+    size: int
+    mtime: float
+    known_sha256: str | None = None
+    known: bool = False  # the store has a row for this path (re-embedding it is an update, not a new file)
+    for_moments: bool = False  # unchanged, embedded again only for the moments it lacks
+
+    @property
+    def change(self) -> str:
+        """What committing this file's row is, for the run's counts: ``new``, ``updated`` or ``moments``."""
+        return "moments" if self.for_moments else "updated" if self.known else "new"
 
 
 def prepare(

@@ -1,5 +1,5 @@
 """One file -> model input, the same way everywhere: the indexer's workers, ``xsearch embed``
-(``Encoder.encode_files``), file query terms and few-shot examples all call ``decode``.
+(``Collection.embed``), file query terms and few-shot examples all call ``decode``.
 
 ``decode`` never raises for a bad file: its ``Outcome`` carries the reason and the stage, so one broken
 file costs one error row (or one failed line) and nothing else. The rules, in order:

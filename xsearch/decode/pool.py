@@ -12,7 +12,7 @@ decoder. Here each worker is watched by the indexer's process:
   instead of the whole machine's memory.
 
 Workers come from a fork server (lance and the encoder's threads are not fork-safe) that preloads the
-decode modules, so a replacement starts in milliseconds; both die with the run (``xsearch.indexer.lifeline``).
+decode modules, so a replacement starts in milliseconds; both die with the run (``xsearch.decode.lifeline``).
 Workers need xsearch's modules and nothing of the caller's: the fork server starts without the current
 folder on its path (a folder named ``xsearch`` there is not the package), and a worker is started without
 the caller's main script, which spawn-style start methods otherwise run again in every child (a script
@@ -38,9 +38,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
 
+from xsearch.decode.lifeline import die_with_parent
+from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Task, failed
 from xsearch.errors import XsearchError
-from xsearch.indexer.lifeline import die_with_parent
-from xsearch.indexer.work import OUT_OF_MEMORY, Outcome, Task, failed
 from xsearch.objects import storage_environment
 from xsearch.options import DecodeLimits
 
@@ -84,7 +84,7 @@ class DecodePool:
         self.memory_bytes = limits.memory_bytes or default_memory_bytes(workers)
         self.deaths_at_start = 0
         self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(["xsearch.indexer._forkserver_init", "xsearch.indexer.work"])
+        self.context.set_forkserver_preload(["xsearch.decode._forkserver_init", "xsearch.decode.work"])
         started = time.perf_counter()
         _ensure_forkserver()  # once a process: it imports the decoders (torch, PyAV), seconds on a busy machine
         log.info("decode workers' fork server ready in %.2f s", time.perf_counter() - started)
