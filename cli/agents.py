@@ -55,8 +55,8 @@ def mcp(
         fail("--host, --port, --token and --no-auth are for --http (stdio needs none)")
     with handled_errors():
         from xsearch.options import EngineSettings
-        from xsearch.server.app import check_token
         from xsearch.server.mcp_server import create_server, existing_folders, http_app
+        from xsearch.server.security import check_token
 
         check_token(token)
         folders = existing_folders(allow_files or [])

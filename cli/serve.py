@@ -69,7 +69,7 @@ def serve(
 
         from xsearch.options import EngineSettings
         from xsearch.server import create_app
-        from xsearch.server.app import check_token
+        from xsearch.server.security import check_token
 
         check_token(token)  # arguments first: before the database and the model are looked at
         choice = model_choice(flags)

@@ -378,8 +378,13 @@ def test_every_package_folder_is_installed():
 
 
 def test_rooms_stay_small():
-    """No class over 350 lines, no module over 600: a class that grows past that holds several jobs."""
+    """No class over 350 lines, no module over 600: a class that grows past that holds several jobs. In the
+    server, no function over 80 lines: its routes live in routers, not in one closure."""
     large = []
+    for path in sorted((ROOT / "xsearch" / "server").rglob("*.py")):
+        for node in ast.walk(_parse(path)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                large.append(f"{path.relative_to(ROOT)}: {node.name}, {node.end_lineno - node.lineno + 1} lines")
     for package in ("xsearch", "indexer", "cli"):
         for path in sorted((ROOT / package).rglob("*.py")):
             tree = _parse(path)

@@ -328,7 +328,7 @@ def test_odd_item_names_times_and_signatures_are_client_errors(media):
 def test_a_null_origin_is_cross_origin_and_searches_are_bounded_in_inputs(media):
     """``Origin: null`` (a sandboxed frame, a ``file:`` page) is refused like any other page's origin, token or
     not; one search takes at most ``MAX_INPUTS`` inputs."""
-    from xsearch.server.app import MAX_INPUTS
+    from xsearch.server.security import MAX_INPUTS
 
     _, _, collection = media
     for app in (create_app(collection), create_app(collection, token=TOKEN)):
@@ -344,7 +344,7 @@ def test_a_null_origin_is_cross_origin_and_searches_are_bounded_in_inputs(media)
 
 
 def test_a_session_expires_and_can_be_revoked(media, monkeypatch):
-    from xsearch.server import app as server_app
+    from xsearch.server import security as server_app
 
     _, _, collection = media
     client = TestClient(create_app(collection, token=TOKEN))

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from xsearch.errors import XsearchError
 from xsearch.options import SearchOptions, item_key, served_glob
 from xsearch.query.results import METADATA_COLUMNS
-from xsearch.server.app import MAX_INPUTS
+from xsearch.server.security import MAX_INPUTS
 
 INSTRUCTIONS = (
     "Search a media collection (photos, video, audio, text, depth, thermal and IMU files) in one shared "
@@ -61,24 +61,37 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
 
         raise UsageError("xsearch mcp needs the MCP SDK: pip install 'xsearch[mcp]'") from None
     from mcp.server.mcpserver import MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
     from mcp_types import ToolAnnotations
 
     from xsearch import __version__
 
-    allowed = [os.path.realpath(folder) for folder in allow_files]
     read_only = ToolAnnotations(readOnlyHint=True, destructiveHint=False, openWorldHint=False)
     server = MCPServer("xsearch", instructions=INSTRUCTIONS, version=__version__)
+    tools = _Tools(collection, [os.path.realpath(folder) for folder in allow_files])
+    for tool in (tools.search, tools.similar, tools.classify, tools.item, tools.info):
+        server.tool(annotations=read_only)(tool)
+    return server
 
-    def answered(work):
-        """``work()``, with xsearch's one-line errors as tool errors the agent reads."""
-        try:
-            return work()
-        except XsearchError as exc:
-            raise ToolError(str(exc)) from None
 
-    @server.tool(annotations=read_only)
+def _answered(work):
+    """``work()``, with xsearch's one-line errors as tool errors the agent reads."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    try:
+        return work()
+    except XsearchError as exc:
+        raise ToolError(str(exc)) from None
+
+
+class _Tools:
+    """The tools over one collection: each method's name, parameters and docstring are what an agent sees.
+    ``allowed``: the folders (real paths) whose files may be query inputs besides the indexed ones."""
+
+    def __init__(self, collection, allowed: list[str]):
+        self.collection, self.allowed = collection, allowed
+
     def search(
+        self,
         inputs: Annotated[list[SearchInput], Field(min_length=1, max_length=MAX_INPUTS)],
         target: Target = "all",
         k: K = 10,
@@ -112,13 +125,13 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
                 near=near,
                 sort=sort,
             )
-            query = _query(collection, inputs, allowed)
-            return _results(collection.search(query, options))
+            query = _query(self.collection, inputs, self.allowed)
+            return _results(self.collection.search(query, options))
 
-        return answered(work)
+        return _answered(work)
 
-    @server.tool(annotations=read_only)
     def similar(
+        self,
         item: Annotated[str, Field(description="A result's id or path; ID@SECONDS for a moment of it")],
         target: Target = "all",
         k: K = 10,
@@ -128,12 +141,12 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
 
         def work():
             options = SearchOptions(target=target, k=k, moments=moments, exclude_query_items=True)
-            return _results(collection.search(_item_query(item), options))
+            return _results(self.collection.search(_item_query(item), options))
 
-        return answered(work)
+        return _answered(work)
 
-    @server.tool(annotations=read_only)
     def classify(
+        self,
         labels: Annotated[list[str], Field(min_length=2, max_length=100, description="The labels to choose from")],
         target: Target = "all",
         where: Where = None,
@@ -143,25 +156,22 @@ def create_server(collection, allow_files: list[str | os.PathLike] = ()):
         """Give stored items their most likely label (zero-shot, from the labels' texts) and a score."""
 
         def work():
-            labelled = collection.classify(labels, target=target, where=where, path=served_glob(path), sort="score")
+            glob = served_glob(path)
+            labelled = self.collection.classify(labels, target=target, where=where, path=glob, sort="score")
             rows = labelled.as_json()
             return {"labels": rows[:limit], "items": len(rows)}
 
-        return answered(work)
+        return _answered(work)
 
-    @server.tool(annotations=read_only)
-    def item(key: Annotated[str, Field(description="The item's id or path")]) -> dict:
+    def item(self, key: Annotated[str, Field(description="The item's id or path")]) -> dict:
         """One stored item: path, modality, size, and what is known of it (width, duration, when, where...)."""
-
         columns = ["id", "uri", "modality", "size", "mtime", "sha256", *METADATA_COLUMNS]
-        return answered(lambda: {k: v for k, v in collection.item(item_key(key), columns).items() if v is not None})
+        row = lambda: self.collection.item(item_key(key), columns)  # noqa: E731
+        return _answered(lambda: {k: v for k, v in row().items() if v is not None})
 
-    @server.tool(annotations=read_only)
-    def info() -> dict:
+    def info(self) -> dict:
         """What the collection holds: items per modality, the model, indices, errors, moments."""
-        return answered(lambda: collection.info(check=False))
-
-    return server
+        return _answered(lambda: self.collection.info(check=False))
 
 
 def http_app(server, host: str, token: str | None):
