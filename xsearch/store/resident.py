@@ -6,8 +6,9 @@ itself. A server keeps them in memory instead, as Qdrant keeps payloads: every c
 large ones (embeddings, thumbnails), read once, in a background thread, on the view's first read by
 position. Until they are in, reads go to Lance; after, ``take`` is an Arrow gather of a few rows.
 
-Memory is the price: the uris, hashes and metadata of every row (about 80 bytes a row of synthetic
-data; real paths and camera names take more). A one-shot CLI search never pays it (``hold_rows`` off).
+Memory is the price: the uris, hashes and metadata of every row (about 160 bytes a row of the warm
+benchmark's synthetic data, 232 MB at its 1M; real paths and camera names take more). A one-shot CLI
+search never pays it (``hold_rows`` off).
 """
 
 from __future__ import annotations
