@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from xsearch.errors import SearchIndexError
-from xsearch.index.faiss_ops import faiss_module, to_float32
+from xsearch.index.faiss_ops import faiss_module, inner_products, to_float32
 
 FORMAT = 2
 META = "meta.json"
@@ -109,7 +109,7 @@ class Rows:
         out = np.empty(len(positions), np.float32)
         for start in range(0, len(positions), chunk):
             rows = positions[start : start + chunk]
-            out[start : start + len(rows)] = self.vectors(rows) @ query
+            out[start : start + len(rows)] = inner_products(self.vectors(rows), query)
         return out
 
 

@@ -21,6 +21,7 @@ from xsearch.index.faiss_ops import (
     faiss_module,
     free_bytes,
     gpu_quantizer,
+    inner_products,
     normalise,
     to_float32,
     torch_device,
@@ -278,7 +279,7 @@ class VectorIndex:
             from xsearch.exact import rerank
 
             return rerank(self.rows.vectors(rows, half=True), queries, self._rerank_device)
-        return np.matmul(self.rows.vectors(rows), queries[:, :, None])[..., 0]
+        return np.stack([inner_products(self.rows.vectors(r), q) for r, q in zip(rows, queries)])
 
     @staticmethod
     def _check(scores: np.ndarray) -> None:

@@ -1,7 +1,8 @@
 """``ModelChoice``: which weights embed, on what device and in what precision, decided once.
 
 Every face (CLI flags, ``serve``, ``Collection(...)`` keywords) folds its model arguments into one
-``ModelChoice`` at the door; nothing below reads ``$XSEARCH_CHECKPOINT`` or resolves ``"auto"`` again.
+``ModelChoice`` at the door; nothing below reads ``$XSEARCH_CHECKPOINT``, and ``"auto"`` device and
+precision are decided in one place (``resolved``).
 The choice is plain data (picklable), so a Ray cluster's actors load the same weights from the same
 recipe instead of receiving them over the network.
 
@@ -33,8 +34,8 @@ class ModelChoice:
     reader; else the cached download of published weights). ``architecture``: a model name
     (``imagebind_huge``, ``tiny_test``) or a database's model id; ``None``: the database's, else what the
     checkpoint names, else ``imagebind_huge``. ``device``: ``auto``, ``cpu``, ``cuda``; ``precision``:
-    ``auto``, ``fp32``, ``bf16``; ``verify``: re-hash a cached download even when its size and time are
-    unchanged.
+    ``auto``, ``fp32``, ``bf16``, ``int8`` (``xsearch.precision``); ``verify``: re-hash a cached download
+    even when its size and time are unchanged.
     """
 
     checkpoint: str | None = None

@@ -134,6 +134,9 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         """The database's current versions, frozen (the one held while nothing was committed since)."""
+        previous = self._snapshot
+        if previous is not None and self.db.unchanged(previous.pinned, self._lease):
+            return previous  # the common case, without the lock: searches never queue here
         with self._lock:
             previous = self._snapshot
             pinned = self.db.snapshot(self._lease, previous.pinned if previous is not None else None)
@@ -163,6 +166,9 @@ class Engine:
         in memory (only ``xsearch index`` writes index files) and ready to be searched from any thread: it
         does not change afterwards."""
         state = state or self.snapshot().items
+        cached = state.loaded.get(modality)
+        if cached is not None and cached[1].get("version_key") == state.key:
+            return cached[0]  # published, never changed: no lock
         with self._lock:
             cached = state.loaded.get(modality)
             if cached is None or cached[1].get("version_key") != state.key:
@@ -247,7 +253,9 @@ class Engine:
             found = self._search_modality(state, vector[None], modality, fetch, options)
             exhausted &= len(found) < fetch
             hits += [Hit(i, s, calibration(s)) for s, i in found]
-        hits.sort(key=(lambda h: -h.calibrated) if by_calibrated else (lambda h: -h.score))  # stable
+        # Merged by calibrated score; an exact tie (two hits each at its modality's median, say) goes to the
+        # nearer cosine. Stable: one modality's equal scores keep the index's order.
+        hits.sort(key=(lambda h: (-h.calibrated, -h.score)) if by_calibrated else (lambda h: -h.score))
         return hits, exhausted
 
     def _deduplicated(self, snapshot, state, target, hits: list[Hit], rows: dict[int, dict], own) -> list[Hit]:

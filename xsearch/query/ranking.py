@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xsearch.index.faiss_ops import inner_products
 from xsearch.paths import is_hidden
 
 SAMPLE_SIZE = 2048  # stored vectors per modality that define "unrelated" for the calibration
@@ -59,7 +60,7 @@ class Calibration:
     def from_sample(cls, query: np.ndarray, sample: np.ndarray) -> Calibration:
         if len(sample) == 0:
             return cls(0.0, 1.0)
-        cosines = np.asarray(sample, dtype=np.float32) @ np.asarray(query, dtype=np.float32)  # no copy of the sample
+        cosines = inner_products(sample, query)  # on this thread: searches run side by side
         centre = float(np.median(cosines))
         spread = 1.4826 * float(np.median(np.abs(cosines - centre)))  # MAD, scaled to a normal's sigma
         missing = max(PRIOR_ITEMS - len(cosines), 0)

@@ -152,14 +152,8 @@ class Database:
         while the lease lives (taken before the versions are read: no gap). ``previous`` is returned as it
         is while nothing was committed since (a cheap check of the latest version numbers; in an object
         store, where that check is two requests, made at most every ``files.recheck_seconds``)."""
-        if previous is not None:
-            if lease is not None:
-                lease.hold(None)  # renews the note when it is getting old; otherwise nothing
-            if time.monotonic() - self._checked_at < self.files.recheck_seconds:
-                return previous
-            self._checked_at = time.monotonic()
-            if previous.is_latest(self):
-                return previous
+        if previous is not None and self.unchanged(previous, lease):
+            return previous
         if lease is not None:
             lease.hold(None)  # "the newest version as of now", until the numbers are known
         items = self._view(ITEMS, local=True)
@@ -167,6 +161,17 @@ class Database:
         if lease is not None:
             lease.hold(items.version, moments.version if moments is not None else None)
         return Snapshot(items, moments)
+
+    def unchanged(self, previous: Snapshot, lease: ReaderLease | None = None) -> bool:
+        """Whether nothing was committed since ``previous`` (a check of the latest version numbers; in an
+        object store, made at most every ``files.recheck_seconds``). Renews ``lease``'s note of what it
+        holds when the note is getting old, and never moves it to a newer version: safe from any thread."""
+        if lease is not None:
+            lease.hold(None)
+        if time.monotonic() - self._checked_at < self.files.recheck_seconds:
+            return True
+        self._checked_at = time.monotonic()
+        return previous.is_latest(self)
 
     def index_folder(self, name: str) -> Path:
         """The folder of the FAISS indices over table ``name`` (``faiss/``, ``faiss-moments/``)."""

@@ -3,7 +3,6 @@ on the table versions they read, which a writer's compaction keeps."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime as dt
 import json
@@ -12,6 +11,7 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 
 from xsearch.errors import UsageError
@@ -65,7 +65,9 @@ class ReaderLease:
         self.held_moments: int | None = None
         self.noted = False
         self.noted_at = 0.0
-        atexit.register(self.release)
+        # The note goes with the lease: at ``release``, when the lease is collected, or at exit (one
+        # finalizer each, holding the note's place, not the lease: a released lease is not kept alive).
+        self._remove = weakref.finalize(self, _remove_note, self.files, self.name)
 
     def hold(self, version: int | None, moments: int | None = None) -> None:
         """Note ``version`` of items and ``moments`` of the moments table (``None``: the newest as of now).
@@ -86,6 +88,8 @@ class ReaderLease:
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
+        if not self._remove.alive:  # noted again after a release
+            self._remove = weakref.finalize(self, _remove_note, self.files, self.name)
         try:
             self.files.make_folder(READERS)
             self.files.write_text(self.name, json.dumps(note))
@@ -94,8 +98,12 @@ class ReaderLease:
 
     def release(self) -> None:
         self.noted = False
-        with contextlib.suppress(Exception):  # best effort (at exit, the store may be gone): the note expires
-            self.files.remove(self.name)
+        self._remove()
+
+
+def _remove_note(files: SideFiles, name: str) -> None:
+    with contextlib.suppress(Exception):  # best effort (at exit, the store may be gone): the note expires
+        files.remove(name)
 
 
 def held_since(files: SideFiles, versions: list[dict], field: str = "version") -> dt.datetime | None:
