@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -100,13 +101,20 @@ def test_rows_carry_hash_metadata_and_thumbnails(indexed):
     assert stored[str(root / "sounds" / "a440.wav")]["duration"] == pytest.approx(2.5, abs=0.01)
 
 
-def test_index_search_finds_each_stored_item(indexed):
+def test_the_index_ranks_every_stored_item_as_the_stored_vectors_do(indexed):
+    """The index the run built holds each stored picture once, and ranks all of them for each one as the
+    exact cosines of the stored vectors do (each finds itself first, at 1)."""
     _, _, db, _, _ = indexed
     store = Database.open(db, create=False)
     index = IndexSet.latest(store).current("image")[0]
     ids, vectors = store.items().vectors(store.items().ids("image"))
-    _, found = index.search(vectors, 1)
-    assert list(found[:, 0]) == list(ids)
+    assert len(index) == len(ids) > 2
+    scores, found = index.search(vectors, len(ids))
+    exact = vectors @ vectors.T
+    for row in range(len(ids)):
+        assert found[row, 0] == ids[row] and scores[row, 0] == pytest.approx(1, abs=1e-5)
+        assert sorted(found[row]) == sorted(ids)
+        np.testing.assert_allclose(scores[row], np.sort(exact[row])[::-1], atol=1e-5)
 
 
 def test_rerun_is_incremental(tmp_path, checkpoint):

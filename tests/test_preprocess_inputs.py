@@ -138,10 +138,20 @@ def test_audio_lengths_and_rates(tmp_path, seconds, rate, channels):
         assert int(x[0, 0, :, 5:25].mean(-1).argmax()) == expected_bin
 
 
-def test_silent_audio(tmp_path):
+def test_silent_audio_is_the_floor_in_every_bin_of_every_frame(tmp_path):
+    """Silence has no energy anywhere: every mel bin of every frame that holds samples is the log floor
+    (the quietest bin of a tone reaches the same value), and only the frames padded onto the end of a
+    short clip (as the reference pads) hold anything else."""
     path = write_wav(tmp_path / "silence.wav", np.zeros((32000, 1), np.float32), 16000)
     x = preprocess_file(path, "audio")
     assert _finite(x)
+    floor = float(preprocess_file(write_wav(tmp_path / "tone.wav", tone(2.0, 16000), 16000), "audio").min())
+    padded = (x != floor).any(dim=2)  # [clips, 1, frames]: frames with anything but the floor
+    assert float(x.min()) == floor
+    frames = x.shape[-1]
+    for clip in padded[:, 0]:
+        first = int(torch.nonzero(clip)[0]) if clip.any() else frames
+        assert first > frames // 2 and bool(clip[first:].all())  # only a tail, and all of it
 
 
 @pytest.mark.parametrize("codec,ext", [("libmp3lame", "mp3"), ("flac", "flac"), ("libopus", "ogg"), ("aac", "m4a")])

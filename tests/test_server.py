@@ -126,11 +126,17 @@ def test_media_only_by_id(client, path):
     assert client.get(path).status_code == 404
 
 
-def test_info_and_classify(client):
+def test_info_and_classify(client, media):
+    """The labels over HTTP are the library's: the same items (the two pictures), labels and scores."""
     info = client.get("/api/info").json()
     assert info["by_modality"] == {"image": 2, "video": 1, "audio": 1, "imu": 1}
     labels = client.post("/api/classify", data={"labels": "red,sound", "target": "image"}).json()
-    assert len(labels) == 2 and {row["label"] for row in labels} <= {"red", "sound"}
+    expected = media[2].classify(["red", "sound"], target="image").as_json()
+    assert {Path(row["uri"]).stem for row in labels} == {"red", "blue"}
+    assert [(r["id"], r["label"], round(r["score"], 6)) for r in labels] == [
+        (r["id"], r["label"], round(r["score"], 6)) for r in expected
+    ]
+    assert all(0.5 <= row["score"] <= 1 for row in labels)  # the best of two labels: at least an even chance
 
 
 TOKEN = "a-token-of-some-length"
