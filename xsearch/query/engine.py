@@ -134,14 +134,14 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         """The database's current versions, frozen (the one held while nothing was committed since)."""
-        previous = self._snapshot
-        if previous is not None and self.db.unchanged(previous.pinned, self._lease):
-            return previous  # the common case, without the lock: searches never queue here
+        seen = self._snapshot
+        if seen is not None and self.db.unchanged(seen.pinned, self._lease):
+            return seen  # the common case, without the lock: searches never queue here
         with self._lock:
             previous = self._snapshot
-            pinned = self.db.snapshot(self._lease, previous.pinned if previous is not None else None)
-            if previous is not None and pinned is previous.pinned:
+            if previous is not seen:  # another search renewed it meanwhile
                 return previous
+            pinned = self.db.snapshot(self._lease)  # a commit came since ``seen``
             items = self._renewed(previous and previous.items, pinned.items, ITEMS)
             moments = None
             if pinned.moments is not None:

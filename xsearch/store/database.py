@@ -146,14 +146,11 @@ class Database:
         return self.moments() if name == MOMENTS else self._view(name)
 
     @guarded
-    def snapshot(self, lease: ReaderLease | None = None, previous: Snapshot | None = None) -> Snapshot:
+    def snapshot(self, lease: ReaderLease | None = None) -> Snapshot:
         """Items and moments frozen at their current versions: every read through the snapshot sees those
         versions and no later commit. ``lease`` records them, so that a writer's compaction keeps them
-        while the lease lives (taken before the versions are read: no gap). ``previous`` is returned as it
-        is while nothing was committed since (a cheap check of the latest version numbers; in an object
-        store, where that check is two requests, made at most every ``files.recheck_seconds``)."""
-        if previous is not None and self.unchanged(previous, lease):
-            return previous
+        while the lease lives (taken before the versions are read: no gap). ``unchanged`` says when to
+        take the next one."""
         if lease is not None:
             lease.hold(None)  # "the newest version as of now", until the numbers are known
         items = self._view(ITEMS, local=True)
@@ -162,12 +159,11 @@ class Database:
             lease.hold(items.version, moments.version if moments is not None else None)
         return Snapshot(items, moments)
 
-    def unchanged(self, previous: Snapshot, lease: ReaderLease | None = None) -> bool:
-        """Whether nothing was committed since ``previous`` (a check of the latest version numbers; in an
-        object store, made at most every ``files.recheck_seconds``). Renews ``lease``'s note of what it
-        holds when the note is getting old, and never moves it to a newer version: safe from any thread."""
-        if lease is not None:
-            lease.hold(None)
+    def unchanged(self, previous: Snapshot, lease: ReaderLease) -> bool:
+        """Whether nothing was committed since ``previous`` (the latest version numbers; in an object store,
+        two requests, so at most every ``files.recheck_seconds``). Renews ``lease``'s note, never to a newer
+        version: safe from any thread."""
+        lease.hold(None)
         if time.monotonic() - self._checked_at < self.files.recheck_seconds:
             return True
         self._checked_at = time.monotonic()
