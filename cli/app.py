@@ -258,6 +258,45 @@ def model_flags(function: Callable) -> Callable:
     return command
 
 
+def option_flags(cls: type) -> Callable[[Callable], Callable]:
+    """``function(..., options)`` as a command taking one flag per spelled field of ``cls`` (an options class,
+    ``xsearch.options``) in place of ``options``: name, type, default and help as the field says. The command
+    gets ``options``, a ``functools.partial(cls, ...)`` to call once the flags may be checked (after the
+    database's own modalities are registered: a target may name one)."""
+    from xsearch.options import edge_fields
+
+    given = edge_fields(cls)
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function, eval_str=True)
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        params = []
+        for p in signature.parameters.values():
+            if p.name == "options":
+                params += [_flag(f) for f in given]
+            else:
+                params.append(p.replace(kind=keyword) if p.kind != p.VAR_KEYWORD else p)
+
+        @functools.wraps(function)
+        def command(*args, **kwargs):
+            values = {f.name: kwargs.pop(f.name) for f in given}
+            return function(*args, **kwargs, options=functools.partial(cls, **values))
+
+        command.__signature__ = signature.replace(parameters=params)
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return command
+
+    return decorate
+
+
+def _flag(field) -> inspect.Parameter:
+    """One options field (an ``EdgeField``) as a typer option."""
+    spelling = field.spelling
+    option = typer.Option(*spelling.flags, help=spelling.help, min=spelling.minimum)
+    annotation = Annotated[field.type, option]
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
+
+
 def model_choice(flags: ModelFlags):
     """The model flags folded into one ``ModelChoice`` (checked there)."""
     from xsearch.model.choice import ModelChoice

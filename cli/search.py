@@ -29,12 +29,13 @@ from xsearch.cli.app import (
     model_flags,
     note_random_weights,
     open_collection,
+    option_flags,
     output_file,
     shown,
 )
 from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality
-from xsearch.options import SearchOptions
+from xsearch.options import ClassifyOptions, SearchOptions
 
 ITEM = "item"
 QUERY = "query"  # an input of any modality, named in its value: the database's own included
@@ -170,45 +171,12 @@ def print_table(results) -> None:
 
 def _search(
     db: DbOpt = ...,
-    target: Annotated[str, typer.Option(help="Modalities to search: image,audio,... or all.")] = "all",
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of results.")] = SearchOptions.k,
-    where: Annotated[str | None, typer.Option(help='Lance SQL filter on items, e.g. "width >= 1000".')] = None,
-    path: Annotated[str | None, typer.Option(help="Glob on the file path, e.g. '*/2024/*'.")] = None,
+    options: SearchOptions = ...,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     html: Annotated[str | None, typer.Option(help="Also write a contact sheet (HTML) to this file.")] = None,
     link_originals: Annotated[
         bool, typer.Option(help="In the contact sheet, link each card to its original file (file:// links).")
     ] = False,
-    min_score: Annotated[float | None, typer.Option(help="Drop hits below this raw cosine.")] = None,
-    min_calibrated: Annotated[
-        float | None, typer.Option(help="Drop hits below this calibrated score (comparable across modalities).")
-    ] = None,
-    autocut: Annotated[
-        int | None, typer.Option(min=1, help="Keep the hits before the N-th jump in the scores (1: the top group).")
-    ] = None,
-    dedup: Annotated[
-        bool, typer.Option(help="Files with the same bytes come back once, listing the others.")
-    ] = SearchOptions.dedup,
-    exclude_query_items: Annotated[
-        bool,
-        typer.Option(
-            "--exclude-query-items", help="Leave out the --item inputs themselves (they lead the results otherwise)."
-        ),
-    ] = SearchOptions.exclude_query_items,
-    moments: Annotated[
-        bool,
-        typer.Option("--moments", help="Find moments of audio and video (index --moments): file @ start-end."),
-    ] = SearchOptions.moments,
-    per_file: Annotated[
-        int | None, typer.Option(min=1, help="With --moments: at most this many moments of one file (default 1).")
-    ] = SearchOptions.per_file,
-    near: Annotated[
-        str | None, typer.Option(help="LAT,LON,KM: files taken within KM of that place (photos' GPS tags).")
-    ] = None,
-    sort: Annotated[
-        str,
-        typer.Option(help="relevance, date or -date (newest first): the order of the hits the cut-offs keep."),
-    ] = SearchOptions.sort,
     stray: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
     modality: Annotated[str | None, typer.Option("--modality", hidden=True)] = None,
     flags: ModelFlags = ModelFlags(),
@@ -231,21 +199,7 @@ def _search(
         _refuse_guesses(stray, modality)
         collection = open_collection(db, flags)
         collection.bound_modalities()  # the database's own modalities, before the options name them
-        options = SearchOptions(
-            target=target,
-            k=k,
-            where=where,
-            path=path,
-            min_score=min_score,
-            min_calibrated=min_calibrated,
-            autocut=autocut,
-            dedup=dedup,
-            exclude_query_items=exclude_query_items,
-            moments=moments,
-            per_file=per_file,
-            near=near,
-            sort=sort,
-        )
+        options = options()
         query = build_query(inputs)
         results = collection.search(query, options)
         if html:
@@ -307,11 +261,12 @@ def _with_input_options(function):
     return function
 
 
-search = command(name="search")(_with_input_options(model_flags(_search)))
+search = command(name="search")(_with_input_options(model_flags(option_flags(SearchOptions)(_search))))
 
 
 @command()
 @model_flags
+@option_flags(ClassifyOptions)
 def classify(
     db: DbOpt = ...,
     labels: Annotated[
@@ -323,11 +278,7 @@ def classify(
     text_weight: Annotated[
         float, typer.Option(help="With --examples: blend in each label's text (its folder name) by this weight.")
     ] = 0.0,
-    target: Annotated[str, typer.Option(help="Modalities to label: audio,image,... or all.")] = "all",
-    where: Annotated[str | None, typer.Option(help="Lance SQL filter on items.")] = None,
-    path: Annotated[str | None, typer.Option(help="Glob on the file path, e.g. '*/2024/*'.")] = None,
-    min_confidence: Annotated[float | None, typer.Option(help="Only items labelled with at least this score.")] = None,
-    sort: Annotated[str, typer.Option(help="Order: id (item) or score (most confident first).")] = "id",
+    options: ClassifyOptions = ...,
     output: Annotated[str | None, typer.Option(help="Write the report to a .csv or .parquet file.")] = None,
     json_: Annotated[
         bool, typer.Option("--json", help="One JSON document (a list of labels) instead of a table.")
@@ -342,15 +293,12 @@ def classify(
     output = output_file(output, "--output", (".csv", ".parquet"))
     with handled_errors():
         collection = open_collection(db, flags)
+        collection.bound_modalities()  # the database's own modalities, before the options name them
         labelled = collection.classify(
             labels.split(",") if labels is not None else None,
+            options(),
             examples=examples,
             text_weight=text_weight,
-            target=target,
-            where=where,
-            path=path,
-            min_confidence=min_confidence,
-            sort=sort,
         )
         if output:
             import pyarrow.csv

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from xsearch.cli.main import app
 from xsearch.model import save_random_checkpoint
+from xsearch.options import ClassifyOptions, SearchOptions, edge_fields
 from xsearch.testing.media import gradient_image, tone, write_wav
 
 from scripts import xsearch_script
@@ -89,6 +90,11 @@ def test_an_agent_lists_the_tools_and_calls_each(collection):
     assert set(tools) == {"search", "similar", "classify", "item", "info"}
     assert all(tool.annotations.read_only_hint for tool in tools.values())
     assert "inputs" in tools["search"].input_schema["properties"] and tools["search"].description
+    searched = tools["search"].input_schema["properties"]
+    assert set(searched) == {"inputs"} | {f.name for f in edge_fields(SearchOptions)}  # every field, derived
+    assert searched["k"]["maximum"] == 200 and searched["k"]["default"] == SearchOptions.k
+    labelling = set(tools["classify"].input_schema["properties"])
+    assert labelling == {"labels", "limit"} | {f.name for f in edge_fields(ClassifyOptions)} - {"sort"}
     hits = _data(text)["results"]
     assert len(hits) == 3 and {"uri", "modality", "score", "calibrated"} <= set(hits[0])
     assert _data(by_file)["results"][0]["uri"] == str(media / "photo0.jpg")  # an indexed file: allowed

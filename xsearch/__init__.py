@@ -23,7 +23,7 @@ from xsearch.errors import (
 )
 from xsearch.modalities import Modality, Tower
 from xsearch.model.choice import ModelChoice
-from xsearch.options import IndexOptions, SearchOptions
+from xsearch.options import ClassifyOptions, EngineSettings, IndexOptions, SearchOptions, Selection
 
 if TYPE_CHECKING:
     from xsearch.collection import Collection
@@ -63,10 +63,12 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CheckpointError",
+    "ClassifyOptions",
     "Collection",
     "DecodeError",
     "Encoder",
     "Engine",
+    "EngineSettings",
     "IndexOptions",
     "ItemNotFound",
     "Labels",
@@ -82,6 +84,7 @@ __all__ = [
     "RunReport",
     "SearchIndexError",
     "SearchOptions",
+    "Selection",
     "StoreError",
     "Tower",
     "UsageError",

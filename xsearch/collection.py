@@ -36,7 +36,16 @@ from xsearch.errors import ItemNotFound, UsageError
 from xsearch.modalities import BUILT_IN, Modality
 from xsearch.model.choice import DEFAULT_ARCHITECTURE, ModelChoice
 from xsearch.objects import is_object_uri, location
-from xsearch.options import DecodeLimits, EngineSettings, IndexOptions, ScanOptions, SearchOptions, item_key, real_path
+from xsearch.options import (
+    ClassifyOptions,
+    DecodeLimits,
+    EngineSettings,
+    IndexOptions,
+    ScanOptions,
+    SearchOptions,
+    item_key,
+    real_path,
+)
 from xsearch.paths import is_under, modality_of_path
 from xsearch.sources import media_exists
 
@@ -334,37 +343,38 @@ class Collection:
     def classify(
         self,
         labels: Sequence[str] | None = None,
+        options: ClassifyOptions | None = None,
         *,
         examples: str | os.PathLike | Mapping[str, Sequence] | None = None,
         text_weight: float = 0.0,
-        target=None,
-        where: str | None = None,
-        path: str | None = None,
-        min_confidence: float | None = None,
-        sort: str = "id",
+        **overrides,
     ):
         """Each item's most likely label and its probability: ``Labels`` (rows of ``id, uri, modality, label,
-        score``; ``to_arrow``, ``to_pandas``, ``as_json``), sorted by ``"id"`` or by ``"score"``.
+        score``; ``to_arrow``, ``to_pandas``, ``as_json``).
 
         Zero-shot from ``labels`` (texts), or few-shot from ``examples``: a folder whose subfolders are the
         labels and hold a few example files each (any modality), or ``{label: [files]}``. A label's prototype
         is the mean of its examples' unit vectors, blended with its text's embedding by ``text_weight``.
+        ``options`` (a ``ClassifyOptions``) and keyword ``overrides`` say which items (``target``,
+        ``where``, ``path``, as a search selects them), which labels are kept (``min_confidence``) and their
+        order (``sort``: ``"id"`` or ``"score"``).
         """
         from xsearch.query import classify as labelling
 
+        engine = self.engine  # the database's bound modalities first: a target may name one
+        options = ClassifyOptions.of(options, **overrides)
         if (labels is None) == (examples is None):
             raise UsageError("give either labels (zero-shot) or examples (few-shot)", argument="labels")
-        targets = self.engine.targets(target)
-        encoder = self.engine.encoder
+        targets = engine.targets(options.target)
+        encoder = engine.encoder
         if labels is not None:
             names = labelling.clean_labels(labels)
             prototypes = encoder.encode_text(names).numpy()
         else:
             names, prototypes = labelling.example_prototypes(self.embed, encoder, examples, text_weight)
-        path = SearchOptions(path=path).path  # a relative glob from the current folder, as search takes it
         with self.store.leased() as snapshot:  # a writer's compaction keeps what is read here
-            labelled = labelling.classify(snapshot.items, prototypes, names, targets, where, path)
-        return labelled.filtered(min_confidence).sorted(sort)
+            labelled = labelling.classify(snapshot.items, prototypes, names, targets, options)
+        return labelled.filtered(options.min_confidence).sorted(options.sort)
 
     def info(self, check: bool = True) -> dict:
         """Counts per modality, model id, index kind and freshness, errors, size on disk.

@@ -6,8 +6,9 @@ nowhere else: the CLI's option defaults and the server's form defaults are these
 Validation happens in ``__post_init__``, so a bad value fails in one place with the argument it is about
 (``UsageError.argument``), before any model loads or database is touched.
 
-Adding a search option: a field (and its check) here, then its spelling at the two edges
-(``cli/search.py`` and ``xsearch/server/app.py``); the engine reads it from the object.
+Adding a search option: one field here, with its check and its ``Spelling`` (help, bounds, CLI flags);
+the CLI (``cli/app.py`` ``option_flags``), the HTTP form (``xsearch/server/forms.py``) and the MCP tools
+derive their parameters from the fields, and the engine reads it from the object.
 
 Light on purpose (no torch, lancedb or faiss): ``xsearch --help`` imports this module.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -115,43 +117,144 @@ def parse_near(value) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
-class SearchOptions:
-    """What one search asks for, besides the query itself.
+class Spelling:
+    """How an option is given at the edges (a CLI flag, an HTTP form field, an MCP tool parameter), said once
+    beside its field: each edge derives its parameter from this and the field's name, type and default.
 
-    ``target``: the modalities to search (``"image,audio"``, a ``Modality``, a list; ``None`` or ``"all"``:
-    every one the database holds). ``where``: a Lance SQL predicate on the items (``"width >= 1024"``);
-    ``path``: a glob on the file path, made absolute here (``"photos/*"`` from the current folder, ``~``
-    expanded; ``"*/2024/*"`` as it is). Cut-offs, all off by default: ``min_score`` (raw cosine),
-    ``min_calibrated`` (comparable across modalities), ``autocut`` (keep what comes before the N-th jump).
-    ``dedup``: files with the same bytes come back once (the query's own item, else the first indexed
-    copy, stands for them). A stored item in the query (``Query.item``) leads the results, with its copies,
-    whatever the cut-offs; ``exclude_query_items`` leaves them out instead ("more like this", not "this").
-    ``moments``: return moments of audio and video files (``xsearch.moments``) instead of files, at most
-    ``per_file`` of each file (default 1); ``where`` then filters moment columns (``start``, ``end``,
-    ``uri``, ``modality``). ``near``: ``(latitude, longitude, km)``, files taken within ``km`` of that place
-    (``xsearch.capture``). ``sort``: ``"relevance"`` (default), ``"date"`` or ``"-date"`` (newest first),
-    applied after the cut-offs, so that only relevant hits are ordered by when they were taken (undated
-    ones last); ``rank`` stays each hit's place by relevance.
+    ``text``: given as text and parsed by the options class (``"image,audio"``, ``"48.85,2.35,10"``).
+    ``shown``: the default the edges show, when it is not the field's (``"all"`` for ``None``).
+    ``minimum``: checked by the edges' parsers too, so that ``--help`` and the API's schema say it.
+    ``most``: a served edge's bound (what one request may ask of a shared server; the library has none).
+    ``flags``: the CLI's spelling, when not ``--name`` (``-k``; a switch with no ``--no-`` form).
+    ``choices``: the accepted words, for an edge's schema (the options class checks them).
     """
 
-    target: tuple[Modality, ...] | None = None
-    k: int = DEFAULT_K
-    where: str | None = None
-    path: str | None = None
-    min_score: float | None = None
-    min_calibrated: float | None = None
-    autocut: int | None = None
-    dedup: bool = True
-    exclude_query_items: bool = False
-    moments: bool = False
-    per_file: int | None = None
-    near: tuple[float, float, float] | None = None
-    sort: str = "relevance"
+    help: str
+    text: bool = False
+    shown: object = None
+    minimum: int | None = None
+    most: int | None = None
+    flags: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+
+def spelled(default, help: str, **how):
+    """A dataclass field with its ``Spelling`` at the edges."""
+    return field(default=default, metadata={"spelling": Spelling(help, **how)})
+
+
+@dataclass(frozen=True)
+class EdgeField:
+    """One option as an edge declares it: its name, the type the edge accepts, the default it shows and its
+    ``Spelling``."""
+
+    name: str
+    type: object
+    default: object
+    spelling: Spelling
+
+
+def edge_fields(cls, only: Sequence[str] | None = None) -> list[EdgeField]:
+    """``cls``'s spelled fields (all, or ``only`` these, in that order), as the edges declare them."""
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in fields(cls):
+        spelling = f.metadata.get("spelling")
+        if spelling is None:
+            continue
+        kind = hints[f.name]
+        if spelling.text:
+            kind = str if spelling.shown is not None else str | None
+        default = spelling.shown if spelling.shown is not None else f.default
+        found[f.name] = EdgeField(f.name, kind, default, spelling)
+    if only is None:
+        return list(found.values())
+    unknown = sorted(set(only) - set(found))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no spelled option {unknown[0]!r}")
+    return [found[name] for name in only]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored items a search or a classification looks at.
+
+    ``target``: the modalities (``"image,audio"``, a ``Modality``, a list; ``None`` or ``"all"``: every one
+    the database holds). ``where``: a Lance SQL predicate on the items (``"width >= 1024"``). ``path``: a
+    glob on the file path, made absolute here (``"photos/*"`` from the current folder, ``~`` expanded;
+    ``"*/2024/*"`` as it is); a server refuses a relative one first (``served_glob``).
+    """
+
+    target: tuple[Modality, ...] | None = spelled(
+        None, "Modalities to search: image,audio,... or all.", text=True, shown="all"
+    )
+    where: str | None = spelled(None, 'Lance SQL filter on items, e.g. "width >= 1000".')
+    path: str | None = spelled(None, "Glob on the file path, e.g. '*/2024/*'.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", _targets(self.target))
+        if self.where is not None and not self.where.strip():
+            object.__setattr__(self, "where", None)
+        if self.path is not None:
+            object.__setattr__(self, "path", absolute_glob(self.path) if self.path.strip() else None)
+
+    @classmethod
+    def of(cls, options=None, /, **overrides):
+        """``options`` (default: the defaults) with ``overrides`` by field name: the Python keywords' edge."""
+        return _overridden(cls, options, overrides)
+
+
+@dataclass(frozen=True)
+class SearchOptions(Selection):
+    """What one search asks for, besides the query itself: a ``Selection`` (``target``, ``where``, ``path``)
+    and how many hits, cut and ordered how.
+
+    Cut-offs, all off by default: ``min_score`` (raw cosine), ``min_calibrated`` (comparable across
+    modalities), ``autocut`` (keep what comes before the N-th jump). ``dedup``: files with the same bytes
+    come back once (the query's own item, else the first indexed copy, stands for them). A stored item in
+    the query (``Query.item``) leads the results, with its copies, whatever the cut-offs;
+    ``exclude_query_items`` leaves them out instead ("more like this", not "this"). ``moments``: return
+    moments of audio and video files (``xsearch.moments``) instead of files, at most ``per_file`` of each
+    file (default 1); ``where`` then filters moment columns (``start``, ``end``, ``uri``, ``modality``).
+    ``near``: ``(latitude, longitude, km)``, files taken within ``km`` of that place (``xsearch.capture``).
+    ``sort``: ``"relevance"`` (default), ``"date"`` or ``"-date"`` (newest first), applied after the
+    cut-offs, so that only relevant hits are ordered by when they were taken (undated ones last); ``rank``
+    stays each hit's place by relevance.
+    """
+
+    k: int = spelled(DEFAULT_K, "Number of results.", minimum=1, most=1000, flags=("-k", "--k"))
+    min_score: float | None = spelled(None, "Drop hits below this raw cosine.")
+    min_calibrated: float | None = spelled(
+        None, "Drop hits below this calibrated score (comparable across modalities)."
+    )
+    autocut: int | None = spelled(
+        None, "Keep the hits before the N-th jump in the scores (1: the top group).", minimum=1
+    )
+    dedup: bool = spelled(True, "Files with the same bytes come back once, listing the others.")
+    exclude_query_items: bool = spelled(
+        False,
+        "Leave out the stored items of the query themselves (they lead the results otherwise).",
+        flags=("--exclude-query-items",),
+    )
+    moments: bool = spelled(
+        False, "Find moments of audio and video (index --moments): file @ start-end.", flags=("--moments",)
+    )
+    per_file: int | None = spelled(
+        None, "With moments: at most this many moments of one file (default 1).", minimum=1, most=1000
+    )
+    near: tuple[float, float, float] | None = spelled(
+        None, "LAT,LON,KM: files taken within KM of that place (photos' GPS tags).", text=True
+    )
+    sort: str = spelled(
+        "relevance", "relevance, date or -date (newest first): the order of the hits the cut-offs keep.", choices=SORTS
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.sort not in SORTS:
             raise UsageError(f"sort must be one of {', '.join(SORTS)}, got {self.sort!r}", argument="sort")
+        if isinstance(self.near, str) and not self.near.strip():
+            object.__setattr__(self, "near", None)
         if self.near is not None:
             object.__setattr__(self, "near", parse_near(self.near))
             if self.moments:
@@ -163,15 +266,25 @@ class SearchOptions:
         _at_least_one(self.autocut, "autocut", "jumps")
         _finite(self.min_score, "min_score")
         _finite(self.min_calibrated, "min_calibrated")
-        if self.where is not None and not self.where.strip():
-            object.__setattr__(self, "where", None)
-        if self.path is not None:
-            object.__setattr__(self, "path", absolute_glob(self.path) if self.path.strip() else None)
 
-    @classmethod
-    def of(cls, options: SearchOptions | None = None, /, **overrides) -> SearchOptions:
-        """``options`` (default: the defaults) with ``overrides`` by field name: the Python keywords' edge."""
-        return _overridden(cls, options, overrides)
+
+LABEL_SORTS = ("id", "score")
+
+
+@dataclass(frozen=True)
+class ClassifyOptions(Selection):
+    """What a classification reports, besides its labels: a ``Selection`` of the items to label, a floor on
+    the confidence (``min_confidence``, a probability) and the order (``"id"``, or ``"score"``: most
+    confident first)."""
+
+    min_confidence: float | None = spelled(None, "Only items labelled with at least this probability.")
+    sort: str = spelled("id", "Order: id (item) or score (most confident first).", choices=LABEL_SORTS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _finite(self.min_confidence, "min_confidence")
+        if self.sort not in LABEL_SORTS:
+            raise UsageError(f"sort must be id or score, got {self.sort!r}", argument="sort")
 
 
 # With a filter, up to this many matching items are scored exactly; above it the ANN index is over-fetched.

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from xsearch.errors import QueryError, UsageError
 from xsearch.modalities import Modality
+from xsearch.options import Selection
 from xsearch.paths import glob_mask
 from xsearch.store import ItemFilter, embeddings_to_numpy
 
@@ -80,9 +81,7 @@ class Labels:
         return Labels(self._table.filter(pa.compute.greater_equal(self._table["score"], min_confidence)))
 
     def sorted(self, by: str = "id") -> Labels:
-        """By item id, or by ``"score"`` (most confident first)."""
-        if by not in ("id", "score"):
-            raise UsageError(f"sort by 'id' or 'score', not {by!r}", argument="sort")
+        """By item id, or by ``"score"`` (most confident first): a ``ClassifyOptions.sort``."""
         return Labels(self._table.sort_by("id" if by == "id" else [("score", "descending"), ("id", "ascending")]))
 
 
@@ -154,16 +153,16 @@ def classify(
     label_vectors: np.ndarray,
     labels: Sequence[str],
     targets: Sequence[Modality],
-    where: str | None = None,
-    path: str | None = None,
+    selection: Selection,
 ) -> Labels:
     """Each item's most likely label and its probability (softmax over the labels of cosine x 100), sorted
-    by id; ``where`` and ``path`` (an absolute glob) select the items as in a search."""
+    by id; of the ``targets``, the items ``selection``'s ``where`` and ``path`` select, as in a search."""
     tables = []
     for modality in targets:
-        table = items.scan(["id", "uri", "modality", "embedding"], ItemFilter(modality=modality, where=where))
-        if path is not None and table.num_rows:
-            table = table.filter(pa.array(glob_mask(table["uri"], path)))
+        scanned = ItemFilter(modality=modality, where=selection.where)
+        table = items.scan(["id", "uri", "modality", "embedding"], scanned)
+        if selection.path is not None and table.num_rows:
+            table = table.filter(pa.array(glob_mask(table["uri"], selection.path)))
         if table.num_rows == 0:
             continue
         logits = embeddings_to_numpy(table["embedding"]) @ np.asarray(label_vectors).T * LOGIT_SCALE

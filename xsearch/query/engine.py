@@ -34,7 +34,7 @@ from xsearch.errors import ModelMismatchError, QueryError, SearchIndexError
 from xsearch.index import IndexSet
 from xsearch.index.faiss_ops import one_openmp_thread
 from xsearch.modalities import Modality
-from xsearch.options import EngineSettings, SearchOptions
+from xsearch.options import EngineSettings, SearchOptions, Selection
 from xsearch.paths import glob_mask
 from xsearch.query.algebra import Query, combine
 from xsearch.query.ranking import Calibration, Hit, by_date, cut, fold_duplicates, lead, sample_ids
@@ -202,9 +202,9 @@ class Engine:
     # ---- search ---------------------------------------------------------------------------------------
 
     def targets(self, target, state: ViewState | None = None) -> list[Modality]:
-        """The modalities ``target`` names (a ``SearchOptions.target``, or anything it accepts); ``None``
-        or ``"all"``: those the view holds (default: the current items)."""
-        named = target if isinstance(target, tuple) else SearchOptions(target=target).target
+        """The modalities ``target`` names (a ``Selection.target``, or anything it accepts); ``None`` or
+        ``"all"``: those the view holds (default: the current items)."""
+        named = target if isinstance(target, tuple) else Selection(target=target).target
         return list(named) if named is not None else (state or self.snapshot().items).view.modalities()
 
     def search(self, query: Query | str, options: SearchOptions | None = None, **overrides) -> Results:

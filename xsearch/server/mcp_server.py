@@ -14,6 +14,7 @@ by the SDK before any code runs.
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from xsearch.errors import XsearchError
-from xsearch.options import SearchOptions, item_key, served_glob
+from xsearch.options import ClassifyOptions, SearchOptions, edge_fields, item_key, served_glob
 from xsearch.query.results import METADATA_COLUMNS
 from xsearch.server.security import MAX_INPUTS
 
@@ -44,10 +45,8 @@ class SearchInput(BaseModel):
     modality: str | None = Field(None, description="For a file: its modality when its type does not say")
 
 
-Target = Annotated[str, Field(description="Modalities searched: image, video, audio, text... comma-separated, or all")]
-K = Annotated[int, Field(ge=1, le=200, description="How many results")]
-Where = Annotated[str | None, Field(description="SQL filter on the items' columns, e.g. width >= 1024")]
-PathGlob = Annotated[str | None, Field(description="Glob on the file path, e.g. */2024/*")]
+# What one call may ask of the server, tighter than the API's: an agent reads every result it gets.
+MOST = {"k": 200, "per_file": 100}
 
 
 def create_server(collection, allow_files: list[str | os.PathLike] = ()):
@@ -90,57 +89,23 @@ class _Tools:
     def __init__(self, collection, allowed: list[str]):
         self.collection, self.allowed = collection, allowed
 
-    def search(
-        self,
-        inputs: Annotated[list[SearchInput], Field(min_length=1, max_length=MAX_INPUTS)],
-        target: Target = "all",
-        k: K = 10,
-        where: Where = None,
-        path: PathGlob = None,
-        moments: Annotated[bool, Field(description="Find moments of audio and video: start and end seconds")] = False,
-        per_file: Annotated[
-            int | None, Field(ge=1, le=100, description="With moments: at most this many per file")
-        ] = None,
-        min_calibrated: Annotated[float | None, Field(description="Leave out hits below this calibrated score")] = None,
-        autocut: Annotated[int | None, Field(ge=1, description="Keep the hits before the N-th jump in scores")] = None,
-        near: Annotated[
-            str | None, Field(description="LAT,LON,KM: only files taken within KM of that place (GPS tags)")
-        ] = None,
-        sort: Annotated[
-            Literal["relevance", "date", "-date"], Field(description="Order of the hits kept: -date is newest first")
-        ] = "relevance",
-    ) -> dict:
+    def search(self, inputs: Annotated[list[SearchInput], Field(min_length=1, max_length=MAX_INPUTS)], **given) -> dict:
         """Find the files nearest to the inputs (texts, files, stored items; weighted and added), best first."""
 
         def work():
-            options = SearchOptions(
-                target=target,
-                k=k,
-                where=where,
-                path=served_glob(path),
-                moments=moments,
-                per_file=per_file,
-                min_calibrated=min_calibrated,
-                autocut=autocut,
-                near=near,
-                sort=sort,
-            )
+            options = SearchOptions(**_served(given))
             query = _query(self.collection, inputs, self.allowed)
             return _results(self.collection.search(query, options))
 
         return _answered(work)
 
     def similar(
-        self,
-        item: Annotated[str, Field(description="A result's id or path; ID@SECONDS for a moment of it")],
-        target: Target = "all",
-        k: K = 10,
-        moments: Annotated[bool, Field(description="Find moments of audio and video")] = False,
+        self, item: Annotated[str, Field(description="A result's id or path; ID@SECONDS for a moment of it")], **given
     ) -> dict:
         """More like one stored item or moment (the item itself is left out)."""
 
         def work():
-            options = SearchOptions(target=target, k=k, moments=moments, exclude_query_items=True)
+            options = SearchOptions(**given, exclude_query_items=True)
             return _results(self.collection.search(_item_query(item), options))
 
         return _answered(work)
@@ -148,16 +113,13 @@ class _Tools:
     def classify(
         self,
         labels: Annotated[list[str], Field(min_length=2, max_length=100, description="The labels to choose from")],
-        target: Target = "all",
-        where: Where = None,
-        path: PathGlob = None,
         limit: Annotated[int, Field(ge=1, le=1000, description="At most this many items, most confident first")] = 100,
+        **given,
     ) -> dict:
         """Give stored items their most likely label (zero-shot, from the labels' texts) and a score."""
 
         def work():
-            glob = served_glob(path)
-            labelled = self.collection.classify(labels, target=target, where=where, path=glob, sort="score")
+            labelled = self.collection.classify(labels, ClassifyOptions(**_served(given), sort="score"))
             rows = labelled.as_json()
             return {"labels": rows[:limit], "items": len(rows)}
 
@@ -172,6 +134,34 @@ class _Tools:
     def info(self) -> dict:
         """What the collection holds: items per modality, the model, indices, errors, moments."""
         return _answered(lambda: self.collection.info(check=False))
+
+
+def _with_options(method, cls: type, only: list[str] | None = None) -> None:
+    """``method``'s ``**given`` declared as ``cls``'s spelled fields (or ``only`` these): each a tool
+    parameter with the field's type, default, help and bounds (``MOST`` tightening the API's), which the
+    SDK turns into the schema the agent reads and checks before the call."""
+    signature = inspect.signature(method, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    added = []
+    for field in edge_fields(cls, only):
+        spelling = field.spelling
+        kind = Literal[spelling.choices] if spelling.choices else field.type
+        bounds = Field(description=spelling.help, ge=spelling.minimum, le=MOST.get(field.name, spelling.most))
+        annotation = Annotated[kind, bounds]
+        added.append(
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
+        )
+    method.__signature__ = signature.replace(parameters=kept + added)
+
+
+_with_options(_Tools.search, SearchOptions)
+_with_options(_Tools.similar, SearchOptions, only=["target", "k", "moments"])
+_with_options(_Tools.classify, ClassifyOptions, only=[f.name for f in edge_fields(ClassifyOptions) if f.name != "sort"])
+
+
+def _served(given: dict) -> dict:
+    """The options as a server takes them: a relative path glob refused (``served_glob``)."""
+    return {**given, "path": served_glob(given.get("path"))} if "path" in given else given
 
 
 def http_app(server, host: str, token: str | None):

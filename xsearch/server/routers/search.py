@@ -11,16 +11,17 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from xsearch.capture import describe
 from xsearch.errors import UsageError
 from xsearch.modalities import Modality, Preview
 from xsearch.moments import split_item_time
-from xsearch.options import SearchOptions, served_glob
+from xsearch.options import ClassifyOptions, SearchOptions
 from xsearch.paths import modality_of_path
 from xsearch.server.dependencies import GUARDED, http_errors, require_form, served
+from xsearch.server.forms import options_form
 from xsearch.server.security import MAX_INPUTS
 from xsearch.thumbnails import text_excerpt
 
@@ -30,6 +31,7 @@ router = APIRouter()
 @router.post("/api/search", dependencies=GUARDED)
 def search(
     request: Request,
+    options: Annotated[SearchOptions, Depends(options_form(SearchOptions))],
     files: Annotated[list[UploadFile], File(description="Query files, any modality (repeatable).")] = (),
     file_modality: Annotated[
         list[str], Form(description="Per file: its modality, or empty to infer it from the file.")
@@ -41,25 +43,6 @@ def search(
         list[str], Form(description="Stored items by id or path, or ID@SECONDS for a moment (repeatable).")
     ] = (),
     item_weight: Annotated[list[float], Form(description="Per item: its weight (default 1).")] = (),
-    target: Annotated[str, Form(description="Modalities to search: image,audio,... or all.")] = "all",
-    k: Annotated[int, Form(ge=1, le=1000, description="Number of results.")] = SearchOptions.k,
-    where: Annotated[str | None, Form(description="Lance SQL filter on items.")] = None,
-    path: Annotated[str | None, Form(description="Glob on the file path.")] = None,
-    min_score: Annotated[float | None, Form(description="Drop hits below this raw cosine.")] = None,
-    min_calibrated: Annotated[float | None, Form(description="Drop hits below this calibrated score.")] = None,
-    autocut: Annotated[int | None, Form(ge=1, description="Keep the hits before the N-th jump.")] = None,
-    dedup: Annotated[bool, Form(description="Identical files come back once.")] = SearchOptions.dedup,
-    exclude_query_items: Annotated[
-        bool, Form(description="Leave out the stored items of the query (they lead otherwise).")
-    ] = SearchOptions.exclude_query_items,
-    moments: Annotated[
-        bool, Form(description="Find moments of audio and video (indexed with --moments).")
-    ] = SearchOptions.moments,
-    per_file: Annotated[int | None, Form(ge=1, le=1000, description="Moments per file (default 1).")] = None,
-    near: Annotated[str | None, Form(description="LAT,LON,KM: files taken within KM of that place.")] = None,
-    sort: Annotated[
-        str, Form(description="relevance, date or -date: the order of the hits the cut-offs keep.")
-    ] = SearchOptions.sort,
 ) -> JSONResponse:
     """Search with any mix of uploaded files, texts and stored items, each with a weight."""
     require_form(request)
@@ -67,22 +50,6 @@ def search(
         raise HTTPException(422, "give at least one input: files, text or item")
     if len(files) + len(text) + len(item) > MAX_INPUTS:
         raise HTTPException(422, f"at most {MAX_INPUTS} inputs (files, texts and items) in one search")
-    with http_errors():
-        options = SearchOptions(
-            target=target,
-            k=k,
-            where=where,
-            path=served_glob(path),
-            min_score=min_score,
-            min_calibrated=min_calibrated,
-            autocut=autocut,
-            dedup=dedup,
-            exclude_query_items=exclude_query_items,
-            moments=moments,
-            per_file=per_file,
-            near=near or None,
-            sort=sort,
-        )
     serving = served(request)
     with tempfile.TemporaryDirectory(prefix="xsearch-upload-") if files else contextlib.nullcontext() as scratch:
         parts, uploads = _file_terms(files, file_modality, file_weight, scratch, serving.max_upload_bytes)
@@ -96,16 +63,12 @@ def search(
 def classify(
     request: Request,
     labels: Annotated[str, Form(description='Comma-separated labels, e.g. "dog,cat,rain".')],
-    target: Annotated[str, Form()] = "all",
-    where: Annotated[str | None, Form()] = None,
-    min_confidence: Annotated[float | None, Form()] = None,
+    options: Annotated[ClassifyOptions, Depends(options_form(ClassifyOptions))],
 ) -> list[dict]:
     """Zero-shot: each item's best label and its probability."""
     require_form(request)
     with http_errors():
-        labelled = served(request).collection.classify(
-            labels.split(","), target=target, where=where, min_confidence=min_confidence
-        )
+        labelled = served(request).collection.classify(labels.split(","), options)
     return labelled.as_json()
 
 
