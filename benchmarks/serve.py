@@ -56,7 +56,7 @@ def warm_in_process(db: Path, items: list[int]) -> float:
         search = lambda item: collection.search(Query.item(item), target="image", k=10)  # noqa: E731
         for item in items[:20]:
             search(item)
-        collection.engine.snapshot().items.view._resident.ready.wait()
+        collection.engine.snapshot().items.view.wait_held()
         timings = []
         for item in items:
             started = time.perf_counter()

@@ -143,7 +143,7 @@ def main() -> None:
             kind(picks[0])
         snapshot = engine.snapshot()
         for state in (snapshot.items, snapshot.moments):
-            state.view._resident.ready.wait()
+            state.view.wait_held()
         emit(held_mb=round((snapshot.items.view.held_bytes + snapshot.moments.view.held_bytes) / 1e6, 1))
         index = engine.index(Modality.TEXT)
         medians: dict[str, list[float]] = {}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
+import click
 import typer
 
 from xsearch import __version__
@@ -48,9 +49,29 @@ StorageOpt = Annotated[
 ]
 
 
-class _State:
-    debug = False
-    verbose = False
+@dataclasses.dataclass
+class Invocation:
+    """What the options of ``xsearch`` itself set for one command line (given before the command's name or
+    after it): kept on click's root context, so that nothing outlives the invocation."""
+
+    verbose: bool = False
+    debug: bool = False
+
+    @classmethod
+    def current(cls) -> Invocation:
+        """This command line's; outside one (a command function called directly), the defaults."""
+        context = click.get_current_context(silent=True)
+        if context is None:
+            return cls()
+        root = context.find_root()
+        if not isinstance(root.obj, cls):
+            root.obj = cls()
+        return root.obj
+
+    def take(self, verbose: bool, debug: bool) -> None:
+        """Options given again (after the command's name) add to those given before it."""
+        self.verbose, self.debug = self.verbose or verbose, self.debug or debug
+        configure_logging(self)
 
 
 def _version(value: bool) -> None:
@@ -68,8 +89,7 @@ def main(
     debug: DebugOpt = False,
     storage_option: StorageOpt = None,
 ) -> None:
-    _State.verbose, _State.debug = verbose, debug
-    configure_logging()
+    Invocation.current().take(verbose, debug)
     configure_storage(storage_option)
 
 
@@ -83,12 +103,12 @@ def configure_storage(options: list[str] | None) -> None:
             fail(f"--storage-option: {error}")
 
 
-def configure_logging() -> None:
-    level = logging.DEBUG if _State.debug else logging.INFO if _State.verbose else logging.WARNING
+def configure_logging(invocation: Invocation) -> None:
+    level = logging.DEBUG if invocation.debug else logging.INFO if invocation.verbose else logging.WARNING
     logging.basicConfig(format="%(levelname)s %(message)s")
     logging.getLogger().setLevel(level)
     # FAISS announces which SIMD build it loaded at INFO: noise unless debugging.
-    logging.getLogger("faiss").setLevel(logging.DEBUG if _State.debug else logging.WARNING)
+    logging.getLogger("faiss").setLevel(logging.DEBUG if invocation.debug else logging.WARNING)
 
 
 def command(*args, **kwargs) -> Callable:
@@ -108,8 +128,7 @@ def command(*args, **kwargs) -> Callable:
 
         @functools.wraps(function)
         def run(*call_args, verbose: bool = False, debug: bool = False, storage_option=None, **call_kwargs):
-            _State.verbose, _State.debug = _State.verbose or verbose, _State.debug or debug
-            configure_logging()
+            Invocation.current().take(verbose, debug)
             configure_storage(storage_option)
             return function(*call_args, **call_kwargs)
 
@@ -122,10 +141,10 @@ def command(*args, **kwargs) -> Callable:
     return register
 
 
-# How each library argument is spelt on the command line (``XsearchError.argument`` -> flag).
+# How each library argument is spelt on the command line (``XsearchError.argument`` -> flag), besides the
+# search and classify options, whose flags their fields say (``flag_of``).
 FLAGS = {
     "assign": "--as",
-    "autocut": "--autocut",
     "checkpoint": "--checkpoint",
     "device": "--device",
     "examples": "--examples",
@@ -134,26 +153,35 @@ FLAGS = {
     "db": "--db",
     "file_timeout": "--file-timeout",
     "gpu_decode": "--gpu-decode",
-    "k": "-k",
     "labels": "--labels",
-    "min_calibrated": "--min-calibrated",
-    "min_score": "--min-score",
     "modalities": "--modalities",
     "modality": "--as",
     "model": "--model",
-    "path": "--path",
     "paths": "PATHS",
     "precision": "--precision",
     "ray": "--ray",
     "ray_actors": "--ray-actors",
     "ray_stall_seconds": "--ray-stall",
-    "sort": "--sort",
     "storage_option": "--storage-option",
-    "target": "--target",
     "token": "--token",
-    "where": "--where",
     "workers": "--workers",
 }
+
+
+def flag_of(argument: str | None) -> str | None:
+    """The flag a library argument is given by, if a command has one."""
+    if argument in FLAGS:
+        return FLAGS[argument]
+    from xsearch.options import ClassifyOptions, SearchOptions, edge_fields
+
+    for field in edge_fields(SearchOptions) + edge_fields(ClassifyOptions):
+        if field.name == argument:
+            return _flag_names(field)[0]
+    return None
+
+
+def _flag_names(field) -> tuple[str, ...]:
+    return field.spelling.flags or ("--" + field.name.replace("_", "-"),)
 
 
 def fail(message: str | XsearchError, code: int = EXIT_ERROR) -> None:
@@ -165,24 +193,25 @@ def fail(message: str | XsearchError, code: int = EXIT_ERROR) -> None:
 @contextmanager
 def handled_errors() -> Iterator[None]:
     """Domain errors -> one line and ``EXIT_ERROR``; anything else -> a short note (traceback with --debug)."""
+    debug = Invocation.current().debug
     try:
         yield
     except (typer.Exit, typer.Abort, typer.BadParameter, BrokenPipeError):  # typer/click report these
         raise
     except UsageError as error:
-        if _State.debug:
+        if debug:
             raise
-        flag = FLAGS.get(error.argument or "")
+        flag = flag_of(error.argument)
         fail(f"{flag}: {error}" if flag else error)
     except XsearchError as error:
-        if _State.debug:
+        if debug:
             raise
-        flag = FLAGS.get(error.argument or "")
+        flag = flag_of(error.argument)
         fail(f"{error} ({flag})" if flag else error)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except Exception as error:
-        if _State.debug:
+        if debug:
             raise
         fail(f"internal error: {type(error).__name__}: {error} (re-run with --debug for the traceback)", EXIT_INTERNAL)
 
@@ -292,7 +321,7 @@ def option_flags(cls: type) -> Callable[[Callable], Callable]:
 def _flag(field) -> inspect.Parameter:
     """One options field (an ``EdgeField``) as a typer option."""
     spelling = field.spelling
-    option = typer.Option(*spelling.flags, help=spelling.help, min=spelling.minimum)
+    option = typer.Option(*spelling.flags, help=spelling.help, min=spelling.minimum)  # no flags: typer's --name
     annotation = Annotated[field.type, option]
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
 

@@ -5,8 +5,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from xsearch import Collection
+from xsearch.cli.main import app
+from xsearch.encoder import Encoder
+from xsearch.model import save_checkpoint, save_random_checkpoint
+from xsearch.testing.media import gradient_image, tone, write_wav
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/corpus.py, tests/faulty.py (imported by decode workers)
+
+from trials import jpeg_folder  # noqa: E402  (tests/ on the path first)
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +54,55 @@ def s3():
 
     with s3_server() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model):
+    """A checkpoint that names its architecture, as xsearch's own (``random-checkpoint``) do: no --model."""
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", notes={"architecture": "tiny_test"})
+
+
+@pytest.fixture
+def collection(tmp_path, tiny_model):
+    """A small indexed collection: photos under photos/, a sound; made with the tiny model."""
+    media = tmp_path / "media"
+    (media / "photos").mkdir(parents=True)
+    for i in range(3):
+        gradient_image(media / "photos" / f"p{i}.jpg", seed=i)
+    gradient_image(media / "cover.png", seed=9)
+    write_wav(media / "tone.wav", tone(2.0, 16000), 16000)
+    db = tmp_path / "db"
+    Collection.open(db, encoder=Encoder(tiny_model, device="cpu", precision="fp32")).index([media], workers=0)
+    return media, db
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory) -> Path:
+    """A trial checkpoint, as ``xsearch random-checkpoint trial.pt`` writes it."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("trial") / "trial.pt", "tiny_test", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trial_db(tmp_path_factory, trial) -> tuple[Path, Path]:
+    """Three photos and a tone indexed with the trial checkpoint."""
+    root = tmp_path_factory.mktemp("trialdb")
+    media = jpeg_folder(root / "media" / "photos")
+    write_wav(media.parent / "tone.wav", tone(2.0, 16000), 16000)
+    db = root / "db"
+    done = runner.invoke(app, ["index", str(media.parent), "--db", str(db), "--checkpoint", str(trial), "-q"])
+    assert done.exit_code == 0, done.output
+    return media.parent, db
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model):
+    """Three pictures and a tone, indexed with the tiny model: ``(media folder, Collection)``."""
+    root = tmp_path_factory.mktemp("hostile")
+    for i in range(3):
+        gradient_image(root / f"p{i}.jpg", seed=i)
+    write_wav(root / "tone.wav", tone(2.0, 16000), 16000)
+    collection = Collection.open(
+        root.parent / "hostile.db", encoder=Encoder(tiny_model, device="cpu", precision="fp32")
+    )
+    collection.index([root], workers=0)
+    return root, collection

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serving import CHROMIUM_FLAGS, chromium, running
 from typer.testing import CliRunner
 
 from xsearch import Collection, Modality, UsageError
@@ -18,6 +17,8 @@ from xsearch.encoder import Encoder
 from xsearch.server import create_app
 from xsearch.store import ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_imu, write_video, write_wav
+
+from serving import CHROMIUM_FLAGS, chromium, running
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_rows_held_in_memory_answer_as_rows_read_from_disk(collection, tmp_path,
     on_disk = {(i, n): _answer(collection, i, **kind) for i in (3, 1200, 3100) for n, kind in enumerate(kinds)}
     with Collection.open(tmp_path / "db", settings=EngineSettings(hold_rows=True)) as holding:
         view = holding.engine.snapshot().items.view
-        assert view._resident is not None and view._resident.ready.wait(30)
+        assert view.wait_held(30)
         assert view.held_bytes > 3500 * 20  # every row's uri, hash and modality, at least
 
         read = []

@@ -26,8 +26,8 @@ Builds stream: a training sample, then ``id, embedding`` batches read from Lance
 index codes and one batch, never all vectors.
 """
 
-from xsearch.index.faiss_ops import assigned_by, gpu_available, torch_device
 from xsearch.index.files import read_meta
+from xsearch.index.gpu import assigned_by, gpu_available, torch_device
 from xsearch.index.index_set import IndexSet
 from xsearch.index.params import IndexCfg, default_nprobe, search_defaults
 from xsearch.index.vector_index import VectorIndex

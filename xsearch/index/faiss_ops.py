@@ -1,15 +1,14 @@
-"""FAISS plumbing: vectors made ready for FAISS, IVF-PQ training (its k-means on a GPU when there is one), a
-build's list assignment on a GPU, the float16 decoder the re-rank reads through, and what keeps one
-search on its own thread (one OpenMP thread, inner products without BLAS's threads)."""
+"""FAISS plumbing: vectors made ready for FAISS, IVF-PQ training (its k-means on a GPU when there is one:
+``xsearch.index.gpu``), the float16 decoder the re-rank reads through, and what keeps one search on its
+own thread (one OpenMP thread, inner products without BLAS's threads)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 
 import numpy as np
 
+from xsearch.index.gpu import gpu_clustering_index
 from xsearch.index.params import IndexCfg, search_defaults
 
 
@@ -17,13 +16,6 @@ def faiss_module():
     import faiss
 
     return faiss
-
-
-def gpu_available() -> bool:
-    try:
-        return faiss_module().get_num_gpus() > 0
-    except Exception:  # a faiss build without GPU support
-        return False
 
 
 @contextlib.contextmanager
@@ -56,21 +48,6 @@ def inner_products(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
         ptr = faiss.swig_ptr
         faiss.fvec_inner_products_ny(ptr(out), ptr(query), ptr(vectors), len(query), len(vectors))
     return out
-
-
-def torch_device(device):
-    import torch
-
-    return torch.device(device)
-
-
-def free_bytes(device) -> int:
-    """Free memory on ``device`` (a CUDA device's, or the machine's RAM for the CPU)."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -133,47 +110,3 @@ def train_ivfpq(sample: np.ndarray, n: int, cfg: IndexCfg, clustering=None):
     finally:
         ivf.clustering_index = None  # no GPU object in what is saved; ``clustering`` lives until here
     return index, spec
-
-
-def gpu_clustering_index(d: int, cfg: IndexCfg):
-    """An exact inner-product index on GPU 0 for k-means assignments, or ``None`` without a GPU."""
-    if not (gpu_available() if cfg.use_gpu is None else cfg.use_gpu):
-        return None
-    faiss = faiss_module()
-    config = faiss.GpuIndexFlatConfig()
-    config.device = 0
-    return faiss.GpuIndexFlatIP(gpu_resources(), d, config)
-
-
-def gpu_quantizer(index, cfg: IndexCfg):
-    """The IVF centroids of ``index`` in an exact index on GPU 0, for a build to assign its rows to lists
-    there; ``None`` for a flat index or without a GPU."""
-    if isinstance(index, faiss_module().IndexFlat) or not (gpu_available() if cfg.use_gpu is None else cfg.use_gpu):
-        return None
-    faiss = faiss_module()
-    return faiss.index_cpu_to_gpu(gpu_resources(), 0, faiss.extract_index_ivf(index).quantizer)
-
-
-@contextlib.contextmanager
-def assigned_by(index, quantizer):
-    """Rows added inside are assigned to their IVF lists by ``quantizer`` (the same centroids, held where
-    the nearest one is found faster: a GPU); the index's own quantiser is back when done, so what is saved
-    is the CPU recipe. ``quantizer=None``: the index's own. The PQ codes are made on the CPU either way
-    (fast-scan codes have no GPU encoder, and FAISS's ``add_core`` with precomputed lists fails on their
-    block inverted lists in faiss 1.15.1), so this is the one part of adding a GPU can take."""
-    if quantizer is None:
-        yield
-        return
-    ivf = faiss_module().extract_index_ivf(index)
-    own = ivf.quantizer
-    ivf.quantizer = quantizer
-    try:
-        yield
-    finally:
-        ivf.quantizer = own
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_resources():
-    """FAISS's GPU memory and streams, made once per process (they are costly) and kept alive."""
-    return faiss_module().StandardGpuResources()

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from xsearch.errors import SearchIndexError
-from xsearch.index.faiss_ops import add_rows, assigned_by, gpu_quantizer, normalise
+from xsearch.index.faiss_ops import add_rows, normalise
 from xsearch.index.files import META, RowFiles, open_rows, read_meta, replace_directory, write_segment, write_trained
+from xsearch.index.gpu import assigned_by, gpu_quantizer
 from xsearch.index.params import IndexCfg
 from xsearch.index.vector_index import VectorIndex, train_size
 from xsearch.modalities import Modality

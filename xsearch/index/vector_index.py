@@ -17,14 +17,10 @@ import numpy as np
 from xsearch.errors import SearchIndexError
 from xsearch.index.faiss_ops import (
     add_rows,
-    assigned_by,
     faiss_module,
-    free_bytes,
-    gpu_quantizer,
     inner_products,
     normalise,
     to_float32,
-    torch_device,
     train_ivfpq,
     train_size,
 )
@@ -47,6 +43,7 @@ from xsearch.index.files import (
     write_segment,
     write_trained,
 )
+from xsearch.index.gpu import assigned_by, free_bytes, gpu_quantizer, torch_device
 from xsearch.index.params import IndexCfg, default_nprobe, search_defaults
 
 log = logging.getLogger(__name__)

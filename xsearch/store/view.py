@@ -107,6 +107,11 @@ class TableView:
             self._resident = ResidentColumns(self._dataset, f"{self.path} ({self.name})")
         self._resident.start()
 
+    def wait_held(self, timeout: float | None = None) -> bool:
+        """Wait until the held columns are in (or their read failed; reads then go to Lance): ``True``
+        when done, ``False`` on ``timeout`` or when nothing is held."""
+        return self._resident is not None and self._resident.ready.wait(timeout)
+
     @property
     def held_bytes(self) -> int:
         """The memory the view's held columns take (0 when none are held, or not yet)."""
