@@ -5,6 +5,7 @@ Heavy imports (torch, lancedb, faiss) happen inside the commands so that ``xsear
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -14,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-import click
 import typer
 
 from xsearch import __version__
@@ -51,27 +51,32 @@ StorageOpt = Annotated[
 
 @dataclasses.dataclass
 class Invocation:
-    """What the options of ``xsearch`` itself set for one command line (given before the command's name or
-    after it): kept on click's root context, so that nothing outlives the invocation."""
+    """What the options of ``xsearch`` itself set for one command line, given before the command's name or
+    after it: kept on typer's root context, and current while the command runs (``Invocation.current``),
+    so that nothing outlives the command line."""
 
     verbose: bool = False
     debug: bool = False
 
     @classmethod
-    def current(cls) -> Invocation:
-        """This command line's; outside one (a command function called directly), the defaults."""
-        context = click.get_current_context(silent=True)
-        if context is None:
-            return cls()
+    def of(cls, context: typer.Context) -> Invocation:
         root = context.find_root()
         if not isinstance(root.obj, cls):
             root.obj = cls()
         return root.obj
 
+    @classmethod
+    def current(cls) -> Invocation:
+        """The running command's; outside one (a command function called directly), the defaults."""
+        return _RUNNING.get() or cls()
+
     def take(self, verbose: bool, debug: bool) -> None:
         """Options given again (after the command's name) add to those given before it."""
         self.verbose, self.debug = self.verbose or verbose, self.debug or debug
         configure_logging(self)
+
+
+_RUNNING: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("xsearch_invocation", default=None)
 
 
 def _version(value: bool) -> None:
@@ -82,6 +87,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    context: typer.Context,
     version: Annotated[
         bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
@@ -89,7 +95,7 @@ def main(
     debug: DebugOpt = False,
     storage_option: StorageOpt = None,
 ) -> None:
-    Invocation.current().take(verbose, debug)
+    Invocation.of(context).take(verbose, debug)
     configure_storage(storage_option)
 
 
@@ -126,11 +132,18 @@ def command(*args, **kwargs) -> Callable:
             keyword = inspect.Parameter.KEYWORD_ONLY
             params.append(inspect.Parameter(name, keyword, default=default, annotation=annotation))
 
+        params.append(inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
         @functools.wraps(function)
-        def run(*call_args, verbose: bool = False, debug: bool = False, storage_option=None, **call_kwargs):
-            Invocation.current().take(verbose, debug)
+        def run(*call_args, context, verbose=False, debug=False, storage_option=None, **call_kwargs):
+            invocation = Invocation.of(context)
+            invocation.take(verbose, debug)
             configure_storage(storage_option)
-            return function(*call_args, **call_kwargs)
+            running = _RUNNING.set(invocation)
+            try:
+                return function(*call_args, **call_kwargs)
+            finally:
+                _RUNNING.reset(running)
 
         run.__signature__ = signature.replace(parameters=params)
         run.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from xsearch import Modality
 from xsearch.cli.main import app
+from xsearch.errors import StoreError
 from xsearch.store import Database, ItemRecord
 from xsearch.testing.media import gradient_image, tone, write_video, write_wav
 
@@ -234,3 +235,13 @@ def test_misleading_reasons_and_odd_ids(tmp_path):
     )
     result = runner.invoke(app, ["search", "--db", str(tmp_path / "db"), "--item", "²"])
     assert result.exit_code == 2 and "no indexed item '²'" in result.output
+
+
+def test_debug_lasts_one_command_line(tmp_path):
+    """``--debug`` (before or after the command) raises the traceback of that command line only: the next
+    one, in the same process, is back to one line."""
+    argv = ["search", "--db", str(tmp_path / "none"), "--text", "a"]
+    for debugged in (["--debug", *argv], [*argv, "--debug"]):
+        assert isinstance(runner.invoke(app, debugged).exception, StoreError)  # raised whole, for its traceback
+        plain = runner.invoke(app, argv)
+        assert plain.exit_code == 2 and plain.output.startswith("error: ") and len(plain.output.splitlines()) == 1
