@@ -101,8 +101,7 @@ def served(tmp_path_factory, tiny_model):
     for i in range(3):
         gradient_image(root / f"p{i}.jpg", seed=i)
     write_wav(root / "tone.wav", tone(2.0, 16000), 16000)
-    collection = Collection.open(
-        root.parent / "hostile.db", encoder=Encoder(tiny_model, device="cpu", precision="fp32")
-    )
+    db = tmp_path_factory.mktemp("hostile-db") / "db"  # one per module that uses it: none sees another's files
+    collection = Collection.open(db, encoder=Encoder(tiny_model, device="cpu", precision="fp32"))
     collection.index([root], workers=0)
     return root, collection
