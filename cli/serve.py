@@ -73,10 +73,10 @@ def serve(
 
         check_token(token)  # arguments first: before the database and the model are looked at
         choice = model_choice(flags)
-        on, _ = choice.resolved()
+        placement = choice.placement()
         settings = EngineSettings(
             hold_rows=True,  # a server answers many searches: hits' rows from memory
-            exact_device=str(on) if on.type == "cuda" else None,  # on a GPU: exact search there
+            exact_device=placement.device if placement.on_gpu else None,  # on a GPU: exact search there
             exact_budget_bytes=int(gpu_memory * (1 << 30)) if gpu_memory is not None else None,
         )
         collection = open_collection(db, choice=choice, settings=settings)

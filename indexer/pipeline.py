@@ -35,7 +35,7 @@ from xsearch.decode.deferred import decode_jpegs
 from xsearch.decode.pool import DecodePool
 from xsearch.decode.work import Outcome, prepare
 from xsearch.encoder import Encoder
-from xsearch.errors import ModelMismatchError, UsageError, XsearchError
+from xsearch.errors import ModelMismatchError, XsearchError
 from xsearch.index import IndexSet
 from xsearch.indexer.refresh import refresh_capture
 from xsearch.indexer.report import Failure, RunReport
@@ -44,6 +44,7 @@ from xsearch.modalities import Modality
 from xsearch.moments import MomentTask, clock
 from xsearch.objects import is_object_uri
 from xsearch.options import IndexOptions
+from xsearch.placement import Placement
 from xsearch.store import ITEMS, MOMENTS, Database, ItemRecord, Moment
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,17 @@ class Indexer:
     """
 
     def __init__(
-        self, store: Database, encoder: Encoder | Callable[[], Encoder], options: IndexOptions = IndexOptions()
+        self,
+        store: Database,
+        encoder: Encoder | Callable[[], Encoder],
+        options: IndexOptions = IndexOptions(),
+        placement: Placement | None = None,
     ):
         """``encoder``: an ``Encoder``, or a function that loads one, called only when a file needs
-        decoding (a run with nothing new never loads the model)."""
+        decoding (a run with nothing new never loads the model). ``placement``: where the run's work goes
+        (decided beside the model choice; default: the encoder's device and precision, once it is loaded)."""
         self.store = store
+        self._placement = placement
         self._encoder = None if callable(encoder) else encoder
         self._load_encoder = encoder if callable(encoder) else None
         self.cfg = options
@@ -186,33 +193,25 @@ class Indexer:
         """Files whose moments failed in an earlier run (their rows stand; ``--retry`` tries them again)."""
         return errors_by_stage(self.store.error_rows())["moments"]
 
-    def on_gpu(self) -> bool:
-        return self.encoder.device.type == "cuda"
+    @property
+    def placement(self) -> Placement:
+        if self._placement is None:
+            self._placement = Placement.around(self.encoder.device, self.encoder.precision, self.cfg.gpu_decode)
+        return self._placement
 
     def batch_size(self, modality: Modality) -> int:
         """``batch_size`` when given; else 16 on a CPU and the tower's GPU batch on a GPU."""
         if self.cfg.batch_size:
             return self.cfg.batch_size
-        return modality.tower.spec.gpu_batch if self.on_gpu() and modality.tower else CPU_BATCH
-
-    def _gpu_decode(self) -> bool:
-        from xsearch.preprocess import jpeg_batch
-
-        if self.cfg.gpu_decode is None:
-            return self.on_gpu() and jpeg_batch.available()
-        if self.cfg.gpu_decode and not jpeg_batch.available():
-            raise UsageError(
-                "decoding JPEGs in batches needs torchvision: pip install 'xsearch[gpu]'", argument="gpu_decode"
-            )
-        return self.cfg.gpu_decode
+        return modality.tower.spec.gpu_batch if self.placement.on_gpu and modality.tower else CPU_BATCH
 
     def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
         """One outcome per task and per follow-up (moment chunks), in the order they finish; batches are
         formed per modality by the caller."""
         work = functools.partial(
-            prepare, cfg=self.encoder.preprocess, defer_jpeg=self._gpu_decode(), moments=self.moments
+            prepare, cfg=self.encoder.preprocess, defer_jpeg=self.placement.decode_on_device, moments=self.moments
         )
-        default = default_workers(gpu=self.on_gpu())
+        default = default_workers(gpu=self.placement.on_gpu)
         workers = default if self.cfg.workers is None else self.cfg.workers
         if workers == 0:
             return _in_process(work, tasks)

@@ -47,6 +47,7 @@ from xsearch.options import (
     real_path,
 )
 from xsearch.paths import is_under, modality_of_path
+from xsearch.placement import Placement
 from xsearch.sources import media_exists
 
 log = logging.getLogger(__name__)
@@ -227,9 +228,10 @@ class Collection:
             raise UsageError("nothing to index: give folders or files", argument="paths")
         if self.path is None:
             raise UsageError("indexing needs a database (give its path)", argument="db")
-        if self._encoder is None:
-            choice = self.model_choice()  # another model than the database's fails here
-            choice.resolved()  # a bad device or precision is a usage error, before "loading model"
+        if self._encoder is None:  # another model than the database's, a bad device or precision: fails here
+            placement = self.model_choice().placement(options.gpu_decode)
+        else:
+            placement = Placement.around(self._encoder.device, self._encoder.precision, options.gpu_decode)
         from xsearch.store import writer_lock
 
         loading = _Loading(self, options.progress)
@@ -249,7 +251,7 @@ class Collection:
                 # The model loads only if some file needs decoding: a run with nothing new never loads it.
                 store = self._open_for_writing(None if loading.seconds is None else self.encoder)
                 opened = time.perf_counter()
-                report = Indexer(store, loading, options).run(roots)
+                report = Indexer(store, loading, options, placement).run(roots)
             else:
                 store = self._open_for_writing(self.encoder)
                 opened = time.perf_counter()

@@ -96,6 +96,14 @@ class ModelChoice:
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 
+    def placement(self, gpu_decode: bool | None = None):
+        """Where this model's work runs on this machine (a ``Placement``), ``auto`` resolved once; a device
+        that is not there, or a precision it cannot run, is a ``UsageError`` here."""
+        from xsearch.placement import Placement
+
+        device, precision = self.resolved()
+        return Placement.around(device, precision, gpu_decode)
+
     def load(self):
         """The ``Encoder`` (towers load when a batch first needs them)."""
         from xsearch.encoder import Encoder
