@@ -2,8 +2,8 @@
 
 Every job a user has is one method: ``index`` (folders -> database, incrementally), ``search``,
 ``classify``, ``embed``, ``info``, ``errors``, ``item``. Every face (the CLI's commands, ``serve``'s
-routes) builds its options once (``IndexOptions``, ``SearchOptions``, ``ModelChoice``), calls one of these
-and presents the answer.
+routes, the MCP tools) builds its options once (``IndexOptions``, ``SearchOptions``, ``ClassifyOptions``,
+``ModelChoice``), calls one of these and presents the answer.
 Arguments are checked before anything is loaded or written: a misspelt modality or model name fails in
 milliseconds and leaves no database behind.
 

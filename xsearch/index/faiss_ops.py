@@ -23,8 +23,7 @@ def one_openmp_thread():
     """FAISS's OpenMP at one thread for the calling thread while the block runs (libgomp keeps the setting
     per thread: other threads, and this one afterwards, keep theirs). One query's FAISS calls are too small
     to share: their spin-waiting team threads cost more than they give, most of all when searches already
-    run side by side (a stored-item search at 100k on 2 cores: 12.2 ms with the default team, 5.0 with
-    one thread; BENCHMARKS.md, "Warm search")."""
+    run side by side (BENCHMARKS.md, "Warm search against its index")."""
     faiss = faiss_module()
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -37,7 +36,7 @@ def one_openmp_thread():
 def inner_products(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """``vectors [n, d] @ query [d]`` as float32, by FAISS's SIMD kernel on the calling thread. BLAS splits
     one such product over threads of its own, which spin against each other when searches run side by side
-    (eight threads at once, 2,048 x 1,024 on 2 cores: 1.59 ms a product by numpy, 0.16 ms by this)."""
+    (BENCHMARKS.md, "Warm search against its index"); this is also the kernel the flat index scores with."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
     if vectors.ndim != 2 or vectors.shape[1] != len(query):
@@ -92,8 +91,8 @@ def train_ivfpq(sample: np.ndarray, n: int, cfg: IndexCfg, clustering=None):
     server are searched on a laptop and the reverse. A GPU, when there is one, does the expensive and
     portable part, the k-means of the IVF centroids (FAISS's ``clustering_index``, as its ``bench_all_ivf``
     does); ``clustering`` names another index for that (tests). The PQ codes are trained and added on the
-    CPU: FAISS's GPU IVF-PQ has no fast-scan and caps 1024-d codes at 64 bytes (recall 0.785 where this
-    recipe reaches 0.906, measured on an H200)."""
+    CPU: FAISS's GPU IVF-PQ has no fast-scan and caps 1024-d codes at 64 bytes, a lower recall than this
+    recipe's (BENCHMARKS.md, "The index on a GPU")."""
     faiss = faiss_module()
     d = sample.shape[1]
     nlist = cfg.nlist or search_defaults(n)[0]

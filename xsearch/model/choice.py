@@ -2,7 +2,8 @@
 
 Every face (CLI flags, ``serve``, ``Collection(...)`` keywords) folds its model arguments into one
 ``ModelChoice`` at the door; nothing below reads ``$XSEARCH_CHECKPOINT``, and ``"auto"`` device and
-precision are decided in one place (``resolved``).
+precision are decided in one place (``resolved``), into the ``Placement`` the indexer and ``serve`` read
+(``placement``).
 The choice is plain data (picklable), so a Ray cluster's actors load the same weights from the same
 recipe instead of receiving them over the network.
 

@@ -9,8 +9,9 @@ sample of that modality's stored vectors, in units of that sample's spread,
     calibrated = (cosine - median(sample cosines)) / (1.4826 * MAD(sample cosines)).
 
 It is computed per query and per target, so it adapts to both ends of the pair (the query's modality and
-the target's) with no statistics to keep fresh at index time; scoring the 2,048 sampled vectors took 0.4 ms
-per query and target (median of 200, this 2-core CPU); the sample is read once per store version. Within
+the target's) with no statistics to keep fresh at index time; scoring the 2,048 sampled vectors is a small
+part of a search (BENCHMARKS.md, "Warm search against its index"); the sample is read once per store
+version. Within
 one modality it is a monotone map of the cosine, so each modality's own order is kept; only the merge of
 several targets changes.
 """

@@ -1,13 +1,13 @@
 """A view's small columns held in memory, for a process that searches the same version many times.
 
-Reading ten hits' rows by position from Lance (``take``) costs about 1.3 ms plus 0.3 ms a column on a local
-disk (BENCHMARKS.md, "Warm search"): with the fifteen columns a result shows, more than the index search
-itself. A server keeps them in memory instead, as Qdrant keeps payloads: every column of the view but the
+Reading ten hits' rows by position from Lance (``take``) costs a fixed price plus a price per column: with
+the fifteen columns a result shows, more than the index search itself (BENCHMARKS.md, "Warm search against
+its index"). A server keeps them in memory instead, as Qdrant keeps payloads: every column of the view but the
 large ones (embeddings, thumbnails), read once, in a background thread, on the view's first read by
 position. Until they are in, reads go to Lance; after, ``take`` is an Arrow gather of a few rows.
 
-Memory is the price: the uris, hashes and metadata of every row (about 160 bytes a row of the warm
-benchmark's synthetic data, 232 MB at its 1M; real paths and camera names take more). A one-shot CLI
+Memory is the price: the uris, hashes and metadata of every row (BENCHMARKS.md has the warm benchmark's
+figures; real paths and camera names take more than its synthetic ones). A one-shot CLI
 search never pays it (``hold_rows`` off).
 """
 
