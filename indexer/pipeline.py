@@ -276,9 +276,9 @@ class Indexer:
                 self.store.compact(merge=merge)  # before the index update, which then covers the compacted version
         if self.cfg.update_index and not report.interrupted:
             with report.phase("indices"):
-                report.indexes = self.update_indexes()
+                report.indexes = self.update_indices()
                 if self.store.has_moments():
-                    report.moment_indexes = self.update_indexes(MOMENTS)
+                    report.moment_indexes = self.update_indices(MOMENTS)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -327,7 +327,7 @@ class Indexer:
         self.store.clear_errors(errors)
         return len(items)
 
-    def update_indexes(self, table: str = ITEMS) -> dict[str, dict]:
+    def update_indices(self, table: str = ITEMS) -> dict[str, dict]:
         """Bring every modality's FAISS index over ``table`` (items, or ``MOMENTS``) up to date with it."""
         view = self.store.view(table)
         indices = IndexSet.over(self.store, view, table)

@@ -51,7 +51,7 @@ class RunReport:
     embed_seconds: float = 0.0
     by_modality: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
-    indexes: dict[str, dict] = field(default_factory=dict)
+    indexes: dict[str, dict] = field(default_factory=dict)  # the indices updated (the JSON key scripts read)
     interrupted: bool = False
     nodes: list[str] = field(default_factory=list)  # cluster nodes that encoded files (--ray)
     moments: int = 0  # moments (segments of audio and video) written
