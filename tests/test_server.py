@@ -140,6 +140,17 @@ def test_info_and_classify(client, media):
     assert all(0.5 <= row["score"] <= 1 for row in labels)  # the best of two labels: at least an even chance
 
 
+def test_classify_takes_the_whole_selection_and_refuses_a_relative_glob(client, media):
+    """The form's fields are ``ClassifyOptions``' own: a path glob and the order, as the CLI takes them."""
+    asked = {"labels": "red,sound", "target": "image", "path": "*/red.*", "sort": "score"}
+    labels = client.post("/api/classify", data=asked).json()
+    assert [Path(row["uri"]).name for row in labels] == ["red.jpg"]
+    relative = client.post("/api/classify", data={**asked, "path": "served/*"})
+    assert relative.status_code == 400 and "absolute glob" in relative.json()["detail"]
+    unordered = client.post("/api/classify", data={**asked, "sort": "confidence"})
+    assert unordered.status_code == 400 and "id or score" in unordered.json()["detail"]
+
+
 TOKEN = "a-token-of-some-length"
 
 
