@@ -79,3 +79,19 @@ def test_embed_files_with_explicit_modality(encoder, tmp_path):
     assert not np.allclose(depth[0].embedding, thermal[0].embedding)
     imu = Collection(None, encoder=encoder).embed([write_imu(tmp_path / "i.npy")], modality="imu")[0]
     assert imu.error is None and imu.modality is Modality.IMU
+
+
+def test_each_towers_runner_is_chosen_once_and_not_shipped(encoder):
+    """The path a tower's batches take (the model, or int8 through ONNX Runtime) is decided when the tower is
+    first needed, not per batch; a pickled encoder (a cluster's actors) decides again where it lands."""
+    import pickle
+
+    from xsearch.modalities import Tower
+
+    first = encoder.encode_text(["a dog barking"])
+    runner = encoder._runner(Tower.TEXT)
+    assert runner is encoder._runner(Tower.TEXT) and runner.func == encoder.model.embed  # fp32: the model
+    assert torch.equal(encoder.encode_text(["a dog barking"]), first)
+    shipped = pickle.loads(pickle.dumps(encoder))
+    assert shipped._runners == {} and torch.allclose(shipped.encode_text(["a dog barking"]), first)
+    assert shipped._runner(Tower.TEXT).func == shipped.model.embed

@@ -14,9 +14,11 @@ it. It takes tensors only: files are decoded by ``xsearch.decode``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -105,13 +107,15 @@ class Encoder:
         self.model_id = model.model_id
         self._lock = threading.RLock()  # one batch at a time through the model, whoever asks (serve's threads)
         self._adapters: dict[str, torch.nn.Module] = {}  # bound modalities' adapters, by weights checksum
+        self._runners: dict[Tower, Callable[[torch.Tensor], torch.Tensor]] = {}  # each tower's, chosen once
 
-    def __getstate__(self) -> dict:  # shipped to a cluster's actors: the lock stays here
-        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+    def __getstate__(self) -> dict:  # shipped to a cluster's actors: the lock and the runners stay here
+        return {key: value for key, value in self.__dict__.items() if key not in ("_lock", "_runners")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._runners = {}
 
     def _ensure(self, tower: Tower) -> None:
         if tower in self.model.towers:
@@ -121,6 +125,18 @@ class Encoder:
         log.info("loading the %s tower", tower)
         self.towers.add(self.model, [tower])
         self.model.to(device=self.device, dtype=self.dtype)
+
+    def _runner(self, tower: Tower) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How ``tower``'s batches run, chosen once, when the tower is first needed: through ONNX Runtime
+        where this encoder is int8 and the tower exports faithfully (the modality table says), else the
+        model in the encoder's precision."""
+        runner = self._runners.get(tower)
+        if runner is None:
+            self._ensure(tower)
+            quantised = self.int8 is not None and self.int8.covers(tower)
+            embed = self._embed_int8 if quantised else self.model.embed
+            runner = self._runners[tower] = functools.partial(embed, tower)
+        return runner
 
     def _embed_int8(self, tower: Tower, x: torch.Tensor) -> torch.Tensor:
         """``model.embed`` through ONNX Runtime: clips flattened and averaged here, as the model does."""
@@ -142,15 +158,13 @@ class Encoder:
             return self._encode_bound(binding, batch)
         tower = as_tower(modality)
         with self._lock:
-            self._ensure(tower)
+            run = self._runner(tower)
             x = batch.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:  # pixels as decode workers hand them over: normalised here, on the device
                 x = self.preprocess[Modality(modality)].normalise(x)
             if x.is_floating_point():
                 x = x.to(self.dtype)
-            quantised = self.int8 is not None and self.int8.covers(tower)
-            out = self._embed_int8(tower, x) if quantised else self.model.embed(tower, x)
-            return F.normalize(out.float(), dim=-1).cpu()
+            return F.normalize(run(x).float(), dim=-1).cpu()
 
     def _encode_bound(self, binding, batch: torch.Tensor) -> torch.Tensor:
         """A modality bound by ``xsearch bind``: its features (its frozen tower's embedding, or the array
