@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from xsearch.decode.deferred import decode_jpegs
-from xsearch.decode.work import Outcome, Task, prepare
+from xsearch.decode.work import Outcome, Prepared, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
 from xsearch.indexer.pipeline import CPU_BATCH, Indexer, RunStalled
@@ -59,7 +59,7 @@ def connect(address: str) -> bool:
 
 
 def _decode(batch: dict, cfg: PreprocessCfg) -> dict:
-    return {"outcome": [pickle.dumps(prepare(pickle.loads(task), cfg)) for task in batch["task"]]}
+    return {"outcome": [pickle.dumps(prepare(pickle.loads(task), cfg).outcome) for task in batch["task"]]}
 
 
 class _Embedder:
@@ -77,9 +77,8 @@ class _Embedder:
         decode_jpegs(outcomes, self.encoder.preprocess, self.encoder.device)
         decoded = [o for o in outcomes if o.ok]
         self.encoder.encode_outcomes(decoded, self.batch_size)
-        for outcome in decoded:
-            outcome.node = self.node
-        return {"outcome": [pickle.dumps(o) for o in outcomes]}
+        encoded = [self.node if o.ok else "" for o in outcomes]  # beside each outcome: the node that encoded it
+        return {"outcome": [pickle.dumps(o) for o in outcomes], "node": encoded}
 
 
 class RayIndexer(Indexer):
@@ -101,7 +100,7 @@ class RayIndexer(Indexer):
             )
         self.encoder_source = encoder_source or encoder  # a recipe (a checkpoint path) ships better than weights
 
-    def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
+    def _decoded(self, tasks: list[Task]) -> Iterator[Prepared]:
         import ray
 
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -129,7 +128,9 @@ class RayIndexer(Indexer):
             **settings,
         )
         for row in _watched(dataset.iter_rows(), self.cfg.ray_stall_seconds):
-            yield pickle.loads(row["outcome"])
+            if row["node"]:
+                self.nodes.add(row["node"])
+            yield Prepared(pickle.loads(row["outcome"]))
 
 
 def _watched(rows: Iterator[dict], seconds: float) -> Iterator[dict]:

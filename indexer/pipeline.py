@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from xsearch.decode.deferred import decode_jpegs
 from xsearch.decode.pool import DecodePool
-from xsearch.decode.work import Outcome, prepare
+from xsearch.decode.work import Outcome, Prepared, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import ModelMismatchError, XsearchError
 from xsearch.index import IndexSet
@@ -86,6 +86,7 @@ class Indexer:
         (decided beside the model choice; default: the encoder's device and precision, once it is loaded)."""
         self.store = store
         self._placement = placement
+        self.nodes: set[str] = set()  # the cluster nodes that encoded files (``RayIndexer``)
         self._encoder = None if callable(encoder) else encoder
         self._load_encoder = encoder if callable(encoder) else None
         self.cfg = options
@@ -205,8 +206,8 @@ class Indexer:
             return self.cfg.batch_size
         return modality.tower.spec.gpu_batch if self.placement.on_gpu and modality.tower else CPU_BATCH
 
-    def _decoded(self, tasks: list[Task]) -> Iterator[Outcome]:
-        """One outcome per task and per follow-up (moment chunks), in the order they finish; batches are
+    def _decoded(self, tasks: list[Task]) -> Iterator[Prepared]:
+        """One ``Prepared`` per task and per follow-up (moment chunks), in the order they finish; batches are
         formed per modality by the caller."""
         work = functools.partial(
             prepare, cfg=self.encoder.preprocess, defer_jpeg=self.placement.decode_on_device, moments=self.moments
@@ -245,8 +246,8 @@ class Indexer:
                     tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar,
                 ):
                     cut = 0.0  # seconds of media cut into moments: a long file's progress between files
-                    for outcome in self._decoded(tasks):
-                        batch.take(outcome)
+                    for outcome, follow_up in self._decoded(tasks):
+                        batch.take(outcome, len(follow_up))
                         if isinstance(outcome.task, MomentTask):
                             cut += outcome.task.spans[-1][1] - outcome.task.spans[0][0]
                             bar.set_postfix(_progress_notes(report, cut), refresh=True)
@@ -339,13 +340,13 @@ class Indexer:
         return out
 
 
-def _in_process(work, tasks: list[Task]) -> Iterator[Outcome]:
-    """``work`` over ``tasks`` in this process (``workers=0``), each outcome's follow-ups right after it."""
+def _in_process(work, tasks: list[Task]) -> Iterator[Prepared]:
+    """``work`` over ``tasks`` in this process (``workers=0``), each task's follow-ups right after it."""
     pending = list(reversed(tasks))
     while pending:
-        outcome = work(pending.pop())
-        pending.extend(reversed(outcome.follow_up))
-        yield outcome
+        prepared = work(pending.pop())
+        pending.extend(reversed(prepared.follow_up))
+        yield prepared
 
 
 def _state(folder: str) -> str:
@@ -413,7 +414,6 @@ class _Batcher:
         self.cutting: dict[str, _Cutting] = {}  # files whose moments are still being embedded
         self.last_commit = time.monotonic()
         self.by_modality: Counter = Counter()
-        self.nodes: set[str] = set()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xsearch-commit")
         self._pending = None
 
@@ -432,10 +432,11 @@ class _Batcher:
         self.report.failed += 1
         self.report.failures.append(Failure(uri, stage, message))
 
-    def take(self, outcome: Outcome) -> None:
+    def take(self, outcome: Outcome, chunks: int = 0) -> None:
+        """One file's (or moment chunk's) outcome; ``chunks``: the chunks of its moments that follow it."""
         task = outcome.task
-        if outcome.follow_up:  # its moments' chunks follow: the row waits for them
-            self.cutting[task.path] = _Cutting(outcome.modality, len(outcome.follow_up))
+        if chunks:  # its moments' chunks follow: the row waits for them
+            self.cutting[task.path] = _Cutting(outcome.modality, chunks)
         if isinstance(task, MomentTask):
             self._take_moments(outcome)
         elif outcome.error is not None:
@@ -486,8 +487,6 @@ class _Batcher:
             metadata=outcome.metadata,
             precision=self.indexer.encoder.precision,
         )
-        if outcome.node is not None:
-            self.nodes.add(outcome.node)
         if due is None:
             self.records.append((record, task.change))
         else:
@@ -584,4 +583,4 @@ class _Batcher:
             self.by_modality[record.modality.value] += 1
             setattr(self.report, counts[change], getattr(self.report, counts[change]) + 1)
         self.report.by_modality = dict(self.by_modality)
-        self.report.nodes = sorted(self.nodes)
+        self.report.nodes = sorted(self.indexer.nodes)

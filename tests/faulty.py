@@ -6,10 +6,10 @@ import os
 import signal
 import time
 
-from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Task, failed
+from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Prepared, Task, failed
 
 
-def misbehave(task: Task) -> Outcome:
+def misbehave(task: Task) -> Prepared:
     """``crash*`` segfaults, ``hang*`` never returns, ``greedy*`` asks for 6 GB; anything else decodes."""
     name = os.path.basename(task.path)
     if name.startswith("crash"):
@@ -20,12 +20,12 @@ def misbehave(task: Task) -> Outcome:
         try:
             bytearray(6 << 30)
         except MemoryError:
-            return failed(task, OUT_OF_MEMORY)
-        return failed(task, "the memory cap did not hold")
-    return Outcome(task.path, task.modality, sha256=name, task=task)
+            return Prepared(failed(task, OUT_OF_MEMORY))
+        return Prepared(failed(task, "the memory cap did not hold"))
+    return Prepared(Outcome(task.path, task.modality, sha256=name, task=task))
 
 
-def hangs_on_late_moments(task) -> Outcome:
+def hangs_on_late_moments(task) -> Prepared:
     """Decodes as the indexer does, with moments of 2 s; the chunk of moments from 100 s on never returns."""
     from xsearch.decode.work import prepare
     from xsearch.moments import MomentCfg, MomentTask

@@ -93,7 +93,7 @@ def test_a_crashing_hanging_or_greedy_decoder_costs_one_file(tmp_path):
     tasks = [Task(str(tmp_path / n), Modality.IMAGE, 1, 0.0) for n in names]
     pool = DecodePool(misbehave, workers=2, limits=DecodeLimits(seconds=3, memory_bytes=GIB))
     started = time.monotonic()
-    outcomes = {Path(o.task.path).name: o for o in pool.imap_unordered(tasks)}
+    outcomes = {Path(o.task.path).name: o for o, _ in pool.imap_unordered(tasks)}
     assert sorted(outcomes) == sorted(names)  # every file answered once, the run went on
     assert all(outcomes[n].error is None and outcomes[n].sha256 == n for n in names if n.startswith("ok"))
     assert outcomes["crash1"].error == "the decoder crashed (SIGSEGV)"

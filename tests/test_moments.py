@@ -435,9 +435,11 @@ def test_a_chunk_of_moments_is_bounded_by_the_per_file_time_limit(tmp_path):
     path = write_wav(tmp_path / "long.wav", event_recording(120, RATE, 30.0), RATE)
     task = Task(str(path), Modality.AUDIO, path.stat().st_size, path.stat().st_mtime)
     pool = DecodePool(hangs_on_late_moments, 1, DecodeLimits(seconds=3))
-    outcomes = list(pool.imap_unordered([task]))
+    prepared = list(pool.imap_unordered([task]))
+    outcomes = [outcome for outcome, _ in prepared]
     assert len(outcomes) == 3  # the file, then its two chunks of moments (50 + 10 segments of 2 s)
-    assert outcomes[0].task == task and len(outcomes[0].follow_up) == 2
+    assert outcomes[0].task == task and len(prepared[0].follow_up) == 2  # beside the file's outcome
+    assert [len(follow_up) for _, follow_up in prepared[1:]] == [0, 0]
     assert outcomes[1].error is None and outcomes[1].tensor.shape[:2] == (50, 1)
     assert outcomes[2].error == "timed out after 3 s" and outcomes[2].task.spans[0] == (100.0, 102.0)
 

@@ -483,7 +483,7 @@ class _QueryDecoder:
             from xsearch.decode import decode_query_file
 
             return decode_query_file(path, modality, cfg)
-        return next(self._pool(cfg).imap_unordered([Task(path, modality, 0, 0.0)]))
+        return next(self._pool(cfg).imap_unordered([Task(path, modality, 0, 0.0)])).outcome
 
     def _pool(self, cfg):
         import functools

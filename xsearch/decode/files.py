@@ -52,10 +52,8 @@ class Outcome:
     error: str | None = None
     stage: str | None = None
     vector: np.ndarray | None = None  # the unit vector, once encoded
-    node: str | None = None  # the cluster node that encoded it (``xsearch index --ray``)
     task: object | None = None
     jpeg: bytes | None = None  # a JPEG left for the encoder to decode in a batch on its device (``defer_jpeg``)
-    follow_up: list = field(default_factory=list)  # more work on the same file (its moments' chunks)
 
     @property
     def ok(self) -> bool:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
 
 from xsearch.decode.lifeline import die_with_parent
-from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Task, failed
+from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Prepared, Task, failed
 from xsearch.errors import XsearchError
 from xsearch.objects import storage_environment
 from xsearch.options import DecodeLimits
@@ -68,14 +68,14 @@ def default_memory_bytes(workers: int) -> int:
 
 
 class DecodePool:
-    """Runs ``work(task) -> Outcome`` in ``workers`` supervised processes, yielding outcomes as they finish.
-    An outcome's ``follow_up`` tasks (a long file's moment chunks) are run next, before other files, so a
-    file's pieces come back close together.
+    """Runs ``work(task) -> Prepared`` in ``workers`` supervised processes, yielding each ``Prepared`` as it
+    finishes (a task whose worker crashed or timed out: its failed outcome). A task's ``follow_up`` tasks (a
+    long file's moment chunks) are run next, before other files, so a file's pieces come back close together.
 
     ``work`` must be picklable (a module-level function or a ``functools.partial`` of one).
     """
 
-    def __init__(self, work: Callable[[Task], Outcome], workers: int, limits: DecodeLimits = DecodeLimits()):
+    def __init__(self, work: Callable[[Task], Prepared], workers: int, limits: DecodeLimits = DecodeLimits()):
         if workers < 1:
             raise ValueError("a DecodePool needs at least one worker; decode in-process instead")
         self.work = work
@@ -89,7 +89,7 @@ class DecodePool:
         _ensure_forkserver()  # once a process: it imports the decoders (torch, PyAV), seconds on a busy machine
         log.info("decode workers' fork server ready in %.2f s", time.perf_counter() - started)
 
-    def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
+    def imap_unordered(self, tasks: Iterable[Task]) -> Iterator[Prepared]:
         pending = deque(tasks)
         pool: list[_Worker] = []
         try:
@@ -105,21 +105,21 @@ class DecodePool:
                     if not worker.held:
                         continue
                     if worker.conn in ready or worker.process.sentinel in ready:
-                        outcome = worker.receive()
-                        if outcome is _STARTED:
+                        prepared = worker.receive()
+                        if prepared is _STARTED:
                             continue
-                        if outcome is not None:
-                            pending.extendleft(reversed(outcome.follow_up))  # its file's next pieces first
-                            yield outcome
+                        if prepared is not None:
+                            pending.extendleft(reversed(prepared.follow_up))  # its file's next pieces first
+                            yield prepared
                             continue
                         if not worker.started:  # died before it could take a file: the pool, not the file
                             self._stillborn(worker)
                         else:
-                            yield self._failed(worker.held.popleft(), self._death(worker))
+                            yield Prepared(self._failed(worker.held.popleft(), self._death(worker)))
                     elif time.monotonic() - worker.since > self.seconds:
                         log.warning("%s: decoding timed out; restarting its worker", worker.held[0].path)
                         worker.kill()
-                        yield self._failed(worker.held.popleft(), f"timed out after {self.seconds:g} s")
+                        yield Prepared(self._failed(worker.held.popleft(), f"timed out after {self.seconds:g} s"))
                     else:
                         continue
                     pending.extendleft(reversed(worker.held))  # the files queued behind it go elsewhere
@@ -193,9 +193,9 @@ class _Worker:
         except OSError:  # BrokenPipeError, ConnectionResetError: the process is gone or going
             log.debug("a decode worker died before it could be handed %s", task.path)
 
-    def receive(self) -> Outcome | object | None:
-        """The oldest held file's outcome, ``_STARTED`` when the worker says it is ready, or ``None`` when
-        the process died without sending it."""
+    def receive(self) -> Prepared | object | None:
+        """The oldest held file's ``Prepared``, ``_STARTED`` when the worker says it is ready, or ``None``
+        when the process died without sending it."""
         try:
             message = self.conn.recv_bytes()
         except (EOFError, OSError):
@@ -203,10 +203,10 @@ class _Worker:
         if message == _READY:
             self.started = True
             return _STARTED
-        outcome = pickle.loads(message)
+        prepared = pickle.loads(message)
         self.held.popleft()
         self.since = time.monotonic()
-        return outcome
+        return prepared
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -269,10 +269,11 @@ def _serve(conn, work, memory_bytes: int, storage: dict[str, str]) -> None:
             return
         if task is None:
             return
-        outcome = work(task)
-        if outcome.error == OUT_OF_MEMORY:
-            outcome.error = f"needs more than {memory_bytes / GIB:.3g} GB of memory to decode (the per-worker limit)"
-        conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        prepared = work(task)
+        if prepared.outcome.error == OUT_OF_MEMORY:
+            limit = f"needs more than {memory_bytes / GIB:.3g} GB of memory to decode (the per-worker limit)"
+            prepared.outcome.error = limit
+        conn.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _cap_address_space(budget: int) -> None:

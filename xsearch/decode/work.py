@@ -1,4 +1,5 @@
-"""The unit of work of a decode worker: one planned file (``Task``) -> ``Outcome``.
+"""The unit of work of a decode worker: one planned file (``Task``) -> ``Prepared`` (its ``Outcome``, and
+the follow-up tasks of the same file beside it).
 
 The decoding itself is ``xsearch.decode.decode``, the one file -> model input path that ``xsearch embed``
 and query inputs use too; here it is asked to hash the bytes it decodes and to skip a file whose bytes
@@ -9,13 +10,14 @@ supervised processes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from xsearch.decode.files import OUT_OF_MEMORY, Outcome, decode, decode_query_file
 from xsearch.modalities import Modality
 from xsearch.moments import MomentCfg, MomentTask, decode_chunk, plan
 from xsearch.preprocess import PreprocessCfg
 
-__all__ = ["OUT_OF_MEMORY", "Outcome", "Task", "failed", "prepare", "prepare_query"]
+__all__ = ["OUT_OF_MEMORY", "Outcome", "Prepared", "Task", "failed", "prepare", "prepare_query"]
 
 
 @dataclass(frozen=True)
@@ -37,18 +39,26 @@ class Task:
         return "moments" if self.for_moments else "updated" if self.known else "new"
 
 
+class Prepared(NamedTuple):
+    """A worker's answer for one task: its ``outcome``, and ``follow_up``: more tasks of the same file (a
+    long file's moment chunks), which the pool runs next, before other files."""
+
+    outcome: Outcome
+    follow_up: tuple = ()
+
+
 def prepare(
     task: Task | MomentTask,
     cfg: PreprocessCfg | None = None,
     defer_jpeg: bool = False,
     moments: MomentCfg | None = None,
-) -> Outcome:
+) -> Prepared:
     """Hash, check and decode ``task``'s file as its planned modality (with a preview for results pages);
     with ``defer_jpeg``, a JPEG's bytes are left for the encoder's batched decode on its GPU. With
-    ``moments``, a decoded audio or video file's outcome brings the chunks of its segments as follow-up
-    work (``xsearch.moments``), and a ``MomentTask`` is one such chunk."""
+    ``moments``, a decoded audio or video file comes with the chunks of its segments as follow-up work
+    (``xsearch.moments``), and a ``MomentTask`` is one such chunk."""
     if isinstance(task, MomentTask):
-        return decode_chunk(task, cfg or PreprocessCfg())
+        return Prepared(decode_chunk(task, cfg or PreprocessCfg()))
     outcome = decode(
         task.path,
         task.modality,
@@ -61,15 +71,15 @@ def prepare(
     outcome.task = task
     duration = outcome.metadata.get("duration")
     if moments is not None and outcome.ok and outcome.modality.spec.has_moments and duration:
-        outcome.follow_up = plan(task.path, outcome.modality, task.size, task.mtime, duration, moments)
-    return outcome
+        return Prepared(outcome, tuple(plan(task.path, outcome.modality, task.size, task.mtime, duration, moments)))
+    return Prepared(outcome)
 
 
-def prepare_query(task: Task, cfg: PreprocessCfg | None = None) -> Outcome:
+def prepare_query(task: Task, cfg: PreprocessCfg | None = None) -> Prepared:
     """A query input decoded in a worker, under the indexer's per-file limits (with its preview)."""
     outcome = decode_query_file(task.path, task.modality, cfg)
     outcome.task = task
-    return outcome
+    return Prepared(outcome)
 
 
 def failed(task: Task, reason: str, stage: str = "decode") -> Outcome:
