@@ -86,7 +86,7 @@ def main() -> None:
 
         list(indexer._decoded(tasks[:2]))  # start the fork server once, as a long run would have
         start = time.perf_counter()
-        outcomes = list(indexer._decoded(tasks))
+        outcomes = [decoded for decoded, _ in indexer._decoded(tasks)]
         report("decode only", len(tasks), time.perf_counter() - start)
 
         by_modality: dict = {}

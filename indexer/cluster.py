@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from xsearch.decode.deferred import decode_jpegs
-from xsearch.decode.work import Outcome, Prepared, Task, prepare
+from xsearch.decode.work import Decoded, Prepared, Task, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import UsageError
 from xsearch.indexer.pipeline import CPU_BATCH, Indexer, RunStalled
@@ -59,11 +59,11 @@ def connect(address: str) -> bool:
 
 
 def _decode(batch: dict, cfg: PreprocessCfg) -> dict:
-    return {"outcome": [pickle.dumps(prepare(pickle.loads(task), cfg).outcome) for task in batch["task"]]}
+    return {"decoded": [pickle.dumps(prepare(pickle.loads(task), cfg).decoded) for task in batch["task"]]}
 
 
 class _Embedder:
-    """An actor: loads the encoder once, embeds the decoded outcomes of each batch per modality."""
+    """An actor: loads the encoder once, embeds the decoded files of each batch per modality."""
 
     def __init__(self, encoder_source: Encoder | Callable[[], Encoder], batch_size: int):
         import ray
@@ -73,11 +73,10 @@ class _Embedder:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
-        outcomes: list[Outcome] = [pickle.loads(b) for b in batch["outcome"]]
-        decode_jpegs(outcomes, self.encoder.preprocess, self.encoder.device)
-        decoded = [o for o in outcomes if o.ok]
-        self.encoder.encode_outcomes(decoded, self.batch_size)
-        encoded = [self.node if o.ok else "" for o in outcomes]  # beside each outcome: the node that encoded it
+        files: list[Decoded] = [pickle.loads(b) for b in batch["decoded"]]
+        decode_jpegs(files, self.encoder.preprocess, self.encoder.device)
+        outcomes = self.encoder.encode_decoded(files, self.batch_size)
+        encoded = [self.node if o.vector is not None else "" for o in outcomes]  # beside each: who encoded it
         return {"outcome": [pickle.dumps(o) for o in outcomes], "node": encoded}
 
 
@@ -130,7 +129,7 @@ class RayIndexer(Indexer):
         for row in _watched(dataset.iter_rows(), self.cfg.ray_stall_seconds):
             if row["node"]:
                 self.nodes.add(row["node"])
-            yield Prepared(pickle.loads(row["outcome"]))
+            yield Prepared(pickle.loads(row["outcome"]))  # encoded: an Outcome stands for the Decoded
 
 
 def _watched(rows: Iterator[dict], seconds: float) -> Iterator[dict]:

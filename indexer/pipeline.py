@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, replace
 from tqdm import tqdm
 
 from xsearch.decode.deferred import decode_jpegs
+from xsearch.decode.files import Outcome
 from xsearch.decode.pool import DecodePool
-from xsearch.decode.work import Outcome, Prepared, prepare
+from xsearch.decode.work import Decoded, Prepared, prepare
 from xsearch.encoder import Encoder
 from xsearch.errors import ModelMismatchError, XsearchError
 from xsearch.index import IndexSet
@@ -207,7 +208,8 @@ class Indexer:
         return modality.tower.spec.gpu_batch if self.placement.on_gpu and modality.tower else CPU_BATCH
 
     def _decoded(self, tasks: list[Task]) -> Iterator[Prepared]:
-        """One ``Prepared`` per task and per follow-up (moment chunks), in the order they finish; batches are
+        """One ``Prepared`` per task and per follow-up (moment chunks), in the order they finish (a cluster's
+        come encoded: an ``Outcome`` stands for the ``Decoded``, with no follow-up); batches are
         formed per modality by the caller."""
         work = functools.partial(
             prepare, cfg=self.encoder.preprocess, defer_jpeg=self.placement.decode_on_device, moments=self.moments
@@ -246,10 +248,10 @@ class Indexer:
                     tqdm(total=len(tasks), desc="embed", unit=" files", disable=not self.cfg.progress) as bar,
                 ):
                     cut = 0.0  # seconds of media cut into moments: a long file's progress between files
-                    for outcome, follow_up in self._decoded(tasks):
-                        batch.take(outcome, len(follow_up))
-                        if isinstance(outcome.task, MomentTask):
-                            cut += outcome.task.spans[-1][1] - outcome.task.spans[0][0]
+                    for done, follow_up in self._decoded(tasks):
+                        batch.take(done, len(follow_up))
+                        if isinstance(done.task, MomentTask):
+                            cut += done.task.spans[-1][1] - done.task.spans[0][0]
                             bar.set_postfix(_progress_notes(report, cut), refresh=True)
                         else:
                             bar.update()
@@ -405,9 +407,9 @@ class _Batcher:
         self.store = indexer.store
         self.cfg = indexer.cfg
         self.report = report
-        self.waiting: dict[Modality, list[Outcome]] = defaultdict(list)
+        self.waiting: dict[Modality, list[Decoded]] = defaultdict(list)
         self.records: list[tuple[ItemRecord, str]] = []  # (row, ``Task.change``: new, updated or moments)
-        self.restat: list[Outcome] = []
+        self.restat: list[Decoded] = []  # files whose bytes are unchanged: their size and mtime are updated
         self.errors: list[tuple[str, str | None, str, str]] = []
         self.moment_errors: list[tuple[str, str | None, str, str]] = []  # rows kept, their moments failed
         self.cleared: list[str] = []
@@ -432,37 +434,38 @@ class _Batcher:
         self.report.failed += 1
         self.report.failures.append(Failure(uri, stage, message))
 
-    def take(self, outcome: Outcome, chunks: int = 0) -> None:
-        """One file's (or moment chunk's) outcome; ``chunks``: the chunks of its moments that follow it."""
-        task = outcome.task
+    def take(self, done: Decoded | Outcome, chunks: int = 0) -> None:
+        """One file (or moment chunk) decoded, or already encoded by a cluster's actors (an ``Outcome``);
+        ``chunks``: the chunks of its moments that follow it."""
+        task = done.task
         if chunks:  # its moments' chunks follow: the row waits for them
-            self.cutting[task.path] = _Cutting(outcome.modality, chunks)
+            self.cutting[task.path] = _Cutting(done.modality, chunks)
         if isinstance(task, MomentTask):
-            self._take_moments(outcome)
-        elif outcome.error is not None:
-            self._error(task.path, outcome.modality, outcome.stage, outcome.error)
-        elif outcome.unchanged:
-            self.restat.append(outcome)
+            self._take_moments(done)
+        elif done.error is not None:
+            self._error(task.path, done.modality, done.stage, done.error)
+        elif done.unchanged:
+            self.restat.append(done)
             self.report.unchanged += 1
-        elif outcome.vector is not None:  # encoded elsewhere (a cluster's actors)
-            self._record(outcome)
+        elif isinstance(done, Outcome):  # encoded elsewhere (a cluster's actors)
+            self._record(done)
         else:
-            queue = self.waiting[outcome.modality]
-            queue.append(outcome)
-            if len(queue) >= self.indexer.batch_size(outcome.modality):
-                self._encode(outcome.modality)
+            queue = self.waiting[done.modality]
+            queue.append(done)
+            if len(queue) >= self.indexer.batch_size(done.modality):
+                self._encode(done.modality)
         due = time.monotonic() - self.last_commit > self.cfg.commit_seconds
         if len(self.records) + len(self.restat) + len(self.errors) >= self.cfg.commit_every or due:
             self._commit()
 
     def _encode(self, modality: Modality) -> None:
-        outcomes, self.waiting[modality] = self.waiting[modality], []
-        if not outcomes:
+        waiting, self.waiting[modality] = self.waiting[modality], []
+        if not waiting:
             return
         started = time.perf_counter()
         encoder = self.indexer.encoder
-        decode_jpegs(outcomes, encoder.preprocess, encoder.device)  # those the workers left for the device
-        encoder.encode_outcomes(outcomes, self.indexer.batch_size(modality))
+        decode_jpegs(waiting, encoder.preprocess, encoder.device)  # those the workers left for the device
+        outcomes = encoder.encode_decoded(waiting, self.indexer.batch_size(modality))
         self.report.embed_seconds += time.perf_counter() - started
         for outcome in outcomes:
             self._record(outcome)
@@ -493,22 +496,23 @@ class _Batcher:
             due.record = (record, task.change)
             self._settle(task.path)
 
-    def _take_moments(self, outcome: Outcome) -> None:
+    def _take_moments(self, chunk: Decoded) -> None:
         """One chunk of a file's segments: embedded now (it holds many inputs already), kept with the file."""
-        task: MomentTask = outcome.task
+        task: MomentTask = chunk.task
         due = self.cutting.get(task.path)
         if due is None:  # the file was given up (an earlier chunk or its row failed)
             return
         due.chunks -= 1
-        if outcome.error is None and not (due.row_failed or due.moments_failed):
+        error = chunk.error
+        if error is None and not (due.row_failed or due.moments_failed):
             started = time.perf_counter()
-            vectors = self.indexer.encoder.encode_stacked(outcome, self.indexer.batch_size(task.modality))
+            vectors, error = self.indexer.encoder.encode_stacked(chunk, self.indexer.batch_size(task.modality))
             self.report.embed_seconds += time.perf_counter() - started
             if vectors is not None:
                 due.moments += [Moment(task.modality, a, b, v) for (a, b), v in zip(task.spans, vectors)]
-        if outcome.error is not None and due.moments_failed is None:
+        if error is not None and due.moments_failed is None:
             (start, _), (_, end) = task.spans[0], task.spans[-1]
-            due.moments_failed = f"{task.modality} moments {clock(start)}-{clock(end)}: {outcome.error}"
+            due.moments_failed = f"{task.modality} moments {clock(start)}-{clock(end)}: {error}"
         if not due.chunks and due.record is None and not due.row_failed:
             # Its moments are done and its row waits in a batch still filling: encode that batch now, so the
             # file is committed (its moments' work is what a kill would lose), not when the batch is full.

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Prepared, Task, failed
+from xsearch.decode.work import OUT_OF_MEMORY, Decoded, Prepared, Task, failed
 
 
 def misbehave(task: Task) -> Prepared:
@@ -22,7 +22,7 @@ def misbehave(task: Task) -> Prepared:
         except MemoryError:
             return Prepared(failed(task, OUT_OF_MEMORY))
         return Prepared(failed(task, "the memory cap did not hold"))
-    return Prepared(Outcome(task.path, task.modality, sha256=name, task=task))
+    return Prepared(Decoded(task.path, task.modality, sha256=name, task=task))
 
 
 def hangs_on_late_moments(task) -> Prepared:

@@ -88,7 +88,7 @@ def test_a_damaged_mp4_says_so_not_no_audio_stream(tmp_path):
     moov = data.find(b"moov")
     data[moov + 8 : moov + 200] = bytes(192)  # the box that lists the streams
     path.write_bytes(data)
-    outcome = prepare(Task(str(path), Modality.VIDEO, len(data), 0.0)).outcome
+    outcome = prepare(Task(str(path), Modality.VIDEO, len(data), 0.0)).decoded
     assert outcome.error == "no audio or video stream found (damaged or truncated file?)"
 
 

@@ -95,3 +95,19 @@ def test_each_towers_runner_is_chosen_once_and_not_shipped(encoder):
     shipped = pickle.loads(pickle.dumps(encoder))
     assert shipped._runners == {} and torch.allclose(shipped.encode_text(["a dog barking"]), first)
     assert shipped._runner(Tower.TEXT).func == shipped.model.embed
+
+
+def test_the_encoder_makes_one_outcome_of_each_decoded_file_in_order(encoder, tmp_path):
+    """Each stage makes its own record: ``decode`` a ``Decoded`` (model input, or why there is none), the
+    encoder an ``Outcome`` of each (its vector, or the decode's error), in the order given."""
+    from xsearch.decode import Decoded, Outcome, decode
+
+    photo = gradient_image(tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_text("not a picture")
+    files = [decode(path, "image", encoder.preprocess) for path in (photo, tmp_path / "b.jpg", photo)]
+    assert all(isinstance(f, Decoded) for f in files) and files[0].tensor is not None and files[1].error
+    outcomes = encoder.encode_decoded(files)
+    assert [type(o) for o in outcomes] == [Outcome] * 3 and [o.path for o in outcomes] == [f.path for f in files]
+    assert outcomes[1].vector is None and outcomes[1].stage == "decode" and outcomes[1].message == files[1].message
+    np.testing.assert_array_equal(outcomes[0].vector, outcomes[2].vector)
+    assert files[0].tensor is None and not hasattr(outcomes[0], "tensor")  # the input freed, never carried on

@@ -198,7 +198,7 @@ def test_hash_and_embedding_come_from_the_same_bytes(tmp_path, monkeypatch, tiny
         return prepared
 
     monkeypatch.setattr(xsearch.decode.files, "preprocess_with_metadata", decode_while_it_changes)
-    outcome = work.prepare(work.Task(str(photo), Modality.IMAGE, 0, 0.0)).outcome
+    outcome = work.prepare(work.Task(str(photo), Modality.IMAGE, 0, 0.0)).decoded
     assert len(calls) == 2 and outcome.error is None
     assert outcome.sha256 == hashlib.sha256(final).hexdigest()
     encoder = Encoder(tiny_model, device="cpu", precision="fp32")

@@ -305,7 +305,7 @@ def test_unreadable_file_message(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("builtins.open", denied)
-    outcome = prepare(Task(str(photo), Modality.IMAGE, 3, 0.0)).outcome
+    outcome = prepare(Task(str(photo), Modality.IMAGE, 3, 0.0)).decoded
     assert (outcome.stage, outcome.error) == ("read", "permission denied")
 
 

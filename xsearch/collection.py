@@ -304,10 +304,10 @@ class Collection:
         except UsageError as exc:
             raise exc.for_argument("modality") from None
         assigned = IndexOptions.of(assign=assign or {}).scan.assigned
-        from xsearch.decode import Outcome, decode
+        from xsearch.decode import Decoded, Outcome, decode
         from xsearch.indexer.scan import Scanner, Task
 
-        entries: list[tuple[str, Modality | None] | Outcome] = []  # a file to embed, or a scan's refusal
+        entries: list[tuple[str, Modality | None] | Decoded] = []  # a file to embed, or a scan's refusal
         for path in map(os.fspath, paths):
             if is_object_uri(path) or not os.path.isdir(path):
                 entries.append((path, modality or (modality_of_path(real_path(path), assigned) if assigned else None)))
@@ -317,15 +317,12 @@ class Collection:
                 if isinstance(found, Task):
                     entries.append((found.path, found.modality))
                 else:
-                    entries.append(Outcome(found.uri, found.modality).fail("scan", found.message))
+                    entries.append(Decoded(found.uri, found.modality).fail("scan", found.message))
         if not any(isinstance(e, tuple) for e in entries):
-            return entries  # nothing to decode: no model needed
+            return [Outcome.of(refused) for refused in entries]  # nothing to decode: no model needed
         encoder = self.encoder
-        outcomes = [
-            e if isinstance(e, Outcome) else decode(*e, encoder.preprocess, thumbnail=thumbnails) for e in entries
-        ]
-        encoder.encode_outcomes([o for o in outcomes if o.ok])
-        return outcomes
+        files = [e if isinstance(e, Decoded) else decode(*e, encoder.preprocess, thumbnail=thumbnails) for e in entries]
+        return encoder.encode_decoded(files)
 
     def item(self, key: int | str, columns: Sequence[str]) -> dict:
         """One stored item's ``columns``, by id or path (``ItemNotFound`` when it is not indexed)."""
@@ -483,7 +480,7 @@ class _QueryDecoder:
             from xsearch.decode import decode_query_file
 
             return decode_query_file(path, modality, cfg)
-        return next(self._pool(cfg).imap_unordered([Task(path, modality, 0, 0.0)])).outcome
+        return next(self._pool(cfg).imap_unordered([Task(path, modality, 0, 0.0)])).decoded
 
     def _pool(self, cfg):
         import functools

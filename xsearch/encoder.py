@@ -19,24 +19,22 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xsearch.decode.files import Decoded, Outcome  # records of files: the encoder decodes nothing
 from xsearch.errors import UsageError
 from xsearch.modalities import REGISTRY, Modality, Tower, as_tower
 from xsearch.model.imagebind import ImageBind
 from xsearch.precision import Precision, auto_precision, check_precision
 from xsearch.preprocess import PreprocessCfg, get_tokenizer
 
-if TYPE_CHECKING:  # outcomes are data here: the encoder decodes nothing
-    from xsearch.decode import Outcome
-
 log = logging.getLogger(__name__)
 
 
+NAN = "the model produced NaN for this file"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: fp32 weights, exported
 
 
@@ -179,59 +177,63 @@ class Encoder:
             out = adapter(features.to(self.device, dtype=torch.float32))
         return F.normalize(out.float(), dim=-1).cpu()
 
-    def encode_stacked(self, outcome: Outcome, batch_size: int = 16) -> np.ndarray | None:
-        """An outcome whose tensor stacks many inputs of its modality ``[N, ...]`` (a chunk of a file's
-        segments) -> ``float32 [N, dim]``, in batches of ``batch_size``; ``None`` with the outcome failed
-        as ``encode_outcomes`` fails one (the model's error, or NaN). Frees the model input."""
-        inputs, outcome.tensor = outcome.tensor, None
+    def encode_stacked(self, decoded: Decoded, batch_size: int = 16) -> tuple[np.ndarray | None, str | None]:
+        """A decoded chunk whose tensor stacks many inputs of its modality ``[N, ...]`` (a chunk of a file's
+        segments) -> ``(float32 [N, dim], None)``, in batches of ``batch_size``; ``(None, reason)`` where
+        ``encode_decoded`` would fail a file (the model's error, or NaN). Frees the model input."""
+        inputs, decoded.tensor = decoded.tensor, None
         try:
             parts = [
-                self.encode(outcome.modality, inputs[i : i + batch_size]).numpy()
+                self.encode(decoded.modality, inputs[i : i + batch_size]).numpy()
                 for i in range(0, len(inputs), batch_size)
             ]
         except (RuntimeError, ValueError) as exc:
-            outcome.fail("encode", f"the model failed ({exc})")
-            return None
+            return None, f"the model failed ({exc})"
         vectors = np.concatenate(parts) if parts else np.empty((0, self.embed_dim), np.float32)
         if not np.isfinite(vectors).all():
-            outcome.fail("encode", "the model produced NaN for this file")
-            return None
-        return vectors
+            return None, NAN
+        return vectors, None
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.encode(Modality.TEXT, get_tokenizer(self.preprocess.text.context_length)(list(texts)))
 
-    def encode_outcomes(self, outcomes: list[Outcome], batch_size: int = 16) -> None:
-        """Set each decoded outcome's ``vector``, in batches of one modality, or its encode error; frees the
-        model inputs. The indexer's batches, the cluster's actors, ``Collection.embed`` and query files all
-        come here. JPEGs a worker left undecoded are decoded first, by ``xsearch.decode.deferred``."""
-        if any(o.jpeg is not None for o in outcomes):
+    def encode_decoded(self, files: list[Decoded], batch_size: int = 16) -> list[Outcome]:
+        """One ``Outcome`` per decoded file, in order: its unit vector, in batches of one modality, or its
+        error (the decode's, or the model's); frees the model inputs. The indexer's batches, the cluster's
+        actors, ``Collection.embed`` and query files all come here. JPEGs a worker left undecoded are decoded
+        first, by ``xsearch.decode.deferred``."""
+        if any(d.jpeg is not None for d in files):
             raise ValueError("JPEGs left for the device are decoded first (xsearch.decode.deferred.decode_jpegs)")
-        outcomes = [o for o in outcomes if o.ok]
-        groups: dict[Modality, list[Outcome]] = defaultdict(list)
-        for outcome in outcomes:
-            groups[outcome.modality].append(outcome)
-        for modality, group in groups.items():
-            for start in range(0, len(group), batch_size):
-                self._encode_batch(modality, group[start : start + batch_size])
-
-    def _encode_batch(self, modality: Modality, outcomes: list[Outcome]) -> None:
-        try:
-            vectors = self.encode(modality, torch.stack([o.tensor for o in outcomes])).numpy()
-        except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
-            if len(outcomes) == 1:
-                outcomes[0].fail("encode", f"the model failed ({exc})")
-                return
-            log.warning("batch of %d %s files failed (%s); encoding one at a time", len(outcomes), modality, exc)
-            for outcome in outcomes:
-                self._encode_batch(modality, [outcome])
-            return
-        for outcome, vector in zip(outcomes, vectors):
-            outcome.tensor = None  # free the decoded input now
-            if np.isfinite(vector).all():
-                outcome.vector = vector
+        encoded: dict[int, np.ndarray | str] = {}  # position -> vector, or why the model gave none
+        groups: dict[Modality, list[int]] = defaultdict(list)
+        for position, decoded in enumerate(files):
+            if decoded.ok:
+                groups[decoded.modality].append(position)
+        for modality, positions in groups.items():
+            for start in range(0, len(positions), batch_size):
+                batch = positions[start : start + batch_size]
+                encoded.update(zip(batch, self._encode_batch(modality, [files[p] for p in batch])))
+        outcomes = []
+        for position, decoded in enumerate(files):
+            done = encoded.get(position)
+            if isinstance(done, str):
+                outcomes.append(Outcome.of(decoded).fail("encode", done))
             else:
-                outcome.fail("encode", "the model produced NaN for this file")
+                outcomes.append(Outcome.of(decoded, done))
+        return outcomes
+
+    def _encode_batch(self, modality: Modality, batch: list[Decoded]) -> list[np.ndarray | str]:
+        """Each file's vector, or why it has none; a batch the model refuses is tried one file at a time."""
+        try:
+            vectors = self.encode(modality, torch.stack([d.tensor for d in batch])).numpy()
+        except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
+            if len(batch) == 1:
+                return [f"the model failed ({exc})"]
+            log.warning("batch of %d %s files failed (%s); encoding one at a time", len(batch), modality, exc)
+            return [self._encode_batch(modality, [decoded])[0] for decoded in batch]
+        for decoded in batch:
+            decoded.tensor = None  # free the decoded input now
+        return [vector if np.isfinite(vector).all() else NAN for vector in vectors]
 
 
 def _binding_of(modality: Modality | Tower | str):

@@ -152,19 +152,19 @@ def _sound_track_seconds(path: str) -> float | None:
 
 
 def decode_chunk(task: MomentTask, cfg) -> object:
-    """A ``MomentTask`` -> an ``Outcome`` whose tensor holds its segments' clips (``[S, clips, ...]``), or
+    """A ``MomentTask`` -> a ``Decoded`` whose tensor holds its segments' clips (``[S, clips, ...]``), or
     its error. The file must be the one the indexer hashed: one changed since fails (retried next run)."""
-    from xsearch.decode import Outcome, guarded_decode
+    from xsearch.decode import Decoded, guarded_decode
 
-    outcome = Outcome(task.path, task.modality, task=task)
+    decoded = Decoded(task.path, task.modality, task=task)
     info = media_info(task.path)
     if info is None:
-        return outcome.fail("read", "cannot read it again for its moments (gone, or not a regular file)")
+        return decoded.fail("read", "cannot read it again for its moments (gone, or not a regular file)")
     if info.size != task.size or info.mtime != task.mtime:
-        return outcome.fail("read", "the file changed while its moments were read (retried next run)")
+        return decoded.fail("read", "the file changed while its moments were read (retried next run)")
     segments = [task.cfg.clip_starts(start, end) for start, end in task.spans]
-    outcome.tensor = guarded_decode(outcome, lambda: _segment_tensor(task, segments, cfg))
-    return outcome
+    decoded.tensor = guarded_decode(decoded, lambda: _segment_tensor(task, segments, cfg))
+    return decoded
 
 
 def _segment_tensor(task: MomentTask, segments: list[list[float]], cfg):

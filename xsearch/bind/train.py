@@ -212,9 +212,9 @@ def _source_inputs(encoder, pairs: list[Pair], features: str) -> tuple[torch.Ten
         except DecodeError as exc:
             raise UsageError(str(exc), argument="pairs") from None
     reading = Modality(features)
-    outcomes = [decode(p.source, reading, encoder.preprocess) for p in pairs]
-    _refuse_failed(pairs, outcomes)  # unreadable files, before the model runs
-    encoder.encode_outcomes(outcomes)
+    files = [decode(p.source, reading, encoder.preprocess) for p in pairs]
+    _refuse_failed(pairs, files)  # unreadable files, before the model runs
+    outcomes = encoder.encode_decoded(files)
     _refuse_failed(pairs, outcomes)  # the model's own failures (NaN, out of memory)
     return torch.from_numpy(np.stack([o.embedding for o in outcomes])), None
 

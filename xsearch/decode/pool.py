@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
 
 from xsearch.decode.lifeline import die_with_parent
-from xsearch.decode.work import OUT_OF_MEMORY, Outcome, Prepared, Task, failed
+from xsearch.decode.work import OUT_OF_MEMORY, Decoded, Prepared, Task, failed
 from xsearch.errors import XsearchError
 from xsearch.objects import storage_environment
 from xsearch.options import DecodeLimits
@@ -69,7 +69,7 @@ def default_memory_bytes(workers: int) -> int:
 
 class DecodePool:
     """Runs ``work(task) -> Prepared`` in ``workers`` supervised processes, yielding each ``Prepared`` as it
-    finishes (a task whose worker crashed or timed out: its failed outcome). A task's ``follow_up`` tasks (a
+    finishes (a task whose worker crashed or timed out: its failure). A task's ``follow_up`` tasks (a
     long file's moment chunks) are run next, before other files, so a file's pieces come back close together.
 
     ``work`` must be picklable (a module-level function or a ``functools.partial`` of one).
@@ -161,7 +161,7 @@ class DecodePool:
         return f"the decoder process exited unexpectedly (exit status {code})"
 
     @staticmethod
-    def _failed(task: Task, reason: str) -> Outcome:
+    def _failed(task: Task, reason: str) -> Decoded:
         log.warning("%s: %s", task.path, reason)
         return failed(task, reason)
 
@@ -270,9 +270,9 @@ def _serve(conn, work, memory_bytes: int, storage: dict[str, str]) -> None:
         if task is None:
             return
         prepared = work(task)
-        if prepared.outcome.error == OUT_OF_MEMORY:
+        if prepared.decoded.error == OUT_OF_MEMORY:
             limit = f"needs more than {memory_bytes / GIB:.3g} GB of memory to decode (the per-worker limit)"
-            prepared.outcome.error = limit
+            prepared.decoded.error = limit
         conn.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
 
 

@@ -1,5 +1,5 @@
-"""The unit of work of a decode worker: one planned file (``Task``) -> ``Prepared`` (its ``Outcome``, and
-the follow-up tasks of the same file beside it).
+"""The unit of work of a decode worker: one planned file (``Task``) -> ``Prepared`` (the file ``Decoded``,
+and the follow-up tasks of the same file beside it).
 
 The decoding itself is ``xsearch.decode.decode``, the one file -> model input path that ``xsearch embed``
 and query inputs use too; here it is asked to hash the bytes it decodes and to skip a file whose bytes
@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from xsearch.decode.files import OUT_OF_MEMORY, Outcome, decode, decode_query_file
+from xsearch.decode.files import OUT_OF_MEMORY, Decoded, decode, decode_query_file
 from xsearch.modalities import Modality
 from xsearch.moments import MomentCfg, MomentTask, decode_chunk, plan
 from xsearch.preprocess import PreprocessCfg
 
-__all__ = ["OUT_OF_MEMORY", "Outcome", "Prepared", "Task", "failed", "prepare", "prepare_query"]
+__all__ = ["OUT_OF_MEMORY", "Decoded", "Prepared", "Task", "failed", "prepare", "prepare_query"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ class Task:
 
 
 class Prepared(NamedTuple):
-    """A worker's answer for one task: its ``outcome``, and ``follow_up``: more tasks of the same file (a
-    long file's moment chunks), which the pool runs next, before other files."""
+    """A worker's answer for one task: the file ``decoded``, and ``follow_up``: more tasks of the same file
+    (a long file's moment chunks), which the pool runs next, before other files."""
 
-    outcome: Outcome
+    decoded: Decoded
     follow_up: tuple = ()
 
 
@@ -59,7 +59,7 @@ def prepare(
     (``xsearch.moments``), and a ``MomentTask`` is one such chunk."""
     if isinstance(task, MomentTask):
         return Prepared(decode_chunk(task, cfg or PreprocessCfg()))
-    outcome = decode(
+    decoded = decode(
         task.path,
         task.modality,
         cfg,
@@ -68,20 +68,20 @@ def prepare(
         known_sha256=task.known_sha256,
         defer_jpeg=defer_jpeg,
     )
-    outcome.task = task
-    duration = outcome.metadata.get("duration")
-    if moments is not None and outcome.ok and outcome.modality.spec.has_moments and duration:
-        return Prepared(outcome, tuple(plan(task.path, outcome.modality, task.size, task.mtime, duration, moments)))
-    return Prepared(outcome)
+    decoded.task = task
+    duration = decoded.metadata.get("duration")
+    if moments is not None and decoded.ok and decoded.modality.spec.has_moments and duration:
+        return Prepared(decoded, tuple(plan(task.path, decoded.modality, task.size, task.mtime, duration, moments)))
+    return Prepared(decoded)
 
 
 def prepare_query(task: Task, cfg: PreprocessCfg | None = None) -> Prepared:
     """A query input decoded in a worker, under the indexer's per-file limits (with its preview)."""
-    outcome = decode_query_file(task.path, task.modality, cfg)
-    outcome.task = task
-    return Prepared(outcome)
+    decoded = decode_query_file(task.path, task.modality, cfg)
+    decoded.task = task
+    return Prepared(decoded)
 
 
-def failed(task: Task, reason: str, stage: str = "decode") -> Outcome:
-    """The outcome of a task whose worker could not report one (crashed, timed out)."""
-    return Outcome(task.path, task.modality, task=task).fail(stage, reason)
+def failed(task: Task, reason: str, stage: str = "decode") -> Decoded:
+    """What stands for a task whose worker could not report it (crashed, timed out)."""
+    return Decoded(task.path, task.modality, task=task).fail(stage, reason)

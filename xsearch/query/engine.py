@@ -91,7 +91,7 @@ class Engine:
         decoder=None,
         settings: EngineSettings = EngineSettings(),
     ):
-        """``decoder(path, modality, cfg) -> Outcome`` decodes query files (default: ``xsearch.decode`` in
+        """``decoder(path, modality, cfg) -> Decoded`` decodes query files (default: ``xsearch.decode`` in
         this process; ``Collection`` passes one that decodes in a supervised worker under the indexer's
         limits, so a hostile upload costs a worker, never the server). ``settings``: what it keeps in
         memory, and on which device it searches exactly (``EngineSettings``)."""
@@ -365,10 +365,8 @@ class _Context:
         from xsearch.decode import decode_query_file  # decoders import torch: only when a query has files
 
         encoder = self.encoder
-        outcome = (self._engine.decoder or decode_query_file)(path, modality, encoder.preprocess)
-        if outcome.ok:
-            encoder.encode_outcomes([outcome])
-        return outcome
+        decoded = (self._engine.decoder or decode_query_file)(path, modality, encoder.preprocess)
+        return encoder.encode_decoded([decoded])[0]
 
 
 def _thumbnail_loader(items: TableView):
