@@ -189,12 +189,8 @@ def flag_of(argument: str | None) -> str | None:
 
     for field in edge_fields(SearchOptions) + edge_fields(ClassifyOptions):
         if field.name == argument:
-            return _flag_names(field)[0]
+            return field.spelling.flags[0] if field.spelling.flags else "--" + field.name.replace("_", "-")
     return None
-
-
-def _flag_names(field) -> tuple[str, ...]:
-    return field.spelling.flags or ("--" + field.name.replace("_", "-"),)
 
 
 def fail(message: str | XsearchError, code: int = EXIT_ERROR) -> None:

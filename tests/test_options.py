@@ -104,3 +104,27 @@ def test_classify_options_are_checked_before_any_work():
     with pytest.raises(UsageError, match="finite"):
         ClassifyOptions(min_confidence=float("nan"))
     assert ClassifyOptions.of(None, target="image").target == SearchOptions(target="image").target
+
+
+def test_labels_refuse_an_order_they_do_not_know():
+    """``Labels.sorted`` is public: it checks its order itself, against the same words as ``ClassifyOptions``."""
+    import pyarrow as pa
+
+    from xsearch.query.classify import SCHEMA, Labels
+
+    labels = Labels(
+        pa.table(
+            {
+                "id": [2, 1],
+                "uri": ["/b", "/a"],
+                "modality": ["image"] * 2,
+                "label": ["x", "y"],
+                "score": pa.array([0.9, 0.6], pa.float32()),
+            },
+            schema=SCHEMA,
+        )
+    )
+    assert [row["id"] for row in labels.sorted("id").as_json()] == [1, 2]
+    assert [row["id"] for row in labels.sorted("score").as_json()] == [2, 1]
+    with pytest.raises(UsageError, match="sort by 'id' or 'score'"):
+        labels.sorted("confidence")

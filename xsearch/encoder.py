@@ -188,7 +188,7 @@ class Encoder:
                 for i in range(0, len(inputs), batch_size)
             ]
         except (RuntimeError, ValueError) as exc:
-            return None, f"the model failed ({exc})"
+            return None, _model_failed(exc)
         vectors = np.concatenate(parts) if parts else np.empty((0, self.embed_dim), np.float32)
         if not np.isfinite(vectors).all():
             return None, NAN
@@ -228,12 +228,16 @@ class Encoder:
             vectors = self.encode(modality, torch.stack([d.tensor for d in batch])).numpy()
         except (RuntimeError, ValueError) as exc:  # e.g. out of GPU memory: fall back to one at a time
             if len(batch) == 1:
-                return [f"the model failed ({exc})"]
+                return [_model_failed(exc)]
             log.warning("batch of %d %s files failed (%s); encoding one at a time", len(batch), modality, exc)
             return [self._encode_batch(modality, [decoded])[0] for decoded in batch]
         for decoded in batch:
             decoded.tensor = None  # free the decoded input now
         return [vector if np.isfinite(vector).all() else NAN for vector in vectors]
+
+
+def _model_failed(exc: Exception) -> str:
+    return f"the model failed ({exc})"
 
 
 def _binding_of(modality: Modality | Tower | str):

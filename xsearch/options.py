@@ -61,6 +61,15 @@ def served_glob(pattern: str | None) -> str | None:
     )
 
 
+def served(values: Mapping[str, object]) -> dict:
+    """Option values as a server takes them from a client (an HTTP form, an MCP call): a ``path`` glob must
+    mean the same from any folder (``served_glob``)."""
+    values = dict(values)
+    if "path" in values:
+        values["path"] = served_glob(values["path"])
+    return values
+
+
 def exclude_glob(pattern: str) -> str:
     """An ``exclude`` pattern as the scanner matches it: one without a path separator matches file and folder
     names anywhere (``*.tmp``, ``broken``); one with a separator is a path glob, relative ones taken from the

@@ -26,7 +26,7 @@ class Placement:
 
     @property
     def on_gpu(self) -> bool:
-        return self.device.split(":")[0] == "cuda"
+        return _is_cuda(self.device)
 
     @classmethod
     def around(cls, device, precision: str, gpu_decode: bool | None = None) -> Placement:
@@ -36,10 +36,13 @@ class Placement:
         from xsearch.preprocess import jpeg_batch
 
         device = str(device)
-        on_gpu = device.split(":")[0] == "cuda"
         if gpu_decode and not jpeg_batch.available():
             raise UsageError(
                 "decoding JPEGs in batches needs torchvision: pip install 'xsearch[gpu]'", argument="gpu_decode"
             )
-        decode = (on_gpu and jpeg_batch.available()) if gpu_decode is None else gpu_decode
+        decode = (_is_cuda(device) and jpeg_batch.available()) if gpu_decode is None else gpu_decode
         return cls(device, precision, gpu_available(), bool(decode))
+
+
+def _is_cuda(device: str) -> bool:
+    return device.split(":")[0] == "cuda"

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from xsearch.errors import QueryError, UsageError
 from xsearch.modalities import Modality
-from xsearch.options import Selection
+from xsearch.options import LABEL_SORTS, Selection
 from xsearch.paths import glob_mask
 from xsearch.store import ItemFilter, embeddings_to_numpy
 
@@ -81,7 +81,9 @@ class Labels:
         return Labels(self._table.filter(pa.compute.greater_equal(self._table["score"], min_confidence)))
 
     def sorted(self, by: str = "id") -> Labels:
-        """By item id, or by ``"score"`` (most confident first): a ``ClassifyOptions.sort``."""
+        """By item id, or by ``"score"`` (most confident first), as ``ClassifyOptions.sort`` says."""
+        if by not in LABEL_SORTS:
+            raise UsageError(f"sort by 'id' or 'score', not {by!r}", argument="sort")
         return Labels(self._table.sort_by("id" if by == "id" else [("score", "descending"), ("id", "ascending")]))
 
 

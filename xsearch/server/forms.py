@@ -10,20 +10,18 @@ from typing import Annotated
 
 from fastapi import Form
 
-from xsearch.options import edge_fields, served_glob
+from xsearch.options import edge_fields, served
 from xsearch.server.dependencies import http_errors
 
 
 def options_form(cls: type):
     """A FastAPI dependency that reads ``cls``'s fields from the form and returns ``cls(...)``: a bad value
-    is a 400 naming it, a relative path glob is refused (``served_glob``)."""
+    is a 400 naming it, a relative path glob is refused (``served``)."""
     given = edge_fields(cls)
 
     def options(**values):
         with http_errors():
-            if "path" in values:
-                values["path"] = served_glob(values["path"])
-            return cls(**values)
+            return cls(**served(values))
 
     options.__signature__ = inspect.Signature([_form_field(f) for f in given], return_annotation=cls)
     options.__name__ = f"{cls.__name__}_form"

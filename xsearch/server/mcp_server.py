@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from xsearch.errors import XsearchError
-from xsearch.options import ClassifyOptions, SearchOptions, edge_fields, item_key, served_glob
+from xsearch.options import ClassifyOptions, SearchOptions, edge_fields, item_key, served
 from xsearch.query.results import METADATA_COLUMNS
 from xsearch.server.security import MAX_INPUTS
 
@@ -93,7 +93,7 @@ class _Tools:
         """Find the files nearest to the inputs (texts, files, stored items; weighted and added), best first."""
 
         def work():
-            options = SearchOptions(**_served(given))
+            options = SearchOptions(**served(given))
             query = _query(self.collection, inputs, self.allowed)
             return _results(self.collection.search(query, options))
 
@@ -119,7 +119,7 @@ class _Tools:
         """Give stored items their most likely label (zero-shot, from the labels' texts) and a score."""
 
         def work():
-            labelled = self.collection.classify(labels, ClassifyOptions(**_served(given), sort="score"))
+            labelled = self.collection.classify(labels, ClassifyOptions(**served(given), sort="score"))
             rows = labelled.as_json()
             return {"labels": rows[:limit], "items": len(rows)}
 
@@ -157,11 +157,6 @@ def _with_options(method, cls: type, only: list[str] | None = None) -> None:
 _with_options(_Tools.search, SearchOptions)
 _with_options(_Tools.similar, SearchOptions, only=["target", "k", "moments"])
 _with_options(_Tools.classify, ClassifyOptions, only=[f.name for f in edge_fields(ClassifyOptions) if f.name != "sort"])
-
-
-def _served(given: dict) -> dict:
-    """The options as a server takes them: a relative path glob refused (``served_glob``)."""
-    return {**given, "path": served_glob(given.get("path"))} if "path" in given else given
 
 
 def http_app(server, host: str, token: str | None):
